@@ -1,0 +1,1 @@
+"""Database layer: one schema (``models``), engines and sessions (``session``), one Alembic history."""

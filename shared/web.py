@@ -1,0 +1,286 @@
+"""What every Pinpoint HTTP role shares: the runtime, errors as OperationOutcome, request ids,
+metrics, the operations endpoints and token checks.
+
+Each service contributes routers, readiness checks and background tasks to a :class:`Runtime`;
+``services/server.py`` composes the roles.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass, field
+from typing import Annotated, Any
+
+import orjson
+import sqlalchemy as sa
+from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
+from sqlalchemy.engine import Engine
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from shared.db.session import migrations_at_head
+from shared.errors import Forbidden, Issue, PinpointError, Unauthorized, operation_outcome
+from shared.logging import get_logger, new_request_id, request_id_var
+from shared.settings import Settings
+
+log = get_logger("pinpoint.http")
+
+FHIR_JSON = "application/fhir+json"
+
+REQUESTS = Counter("pinpoint_http_requests_total", "HTTP requests", ["method", "route", "status"])
+LATENCY = Histogram(
+    "pinpoint_http_request_duration_seconds",
+    "HTTP request latency",
+    ["method", "route"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+
+Check = Callable[[], str]
+"""A readiness check: returns ``"ok"`` or a short description of the problem (no patient data)."""
+
+BackgroundTask = Callable[[], Coroutine[Any, Any, None]]
+
+
+@dataclass
+class Runtime:
+    """The composition root's products, shared by every route and task of one process."""
+
+    settings: Settings
+    engine: Engine
+    checks: dict[str, Check] = field(default_factory=dict)
+    background: list[tuple[str, BackgroundTask]] = field(default_factory=list)
+    on_shutdown: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    state: dict[str, Any] = field(default_factory=dict)
+
+
+class FhirResponse(Response):
+    """JSON rendered with orjson and the FHIR media type."""
+
+    media_type = FHIR_JSON
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)
+
+
+def outcome_response(status: int, issues: list[Issue], headers: dict[str, str] | None = None) -> FhirResponse:
+    return FhirResponse(operation_outcome(issues), status_code=status, headers=headers)
+
+
+_STATUS_CODES = {404: "not-found", 405: "not-supported", 401: "login", 403: "forbidden", 413: "too-costly"}
+
+
+def _loc(loc: tuple[Any, ...]) -> str:
+    parts = [str(p) for p in loc if p not in ("body",)]
+    return ".".join(parts) or "body"
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Every non-2xx is an OperationOutcome (the probes set their own bodies)."""
+
+    @app.exception_handler(PinpointError)
+    async def _pinpoint(_: Request, exc: PinpointError) -> Response:
+        return FhirResponse(exc.outcome(), status_code=exc.status, headers=exc.headers or None)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> Response:
+        code = _STATUS_CODES.get(exc.status_code, "processing")
+        text = str(exc.detail)
+        if exc.status_code == 404 and text == "Not Found":
+            text = f"No such endpoint: {request.method} {request.url.path}"
+        if exc.status_code == 405:
+            text = f"Method {request.method} is not allowed here"
+        return outcome_response(
+            exc.status_code, [Issue(code=code, diagnostics=text)], dict(exc.headers or {})
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> Response:
+        issues = [
+            Issue(
+                code="invalid" if err.get("type") != "json_invalid" else "structure",
+                diagnostics=str(err.get("msg", "invalid")),
+                expression=(_loc(tuple(err.get("loc", ()))),),
+            )
+            for err in exc.errors()
+        ]
+        return outcome_response(400, issues or [Issue(code="invalid", diagnostics="Invalid request")])
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> Response:
+        log.exception("http.unhandled", method=request.method, error=type(exc).__name__)
+        return outcome_response(
+            500,
+            [Issue(code="exception", diagnostics="Internal error; see the server log for this request id")],
+        )
+
+
+class RequestContextMiddleware:
+    """Correlation id (``X-Request-ID``, echoed back) and per-route metrics, as pure ASGI."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        incoming = headers.get(b"x-request-id", b"").decode("latin-1")
+        rid = incoming if incoming and len(incoming) <= 128 and incoming.isprintable() else new_request_id()
+        token = request_id_var.set(rid)
+        start = time.perf_counter()
+        status = 500
+
+        async def _send(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message.setdefault("headers", [])
+                message["headers"] = [*message["headers"], (b"x-request-id", rid.encode("latin-1"))]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, _send)
+        finally:
+            route = scope.get("route")
+            template = getattr(route, "path_format", None) or getattr(route, "path", None) or "<unmatched>"
+            method = scope.get("method", "")
+            elapsed = time.perf_counter() - start
+            REQUESTS.labels(method, template, str(status)).inc()
+            LATENCY.labels(method, template).observe(elapsed)
+            if template not in ("/livez", "/readyz", "/metrics"):
+                log.info(
+                    "http.request", method=method, route=template, status=status, ms=round(elapsed * 1000, 1)
+                )
+            request_id_var.reset(token)
+
+
+def database_check(engine: Engine) -> Check:
+    def check() -> str:
+        try:
+            with engine.connect() as conn:
+                conn.execute(sa.text("SELECT 1"))
+        except Exception as exc:
+            return f"unreachable: {type(exc).__name__}"
+        return "ok"
+
+    return check
+
+
+def migrations_check(engine: Engine) -> Check:
+    def check() -> str:
+        try:
+            return "ok" if migrations_at_head(engine) else "not at head: run `pinpoint db upgrade`"
+        except Exception as exc:
+            return f"unknown: {type(exc).__name__}"
+
+    return check
+
+
+def ops_router(runtime: Runtime) -> APIRouter:
+    router = APIRouter(tags=["operations"])
+
+    @router.get("/livez")
+    async def livez() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @router.get("/readyz")
+    def readyz() -> JSONResponse:
+        results = {name: check() for name, check in runtime.checks.items()}
+        ok = all(v == "ok" for v in results.values())
+        return JSONResponse(
+            {"status": "ok" if ok else "fail", "checks": results}, status_code=200 if ok else 503
+        )
+
+    @router.get("/metrics")
+    def metrics() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    return router
+
+
+def get_runtime(request: Request) -> Runtime:
+    runtime: Runtime = request.app.state.runtime
+    return runtime
+
+
+RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
+
+
+def _bearer(request: Request) -> str | None:
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+
+
+def token_matches(token: str | None, allowed: list[str]) -> bool:
+    """Constant-time membership test of a bearer token."""
+    if token is None:
+        return False
+    found = False
+    for candidate in allowed:
+        found |= hmac.compare_digest(token.encode(), candidate.encode())
+    return found
+
+
+def require_api_token(request: Request, runtime: RuntimeDep) -> None:
+    """Patient-data reads need an API (or admin) token once any token is configured."""
+    settings = runtime.settings
+    allowed = [*settings.api_tokens, *settings.admin_tokens]
+    if not allowed:
+        return
+    if not token_matches(_bearer(request), allowed):
+        raise Unauthorized("A valid API bearer token is required")
+
+
+def require_admin_token(request: Request, runtime: RuntimeDep) -> None:
+    settings = runtime.settings
+    if not settings.admin_tokens and not settings.api_tokens:
+        return
+    token = _bearer(request)
+    if not token_matches(token, settings.admin_tokens):
+        if token_matches(token, settings.api_tokens):
+            raise Forbidden("An admin token is required")
+        raise Unauthorized("A valid admin bearer token is required")
+
+
+def create_app(runtime: Runtime, title: str) -> FastAPI:
+    """A FastAPI app with the shared middleware, handlers, probes and lifespan."""
+    runtime.checks.setdefault("database", database_check(runtime.engine))
+    runtime.checks.setdefault("migrations", migrations_check(runtime.engine))
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        tasks = [asyncio.create_task(task(), name=name) for name, task in runtime.background]
+        try:
+            yield
+        finally:
+            for t in tasks:
+                t.cancel()
+            for t in tasks:
+                with suppress(asyncio.CancelledError, Exception):
+                    await t
+            for hook in runtime.on_shutdown:
+                await hook()
+
+    app = FastAPI(title=title, lifespan=lifespan, docs_url="/docs", redoc_url=None)
+    app.state.runtime = runtime
+    install_error_handlers(app)
+    if runtime.settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=runtime.settings.cors_origins,
+            allow_methods=["GET", "POST", "PUT", "DELETE"],
+            allow_headers=["*"],
+        )
+    app.add_middleware(RequestContextMiddleware)
+    app.include_router(ops_router(runtime))
+    return app
