@@ -200,6 +200,7 @@ class Settings(BaseSettings):
     config_file: Path | None = None
     api_tokens: CsvList = []
     admin_tokens: CsvList = []
+    link_secret: Secret | None = None  # signs evidence links; set it when several replicas serve
     # Operational knobs (not in the contract table; documented in the README).
     worker_poll_interval: Duration = timedelta(seconds=2)
     claim_ttl: Duration = timedelta(minutes=5)
