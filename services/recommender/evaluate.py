@@ -82,7 +82,10 @@ def _valid(resource: Mapping[str, Any], label: str) -> bool:
         first = str(exc).splitlines()
         detail = first[0] if first else type(exc).__name__
         rid = resource.get("id")
-        print(f"{label}: {resource.get('resourceType')}/{rid} fails validation, skipped ({detail})", file=sys.stderr)
+        print(
+            f"{label}: {resource.get('resourceType')}/{rid} fails validation, skipped ({detail})",
+            file=sys.stderr,
+        )
         return False
     return True
 
@@ -130,8 +133,12 @@ def run(paths: list[Path], policy: str, now: str | None, fmt: str) -> str:
 
 def evaluate_command(
     paths: Annotated[list[Path], typer.Argument(help="FHIR Bundles, resources or NDJSON files (or folders)")],
-    policy: Annotated[str, typer.Option("--policy", help="cms-lcd, consensus-2020 or a YAML file")] = "cms-lcd",
-    now: Annotated[str | None, typer.Option("--now", help="evaluation instant (ISO 8601); default: now")] = None,
+    policy: Annotated[
+        str, typer.Option("--policy", help="cms-lcd, consensus-2020 or a YAML file")
+    ] = "cms-lcd",
+    now: Annotated[
+        str | None, typer.Option("--now", help="evaluation instant (ISO 8601); default: now")
+    ] = None,
     format: Annotated[str, typer.Option("--format", help="json or text")] = "json",
 ) -> None:
     """Evaluate FHIR data offline and print the assessment document (CONTRACT §1, §3)."""

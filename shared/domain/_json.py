@@ -32,7 +32,9 @@ def code_set(concept: Any, systems: frozenset[str] | str) -> set[str]:
     if isinstance(systems, str):
         systems = frozenset({systems})
     return {
-        str(c["code"]).strip() for c in codings(concept) if c.get("system") in systems and c.get("code") is not None
+        str(c["code"]).strip()
+        for c in codings(concept)
+        if c.get("system") in systems and c.get("code") is not None
     }
 
 
@@ -132,7 +134,7 @@ def parse_date(value: Any) -> date | None:
 
 
 def period_start_end(resource: Mapping[str, Any], prefix: str) -> tuple[datetime | None, datetime | None]:
-    """``<prefix>DateTime`` (start = end) or ``<prefix>Period`` start/end (a missing side copies the other)."""
+    """``<prefix>DateTime`` (start = end) or ``<prefix>Period`` (a missing side copies the other)."""
     dt = parse_datetime(resource.get(prefix + "DateTime"))
     if dt:
         return dt, dt

@@ -104,7 +104,7 @@ def side_from_codings(concepts: Any) -> str | None:
 
 
 def side_from_text(*texts: str) -> str | None:
-    """"right"/"left"/"bilateral" (any case), "R"/"L" as whole upper-case words, -RT/-LT/-50."""
+    """ "right"/"left"/"bilateral" (any case), "R"/"L" as whole upper-case words, -RT/-LT/-50."""
     sides: set[str] = set()
     for text in texts:
         for m in _SIDE_WORDS.finditer(text):
@@ -238,7 +238,9 @@ class _Site:
         self.region, self.joints, self.side, self.intra_articular = region, joints, side, intra_articular
 
 
-def _body_structures(resource: Mapping[str, Any], index: Mapping[str, Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+def _body_structures(
+    resource: Mapping[str, Any], index: Mapping[str, Mapping[str, Any]]
+) -> list[Mapping[str, Any]]:
     out: list[Mapping[str, Any]] = []
     for ext in j.as_list(resource.get("extension")):
         if isinstance(ext, Mapping) and ext.get("url") == t.TARGET_BODY_STRUCTURE_EXT:
@@ -265,7 +267,9 @@ def _structure_concepts(bs: Mapping[str, Any]) -> tuple[list[Any], list[Any]]:
     return locations, qualifiers
 
 
-def _site(resource: Mapping[str, Any], kind: str, default_region: str | None, bs_index: Mapping[str, Any]) -> _Site:
+def _site(
+    resource: Mapping[str, Any], kind: str, default_region: str | None, bs_index: Mapping[str, Any]
+) -> _Site:
     body_sites = j.as_list(resource.get("bodySite"))
     code = resource.get("code")
     structures = _body_structures(resource, bs_index)
@@ -301,9 +305,7 @@ def _site(resource: Mapping[str, Any], kind: str, default_region: str | None, bs
             region = "cervical"
     elif kind in (t.SIJ_BLOCK, t.SIJ_NERVE_BLOCK, t.SIJ_RFA):
         region, joints = "sacroiliac", ("SIJ",)
-    elif kind in (t.GENICULAR_BLOCK, t.GENICULAR_RFA):
-        region, joints = "knee", ("knee",)
-    elif t.KNEE in snomed or "knee" in all_text:
+    elif kind in (t.GENICULAR_BLOCK, t.GENICULAR_RFA) or t.KNEE in snomed or "knee" in all_text:
         region, joints = "knee", ("knee",)
     elif snomed & t.HIP_SNOMED or re.search(r"\bhip\b", all_text):
         region, joints = "hip", ("hip",)
@@ -348,7 +350,9 @@ def _medication_concept(resource: Mapping[str, Any], meds: Mapping[str, Mapping[
 
 # --- per patient -------------------------------------------------------------------------------------
 class _Builder:
-    def __init__(self, patient: str, bs_index: Mapping[str, Any], meds: Mapping[str, Mapping[str, Any]]) -> None:
+    def __init__(
+        self, patient: str, bs_index: Mapping[str, Any], meds: Mapping[str, Mapping[str, Any]]
+    ) -> None:
         self.patient = patient
         self.bs_index = bs_index
         self.meds = meds
@@ -410,12 +414,19 @@ class _Builder:
                 linked.add(_ref(ma))
             start, end = j.period_start_end(ma, "effective")
             routes = j.dosage_routes(ma)
-            if start and end and names & set(t.SEDATIVES.values()) and not any(j.route_is_oral(r) for r in routes):
+            if (
+                start
+                and end
+                and names & set(t.SEDATIVES.values())
+                and not any(j.route_is_oral(r) for r in routes)
+            ):
                 sedations.append(Sedation(_ref(ma), start, end, sorted(names & set(t.SEDATIVES.values()))[0]))
             steroid_names = sorted(names & set(t.STEROIDS.values()))
             if steroid_names and not parents and start and not any(j.route_is_oral(r) for r in routes):
                 steroids.append(
-                    SteroidExposure(_ref(ma), start, steroid_names[0], _dose_mg(ma.get("dosage")), "other", (), None)
+                    SteroidExposure(
+                        _ref(ma), start, steroid_names[0], _dose_mg(ma.get("dosage")), "other", (), None
+                    )
                 )
         interventions: list[Intervention] = []
         for proc in self.procedures:
@@ -439,7 +450,13 @@ class _Builder:
                     site = _site(proc, "", None, self.bs_index)
                     steroids.append(
                         SteroidExposure(
-                            _ref(proc), end, injectate.steroid, injectate.steroid_mg, site.region, site.joints, site.side
+                            _ref(proc),
+                            end,
+                            injectate.steroid,
+                            injectate.steroid_mg,
+                            site.region,
+                            site.joints,
+                            site.side,
                         )
                     )
                 continue
@@ -462,7 +479,9 @@ class _Builder:
             interventions.append(iv)
             if injectate.steroid and status == "completed":
                 steroids.append(
-                    SteroidExposure(iv.ref, end, injectate.steroid, injectate.steroid_mg, iv.region, iv.joints, iv.side)
+                    SteroidExposure(
+                        iv.ref, end, injectate.steroid, injectate.steroid_mg, iv.region, iv.joints, iv.side
+                    )
                 )
         performed_based_on = {r for iv in interventions for r in iv.based_on}
         orders = [o for o in (self._order(sr, performed_based_on) for sr in self.requests) if o is not None]
@@ -574,10 +593,14 @@ def _reading(obs: Mapping[str, Any]) -> PainReading | None:
 
 
 def _condition(cond: Mapping[str, Any]) -> ConditionFact | None:
-    verification = j.code_set(cond.get("verificationStatus"), "http://terminology.hl7.org/CodeSystem/condition-ver-status")
+    verification = j.code_set(
+        cond.get("verificationStatus"), "http://terminology.hl7.org/CodeSystem/condition-ver-status"
+    )
     if verification & _VOID_VERIFICATION:
         return None
-    clinical = j.code_set(cond.get("clinicalStatus"), "http://terminology.hl7.org/CodeSystem/condition-clinical")
+    clinical = j.code_set(
+        cond.get("clinicalStatus"), "http://terminology.hl7.org/CodeSystem/condition-clinical"
+    )
     codes = [_icd(c) for c in j.code_set(cond.get("code"), t.ICD10CM)]
     codes += [f"SCT:{c}" for c in j.code_set(cond.get("code"), t.SNOMED)]
     onset = j.parse_date(cond.get("onsetDateTime"))
@@ -689,7 +712,9 @@ def normalize_resource(resource: Mapping[str, Any]) -> dict[str, Any] | None:
             when = end or start
             break
     if when is None:
-        when = j.parse_datetime(resource.get("authoredOn") or resource.get("recordedDate") or resource.get("birthDate"))
+        when = j.parse_datetime(
+            resource.get("authoredOn") or resource.get("recordedDate") or resource.get("birthDate")
+        )
     codes = sorted(
         f"{c.get('system')}|{c.get('code')}"
         for key in ("code", "medicationCodeableConcept", "usedCode", "location")

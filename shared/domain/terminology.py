@@ -10,7 +10,9 @@ from typing import Final
 
 # --- systems ---------------------------------------------------------------------------------
 CPT: Final = "http://www.ama-assn.org/go/cpt"
-HCPCS_SYSTEMS: Final = frozenset({"https://www.cms.gov/Medicare/Coding/HCPCSReleaseCodeSets", "urn:oid:2.16.840.1.113883.6.285"})
+HCPCS_SYSTEMS: Final = frozenset(
+    {"https://www.cms.gov/Medicare/Coding/HCPCSReleaseCodeSets", "urn:oid:2.16.840.1.113883.6.285"}
+)
 SNOMED: Final = "http://snomed.info/sct"
 LOINC: Final = "http://loinc.org"
 RXNORM: Final = "http://www.nlm.nih.gov/research/umls/rxnorm"
@@ -100,7 +102,9 @@ SEVERITY_0_10: Final = "38208-5"
 VAS: Final = "38214-3"
 PAIN_SCALES: Final = frozenset({NRS_0_10, SEVERITY_0_10, VAS})
 # Observations kept as documentation (function, provocation, PEG); they never change a verdict.
-FUNCTION_SCALES: Final = frozenset({"91147-9", "91148-7", "75893-8", "91145-3", "91146-1", "91351-7", "38221-8"})
+FUNCTION_SCALES: Final = frozenset(
+    {"91147-9", "91148-7", "75893-8", "91145-3", "91146-1", "91351-7", "38221-8"}
+)
 LOINC_ANSWERS: Final[dict[str, int]] = {
     "LA6111-4": 0,
     "LA6112-2": 1,
@@ -117,7 +121,11 @@ LOINC_ANSWERS: Final[dict[str, int]] = {
 OBSERVATION_OK_STATUS: Final = frozenset({"final", "amended", "corrected"})
 
 # --- medications (RxNorm ingredients) --------------------------------------------------------------
-LOCAL_ANAESTHETICS: Final[dict[str, str]] = {"6387": "lidocaine", "1815": "bupivacaine", "35780": "ropivacaine"}
+LOCAL_ANAESTHETICS: Final[dict[str, str]] = {
+    "6387": "lidocaine",
+    "1815": "bupivacaine",
+    "35780": "ropivacaine",
+}
 STEROIDS: Final[dict[str, str]] = {
     "10759": "triamcinolone",
     "6902": "methylprednisolone",
@@ -158,7 +166,11 @@ STEROID_WORDS: Final[dict[str, str]] = {
     "betamethasone": "betamethasone",
     "celestone": "betamethasone",
 }
-SEDATIVE_WORDS: Final[dict[str, str]] = {"midazolam": "midazolam", "fentanyl": "fentanyl", "propofol": "propofol"}
+SEDATIVE_WORDS: Final[dict[str, str]] = {
+    "midazolam": "midazolam",
+    "fentanyl": "fentanyl",
+    "propofol": "propofol",
+}
 NSAID_WORDS: Final = frozenset(NSAIDS.values())
 
 ORAL_ROUTE_SNOMED: Final = frozenset({"26643006"})

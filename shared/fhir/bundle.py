@@ -21,7 +21,9 @@ from typing import Any
 _UNWRAP_TYPES = frozenset({"message", "document"})
 
 
-def flatten(resource: Mapping[str, Any], full_url: str | None = None) -> Iterator[tuple[str | None, dict[str, Any]]]:
+def flatten(
+    resource: Mapping[str, Any], full_url: str | None = None
+) -> Iterator[tuple[str | None, dict[str, Any]]]:
     """Yield ``(fullUrl, resource)`` for every resource in ``resource``.
 
     A Bundle yields its entries' resources (recursively for nested Bundles, any type); any other

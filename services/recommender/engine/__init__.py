@@ -26,7 +26,11 @@ def evaluate(facts: PatientFacts, policy: Policy, *, now: datetime) -> PatientRe
     assessments: list[Assessment] = facet.assessments(ctx, now) + others.assessments(ctx, now)
     checks: list[OrderCheck] = []
     for order in facts.orders:
-        check = facet.order_check(ctx, order, now) if order.kind in _FACET_KINDS else others.order_check(ctx, order, now)
+        check = (
+            facet.order_check(ctx, order, now)
+            if order.kind in _FACET_KINDS
+            else others.order_check(ctx, order, now)
+        )
         if check is not None:
             checks.append(check)
     alert_list: list[Alert] = _alerts.block_alerts(ctx, now)

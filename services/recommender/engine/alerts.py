@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections import defaultdict
 from datetime import datetime, timedelta
 
@@ -10,7 +11,9 @@ from services.recommender.engine.relief import POSITIVE, PatientContext
 from services.recommender.engine.sessions import family
 from shared.domain import terminology as t
 
-_DIAGNOSTIC_KINDS = frozenset({t.FACET_BLOCK, t.FACET_BLOCK_US, t.SIJ_BLOCK, t.SIJ_NERVE_BLOCK, t.GENICULAR_BLOCK})
+_DIAGNOSTIC_KINDS = frozenset(
+    {t.FACET_BLOCK, t.FACET_BLOCK_US, t.SIJ_BLOCK, t.SIJ_NERVE_BLOCK, t.GENICULAR_BLOCK}
+)
 _THRESHOLD_PATHWAY = {
     t.FACET_BLOCK: "facet-rfa",
     t.FACET_BLOCK_US: "facet-rfa",
@@ -30,7 +33,9 @@ def block_alerts(ctx: PatientContext, now: datetime) -> list[Alert]:
     relief outlasting bupivacaine at the same joint and side; CRITERIA §6, §9.2 step 8)."""
     since = now - timedelta(days=ctx.policy.g("alert_window_days"))
     blocks = [
-        iv for iv in ctx.completed if iv.kind in _DIAGNOSTIC_KINDS and iv.diagnostic and since <= iv.end <= now
+        iv
+        for iv in ctx.completed
+        if iv.kind in _DIAGNOSTIC_KINDS and iv.diagnostic and since <= iv.end <= now
     ]
     alerts: list[Alert] = []
     sedated = [iv.ref for iv in blocks if ctx.sedated(iv)]
@@ -66,8 +71,14 @@ def block_alerts(ctx: PatientContext, now: datetime) -> list[Alert]:
             by_site[key][r.agent].append(r.sustained or 0)
             refs[key].append(r.block.ref)
     discordant = sorted(
-        {ref for key, agents in by_site.items() if agents.get("lidocaine") and agents.get("bupivacaine")
-         and max(agents["lidocaine"]) > max(agents["bupivacaine"]) for ref in refs[key]}
+        {
+            ref
+            for key, agents in by_site.items()
+            if agents.get("lidocaine")
+            and agents.get("bupivacaine")
+            and max(agents["lidocaine"]) > max(agents["bupivacaine"])
+            for ref in refs[key]
+        }
     )
     if discordant:
         alerts.append(
@@ -102,7 +113,9 @@ def steroid_frequency_alert(ctx: PatientContext, now: datetime) -> Alert | None:
     hits: set[str] = set()
     for key, times in by_joint.items():
         times.sort()
-        close = any((b - a).days < p.g("steroid_alert_min_interval_days") for a, b in zip(times, times[1:], strict=False))
+        close = any(
+            (b - a).days < p.g("steroid_alert_min_interval_days") for a, b in itertools.pairwise(times)
+        )
         if len(times) >= p.g("steroid_alert_max_injections") or close:
             hits.update(refs[key])
     if not hits:

@@ -86,7 +86,9 @@ REASON_TEXT = {
     "therapeutic-session-cap": "the yearly limit of therapeutic sessions is reached",
     "esi-session-cap": "the yearly limit of epidural sessions is reached",
     "prior-relief-insufficient": "the previous procedure did not give lasting relief",
-    "repeat-diagnostics-required": "the pain source is in question after 2 years: repeat the diagnostic blocks",
+    "repeat-diagnostics-required": (
+        "the pain source is in question after 2 years: repeat the diagnostic blocks"
+    ),
     "no-baseline": "no pain score before the procedure",
     "scale-mismatch": "the pain scores after the block use another scale than the baseline",
     "low-baseline": "the baseline pain score was low (mild pain)",
@@ -114,7 +116,10 @@ def _target_text(target: Mapping[str, Any]) -> str:
 def _evidence_text(e: Mapping[str, Any]) -> str:
     if e.get("baseline") is None:
         return f"{e.get('procedure')} ({e.get('performed')}): no baseline pain score"
-    parts = [f"{e.get('procedure')} ({e.get('performed')}, {e.get('agent')})", f"baseline {e.get('baseline')}"]
+    parts = [
+        f"{e.get('procedure')} ({e.get('performed')}, {e.get('agent')})",
+        f"baseline {e.get('baseline')}",
+    ]
     if e.get("peakReliefPercent") is not None:
         parts.append(f"peak relief {e['peakReliefPercent']}%")
     if e.get("sustainedMinutes") is not None:
@@ -130,7 +135,9 @@ def _why(reasons: Sequence[str]) -> str:
 def render_text(document: Mapping[str, Any]) -> str:
     """A short plain-language explanation of the document for a pain physician."""
     pol = document.get("policy", {})
-    lines = [f"Policy {pol.get('id')} (version {pol.get('version')}), evaluated at {document.get('evaluatedAt')}."]
+    lines = [
+        f"Policy {pol.get('id')} (version {pol.get('version')}), evaluated at {document.get('evaluatedAt')}."
+    ]
     for patient in document.get("patients", []):
         lines.append("")
         lines.append(f"{patient['patient']}")
@@ -151,7 +158,8 @@ def render_text(document: Mapping[str, Any]) -> str:
                 lines.append(f"    Evidence: {_evidence_text(e)}.")
         for a in patient["assessments"]:
             name = PATHWAY_TEXT.get(a["pathway"], a["pathway"])
-            line = f"  Next step {name}, {_target_text(a['target'])}: {VERDICT_TEXT.get(a['verdict'], a['verdict'])}"
+            verdict = VERDICT_TEXT.get(a["verdict"], a["verdict"])
+            line = f"  Next step {name}, {_target_text(a['target'])}: {verdict}"
             lines.append(line + ".")
             if a["reasons"]:
                 lines.append(f"    Why: {_why(a['reasons'])}.")

@@ -156,7 +156,11 @@ def _fraction(value: Any, where: str) -> float:
 
 def _build(data: Mapping[str, Any], source: str) -> Policy:
     for key in ("id", "version"):
-        if not isinstance(data.get(key), str | int | float) or isinstance(data.get(key), bool) or data.get(key) == "":
+        if (
+            not isinstance(data.get(key), str | int | float)
+            or isinstance(data.get(key), bool)
+            or data.get(key) == ""
+        ):
             raise PolicyError(f"{source}: {key}: required (a string)")
     agents: dict[str, Agent] = {}
     for name, spec in (data.get("agents") or {}).items():
@@ -165,11 +169,16 @@ def _build(data: Mapping[str, Any], source: str) -> Policy:
         try:
             agents[str(name)] = Agent(float(spec["minimum_minutes"]), float(spec["prolonged_minutes"]))
         except (KeyError, TypeError, ValueError) as exc:
-            raise PolicyError(f"{source}: agents.{name}: needs numeric minimum_minutes and prolonged_minutes") from exc
+            raise PolicyError(
+                f"{source}: agents.{name}: needs numeric minimum_minutes and prolonged_minutes"
+            ) from exc
     if "lidocaine" not in agents:
         raise PolicyError(f"{source}: agents.lidocaine: required")
     steroid = dict(data.get("steroid") or {})
-    factors = {str(k): _fraction(v, f"{source}: steroid.factors.{k}") for k, v in (steroid.pop("factors", {}) or {}).items()}
+    factors = {
+        str(k): _fraction(v, f"{source}: steroid.factors.{k}")
+        for k, v in (steroid.pop("factors", {}) or {}).items()
+    }
     pathways = data.get("pathways") or {}
     for name in pathways:
         if name not in PATHWAYS:
@@ -194,7 +203,9 @@ def _resolve(data: dict[str, Any], source: str, seen: tuple[str, ...] = ()) -> d
     if parent is None:
         return data
     if parent not in BUILTIN:
-        raise PolicyError(f"{source}: extends: must name a built-in policy ({', '.join(BUILTIN)}), got {parent!r}")
+        raise PolicyError(
+            f"{source}: extends: must name a built-in policy ({', '.join(BUILTIN)}), got {parent!r}"
+        )
     if parent in seen:
         raise PolicyError(f"{source}: extends: cycle through {parent}")
     base = _resolve(_raw(parent), parent, (*seen, parent))

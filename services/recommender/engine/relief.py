@@ -173,7 +173,9 @@ class PatientContext:
         status_if = INVALID if sedated else None
 
         def result(status: str, reasons: tuple[str, ...], **kw: Any) -> BlockResult:
-            return BlockResult(block, threshold, status_if or status, lead + reasons, agent, sedated=sedated, **kw)
+            return BlockResult(
+                block, threshold, status_if or status, lead + reasons, agent, sedated=sedated, **kw
+            )
 
         if base is None:
             return result(UNEVALUABLE, ("no-baseline",), scale=None, baseline=None, peak=None, sustained=None)
@@ -185,7 +187,9 @@ class PatientContext:
             return result(UNEVALUABLE, ("no-follow-up",), scale=scale, baseline=b, peak=None, sustained=None)
         same = [r for r in post if r.scale == scale]
         if not same:
-            return result(UNEVALUABLE, ("scale-mismatch",), scale=scale, baseline=b, peak=None, sustained=None)
+            return result(
+                UNEVALUABLE, ("scale-mismatch",), scale=scale, baseline=b, peak=None, sustained=None
+            )
         peak = max(relief_percent(b, r.value) for r in same)
         sustained = sustained_minutes(block.end, same, b, threshold, p.g("run_start_minutes"))
         low_cut = p.g("low_baseline_below_vas_mm") if scale == t.VAS else p.g("low_baseline_below")
@@ -236,7 +240,9 @@ class PatientContext:
         readings = [
             r
             for r in self.facts.readings
-            if r.scale == base.scale and r.time >= start and (r.side is None or side is None or r.side == side)
+            if r.scale == base.scale
+            and r.time >= start
+            and (r.side is None or side is None or r.side == side)
         ]
         if not readings:
             evidence["reasons"] = ["no-follow-up"]
@@ -258,7 +264,9 @@ class PatientContext:
                 continue
             recovers = i + 1 < len(readings) and reliefs[i + 1] >= threshold
             if dip_used or not recovers:
-                evidence.update(peakReliefPercent=round(max(reliefs[: i + 1]), 1), reasons=["prior-relief-insufficient"])
+                evidence.update(
+                    peakReliefPercent=round(max(reliefs[: i + 1]), 1), reasons=["prior-relief-insufficient"]
+                )
                 if last_ok is not None:
                     evidence["sustainedMinutes"] = int((last_ok - procedure.end).total_seconds() // 60)
                 return "failed", "prior-relief-insufficient", None, evidence

@@ -93,14 +93,20 @@ def pain_onset(facts: PatientFacts, region: str) -> date | None:
     """Earliest onset among active pain conditions of the region (CONTRACT §4 "diagnoses");
     conditions that name no region count only when none names this one."""
     group = regions_of_group(region)
-    pain = [c for c in facts.conditions if c.active and c.onset and any(x.startswith(t.PAIN_CONDITIONS) for x in c.codes)]
+    pain = [
+        c
+        for c in facts.conditions
+        if c.active and c.onset and any(x.startswith(t.PAIN_CONDITIONS) for x in c.codes)
+    ]
     regional = [c.onset for c in pain if c.region in group and c.onset]
     if not regional:
         regional = [c.onset for c in pain if c.region is None and c.onset]
     return min(regional) if regional else None
 
 
-def pain_duration_finding(facts: PatientFacts, region: str, on: date, months: float | None, days: float | None) -> Finding | None:
+def pain_duration_finding(
+    facts: PatientFacts, region: str, on: date, months: float | None, days: float | None
+) -> Finding | None:
     """Facet and SIJ pain >= 3 calendar months, ESI >= 28 days from onset; unknown onset: not
     checked (CONTRACT §4, §6 "deferred")."""
     if months is None and days is None:
@@ -114,7 +120,9 @@ def pain_duration_finding(facts: PatientFacts, region: str, on: date, months: fl
     return None
 
 
-def conservative_care_finding(facts: PatientFacts, on: date, months: float | None, days: float | None) -> Finding | None:
+def conservative_care_finding(
+    facts: PatientFacts, on: date, months: float | None, days: float | None
+) -> Finding | None:
     """Conservative care counts from its first documented date; none at all where required is
     ``not-met`` (CONTRACT §6)."""
     if months is None and days is None:

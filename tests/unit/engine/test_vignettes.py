@@ -17,7 +17,12 @@ from services.recommender.evaluate import evaluate_command
 ROOT = Path(__file__).resolve().parents[3]
 LOCAL = ROOT / "tests" / "fixtures" / "vignettes"
 SHARED = ROOT.parent / "shared" / "clinical" / "vignettes"
-ISSUE4 = {"v11-sij-75pct-45-minutes", "v11b-sij-75pct-60-minutes", "v16-esi-before-4-weeks", "v25-knee-steroid-frequency"}
+ISSUE4 = {
+    "v11-sij-75pct-45-minutes",
+    "v11b-sij-75pct-60-minutes",
+    "v16-esi-before-4-weeks",
+    "v25-knee-steroid-frequency",
+}
 
 
 def make_app() -> typer.Typer:
@@ -100,7 +105,9 @@ def check(expected: dict[str, Any], doc: dict[str, Any]) -> None:
     for want in expected.get("assessments", []):
         patient = patients[want["patient"]]
         key = (want["pathway"], _target_key(want["target"]))
-        got = next((a for a in patient["assessments"] if (a["pathway"], _target_key(a["target"])) == key), None)
+        got = next(
+            (a for a in patient["assessments"] if (a["pathway"], _target_key(a["target"])) == key), None
+        )
         assert got is not None, f"no assessment {key} in {patient['assessments']}"
         assert got["verdict"] == want["verdict"], got
         assert _reasons_ok(got["reasons"], want.get("reasons", [])), got

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -19,8 +20,16 @@ from services.recommender.engine.model import (
     Target,
     combine,
 )
-from services.recommender.engine.relief import INVALID, NEGATIVE, POSITIVE, UNEVALUABLE, BlockResult, PatientContext
-from services.recommender.engine.relief import expand_sides, index_sides
+from services.recommender.engine.relief import (
+    INVALID,
+    NEGATIVE,
+    POSITIVE,
+    UNEVALUABLE,
+    BlockResult,
+    PatientContext,
+    expand_sides,
+    index_sides,
+)
 from services.recommender.engine.sessions import regions_of_group
 from shared.domain.facts import Intervention
 from shared.domain.normalize import joint_order
@@ -56,7 +65,10 @@ def blocks_at(
     return [
         iv
         for iv in ctx.completed
-        if accept(iv) and joint in iv.joints and iv.end.date() <= on and side in sides_of(ctx, iv.side, iv.region)
+        if accept(iv)
+        and joint in iv.joints
+        and iv.end.date() <= on
+        and side in sides_of(ctx, iv.side, iv.region)
     ]
 
 
@@ -91,7 +103,7 @@ def confirming_flags(confirming: Sequence[BlockResult], min_interval_days: float
         out.append(Finding(NEEDS_REVIEW, "prolonged-response"))
     if min_interval_days is not None:
         dates = sorted(r.block.end.date() for r in confirming)
-        if any((b - a).days < min_interval_days for a, b in zip(dates, dates[1:], strict=False)):
+        if any((b - a).days < min_interval_days for a, b in itertools.pairwise(dates)):
             out.append(Finding(NEEDS_REVIEW, "diagnostic-interval-too-short"))
     return out
 
@@ -159,7 +171,9 @@ def combine_order(evals: Sequence[JointEval], region: str, max_per_side: float |
     return Combined(merged.verdict, tuple(dict.fromkeys(reasons)), merged.earliest, ())
 
 
-def group_assessments(evals: Sequence[JointEval], region: str) -> list[tuple[str, Target, Outcome, list[dict[str, Any]]]]:
+def group_assessments(
+    evals: Sequence[JointEval], region: str
+) -> list[tuple[str, Target, Outcome, list[dict[str, Any]]]]:
     """CONTRACT §6 "Which assessments": joints of one region × side with different verdicts get
     one assessment per verdict, each listing its joints; equal results on both sides → bilateral."""
     groups: dict[tuple[str, str, str], list[JointEval]] = defaultdict(list)

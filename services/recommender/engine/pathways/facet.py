@@ -88,7 +88,9 @@ def _prerequisites(ctx: PatientContext, pathway: str, region: str, on: date, e: 
     e.add(untreated_radiculopathy(ctx.facts, region, on))
 
 
-def _missing_positive(ctx: PatientContext, joint: str, side: str, region: str, on: date, threshold: float) -> str:
+def _missing_positive(
+    ctx: PatientContext, joint: str, side: str, region: str, on: date, threshold: float
+) -> str:
     """``not-confirmed-same-side`` / ``-same-joint`` when the missing positive block exists on the
     other side / at another joint of the region, else ``second-block-required`` (CONTRACT §6)."""
     for iv in ctx.completed:
@@ -109,7 +111,9 @@ def _missing_positive(ctx: PatientContext, joint: str, side: str, region: str, o
     return "second-block-required"
 
 
-def first_rfa(ctx: PatientContext, region: str, joint: str, side: str, on: date, pathway: str = "facet-rfa") -> JointEval:
+def first_rfa(
+    ctx: PatientContext, region: str, joint: str, side: str, on: date, pathway: str = "facet-rfa"
+) -> JointEval:
     """Initial thermal RFA (CRITERIA §1.5; §9.1 P1): ``blocks_required`` consecutive positive MBBs
     (>= ``threshold`` % for at least the agent's minimum) at the same joint and side, within the
     RFA session cap. An ordered joint never blocked is ``joint-not-blocked``."""
@@ -172,7 +176,11 @@ def repeat_rfa(ctx: PatientContext, region: str, joint: str, side: str, on: date
     elif status == "pending":
         e.add(Finding("deferred", "relief-period-not-ended", until))
     years = p.opt(pathway, "repeat_diagnostics_after_years")
-    if years is not None and on >= add_months(rfa.end.date(), int(years * 12)) and _source_in_question(ctx, rfa, region, side):
+    if (
+        years is not None
+        and on >= add_months(rfa.end.date(), int(years * 12))
+        and _source_in_question(ctx, rfa, region, side)
+    ):
         after = [iv for iv in blocks_at(ctx, is_mbb, joint, side, on) if iv.end > rfa.end]
         results = [ctx.block(iv, p.num("facet-rfa", "threshold")) for iv in after]
         e.evidence += [r.evidence() for r in results]
@@ -191,7 +199,10 @@ def _previously_ablated(ctx: PatientContext, joint: str, side: str, on: date) ->
     if rfa is None:
         return False
     status, *_ = ctx.long_term(
-        rfa, ctx.policy.num("facet-rfa-repeat", "threshold"), int(ctx.policy.num("facet-rfa-repeat", "relief_months")), side
+        rfa,
+        ctx.policy.num("facet-rfa-repeat", "threshold"),
+        int(ctx.policy.num("facet-rfa-repeat", "relief_months")),
+        side,
     )
     return status == "met"
 
@@ -215,7 +226,9 @@ def diagnostic_block(ctx: PatientContext, region: str, joint: str, side: str, on
     return e
 
 
-def therapeutic_injection(ctx: PatientContext, region: str, joint: str, side: str, on: date, order: Order | None) -> JointEval:
+def therapeutic_injection(
+    ctx: PatientContext, region: str, joint: str, side: str, on: date, order: Order | None
+) -> JointEval:
     """Therapeutic IA facet injection (CRITERIA §1.4; §9.1 P2): ``blocks_required`` positive
     diagnostic blocks (MBB or IA), a documented reason RFA is not possible (Condition M96.0, Z95.0,
     Z95.810, Z96.82 or the order's reasonCode; else ``needs-review``), a repeat only after
@@ -298,9 +311,19 @@ def assessments(ctx: PatientContext, now: datetime) -> list[Assessment]:
     out: list[Assessment] = []
     for region, evals in sorted(evals_by_region.items()):
         for pathway, target, outcome, evidence in group_assessments(evals, region):
-            step, earliest = _next_step(ctx, pathway, region, outcome.verdict, outcome.reasons, outcome.earliest, evals)
+            step, earliest = _next_step(
+                ctx, pathway, region, outcome.verdict, outcome.reasons, outcome.earliest, evals
+            )
             out.append(
-                Assessment(pathway, target, outcome.verdict, outcome.reasons, earliest, step, dedupe_evidence(evidence))
+                Assessment(
+                    pathway,
+                    target,
+                    outcome.verdict,
+                    outcome.reasons,
+                    earliest,
+                    step,
+                    dedupe_evidence(evidence),
+                )
             )
     return out
 
@@ -317,16 +340,25 @@ def _next_step(
     """The right next step and, for a timed one, its date (CONTRACT §3 ``earliestDate``)."""
     if verdict in (SUPPORTED, "deferred", NEEDS_REVIEW):
         return _step(region, "rfa"), earliest
-    if verdict == NOT_MET and reasons and reasons[0] in (
-        "second-block-required",
-        "not-confirmed-same-side",
-        "not-confirmed-same-joint",
-        "sedation-confounded",
-        "repeat-diagnostics-required",
+    if (
+        verdict == NOT_MET
+        and reasons
+        and reasons[0]
+        in (
+            "second-block-required",
+            "not-confirmed-same-side",
+            "not-confirmed-same-joint",
+            "sedation-confounded",
+            "repeat-diagnostics-required",
+        )
     ):
         gap = ctx.policy.opt("facet-diagnostic", "min_interval_days") or 0
         last = max(
-            (iv.end.date() for iv in ctx.completed if is_facet_diagnostic(iv) and joint_region(iv.joints[0] if iv.joints else "") == region),
+            (
+                iv.end.date()
+                for iv in ctx.completed
+                if is_facet_diagnostic(iv) and joint_region(iv.joints[0] if iv.joints else "") == region
+            ),
             default=None,
         )
         when = None
