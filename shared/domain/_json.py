@@ -14,40 +14,42 @@ from shared.domain import terminology as t
 def as_list(value: Any) -> list[Any]:
     if value is None:
         return []
-    if isinstance(value, list):
+    if type(value) is list:
         return value
     return [value]
 
 
 def codings(concept: Any) -> Iterator[Mapping[str, Any]]:
-    """Codings of a CodeableConcept (or of a list of them)."""
-    for cc in as_list(concept):
-        if isinstance(cc, Mapping):
-            for c in as_list(cc.get("coding")):
-                if isinstance(c, Mapping):
-                    yield c
+    """Codings of a CodeableConcept (or of a list of them). Raw JSON: objects are dicts."""
+    for cc in concept if type(concept) is list else (concept,):
+        if type(cc) is dict:
+            coding = cc.get("coding")
+            if type(coding) is list:
+                for c in coding:
+                    if type(c) is dict:
+                        yield c
 
 
 def code_set(concept: Any, systems: frozenset[str] | str) -> set[str]:
-    if isinstance(systems, str):
-        systems = frozenset({systems})
-    return {
-        str(c["code"]).strip()
-        for c in codings(concept)
-        if c.get("system") in systems and c.get("code") is not None
-    }
+    if concept is None:
+        return set()
+    if type(systems) is str:
+        return {str(c["code"]).strip() for c in codings(concept) if c.get("system") == systems and "code" in c}
+    return {str(c["code"]).strip() for c in codings(concept) if c.get("system") in systems and "code" in c}
 
 
 def texts(concept: Any) -> list[str]:
     """``text`` of the concept(s) and ``display`` of their codings."""
     out: list[str] = []
     for cc in as_list(concept):
-        if isinstance(cc, Mapping):
-            if isinstance(cc.get("text"), str):
-                out.append(cc["text"])
-            for c in as_list(cc.get("coding")):
-                if isinstance(c, Mapping) and isinstance(c.get("display"), str):
-                    out.append(c["display"])
+        if type(cc) is dict:
+            text = cc.get("text")
+            if type(text) is str:
+                out.append(text)
+            for c in codings(cc):
+                display = c.get("display")
+                if type(display) is str:
+                    out.append(display)
     return out
 
 

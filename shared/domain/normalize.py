@@ -30,6 +30,8 @@ from shared.domain.facts import (
 )
 from shared.domain.relevance import classify, patient_reference
 
+# types whose facts are filtered while building (a dropped one yields no fact, but its patient an entry)
+_SELF_FILTERED = frozenset({"Patient", "Condition"})
 _VOID_STATUS = frozenset({"entered-in-error", "cancelled", "preliminary", "not-done", "stopped-in-error"})
 _ORDER_INTENTS = frozenset({"order", "original-order", "plan"})
 _INACTIVE_CONDITION = frozenset({"inactive", "resolved", "remission"})
@@ -574,11 +576,20 @@ def _obs_rank(obs: Mapping[str, Any]) -> tuple[int, str, str]:
     )
 
 
+def _pain_scale(obs: Mapping[str, Any]) -> str | None:
+    """The LOINC pain scale of an Observation (72514-3, 38208-5, 38214-3), or None."""
+    best = None
+    for c in j.codings(obs.get("code")):
+        code = c.get("code")
+        if code in t.PAIN_SCALES and c.get("system") == t.LOINC and (best is None or code < best):
+            best = code
+    return best
+
+
 def _reading(obs: Mapping[str, Any]) -> PainReading | None:
-    loinc = j.code_set(obs.get("code"), t.LOINC) & t.PAIN_SCALES
-    if not loinc:
+    scale = _pain_scale(obs)
+    if scale is None:
         return None
-    scale = sorted(loinc)[0]
     value = reading_value(obs, scale)
     if value is None or value < 0:
         return None
@@ -665,12 +676,12 @@ def normalize(resources: Iterable[Mapping[str, Any]]) -> dict[str, PatientFacts]
             continue
         if rtype == "Observation":
             # fast path: pain scores are most of the data
-            if j.code_set(res.get("code"), t.LOINC) & t.PAIN_SCALES:
+            if _pain_scale(res) is not None:
                 builder(key).add_observation(res)
             elif classify(res).kept:
                 builder(key)
             continue
-        if not classify(res).kept:
+        if rtype not in _SELF_FILTERED and not classify(res).kept:
             continue
         b = builder(key)
         if rtype == "Patient":

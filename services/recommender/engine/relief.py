@@ -107,6 +107,7 @@ class PatientContext:
         self.completed = tuple(iv for iv in facts.interventions if iv.completed)
         self._post = self._assign_post_readings()
         self._cache: dict[tuple[str, float], BlockResult] = {}
+        self.sides_cache: dict[tuple[str | None, str], tuple[str, ...]] = {}
 
     # readings --------------------------------------------------------------------------------
     def _assign_post_readings(self) -> dict[str, list[PainReading]]:

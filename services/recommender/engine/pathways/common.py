@@ -55,7 +55,11 @@ class JointEval:
 
 
 def sides_of(ctx: PatientContext, iv_side: str | None, region: str) -> tuple[str, ...]:
-    return expand_sides(iv_side, index_sides(ctx.facts, regions_of_group(region)))
+    key = (iv_side, region)
+    cached = ctx.sides_cache.get(key)
+    if cached is None:
+        cached = ctx.sides_cache[key] = expand_sides(iv_side, index_sides(ctx.facts, regions_of_group(region)))
+    return cached
 
 
 def blocks_at(
