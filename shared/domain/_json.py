@@ -34,7 +34,9 @@ def code_set(concept: Any, systems: frozenset[str] | str) -> set[str]:
     if concept is None:
         return set()
     if type(systems) is str:
-        return {str(c["code"]).strip() for c in codings(concept) if c.get("system") == systems and "code" in c}
+        return {
+            str(c["code"]).strip() for c in codings(concept) if c.get("system") == systems and "code" in c
+        }
     return {str(c["code"]).strip() for c in codings(concept) if c.get("system") in systems and "code" in c}
 
 

@@ -18,8 +18,8 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from services.recommender.engine import evaluate, load_policy  # noqa: E402
-from shared.domain.normalize import normalize  # noqa: E402
+from services.recommender.engine import evaluate, load_policy
+from shared.domain.normalize import normalize
 
 CPT = "http://www.ama-assn.org/go/cpt"
 SCT = "http://snomed.info/sct"
@@ -37,7 +37,12 @@ def patient(i: int, rng: random.Random) -> list[dict[str, Any]]:
     pid = f"P-{i:06d}"
     subj = {"reference": f"Patient/{pid}"}
     out: list[dict[str, Any]] = [
-        {"resourceType": "Patient", "id": pid, "gender": rng.choice(["female", "male"]), "birthDate": "1958-04-02"}
+        {
+            "resourceType": "Patient",
+            "id": pid,
+            "gender": rng.choice(["female", "male"]),
+            "birthDate": "1958-04-02",
+        }
     ]
     onset = datetime(2024, rng.randint(1, 9), rng.randint(1, 28), 9, tzinfo=UTC)
     joints = rng.choice(JOINTS)
@@ -48,7 +53,14 @@ def patient(i: int, rng: random.Random) -> list[dict[str, Any]]:
             "resourceType": "Condition",
             "id": f"{pid}-c",
             "clinicalStatus": {"coding": [{"code": "active"}]},
-            "code": {"coding": [{"system": "http://hl7.org/fhir/sid/icd-10-cm", "code": "M47.812" if cervical else "M47.816"}]},
+            "code": {
+                "coding": [
+                    {
+                        "system": "http://hl7.org/fhir/sid/icd-10-cm",
+                        "code": "M47.812" if cervical else "M47.816",
+                    }
+                ]
+            },
             "subject": subj,
             "onsetDateTime": _iso(onset),
             "bodySite": [{"coding": [{"system": SCT, "code": SIDES[side]}]}],
@@ -94,7 +106,9 @@ def patient(i: int, rng: random.Random) -> list[dict[str, Any]]:
         out.append(_obs(f"{ref}-pre", subj, bstart - timedelta(minutes=15), base, ref))
         for m, minutes in enumerate((15, 60, 120, 240, 360)[: rng.randint(3, 5)]):
             value = max(0, base - rng.randint(4, 9))
-            out.append(_obs(f"{ref}-post{m}", subj, bend + timedelta(minutes=minutes), value, ref if m % 2 else None))
+            out.append(
+                _obs(f"{ref}-post{m}", subj, bend + timedelta(minutes=minutes), value, ref if m % 2 else None)
+            )
     if rng.random() < 0.3:
         rfa_start = start + timedelta(days=21 * n_blocks + 14)
         out.append(
@@ -109,7 +123,9 @@ def patient(i: int, rng: random.Random) -> list[dict[str, Any]]:
             }
         )
         for m in range(rng.randint(2, 6)):
-            out.append(_obs(f"{pid}-fu{m}", subj, rfa_start + timedelta(days=30 * (m + 1)), rng.randint(1, 6), None))
+            out.append(
+                _obs(f"{pid}-fu{m}", subj, rfa_start + timedelta(days=30 * (m + 1)), rng.randint(1, 6), None)
+            )
     out.append(
         {
             "resourceType": "ServiceRequest",
