@@ -64,6 +64,15 @@ def sides_of(ctx: PatientContext, iv_side: str | None, region: str) -> tuple[str
     return cached
 
 
+def order_sides(ctx: PatientContext, side: str | None, region: str) -> tuple[str, ...]:
+    """Sides an order asks for: as written (bilateral = both); unstated → the index pain's side(s)."""
+    if side == "bilateral":
+        return ("left", "right")
+    if side in ("left", "right"):
+        return (side,)
+    return sides_of(ctx, None, region)
+
+
 def blocks_at(
     ctx: PatientContext, accept: Callable[[Intervention], bool], joint: str, side: str, on: date
 ) -> list[Intervention]:

@@ -29,6 +29,7 @@ from services.recommender.engine.pathways.common import (
     confirming_flags,
     group_assessments,
     judge_history,
+    order_sides,
     sides_of,
 )
 from services.recommender.engine.relief import POSITIVE, PatientContext
@@ -378,14 +379,14 @@ def order_check(ctx: PatientContext, order: Order, now: datetime) -> OrderCheck:
     on = order.requested or now.date()
     region = order.region
     if order.kind == t.FACET_RFA:
-        sides = sides_of(ctx, order.side, region)
+        sides = order_sides(ctx, order.side, region)
         repeat = any(_prior_rfa(ctx, j, s, on) for j in order.joints for s in sides)
         pathway = "facet-rfa-repeat" if repeat else "facet-rfa"
     elif order.diagnostic:
         pathway = "facet-diagnostic"
     else:
         pathway = "facet-therapeutic"
-    sides = sides_of(ctx, order.side, region)
+    sides = order_sides(ctx, order.side, region)
     evals: list[JointEval] = []
     for side in sides:
         for joint in order.joints or ("",):

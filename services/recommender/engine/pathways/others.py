@@ -29,6 +29,7 @@ from services.recommender.engine.pathways.common import (
     confirming_flags,
     group_assessments,
     judge_history,
+    order_sides,
     sides_of,
 )
 from services.recommender.engine.relief import PatientContext
@@ -281,7 +282,7 @@ def order_check(ctx: PatientContext, order: Order, now: datetime) -> OrderCheck 
         if region == "other" and order.joints:
             region = joint_region(order.joints[0])
     else:
-        for side in sides_of(ctx, order.side, order.region):
+        for side in order_sides(ctx, order.side, order.region):
             if pathway.startswith("sij"):
                 evals.append(sij(ctx, pathway, side, on))
             elif pathway == "genicular-rfa":
