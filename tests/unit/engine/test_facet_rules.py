@@ -283,18 +283,18 @@ def test_discordant_comparative_blocks_raise_alert(engine: Any) -> None:
 
 
 def test_consensus_2020_one_block_at_50_percent_is_enough(engine: Any) -> None:
-    resources = (
-        base_l()
-        + [pt("P-1", "2024-09-15", "pt-early")]
-        + scored_block("mbb-1", "2025-02-03 09:00", 8, [(15, 4), (60, 4), (120, 6)])
-        + [rfa_order()]
-    )
+    resources = [
+        *base_l(),
+        pt("P-1", "2024-09-15", "pt-early"),
+        *scored_block("mbb-1", "2025-02-03 09:00", 8, [(15, 4), (60, 4), (120, 6)]),
+        rfa_order(),
+    ]
     assert check_of(engine(resources, NOW))["verdict"] == "not-met"
     assert check_of(engine(resources, NOW, "consensus-2020"))["verdict"] == "supported"
 
 
 def test_consensus_2020_requires_three_months_of_conservative_care(engine: Any) -> None:
-    resources = [patient(), condition("c", "M47.816", "2024-09-01")] + v2_pair() + [rfa_order()]
+    resources = [patient(), condition("c", "M47.816", "2024-09-01"), *v2_pair(), rfa_order()]
     check = check_of(engine(resources, NOW, "consensus-2020"))
     assert (check["verdict"], check["reasons"][0]) == ("not-met", "conservative-care-too-short")
 
@@ -325,7 +325,7 @@ def test_therapeutic_ia_without_rfa_contraindication_needs_review(engine: Any) -
 
 def test_ultrasound_guided_facet_block_not_covered(engine: Any) -> None:
     req = order("req-us", ("0216T",), "2025-03-17", category="103693007")
-    check = check_of(engine(base_l() + [req], NOW), "ServiceRequest/req-us")
+    check = check_of(engine([*base_l(), req], NOW), "ServiceRequest/req-us")
     assert (check["pathway"], check["verdict"], check["reasons"][0]) == (
         "facet-diagnostic",
         "not-covered",
