@@ -9,7 +9,13 @@ import pytest
 from fhirfactory import LN, RX, SCT, block, patient, reading, subj
 
 from shared.domain.facts import PatientFacts
-from shared.domain.normalize import normalize, normalize_resource, parse_levels, side_from_codings, side_from_text
+from shared.domain.normalize import (
+    normalize,
+    normalize_resource,
+    parse_levels,
+    side_from_codings,
+    side_from_text,
+)
 from shared.fhir.bundle import flatten, resolve
 
 
@@ -103,8 +109,10 @@ def test_contained_body_structure_r5_shape() -> None:
         }
     ]
     proc["extension"] = [
-        {"url": "http://hl7.org/fhir/StructureDefinition/procedure-targetBodyStructure",
-         "valueReference": {"reference": "#bs"}}
+        {
+            "url": "http://hl7.org/fhir/StructureDefinition/procedure-targetBodyStructure",
+            "valueReference": {"reference": "#bs"},
+        }
     ]
     iv = facts_of([proc]).interventions[0]
     assert (iv.joints, iv.side) == (("L5-S1",), "right")
@@ -117,10 +125,16 @@ def test_contained_body_structure_r5_shape() -> None:
         pytest.param({"valueQuantity": {"value": 6, "unit": "{score}"}}, 6.0, id="valueQuantity-score"),
         pytest.param({"valueString": "5"}, 5.0, id="valueString-number"),
         pytest.param({"valueString": " 1.5 "}, 1.5, id="valueString-decimal"),
-        pytest.param({"valueCodeableConcept": {"coding": [{"system": LN, "code": "LA10139-6"}]}}, 7.0,
-                     id="LOINC-answer-LA10139-6-is-7"),
-        pytest.param({"valueCodeableConcept": {"coding": [{"system": LN, "code": "LA13942-0"}]}}, 10.0,
-                     id="LOINC-answer-LA13942-0-is-10"),
+        pytest.param(
+            {"valueCodeableConcept": {"coding": [{"system": LN, "code": "LA10139-6"}]}},
+            7.0,
+            id="LOINC-answer-LA10139-6-is-7",
+        ),
+        pytest.param(
+            {"valueCodeableConcept": {"coding": [{"system": LN, "code": "LA13942-0"}]}},
+            10.0,
+            id="LOINC-answer-LA13942-0-is-10",
+        ),
     ],
 )
 def test_pain_values(value: dict[str, Any], expected: float) -> None:
@@ -208,15 +222,28 @@ def test_injectate_from_medication_administration_part_of() -> None:
     ("used", "agent", "steroid", "mg"),
     [
         pytest.param([{"text": "0.5% bupivacaine"}], "bupivacaine", None, None, id="text-bupivacaine"),
-        pytest.param([{"text": "triamcinolone 40 mg"}], "unknown", "triamcinolone", 40.0, id="text-steroid-dose"),
-        pytest.param([{"coding": [{"system": RX, "code": "6387"}]}, {"coding": [{"system": RX, "code": "1815"}]}],
-                     "mixed", None, None, id="two-agents-mixed"),
-        pytest.param([{"coding": [{"system": RX, "code": "3264"}], "text": "dexamethasone 10 mg"}], "unknown",
-                     "dexamethasone", 10.0, id="rxnorm-dexamethasone"),
+        pytest.param(
+            [{"text": "triamcinolone 40 mg"}], "unknown", "triamcinolone", 40.0, id="text-steroid-dose"
+        ),
+        pytest.param(
+            [{"coding": [{"system": RX, "code": "6387"}]}, {"coding": [{"system": RX, "code": "1815"}]}],
+            "mixed",
+            None,
+            None,
+            id="two-agents-mixed",
+        ),
+        pytest.param(
+            [{"coding": [{"system": RX, "code": "3264"}], "text": "dexamethasone 10 mg"}],
+            "unknown",
+            "dexamethasone",
+            10.0,
+            id="rxnorm-dexamethasone",
+        ),
     ],
 )
-def test_injectate_from_used_code(used: list[dict[str, Any]], agent: str, steroid: str | None,
-                                  mg: float | None) -> None:
+def test_injectate_from_used_code(
+    used: list[dict[str, Any]], agent: str, steroid: str | None, mg: float | None
+) -> None:
     proc = block("b", "2025-02-03 09:00", agent=None, category=None)
     proc["usedCode"] = used
     iv = facts_of([proc]).interventions[0]
@@ -280,17 +307,29 @@ def test_order_requested_date_and_filters() -> None:
     active_done = {**base, "id": "b", "status": "active"}
     done = block("done", "2025-03-12 09:00", codes=("64635",))
     done["basedOn"] = [{"reference": "ServiceRequest/b"}]
-    own = {**base, "id": "c", "status": "draft", "identifier": [{"system": "urn:pinpoint:recommendation", "value": "x"}]}
+    own = {
+        **base,
+        "id": "c",
+        "status": "draft",
+        "identifier": [{"system": "urn:pinpoint:recommendation", "value": "x"}],
+    }
     proposal = {**base, "id": "d", "status": "draft", "intent": "proposal"}
     facts = facts_of([draft, active_done, done, own, proposal])
     assert [(o.ref, o.requested) for o in facts.orders] == [("ServiceRequest/a", date(2025, 3, 10))]
 
 
 def test_two_patients_are_kept_apart() -> None:
-    res = [patient("A"), patient("B"), reading("ra", "2025-02-03 09:00", 7, pid="A"),
-           reading("rb", "2025-02-03 09:00", 3, pid="B")]
+    res = [
+        patient("A"),
+        patient("B"),
+        reading("ra", "2025-02-03 09:00", 7, pid="A"),
+        reading("rb", "2025-02-03 09:00", 3, pid="B"),
+    ]
     facts = normalize(resolve((None, r) for r in res))
-    assert {k: [r.value for r in f.readings] for k, f in facts.items()} == {"Patient/A": [7.0], "Patient/B": [3.0]}
+    assert {k: [r.value for r in f.readings] for k, f in facts.items()} == {
+        "Patient/A": [7.0],
+        "Patient/B": [3.0],
+    }
 
 
 def test_urn_uuid_references_resolve_through_the_bundle() -> None:
@@ -298,11 +337,17 @@ def test_urn_uuid_references_resolve_through_the_bundle() -> None:
         "resourceType": "Bundle",
         "type": "transaction",
         "entry": [
-            {"fullUrl": "urn:uuid:11111111-1111-1111-1111-111111111111",
-             "resource": {"resourceType": "Patient", "gender": "female"}},
-            {"fullUrl": "urn:uuid:22222222-2222-2222-2222-222222222222",
-             "resource": {**reading("x", "2025-02-03 09:00", 5),
-                          "subject": {"reference": "urn:uuid:11111111-1111-1111-1111-111111111111"}}},
+            {
+                "fullUrl": "urn:uuid:11111111-1111-1111-1111-111111111111",
+                "resource": {"resourceType": "Patient", "gender": "female"},
+            },
+            {
+                "fullUrl": "urn:uuid:22222222-2222-2222-2222-222222222222",
+                "resource": {
+                    **reading("x", "2025-02-03 09:00", 5),
+                    "subject": {"reference": "urn:uuid:11111111-1111-1111-1111-111111111111"},
+                },
+            },
         ],
     }
     facts = normalize(resolve(flatten(bundle)))

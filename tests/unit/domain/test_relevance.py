@@ -17,13 +17,24 @@ REALDATA = Path(__file__).resolve().parents[4] / "shared" / "realdata"
 
 
 def proc(code: str, system: str = CPT, **extra: Any) -> dict[str, Any]:
-    return {"resourceType": "Procedure", "id": "p", "status": "completed", "subject": subj("P-1"),
-            "code": {"coding": [{"system": system, "code": code}]}, **extra}
+    return {
+        "resourceType": "Procedure",
+        "id": "p",
+        "status": "completed",
+        "subject": subj("P-1"),
+        "code": {"coding": [{"system": system, "code": code}]},
+        **extra,
+    }
 
 
 def med(kind: str, code: str, route: str | None = None) -> dict[str, Any]:
-    res: dict[str, Any] = {"resourceType": kind, "id": "m", "status": "completed", "subject": subj("P-1"),
-                           "medicationCodeableConcept": {"coding": [{"system": RX, "code": code}]}}
+    res: dict[str, Any] = {
+        "resourceType": kind,
+        "id": "m",
+        "status": "completed",
+        "subject": subj("P-1"),
+        "medicationCodeableConcept": {"coding": [{"system": RX, "code": code}]},
+    }
     if route:
         res["dosage"] = {"route": {"coding": [{"system": SCT, "code": route}]}}
     return res
@@ -38,27 +49,71 @@ def med(kind: str, code: str, route: str | None = None) -> dict[str, Any]:
         pytest.param(proc("18946005", SCT), False, "procedure", id="labour-epidural-dropped"),
         pytest.param(proc("99152"), True, "sedation", id="moderate-sedation"),
         pytest.param(proc("97110"), True, "conservative-care", id="physical-therapy"),
-        pytest.param(proc("96372", usedCode=[{"text": "ceftriaxone 1 g IM"}]), False, "procedure",
-                     id="intramuscular-antibiotic-dropped"),
-        pytest.param(proc("96372", usedCode=[{"text": "triamcinolone 40 mg IM"}]), True, "steroid-injection",
-                     id="intramuscular-steroid-kept"),
+        pytest.param(
+            proc("96372", usedCode=[{"text": "ceftriaxone 1 g IM"}]),
+            False,
+            "procedure",
+            id="intramuscular-antibiotic-dropped",
+        ),
+        pytest.param(
+            proc("96372", usedCode=[{"text": "triamcinolone 40 mg IM"}]),
+            True,
+            "steroid-injection",
+            id="intramuscular-steroid-kept",
+        ),
         pytest.param(reading("o", "2025-02-03 09:00", 5), True, "pain-score", id="pain-score"),
-        pytest.param({"resourceType": "Observation", "id": "hr", "code": {"coding": [
-            {"system": "http://loinc.org", "code": "8867-4"}]}}, False, "observation", id="heart-rate-dropped"),
-        pytest.param({"resourceType": "Observation", "id": "t", "code": {"text": "Thigh thrust test"}}, True,
-                     "provocation-test", id="provocation-test"),
-        pytest.param(med("MedicationAdministration", "6960", "47625008"), True, "sedation", id="iv-midazolam"),
+        pytest.param(
+            {
+                "resourceType": "Observation",
+                "id": "hr",
+                "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4"}]},
+            },
+            False,
+            "observation",
+            id="heart-rate-dropped",
+        ),
+        pytest.param(
+            {"resourceType": "Observation", "id": "t", "code": {"text": "Thigh thrust test"}},
+            True,
+            "provocation-test",
+            id="provocation-test",
+        ),
+        pytest.param(
+            med("MedicationAdministration", "6960", "47625008"), True, "sedation", id="iv-midazolam"
+        ),
         pytest.param(med("MedicationStatement", "7258"), True, "conservative-care", id="naproxen"),
-        pytest.param(med("MedicationAdministration", "10759"), True, "steroid-injection", id="steroid-injection"),
-        pytest.param(med("MedicationRequest", "10759", "26643006"), False, "medication", id="oral-steroid-dropped"),
+        pytest.param(
+            med("MedicationAdministration", "10759"), True, "steroid-injection", id="steroid-injection"
+        ),
+        pytest.param(
+            med("MedicationRequest", "10759", "26643006"), False, "medication", id="oral-steroid-dropped"
+        ),
         pytest.param(med("MedicationRequest", "1191"), False, "medication", id="aspirin-dropped"),
-        pytest.param({"resourceType": "ServiceRequest", "id": "s", "code": {"coding": [
-            {"system": CPT, "code": "64635"}]}}, True, "order", id="rfa-order"),
-        pytest.param({"resourceType": "ServiceRequest", "id": "s", "identifier": [
-            {"system": "urn:pinpoint:recommendation", "value": "x"}], "code": {"coding": [
-                {"system": CPT, "code": "64635"}]}}, False, "own-proposal", id="own-proposal-dropped"),
+        pytest.param(
+            {
+                "resourceType": "ServiceRequest",
+                "id": "s",
+                "code": {"coding": [{"system": CPT, "code": "64635"}]},
+            },
+            True,
+            "order",
+            id="rfa-order",
+        ),
+        pytest.param(
+            {
+                "resourceType": "ServiceRequest",
+                "id": "s",
+                "identifier": [{"system": "urn:pinpoint:recommendation", "value": "x"}],
+                "code": {"coding": [{"system": CPT, "code": "64635"}]},
+            },
+            False,
+            "own-proposal",
+            id="own-proposal-dropped",
+        ),
         pytest.param({"resourceType": "Encounter", "id": "e"}, False, "encounter", id="encounter-dropped"),
-        pytest.param({"resourceType": "BodyStructure", "id": "b"}, True, "body-structure", id="body-structure"),
+        pytest.param(
+            {"resourceType": "BodyStructure", "id": "b"}, True, "body-structure", id="body-structure"
+        ),
     ],
 )
 def test_classify(resource: dict[str, Any], kept: bool, category: str) -> None:
@@ -70,12 +125,19 @@ def test_classify(resource: dict[str, Any], kept: bool, category: str) -> None:
 def test_patient_reference() -> None:
     assert patient_reference(patient("X")) == "Patient/X"
     assert patient_reference(reading("o", "2025-02-03 09:00", 1, pid="Y")) == "Patient/Y"
-    assert patient_reference({"resourceType": "BodyStructure", "patient": {"reference": "Patient/Z"}}) == "Patient/Z"
+    assert (
+        patient_reference({"resourceType": "BodyStructure", "patient": {"reference": "Patient/Z"}})
+        == "Patient/Z"
+    )
     assert patient_reference({"resourceType": "Medication"}) is None
 
 
 def test_nested_message_bundles_are_unwrapped() -> None:
-    inner = {"resourceType": "Bundle", "type": "document", "entry": [{"resource": patient("N")}, {"fullUrl": "x"}]}
+    inner = {
+        "resourceType": "Bundle",
+        "type": "document",
+        "entry": [{"resource": patient("N")}, {"fullUrl": "x"}],
+    }
     outer = {"resourceType": "Bundle", "type": "message", "entry": [{"resource": inner}]}
     assert [r["id"] for _, r in flatten(outer)] == ["N"]
 

@@ -31,26 +31,48 @@ def test_every_value_in_the_builtin_names_its_source() -> None:
 
 def test_custom_file_extends_and_switches_a_pathway_off(tmp_path: Path) -> None:
     f = tmp_path / "payer.yaml"
-    f.write_text("id: payer-x\nversion: '3'\nextends: cms-lcd\npathways:\n  genicular-rfa: {covered: false}\n")
+    f.write_text(
+        "id: payer-x\nversion: '3'\nextends: cms-lcd\npathways:\n  genicular-rfa: {covered: false}\n"
+    )
     pol = load_policy(str(f))
-    assert (pol.id, pol.version, pol.covered("genicular-rfa"), pol.covered("facet-rfa")) == ("payer-x", "3", False, True)
+    assert (pol.id, pol.version, pol.covered("genicular-rfa"), pol.covered("facet-rfa")) == (
+        "payer-x",
+        "3",
+        False,
+        True,
+    )
 
 
 @pytest.mark.parametrize(
     ("body", "message"),
     [
-        pytest.param("id: x\nversion: 1\npathways:\n  facet-rfa: {threshhold: 70}\n", "pathways.facet-rfa.threshhold",
-                     id="misspelt-key"),
-        pytest.param("id: x\nversion: 1\npathways:\n  facet-rfa: {threshold: high}\n", "pathways.facet-rfa.threshold",
-                     id="not-a-number"),
-        pytest.param("id: x\nversion: 1\npathways:\n  facet-rfa: {covered: 1}\n", "pathways.facet-rfa.covered",
-                     id="covered-not-boolean"),
-        pytest.param("id: x\nversion: 1\npathways:\n  hip-rfa: {covered: true}\n", "pathways.hip-rfa",
-                     id="unknown-pathway"),
+        pytest.param(
+            "id: x\nversion: 1\npathways:\n  facet-rfa: {threshhold: 70}\n",
+            "pathways.facet-rfa.threshhold",
+            id="misspelt-key",
+        ),
+        pytest.param(
+            "id: x\nversion: 1\npathways:\n  facet-rfa: {threshold: high}\n",
+            "pathways.facet-rfa.threshold",
+            id="not-a-number",
+        ),
+        pytest.param(
+            "id: x\nversion: 1\npathways:\n  facet-rfa: {covered: 1}\n",
+            "pathways.facet-rfa.covered",
+            id="covered-not-boolean",
+        ),
+        pytest.param(
+            "id: x\nversion: 1\npathways:\n  hip-rfa: {covered: true}\n",
+            "pathways.hip-rfa",
+            id="unknown-pathway",
+        ),
         pytest.param("id: x\nversion: 1\nextends: medicaid\n", "extends", id="unknown-base"),
         pytest.param("version: 1\n", "id", id="missing-id"),
-        pytest.param("id: x\nversion: 1\npathways:\n  facet-rfa: {threshold: null}\n", "pathways.facet-rfa.threshold",
-                     id="threshold-null"),
+        pytest.param(
+            "id: x\nversion: 1\npathways:\n  facet-rfa: {threshold: null}\n",
+            "pathways.facet-rfa.threshold",
+            id="threshold-null",
+        ),
         pytest.param("id: x\nversion: 1\npathways: [1, 2]\n", "pathways", id="pathways-not-mapping"),
         pytest.param("id: [x\n", "YAML", id="broken-yaml"),
     ],
