@@ -9,6 +9,7 @@ preliminary resources never count; an amended or corrected Observation replaces 
 
 from __future__ import annotations
 
+import json
 import re
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
@@ -371,26 +372,26 @@ class _Builder:
     def add_observation(self, obs: Mapping[str, Any]) -> None:
         ref = _ref(obs)
         current = self.observations.get(ref)
-        if current is None or _obs_rank(obs) > _obs_rank(current):
+        if current is None or _newer(obs, current):
             self.observations[ref] = obs
 
     def readings(self) -> list[PainReading]:
         replaced: set[str] = set()
-        by_identifier: dict[str, tuple[tuple[int, str, str], str]] = {}
-        for ref, obs in self.observations.items():
+        by_identifier: dict[str, Mapping[str, Any]] = {}
+        for obs in self.observations.values():
             if _status(obs) in ("amended", "corrected"):
                 replaced.update(j.references(obs.get("derivedFrom")))
             for ident in j.as_list(obs.get("identifier")):
                 if isinstance(ident, Mapping) and ident.get("value"):
                     key = f"{ident.get('system')}|{ident.get('value')}"
-                    rank = _obs_rank(obs)
                     prev = by_identifier.get(key)
-                    if prev is None or rank > prev[0]:
-                        if prev is not None:
-                            replaced.add(prev[1])
-                        by_identifier[key] = (rank, ref)
+                    if prev is None:
+                        by_identifier[key] = obs
+                    elif _newer(obs, prev):
+                        replaced.add(_ref(prev))
+                        by_identifier[key] = obs
                     else:
-                        replaced.add(ref)
+                        replaced.add(_ref(obs))
         out = []
         for ref, obs in self.observations.items():
             if ref in replaced or _status(obs) not in t.OBSERVATION_OK_STATUS:
@@ -401,6 +402,9 @@ class _Builder:
         return out
 
     def build(self) -> PatientFacts:
+        self.procedures = _dedupe(self.procedures)
+        self.admins = _dedupe(self.admins)
+        self.requests = _dedupe(self.requests)
         proc_index = {_ref(p): p for p in self.procedures}
         part_of: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
         sedations: list[Sedation] = []
@@ -564,6 +568,26 @@ class _Builder:
             injectate=injectate,
             reason_codes=reasons,
         )
+
+
+def _newer(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+    """Which of two versions of one resource wins, independent of arrival order: amended or
+    corrected first, then the newer ``meta.lastUpdated`` / ``versionId``, then content."""
+    ra, rb = _obs_rank(a), _obs_rank(b)
+    if ra != rb:
+        return ra > rb
+    return json.dumps(a, sort_keys=True, default=str) > json.dumps(b, sort_keys=True, default=str)
+
+
+def _dedupe(resources: list[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """One version per ``Type/id`` (see :func:`_newer`)."""
+    best: dict[str, Mapping[str, Any]] = {}
+    for res in resources:
+        ref = _ref(res)
+        current = best.get(ref)
+        if current is None or _newer(res, current):
+            best[ref] = res
+    return list(best.values())
 
 
 def _obs_rank(obs: Mapping[str, Any]) -> tuple[int, str, str]:
