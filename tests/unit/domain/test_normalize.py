@@ -6,7 +6,6 @@ from datetime import date
 from typing import Any
 
 import pytest
-from fhirfactory import LN, RX, SCT, block, patient, reading, subj
 
 from shared.domain.facts import PatientFacts
 from shared.domain.normalize import (
@@ -17,6 +16,7 @@ from shared.domain.normalize import (
     side_from_text,
 )
 from shared.fhir.bundle import flatten, resolve
+from tests.unit.fhirfactory import LN, RX, SCT, block, patient, reading, subj
 
 
 def facts_of(resources: list[dict[str, Any]], pid: str = "P-1") -> PatientFacts:

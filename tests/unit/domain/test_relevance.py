@@ -7,11 +7,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fhirfactory import CPT, RX, SCT, block, patient, reading, subj
 
 from shared.domain.normalize import normalize
 from shared.domain.relevance import classify, patient_reference
 from shared.fhir.bundle import flatten, resolve
+from tests.unit.fhirfactory import CPT, RX, SCT, block, patient, reading, subj
 
 REALDATA = Path(__file__).resolve().parents[4] / "shared" / "realdata"
 

@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 import typer
-from fhirfactory import base_l, rfa_order, v2_pair
 from typer.testing import CliRunner
 
 from services.recommender.evaluate import evaluate_command
+from tests.unit.fhirfactory import base_l, rfa_order, v2_pair
 
 V02 = (
     Path(__file__).resolve().parents[2]

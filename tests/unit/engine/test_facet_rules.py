@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from fhirfactory import (
+
+from tests.unit.fhirfactory import (
     base_l,
     block,
     condition,

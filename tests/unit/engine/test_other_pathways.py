@@ -7,7 +7,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fhirfactory import (
+
+from tests.unit.fhirfactory import (
     CPT,
     RX,
     SCT,

@@ -9,11 +9,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from fhirfactory import CPT, SCT, base_l, block, reading, rfa_order, subj
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from services.recommender.engine.model import NOT_MET, SUPPORTED
+from tests.unit.fhirfactory import CPT, SCT, base_l, block, reading, rfa_order, subj
 
 VIGNETTES = Path(__file__).resolve().parents[2] / "fixtures" / "vignettes"
 CASES = sorted(p for p in VIGNETTES.iterdir() if (p / "expected.json").is_file())
