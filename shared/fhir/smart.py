@@ -9,7 +9,8 @@ puts it on every request::
     fhir = FhirClient(base_url, http_client, auth=auth)
 
 - the assertion: header ``alg`` (RS384|ES384), ``kid``, ``typ: JWT``; claims ``iss`` = ``sub`` =
-  client_id, ``aud`` = token URL, ``exp`` at most 5 minutes ahead, a fresh ``jti``, ``iat``;
+  client_id, ``aud`` = token URL, ``exp`` at most 5 minutes ahead, a fresh ``jti`` (no ``iat``:
+  SMART does not ask for it, and a verifier whose clock is behind ours would reject it);
 - the key: a PEM private key, or a JWK / JWKS JSON holding a private key for ``alg`` (the
   ``kid`` then defaults to the JWK's); for a PEM without ``kid`` the RFC 7638 thumbprint is used;
 - the token is cached until ``refresh_margin`` seconds before ``expires_in``; under concurrency
@@ -226,7 +227,6 @@ class SmartBackendAuth(httpx.Auth):
             "iss": self._credentials.client_id,
             "sub": self._credentials.client_id,
             "aud": self._credentials.token_url,
-            "iat": now,
             "exp": now + int(self._lifetime),
             "jti": self._jti(),
         }
