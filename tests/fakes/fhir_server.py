@@ -216,6 +216,7 @@ class _Store:
     def tick(self) -> str:
         """A strictly increasing lastUpdated (so _lastUpdated=gt… never loses a write)."""
         now = datetime.now(UTC)
+        now = now.replace(microsecond=now.microsecond // 1000 * 1000)  # instants carry milliseconds
         if now <= self.last_ts:
             now = self.last_ts + timedelta(milliseconds=1)
         self.last_ts = now
