@@ -52,6 +52,7 @@ from shared.fhir.errors import (
 )
 
 __all__ = [
+    "DEFAULT_TIMEOUT",
     "FHIR_JSON",
     "FhirAuthError",
     "FhirClient",
@@ -71,6 +72,8 @@ __all__ = [
 ]
 
 FHIR_JSON = "application/fhir+json"
+#: Applied when neither the FhirClient nor its AsyncClient sets any timeout: never wait forever.
+DEFAULT_TIMEOUT = httpx.Timeout(30.0, connect=5.0)
 
 #: Search / operation parameters: a mapping (a sequence value repeats the parameter) or pairs.
 SearchParams = Mapping[str, str | int | Sequence[str]] | Sequence[tuple[str, str]]
@@ -246,7 +249,7 @@ def _check_type(resource_type: str) -> str:
     return resource_type
 
 
-def _check_id(resource_id: str) -> str:
+def _check_id(resource_id: object) -> str:
     if not isinstance(resource_id, str) or not _ID_RE.match(resource_id):
         raise ValueError("not a FHIR logical id")
     return resource_id
@@ -256,7 +259,9 @@ class FhirClient:
     """FHIR R4 REST client bound to one base URL.
 
     ``http`` is the injected :class:`httpx.AsyncClient` (its timeouts apply unless ``timeout`` is
-    given; the caller owns and closes it). ``auth`` is applied to every request except
+    given, or :data:`DEFAULT_TIMEOUT` if it has none at all; the caller owns and closes it). The
+    SMART token request (see ``auth``) is the one request that goes elsewhere: to the configured
+    token URL, never to a URL taken from a server response. ``auth`` is applied to every request except
     :meth:`smart_configuration`. ``request_id`` returns the current correlation id (or None);
     it is sent as ``X-Request-ID``. ``sleep`` and ``rng`` are injectable for tests.
     ``max_pages`` bounds how many pages one search may follow.
@@ -298,6 +303,12 @@ class FhirClient:
         self._timeout: httpx.Timeout | None = (
             timeout if isinstance(timeout, httpx.Timeout) or timeout is None else httpx.Timeout(timeout)
         )
+        client_timeout = http.timeout
+        if self._timeout is None and all(
+            t is None
+            for t in (client_timeout.connect, client_timeout.read, client_timeout.write, client_timeout.pool)
+        ):
+            self._timeout = DEFAULT_TIMEOUT
         self._request_id = request_id
         self._sleep = sleep
         self._rng = rng or random.Random()
@@ -631,7 +642,7 @@ class FhirClient:
         ETag, sent as ``If-Match: W/"n"`` — a mismatch raises :class:`FhirVersionConflict`.
         """
         resource_type = _check_type(str(resource.get("resourceType")))
-        resource_id = _check_id(str(resource.get("id")))
+        resource_id = _check_id(resource.get("id"))
         what = f"update {resource_type}"
         headers = {"Prefer": "return=representation"}
         if if_match is not None:

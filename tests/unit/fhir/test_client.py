@@ -593,3 +593,18 @@ def test_retry_policy_bounds() -> None:
         RetryPolicy(max_attempts=0)
     with pytest.raises(ConfigError):
         RetryPolicy(max_attempts=50)
+
+
+async def test_update_needs_an_id(http: httpx.AsyncClient, sleep: RecordingSleep) -> None:
+    with pytest.raises(ValueError):
+        await make(http, sleep).update({"resourceType": "Patient"})
+
+
+async def test_a_client_without_any_timeout_gets_the_default(
+    router: respx.Router, sleep: RecordingSleep
+) -> None:
+    route = router.get(f"{BASE}/Patient/p1").respond(200, json=PATIENT)
+    transport = httpx.MockTransport(router.async_handler)
+    async with httpx.AsyncClient(transport=transport, timeout=None) as unbounded:
+        await make(unbounded, sleep).read("Patient", "p1")
+    assert route.calls.last.request.extensions["timeout"]["read"] == 30.0
