@@ -60,6 +60,7 @@ from email.utils import format_datetime
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
+import httpx
 import jwt
 import orjson
 import uvicorn
@@ -346,6 +347,15 @@ class _Store:
         return number
 
 
+def _payload_content(subscription: Mapping[str, Any]) -> str:
+    """The Backport ``backport-payload-content`` of a Subscription (default ``id-only``)."""
+    extensions = ((subscription.get("channel") or {}).get("_payload") or {}).get("extension") or []
+    for ext in extensions:
+        if str(ext.get("url", "")).endswith("backport-payload-content") and ext.get("valueCode"):
+            return str(ext["valueCode"])
+    return "id-only"
+
+
 def _check_body(rtype: str, body: Any) -> None:
     if not isinstance(body, dict) or body.get("resourceType") != rtype:
         raise InvalidInput(f"the body is not a {rtype} resource")
@@ -426,6 +436,7 @@ class FakeFhirServer:
         self._requests: list[RecordedRequest] = []
         self._tokens: dict[str, float] = {}  # token -> expiry (epoch seconds)
         self._seen_jti: set[str] = set()
+        self._delivered: dict[str, int] = {}  # subscription id -> last event number pushed
         self.app = self._build_app()
 
     # -- for tests: scripting and inspection
@@ -712,78 +723,75 @@ class FakeFhirServer:
 
     # -- subscriptions
 
-    def _subscription_parameters(
-        self, request: Request, sid: str, kind: str, events: list[_Event]
+    def notification_bundle(
+        self,
+        subscription_id: str,
+        *,
+        kind: str = "event-notification",
+        base_url: str = "http://fake/fhir",
+        since: int = 1,
+        until: int | None = None,
+        content: str | None = None,
     ) -> dict[str, Any]:
-        subscription = self._store.read("Subscription", sid)
-        base = self._base_url(request)
-        parameters: list[dict[str, Any]] = [
-            {"name": "subscription", "valueReference": {"reference": f"{base}/Subscription/{sid}"}},
-            {"name": "status", "valueCode": subscription.get("status", "active")},
-            {"name": "type", "valueCode": kind},
-            {
-                "name": "events-since-subscription-start",
-                "valueString": str(len(self._store.events.get(sid, []))),
-            },
-        ]
-        if str(subscription.get("criteria", "")).startswith("http"):
-            parameters.insert(1, {"name": "topic", "valueCanonical": subscription["criteria"]})
-        for event in events:
-            parameters.append(
-                {
-                    "name": "notification-event",
-                    "part": [
-                        {"name": "event-number", "valueString": str(event.number)},
-                        {"name": "timestamp", "valueInstant": event.timestamp},
-                        {"name": "focus", "valueReference": {"reference": f"{base}/{event.focus}"}},
-                    ],
-                }
-            )
-        return {"resourceType": "Parameters", "id": str(uuid.uuid4()), "parameter": parameters}
+        """A Backport-R4 notification ``history`` Bundle: a status ``Parameters`` first, then one
+        entry per focus (``id-only``: ``fullUrl`` + ``request``; ``full-resource``: with the resource).
 
-    def _events_bundle(self, request: Request, sid: str) -> dict[str, Any]:
-        query = dict(parse_qsl(request.url.query))
-        try:
-            since = int(query.get("eventsSinceNumber", "1"))
-            until = int(query["eventsUntilNumber"]) if "eventsUntilNumber" in query else None
-        except ValueError as exc:
-            raise InvalidInput("eventsSinceNumber / eventsUntilNumber must be integers") from exc
-        content = query.get("content", "id-only")
-        if content not in ("empty", "id-only", "full-resource"):
-            raise InvalidInput("content must be empty, id-only or full-resource")
-        base = self._base_url(request)
+        ``kind`` is ``event-notification``, ``query-event`` (what ``$events`` answers), ``handshake``
+        or ``heartbeat`` (these two carry no events). Events ``since``..``until`` (inclusive) are
+        listed; ``content`` defaults to the Subscription's ``backport-payload-content`` or id-only.
+        """
         with self._lock:
-            events = [
-                e
-                for e in self._store.events.get(sid, [])
-                if e.number >= since and (until is None or e.number <= until)
+            subscription = self._store.read("Subscription", subscription_id)
+            content = content or _payload_content(subscription)
+            if content not in ("empty", "id-only", "full-resource"):
+                raise InvalidInput("content must be empty, id-only or full-resource")
+            all_events = self._store.events.get(subscription_id, [])
+            events = (
+                []
+                if kind in ("handshake", "heartbeat")
+                else [e for e in all_events if e.number >= since and (until is None or e.number <= until)]
+            )
+            parameters: list[dict[str, Any]] = [
+                {
+                    "name": "subscription",
+                    "valueReference": {"reference": f"{base_url}/Subscription/{subscription_id}"},
+                },
+                {"name": "status", "valueCode": subscription.get("status", "active")},
+                {"name": "type", "valueCode": kind},
+                {"name": "events-since-subscription-start", "valueString": str(len(all_events))},
             ]
-            status = self._subscription_parameters(request, sid, "query-event", events)
-            if content == "empty":
-                for p in status["parameter"]:
-                    for part in list(p.get("part", [])):
-                        if part["name"] == "focus":
-                            p["part"].remove(part)
+            if str(subscription.get("criteria", "")).startswith("http"):
+                parameters.insert(1, {"name": "topic", "valueCanonical": subscription["criteria"]})
+            for event in events:
+                parts: list[dict[str, Any]] = [
+                    {"name": "event-number", "valueString": str(event.number)},
+                    {"name": "timestamp", "valueInstant": event.timestamp},
+                ]
+                if content != "empty":
+                    parts.append(
+                        {"name": "focus", "valueReference": {"reference": f"{base_url}/{event.focus}"}}
+                    )
+                parameters.append({"name": "notification-event", "part": parts})
+            status_id = str(uuid.uuid4())
             entries: list[dict[str, Any]] = [
                 {
-                    "fullUrl": f"urn:uuid:{status['id']}",
-                    "resource": status,
-                    "request": {"method": "GET", "url": f"{base}/Subscription/{sid}/$status"},
+                    "fullUrl": f"urn:uuid:{status_id}",
+                    "resource": {"resourceType": "Parameters", "id": status_id, "parameter": parameters},
+                    "request": {"method": "GET", "url": f"{base_url}/Subscription/{subscription_id}/$status"},
                     "response": {"status": "200"},
                 }
             ]
-            if content != "empty":
-                for focus in dict.fromkeys(e.focus for e in events):
-                    rtype, rid = focus.split("/", 1)
-                    stored = self._store.entry(rtype, rid)
-                    item: dict[str, Any] = {
-                        "fullUrl": f"{base}/{focus}",
-                        "request": {"method": "PUT", "url": focus},
-                        "response": {"status": "200"},
-                    }
-                    if content == "full-resource" and stored is not None and not stored.deleted:
-                        item["resource"] = copy.deepcopy(stored.current)
-                    entries.append(item)
+            for focus in dict.fromkeys(e.focus for e in events) if content != "empty" else ():
+                rtype, rid = focus.split("/", 1)
+                stored = self._store.entry(rtype, rid)
+                item: dict[str, Any] = {
+                    "fullUrl": f"{base_url}/{focus}",
+                    "request": {"method": "PUT", "url": focus},
+                    "response": {"status": "200"},
+                }
+                if content == "full-resource" and stored is not None and not stored.deleted:
+                    item["resource"] = copy.deepcopy(stored.current)
+                entries.append(item)
         return {
             "resourceType": "Bundle",
             "id": str(uuid.uuid4()),
@@ -792,14 +800,102 @@ class FakeFhirServer:
             "entry": entries,
         }
 
-    def _status_bundle(self, request: Request, sid: str) -> dict[str, Any]:
+    async def deliver(
+        self,
+        subscription_id: str,
+        http: httpx.AsyncClient,
+        *,
+        kind: str = "event-notification",
+        base_url: str = "http://fake/fhir",
+    ) -> list[int]:
+        """Push what a real server would push to the Subscription's ``channel.endpoint``, using
+        ``http`` (e.g. a client on ``ASGITransport(pinpoint_app)``); returns the answer statuses.
+
+        - topic-based (``criteria`` is a topic URL): one POST of :meth:`notification_bundle` with
+          the events not yet delivered (or a ``handshake`` / ``heartbeat``), ``Content-Type`` =
+          ``channel.payload``;
+        - classic with a payload (HAPI style): ``PUT {endpoint}/{type}/{id}`` per new event;
+        - classic without a payload: ``POST {endpoint}`` with no body per new event.
+
+        ``channel.header`` entries ("Name: value") are sent as headers. A non-2xx answer or a
+        transport error stops delivery and sets the Subscription's status to ``error``. Only
+        loopback, ``localhost`` and single-label hosts (test transports) are contacted.
+        """
         with self._lock:
-            status = self._subscription_parameters(request, sid, "query-status", [])
+            subscription = copy.deepcopy(self._store.read("Subscription", subscription_id))
+            events = self._store.events.get(subscription_id, [])
+            pending = [e for e in events if e.number > self._delivered.get(subscription_id, 0)]
+        channel = subscription.get("channel") or {}
+        endpoint = str(channel.get("endpoint", ""))
+        host = httpx.URL(endpoint).host if endpoint else ""
+        if host not in ("127.0.0.1", "::1", "localhost") and (not host or "." in host):
+            raise InvalidInput("the fake server only delivers to loopback or test-transport endpoints")
+        headers = {}
+        for line in channel.get("header") or []:
+            name, _, value = str(line).partition(":")
+            headers[name.strip()] = value.strip()
+        payload = channel.get("payload")
+        sends: list[tuple[str, str, bytes, list[_Event]]] = []
+        if str(subscription.get("criteria", "")).startswith("http"):
+            batch = pending if kind == "event-notification" else []
+            if kind == "event-notification" and not batch:
+                return []  # nothing new to notify
+            since = batch[0].number if batch else len(events) + 1
+            bundle = self.notification_bundle(
+                subscription_id, kind=kind, base_url=base_url, since=since, until=since + len(batch) - 1
+            )
+            headers["Content-Type"] = str(payload or FHIR_JSON)
+            sends.append(("POST", endpoint, orjson.dumps(bundle), batch))
+        else:
+            for event in pending:
+                if payload:
+                    rtype, rid = event.focus.split("/", 1)
+                    current = self.get(rtype, rid)
+                    body = orjson.dumps(current) if current else b""
+                    headers["Content-Type"] = str(payload)
+                    sends.append(("PUT", f"{endpoint.rstrip('/')}/{event.focus}", body, [event]))
+                else:
+                    sends.append(("POST", endpoint, b"", [event]))
+        statuses: list[int] = []
+        for method, url, body, delivered in sends:
+            try:
+                response = await http.request(method, url, content=body, headers=headers)
+                statuses.append(response.status_code)
+                ok = response.is_success
+            except httpx.HTTPError:
+                ok = False
+            with self._lock:
+                if not ok:
+                    self._store._write("Subscription", subscription_id, {**subscription, "status": "error"})
+                    break
+                if delivered:
+                    self._delivered[subscription_id] = delivered[-1].number
+        return statuses
+
+    def _events_bundle(self, request: Request, sid: str) -> dict[str, Any]:
+        query = dict(parse_qsl(request.url.query))
+        try:
+            since = int(query.get("eventsSinceNumber", "1"))
+            until = int(query["eventsUntilNumber"]) if "eventsUntilNumber" in query else None
+        except ValueError as exc:
+            raise InvalidInput("eventsSinceNumber / eventsUntilNumber must be integers") from exc
+        return self.notification_bundle(
+            sid,
+            kind="query-event",
+            base_url=self._base_url(request),
+            since=since,
+            until=until,
+            content=query.get("content"),
+        )
+
+    def _status_bundle(self, request: Request, sid: str) -> dict[str, Any]:
+        notification = self.notification_bundle(sid, kind="query-status", base_url=self._base_url(request))
+        status = notification["entry"][0]
         return {
             "resourceType": "Bundle",
             "type": "searchset",
             "total": 1,
-            "entry": [{"fullUrl": f"urn:uuid:{status['id']}", "resource": status}],
+            "entry": [{"fullUrl": status["fullUrl"], "resource": status["resource"]}],
         }
 
     # -- SMART

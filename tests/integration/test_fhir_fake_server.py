@@ -14,6 +14,7 @@ import httpx
 import jwt
 import pytest
 
+from shared.errors import PinpointError
 from shared.fhir.client import FhirClient, RetryPolicy
 from shared.fhir.errors import (
     FhirAuthError,
@@ -463,3 +464,121 @@ async def test_subscription_events_can_be_fetched_by_number(fake: FakeFhirServer
     ]
     assert numbers == ["2", "3"]
     assert [e["resource"]["valueInteger"] for e in history["entry"][1:]] == [1, 2]
+
+
+# ---------------------------------------------------------------- pushing notifications
+
+
+class Receiver:
+    """A stand-in subscriber endpoint on an ASGI transport (host "receiver")."""
+
+    def __init__(self, status: int = 200) -> None:
+        self.status = status
+        self.calls: list[httpx.Request] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.calls.append(request)
+        return httpx.Response(self.status)
+
+
+TOPIC = "http://example.org/topics/procedure-completed"
+
+
+def topic_subscription(content: str = "full-resource") -> dict[str, Any]:
+    return {
+        "resourceType": "Subscription",
+        "status": "requested",
+        "reason": "pinpoint",
+        "criteria": TOPIC,
+        "channel": {
+            "type": "rest-hook",
+            "endpoint": "http://receiver/fhir-notify",
+            "header": ["X-Pinpoint-Secret: s3cret"],
+            "payload": "application/fhir+json",
+            "_payload": {
+                "extension": [
+                    {
+                        "url": "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/backport-payload-content",
+                        "valueCode": content,
+                    }
+                ]
+            },
+        },
+    }
+
+
+async def test_topic_notifications_are_pushed_once_with_headers() -> None:
+    fake = FakeFhirServer()
+    sub = fake.put(topic_subscription())
+    procedure = fake.put(
+        {"resourceType": "Procedure", "status": "completed", "subject": {"reference": "Patient/p1"}}
+    )
+    fake.emit_event(sub["id"], f"Procedure/{procedure['id']}")
+    fake.emit_event(sub["id"], f"Procedure/{procedure['id']}")
+    receiver = Receiver()
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(receiver)) as http:
+        assert await fake.deliver(sub["id"], http, kind="handshake") == [200]
+        assert await fake.deliver(sub["id"], http) == [200]
+        assert await fake.deliver(sub["id"], http) == []  # nothing new
+
+    handshake, event = (json.loads(c.content) for c in receiver.calls)
+    assert {p["name"]: p.get("valueCode") for p in handshake["entry"][0]["resource"]["parameter"]}[
+        "type"
+    ] == "handshake"
+    status = {p["name"]: p for p in event["entry"][0]["resource"]["parameter"]}
+    assert status["type"]["valueCode"] == "event-notification"
+    assert status["events-since-subscription-start"]["valueString"] == "2"
+    assert status["topic"]["valueCanonical"] == TOPIC
+    assert event["entry"][1]["resource"]["id"] == procedure["id"]
+    assert receiver.calls[1].headers["X-Pinpoint-Secret"] == "s3cret"
+    assert receiver.calls[1].headers["Content-Type"] == "application/fhir+json"
+
+
+async def test_classic_payload_subscriptions_put_the_resource_hapi_style() -> None:
+    fake = FakeFhirServer()
+    sub = fake.put(
+        {
+            "resourceType": "Subscription",
+            "status": "requested",
+            "criteria": "Observation?patient=p1",
+            "channel": {
+                "type": "rest-hook",
+                "endpoint": "http://receiver/hook",
+                "payload": "application/fhir+json",
+            },
+        }
+    )
+    stored = fake.put(observation("p1", 5))
+    receiver = Receiver()
+    async with httpx.AsyncClient(transport=httpx.MockTransport(receiver)) as http:
+        assert await fake.deliver(sub["id"], http) == [200]
+    (call,) = receiver.calls
+    assert (call.method, call.url.path) == ("PUT", f"/hook/Observation/{stored['id']}")
+    assert json.loads(call.content)["valueInteger"] == 5
+
+
+async def test_a_failed_delivery_puts_the_subscription_in_error_until_reactivated() -> None:
+    fake = FakeFhirServer()
+    sub = fake.put(topic_subscription("id-only"))
+    fake.emit_event(sub["id"], "Procedure/1")
+    async with httpx.AsyncClient(transport=httpx.MockTransport(Receiver(500))) as http:
+        assert await fake.deliver(sub["id"], http) == [500]
+    assert (fake.get("Subscription", sub["id"]) or {})["status"] == "error"
+
+    fake.put({**(fake.get("Subscription", sub["id"]) or {}), "status": "requested"})  # the subscriber's job
+    assert (fake.get("Subscription", sub["id"]) or {})["status"] == "active"
+    receiver = Receiver()
+    async with httpx.AsyncClient(transport=httpx.MockTransport(receiver)) as http:
+        assert await fake.deliver(sub["id"], http) == [200]  # the undelivered event is sent again
+
+
+async def test_delivery_only_goes_to_loopback_or_test_hosts() -> None:
+    fake = FakeFhirServer()
+    sub = fake.put(
+        {**topic_subscription(), "channel": {"type": "rest-hook", "endpoint": "https://ehr.example/hook"}}
+    )
+    fake.emit_event(sub["id"], "Procedure/1")
+    async with httpx.AsyncClient(transport=httpx.MockTransport(Receiver())) as http:
+        with pytest.raises(PinpointError):
+            await fake.deliver(sub["id"], http)
