@@ -467,6 +467,16 @@ class FakeFhirServer:
             rid = str(resource.get("id") or self._store.new_id())
             return copy.deepcopy(self._store._write(resource["resourceType"], rid, {**resource, "id": rid}))
 
+    def load_bundle(self, bundle: Mapping[str, Any]) -> int:
+        """Store every ``entry.resource`` of a Bundle (e.g. a vignette), keeping ids; returns the count."""
+        count = 0
+        for entry in bundle.get("entry") or []:
+            resource = entry.get("resource") if isinstance(entry, dict) else None
+            if isinstance(resource, dict) and isinstance(resource.get("resourceType"), str):
+                self.put(resource)
+                count += 1
+        return count
+
     def get(self, rtype: str, rid: str) -> dict[str, Any] | None:
         """The current version, or None when unknown or deleted."""
         with self._lock:
@@ -1191,3 +1201,44 @@ def serve_in_thread(fake: FakeFhirServer, *, startup_timeout: float = 10.0) -> I
         server.should_exit = True
         thread.join(timeout=startup_timeout)
         sock.close()
+
+
+# ---------------------------------------------------------------------------------- demo
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m tests.fakes.fhir_server [--port N] [--load bundle.json ...] [--smart JWKS CLIENT_ID]``
+
+    Serves the fake on 127.0.0.1 in the foreground (Ctrl-C stops it), e.g. for a demo of the
+    ingest and write-back flows against a FHIR server that shows every request it gets.
+    """
+    import argparse
+    import json
+    import logging
+
+    parser = argparse.ArgumentParser(prog="python -m tests.fakes.fhir_server", description=main.__doc__)
+    parser.add_argument("--port", type=int, default=8090)
+    parser.add_argument(
+        "--load", action="append", default=[], help="a Bundle JSON file whose resources to store"
+    )
+    parser.add_argument(
+        "--smart", nargs=2, metavar=("PUBLIC_JWKS", "CLIENT_ID"), help="require SMART Backend Services tokens"
+    )
+    args = parser.parse_args(argv)
+    auth = None
+    if args.smart:
+        with open(args.smart[0], encoding="utf-8") as handle:
+            auth = FakeSmartAuth(clients={args.smart[1]: json.load(handle)})
+    fake = FakeFhirServer(auth=auth)
+    for path in args.load:
+        with open(path, encoding="utf-8") as handle:
+            print(f"loaded {fake.load_bundle(json.load(handle))} resources from {path}")
+    logging.basicConfig(level=logging.INFO)
+    print(
+        f"FHIR base http://127.0.0.1:{args.port}{fake.base_path}  token URL http://127.0.0.1:{args.port}{fake.token_path}"
+    )
+    uvicorn.run(fake.app, host="127.0.0.1", port=args.port, log_level="info")
+
+
+if __name__ == "__main__":
+    main()

@@ -582,3 +582,17 @@ async def test_delivery_only_goes_to_loopback_or_test_hosts() -> None:
     async with httpx.AsyncClient(transport=httpx.MockTransport(Receiver())) as http:
         with pytest.raises(PinpointError):
             await fake.deliver(sub["id"], http)
+
+
+async def test_a_vignette_bundle_can_be_served(fake: FakeFhirServer, client: FhirClient) -> None:
+    path = VECTORS.parent / "clinical" / "vignettes" / "v01-one-block-only" / "bundle.json"
+    if not path.exists():
+        pytest.skip(f"{path} not present")
+    bundle = json.loads(path.read_text())
+    loaded = fake.load_bundle(bundle)
+    procedures = [e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "Procedure"]
+
+    found = await client.search_all("Procedure", {"patient": "P-001"})
+
+    assert loaded == len(bundle["entry"])
+    assert sorted(r["id"] for r in found) == sorted(p["id"] for p in procedures)
