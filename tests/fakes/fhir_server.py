@@ -29,14 +29,19 @@ What it does (deliberately small, but strict where Pinpoint relies on the standa
   get events from :meth:`FakeFhirServer.emit_event`. ``Subscription/{id}/$events`` answers a
   Backport-R4 notification-shaped ``history`` Bundle (``query-event``) for
   ``eventsSinceNumber``..``eventsUntilNumber``; ``$status`` a searchset with the status.
-  Nothing is pushed to subscriber endpoints.
+  Nothing is pushed by itself: a test calls :meth:`FakeFhirServer.deliver` (topic-based: POST of
+  the notification Bundle; classic: HAPI-style ``PUT {endpoint}/{type}/{id}`` or an empty POST)
+  or builds a Bundle with :meth:`FakeFhirServer.notification_bundle` (handshake, heartbeat, …).
 - SMART Backend Services: with ``auth=FakeSmartAuth(clients={client_id: public_jwks})`` the token
   endpoint verifies the client assertion (registered client, ``kid``, RS384/ES384 signature,
   ``aud`` = token URL, ``iss`` = ``sub``, ``exp`` ≤ 5 min ahead, ``jti`` not replayed) and every
   resource route (not ``metadata`` / ``.well-known``) then requires a valid bearer token.
 - fault injection: :meth:`FakeFhirServer.inject` queues scripted :class:`Fault` answers for a
   method and path pattern, consumed before normal handling (even before auth).
-- a request log (:attr:`FakeFhirServer.requests`) for assertions.
+- a request log (:attr:`FakeFhirServer.requests`) for assertions; :meth:`FakeFhirServer.put`,
+  :meth:`FakeFhirServer.load_bundle` (e.g. a clinical vignette) and :meth:`FakeFhirServer.get` /
+  :meth:`FakeFhirServer.all` to arrange and inspect state directly.
+- a demo: ``python -m tests.fakes.fhir_server --port 8090 --load bundle.json``.
 
 Errors are OperationOutcomes. Thread-safe: the test thread may inspect and script it while
 uvicorn serves from another thread.

@@ -596,3 +596,13 @@ async def test_a_vignette_bundle_can_be_served(fake: FakeFhirServer, client: Fhi
 
     assert loaded == len(bundle["entry"])
     assert sorted(r["id"] for r in found) == sorted(p["id"] for p in procedures)
+
+
+async def test_the_fake_also_runs_in_process_on_an_asgi_transport() -> None:
+    fake = FakeFhirServer()
+    transport = httpx.ASGITransport(app=fake.app)
+    async with httpx.AsyncClient(transport=transport) as http:
+        client = FhirClient("http://fake/fhir", http)
+        created = await client.create(patient("asgi"), if_none_exist={"identifier": f"{SYSTEM}|asgi"})
+        assert created.location == f"http://fake/fhir/Patient/{created.id}/_history/1"
+        assert (await client.read("Patient", str(created.id)))["identifier"][0]["value"] == "asgi"
