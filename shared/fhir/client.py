@@ -722,6 +722,75 @@ class FhirClient:
             )
         return result
 
+    def transaction_results(self, response: Mapping[str, Any]) -> list[WriteResult]:
+        """One :class:`WriteResult` per entry of a transaction/batch response, in bundle order.
+
+        ``entry.response.status`` ("201 Created") gives ``status``; ``location`` (relative or
+        absolute within the base) the type, id and version; a ``location`` elsewhere raises
+        :class:`ForeignUrlError`. For failed batch entries ``id`` is None and ``status`` >= 400.
+        """
+        results: list[WriteResult] = []
+        for entry in response.get("entry") or ():
+            entry_response = entry.get("response") if isinstance(entry, Mapping) else None
+            if not isinstance(entry_response, Mapping):
+                raise FhirInvalidResponse("transaction response entry without a response")
+            try:
+                status = int(str(entry_response.get("status", "")).split(" ", 1)[0])
+            except ValueError as exc:
+                raise FhirInvalidResponse("transaction response entry without a numeric status") from exc
+            resource = entry.get("resource") if isinstance(entry.get("resource"), dict) else None
+            resource_type, rid, version = "", None, None
+            location = entry_response.get("location")
+            if isinstance(location, str) and location:
+                url = self.ensure_within_base(location)
+                location = str(url)
+                parts = url.path[len(self._prefix) :].strip("/").split("/")
+                resource_type = parts[0]
+                rid = parts[1] if len(parts) >= 2 else None
+                version = parts[3] if len(parts) >= 4 and parts[2] == "_history" else None
+            elif resource is not None:
+                resource_type, rid = str(resource.get("resourceType", "")), resource.get("id")
+            etag = entry_response.get("etag")
+            results.append(
+                WriteResult(
+                    status=status,
+                    created=status == 201,
+                    resource_type=resource_type,
+                    id=rid,
+                    version_id=_etag_version(etag) or version,
+                    etag=etag,
+                    location=location if isinstance(location, str) else None,
+                    last_modified=entry_response.get("lastModified"),
+                    resource=resource,
+                )
+            )
+        return results
+
+    async def update_with(
+        self,
+        resource_type: str,
+        resource_id: str,
+        change: Callable[[dict[str, Any]], dict[str, Any] | None],
+        *,
+        attempts: int = 3,
+    ) -> WriteResult | None:
+        """Read-modify-write with ``If-Match``: read, apply ``change`` (returns the new resource, or
+        None for "nothing to do"), update; on 409/412 start again, at most ``attempts`` times.
+        """
+        for attempt in range(1, attempts + 1):
+            current = await self.read(resource_type, resource_id)
+            version = (current.get("meta") or {}).get("versionId")
+            changed = change(current)
+            if changed is None:
+                return None
+            try:
+                return await self.update(changed, if_match=str(version) if version else None)
+            except FhirVersionConflict:
+                if attempt == attempts:
+                    raise
+                _log.info("fhir.update.conflict_retry", what=f"update {resource_type}", attempt=attempt)
+        raise AssertionError("unreachable")  # pragma: no cover
+
     async def operation(
         self,
         path: str,

@@ -606,3 +606,42 @@ async def test_the_fake_also_runs_in_process_on_an_asgi_transport() -> None:
         created = await client.create(patient("asgi"), if_none_exist={"identifier": f"{SYSTEM}|asgi"})
         assert created.location == f"http://fake/fhir/Patient/{created.id}/_history/1"
         assert (await client.read("Patient", str(created.id)))["identifier"][0]["value"] == "asgi"
+
+
+async def test_transaction_results_give_ids_and_versions(fake: FakeFhirServer, client: FhirClient) -> None:
+    created = await client.create(patient("results"))
+    response = await client.transaction(writeback_bundle(str(created.id), "r"))
+
+    results = client.transaction_results(response)
+
+    assert [(r.resource_type, r.status, r.created, r.version_id) for r in results] == [
+        ("ServiceRequest", 201, True, "1"),
+        ("CarePlan", 201, True, "1"),
+    ]
+    assert results[1].id == fake.all("CarePlan")[0]["id"]
+
+
+async def test_update_with_retries_a_lost_race(fake: FakeFhirServer, client: FhirClient) -> None:
+    stored = fake.put({**patient("race"), "active": False})
+    calls = 0
+
+    def activate(current: dict[str, Any]) -> dict[str, Any]:
+        nonlocal calls
+        calls += 1
+        if calls == 1:  # someone else writes between our read and our update
+            fake.put({**current, "gender": "female"})
+        return {**current, "active": True}
+
+    result = await client.update_with("Patient", stored["id"], activate)
+
+    assert calls == 2
+    assert result is not None and result.version_id == "3"
+    final = fake.get("Patient", stored["id"]) or {}
+    assert (final["active"], final["gender"]) == (True, "female")
+    assert [r.status for r in fake.requests_to("PUT", "Patient/*")] == [412, 200]
+
+
+async def test_update_with_nothing_to_change_writes_nothing(fake: FakeFhirServer, client: FhirClient) -> None:
+    stored = fake.put(patient("unchanged"))
+    assert await client.update_with("Patient", stored["id"], lambda current: None) is None
+    assert fake.requests_to("PUT", "Patient/*") == []

@@ -608,3 +608,27 @@ async def test_a_client_without_any_timeout_gets_the_default(
     async with httpx.AsyncClient(transport=transport, timeout=None) as unbounded:
         await make(unbounded, sleep).read("Patient", "p1")
     assert route.calls.last.request.extensions["timeout"]["read"] == 30.0
+
+
+def test_transaction_results_parse_relative_and_absolute_locations(http: httpx.AsyncClient) -> None:
+    client = FhirClient(BASE, http)
+    response = {
+        "resourceType": "Bundle",
+        "type": "batch-response",
+        "entry": [
+            {"response": {"status": "201 Created", "location": "CarePlan/c1/_history/1", "etag": 'W/"1"'}},
+            {"response": {"status": "200", "location": f"{BASE}/ServiceRequest/s1/_history/2"}},
+            {"response": {"status": "412 Precondition Failed", "outcome": outcome("conflict")}},
+        ],
+    }
+    results = client.transaction_results(response)
+    assert [(r.status, r.resource_type, r.id, r.version_id) for r in results] == [
+        (201, "CarePlan", "c1", "1"),
+        (200, "ServiceRequest", "s1", "2"),
+        (412, "", None, None),
+    ]
+    foreign = {
+        "entry": [{"response": {"status": "201", "location": "https://elsewhere.example/R4/CarePlan/c1"}}]
+    }
+    with pytest.raises(ForeignUrlError):
+        client.transaction_results(foreign)
