@@ -15,7 +15,7 @@ from services.ingest.intake.pipeline import Tally, informational
 from services.ingest.store import delete_resource
 from shared.db.deadletters import record_dead_letter
 from shared.db.session import session_scope
-from shared.errors import InvalidInput, Issue
+from shared.errors import InvalidInput, Issue, UnsupportedMediaType
 from shared.logging import get_logger
 from shared.settings import Settings, Source
 
@@ -89,6 +89,8 @@ def receive(
     A rejected payload (transaction with an invalid kept entry, invalid single resource) raises
     :class:`InvalidInput` (400) after its dead letter is stored.
     """
+    if body.strip() and ctype and "json" not in ctype:
+        raise UnsupportedMediaType(f"Content-Type {ctype} is not supported; send application/fhir+json")
     try:
         data = parse_body(body)
     except PayloadError as exc:
