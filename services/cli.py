@@ -71,3 +71,9 @@ def db_upgrade() -> None:
 
 def main() -> None:  # pragma: no cover
     app()
+
+
+# --- ingest: import and dead letters (issue 5) ---------------------------------------------
+from services.ingest import cli as _ingest_cli  # noqa: E402
+
+_ingest_cli.register(app)
