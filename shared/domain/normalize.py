@@ -275,7 +275,7 @@ def _site(
 ) -> _Site:
     body_sites = j.as_list(resource.get("bodySite"))
     code = resource.get("code")
-    structures = _body_structures(resource, bs_index)
+    structures = _body_structures(resource, bs_index) if "extension" in resource else []
     locations: list[Any] = []
     qualifiers: list[Any] = []
     for bs in structures:
@@ -602,11 +602,18 @@ def _obs_rank(obs: Mapping[str, Any]) -> tuple[int, str, str]:
 
 def _pain_scale(obs: Mapping[str, Any]) -> str | None:
     """The LOINC pain scale of an Observation (72514-3, 38208-5, 38214-3), or None."""
+    code_cc = obs.get("code")
+    if type(code_cc) is not dict:
+        return None
+    coding = code_cc.get("coding")
+    if type(coding) is not list:
+        return None
     best = None
-    for c in j.codings(obs.get("code")):
-        code = c.get("code")
-        if code in t.PAIN_SCALES and c.get("system") == t.LOINC and (best is None or code < best):
-            best = code
+    for c in coding:
+        if type(c) is dict:
+            code = c.get("code")
+            if code in t.PAIN_SCALES and c.get("system") == t.LOINC and (best is None or code < best):
+                best = code
     return best
 
 

@@ -8,7 +8,7 @@ Sources: CRITERIA §1 (L38773 [S2], CGS [S3][S5], NGS/CGS sedation [S6][S7]), §
 from __future__ import annotations
 
 from collections import defaultdict
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from typing import Any
 
 from services.recommender.engine.model import (
@@ -362,11 +362,7 @@ def _next_step(
             ),
             default=None,
         )
-        when = None
-        if last is not None:
-            from datetime import timedelta
-
-            when = last + timedelta(days=int(gap))
+        when = last + timedelta(days=int(gap)) if last is not None else None
         return _step(region, "mbb"), when
     if verdict == NOT_EVALUABLE:
         return _step(region, "mbb"), None
