@@ -33,6 +33,7 @@ from shared.domain.relevance import classify, patient_reference
 
 # types whose facts are filtered while building (a dropped one yields no fact, but its patient an entry)
 _SELF_FILTERED = frozenset({"Patient", "Condition"})
+_KEPT_PROCEDURE_CODES = frozenset(t.PROCEDURE_KINDS) | t.SEDATION_CPT | t.PHYSICAL_THERAPY_CPT
 _VOID_STATUS = frozenset({"entered-in-error", "cancelled", "preliminary", "not-done", "stopped-in-error"})
 _ORDER_INTENTS = frozenset({"order", "original-order", "plan"})
 _INACTIVE_CONDITION = frozenset({"inactive", "resolved", "remission"})
@@ -362,11 +363,16 @@ class _Builder:
         self.sex: str | None = None
         self.birth: date | None = None
         self.procedures: list[Mapping[str, Any]] = []
+        self.codes: dict[int, list[str]] = {}
         self.observations: dict[str, Mapping[str, Any]] = {}
         self.conditions: list[ConditionFact] = []
         self.care: list[ConservativeCare] = []
         self.admins: list[Mapping[str, Any]] = []
         self.requests: list[Mapping[str, Any]] = []
+
+    def add_procedure(self, proc: Mapping[str, Any], codes: list[str]) -> None:
+        self.procedures.append(proc)
+        self.codes[id(proc)] = codes
 
     # observations: amended/corrected replace their original ---------------------------------
     def add_observation(self, obs: Mapping[str, Any]) -> None:
@@ -439,7 +445,7 @@ class _Builder:
             status = _status(proc)
             if status in _VOID_STATUS:
                 continue
-            codes = j.procedure_codes(proc.get("code"))
+            codes = self.codes.get(id(proc)) or j.procedure_codes(proc.get("code"))
             start, end = j.period_start_end(proc, "performed")
             if start is None or end is None:
                 continue
@@ -687,9 +693,15 @@ def normalize(resources: Iterable[Mapping[str, Any]]) -> dict[str, PatientFacts]
     Only resources Pinpoint keeps (:func:`shared.domain.relevance.classify`) are read; a resource
     whose patient cannot be told is ignored. A patient appears when any kept resource names it.
     """
-    items = [r for r in resources if isinstance(r, Mapping)]
-    bs_index = {_ref(r): r for r in items if r.get("resourceType") == "BodyStructure"}
-    meds = {_ref(r): r for r in items if r.get("resourceType") == "Medication"}
+    items = [r for r in resources if type(r) is dict or isinstance(r, Mapping)]
+    bs_index: dict[str, Mapping[str, Any]] = {}
+    meds: dict[str, Mapping[str, Any]] = {}
+    for r in items:
+        rtype = r.get("resourceType")
+        if rtype == "BodyStructure":
+            bs_index[_ref(r)] = r
+        elif rtype == "Medication":
+            meds[_ref(r)] = r
     builders: dict[str, _Builder] = {}
 
     def builder(key: str) -> _Builder:
@@ -712,6 +724,11 @@ def normalize(resources: Iterable[Mapping[str, Any]]) -> dict[str, PatientFacts]
             elif classify(res).kept:
                 builder(key)
             continue
+        if rtype == "Procedure":
+            codes = j.procedure_codes(res.get("code"))
+            if any(c in _KEPT_PROCEDURE_CODES for c in codes) or classify(res).kept:
+                builder(key).add_procedure(res, codes)
+            continue
         if rtype not in _SELF_FILTERED and not classify(res).kept:
             continue
         b = builder(key)
@@ -722,8 +739,6 @@ def normalize(resources: Iterable[Mapping[str, Any]]) -> dict[str, PatientFacts]
             cond = _condition(res)
             if cond is not None:
                 b.conditions.append(cond)
-        elif rtype == "Procedure":
-            b.procedures.append(res)
         elif rtype == "MedicationAdministration":
             b.admins.append(res)
         elif rtype in ("MedicationStatement", "MedicationRequest"):
