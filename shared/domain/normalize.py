@@ -365,6 +365,7 @@ class _Builder:
         self.procedures: list[Mapping[str, Any]] = []
         self.codes: dict[int, list[str]] = {}
         self.observations: dict[str, Mapping[str, Any]] = {}
+        self.scales: dict[str, str] = {}
         self.conditions: list[ConditionFact] = []
         self.care: list[ConservativeCare] = []
         self.admins: list[Mapping[str, Any]] = []
@@ -375,11 +376,12 @@ class _Builder:
         self.codes[id(proc)] = codes
 
     # observations: amended/corrected replace their original ---------------------------------
-    def add_observation(self, obs: Mapping[str, Any]) -> None:
+    def add_observation(self, obs: Mapping[str, Any], scale: str) -> None:
         ref = _ref(obs)
         current = self.observations.get(ref)
         if current is None or _newer(obs, current):
             self.observations[ref] = obs
+            self.scales[ref] = scale
 
     def readings(self) -> list[PainReading]:
         replaced: set[str] = set()
@@ -402,7 +404,7 @@ class _Builder:
         for ref, obs in self.observations.items():
             if ref in replaced or _status(obs) not in t.OBSERVATION_OK_STATUS:
                 continue
-            reading = _reading(obs)
+            reading = _reading(obs, self.scales[ref])
             if reading is not None:
                 out.append(reading)
         return out
@@ -623,10 +625,7 @@ def _pain_scale(obs: Mapping[str, Any]) -> str | None:
     return best
 
 
-def _reading(obs: Mapping[str, Any]) -> PainReading | None:
-    scale = _pain_scale(obs)
-    if scale is None:
-        return None
+def _reading(obs: Mapping[str, Any], scale: str) -> PainReading | None:
     value = reading_value(obs, scale)
     if value is None or value < 0:
         return None
@@ -719,9 +718,10 @@ def normalize(resources: Iterable[Mapping[str, Any]]) -> dict[str, PatientFacts]
             continue
         if rtype == "Observation":
             # fast path: pain scores are most of the data
-            if _pain_scale(res) is not None:
-                builder(key).add_observation(res)
-            elif classify(res).kept:
+            scale = _pain_scale(res)
+            if scale is not None:
+                builder(key).add_observation(res, scale)
+            elif key not in builders and classify(res).kept:  # other observations only make an entry
                 builder(key)
             continue
         if rtype == "Procedure":
