@@ -91,7 +91,7 @@ def raw_copy(url: str, root: Path) -> tuple[int, float]:
 
     from services.ingest.bulk import expand
     from services.ingest.intake.bundles import flatten
-    from services.ingest.intake.domain import resource_id
+    from shared.fhir.bundle import resource_id
 
     dsn = url.replace("postgresql+psycopg://", "postgresql://")
     start = time.perf_counter()

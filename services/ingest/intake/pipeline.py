@@ -13,9 +13,10 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from services.ingest.intake.domain import classify, normalize_resource, patient_reference
 from services.ingest.intake.references import ReferenceResolver
 from services.ingest.store import Prepared
+from shared.domain.normalize import normalize_resource
+from shared.domain.relevance import classify, patient_reference
 from shared.errors import Issue
 from shared.fhir.resources import ResourceInvalid, validate_r4b
 

@@ -16,8 +16,8 @@ from urllib.parse import parse_qsl
 
 from sqlmodel import Session
 
-from services.ingest.intake.domain import resource_id
 from services.ingest.store import find_patients_by_identifier
+from shared.fhir.bundle import resource_id
 from shared.settings import Source
 
 
