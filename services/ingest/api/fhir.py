@@ -68,7 +68,7 @@ async def post_base(request: Request, runtime: RuntimeDep, source: SourceDep) ->
     return _answer(await _receive(request, runtime, source, subscription=medplum.subscription))
 
 
-async def post_type(rtype: str, request: Request, runtime: RuntimeDep, source: SourceDep) -> FhirResponse:
+async def post_type(rtype: str, request: Request, runtime: RuntimeDep, source: SourceDep) -> Response:
     return _answer(await _receive(request, runtime, source, push.post_type_handler(source, rtype)))
 
 

@@ -139,13 +139,14 @@ def book_topic_notification(
         return Booking(note, False, 0, "events already received; nothing to do")
 
     numbers = sorted(e.number for e in new_events if e.number is not None)
-    if numbers and last is not None and numbers[0] > last + 1:
-        _record_gap(session, source, sub, last + 1, numbers[0] - 1, now, row)
+    # Unknown history (no handshake, not created by `subscriptions sync`): events before the
+    # first one seen count as missing too.
+    floor = 0 if last is None else last
+    if numbers and numbers[0] > floor + 1:
+        _record_gap(session, source, sub, floor + 1, numbers[0] - 1, now, row)
         queued += 1
-    highest = max(
-        [*numbers, *([counter] if counter is not None and note.type == "event-notification" else [])],
-        default=None,
-    )
+    # The counter may already be ahead (later events in flight): only event numbers count here.
+    highest = max(numbers, default=None)
     if highest is not None and (last is None or highest > last):
         row.last_event_number = highest
     session.add(row)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime, timedelta
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -28,8 +29,8 @@ ID_ONLY, EMPTY, PING, GAP = "id-only", "empty", "ping", "gap"
 PENDING, WORKING, DONE, FAILED = "pending", "working", "done", "failed"
 
 
-def _insert(session: Session) -> type[pg_insert] | type[sqlite_insert]:
-    return pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert  # type: ignore[return-value]
+def _insert(session: Session) -> Any:
+    return pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
 
 
 def ensure_state(session: Session, source: str, subscription: str) -> None:

@@ -176,7 +176,8 @@ def listed_without_resource(bundle: Mapping[str, Any]) -> list[str]:
     for entry in (bundle.get("entry") or [])[1:]:
         if not isinstance(entry, Mapping) or isinstance(entry.get("resource"), Mapping):
             continue
-        request = entry.get("request") if isinstance(entry.get("request"), Mapping) else {}
+        raw_request = entry.get("request")
+        request: Mapping[str, Any] = raw_request if isinstance(raw_request, Mapping) else {}
         if str(request.get("method", "")).upper() == "DELETE":
             continue
         local = local_reference(entry.get("fullUrl")) or local_reference(request.get("url"))
