@@ -169,6 +169,8 @@ def book_topic_notification(
     for ref in listed_without_resource(bundle):
         if ref not in carried:
             targets.setdefault(ref, None)
+    if targets and not fetchable:
+        log.warning("subscriptions.unfetchable", source=source.id, subscription=sub, focuses=len(targets))
     for ref, number in targets.items():
         if ref.split("/", 1)[0] not in KEPT_TYPES or not fetchable:
             continue

@@ -86,6 +86,7 @@ class Options:
     heartbeat_margin: timedelta = timedelta(seconds=10)
     keep_done: timedelta = timedelta(days=7)
     max_events_range: int = 500  # larger gaps are closed by the catch-up search
+    max_pages: int = 1000  # per type and catch-up search
 
 
 @dataclass
@@ -313,7 +314,7 @@ class SubscriptionWorker:
                 since = watermark - self.options.overlap
                 params["_lastUpdated"] = "gt" + since.isoformat().replace("+00:00", "Z")
             try:
-                async for page in fhir.pages(rtype, params):
+                async for page in fhir.pages(rtype, params, max_pages=self.options.max_pages):
                     resources = [
                         e["resource"]
                         for e in page.get("entry") or []
@@ -452,6 +453,9 @@ class SubscriptionWorker:
         return state.lock_state(session, source.id, state.SOURCE_ROW)
 
     def _watermark(self, source: Source) -> datetime | None:
+        """Where the catch-up search starts (the server's clock). None: a full first search —
+        `subscriptions sync` sets it to the creation of the source's first Subscription, so only
+        unmanaged sources pay for one; load older data with `pinpoint import` of a Bulk export."""
         with Session(self.engine) as session:
             row = session.get(SubscriptionState, (source.id, state.SOURCE_ROW))
             return row.watermark if row else None
