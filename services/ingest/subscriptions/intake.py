@@ -133,10 +133,9 @@ def book_topic_notification(
         return any(low <= number <= high for low, high in gaps)
 
     new_events = [e for e in note.events if fresh(e.number)]
-    if note.events and not new_events:
-        session.add(row)
+    replay = bool(note.events) and not new_events
+    if replay:
         log.info("subscriptions.replay", source=source.id, subscription=sub, events=len(note.events))
-        return Booking(note, False, 0, "events already received; nothing to do")
 
     numbers = sorted(e.number for e in new_events if e.number is not None)
     # Unknown history (no handshake, not created by `subscriptions sync`): events before the
@@ -152,22 +151,30 @@ def book_topic_notification(
     session.add(row)
 
     if _empty_content(note, bundle):
+        if replay:
+            return Booking(note, False, 0, "events already received; nothing to do")
         if fetchable and state.pending_of_kind(session, source.id, [state.EMPTY, state.PING]) is None:
             state.enqueue(session, source.id, state.EMPTY, now=now, subscription=sub, event_number=highest)
             queued += 1
         return Booking(note, False, queued, "empty notification received; catching up by search")
 
+    # Full resources are stored whatever their event number (a replay stores nothing new: same
+    # version, or older than what is kept). An id-only focus is fetched once per (event number,
+    # focus): a replay queues nothing, while per-bundle numbering (1..n in every notification, as
+    # some vendors do) still gets every focus read.
     carried = carried_resources(bundle)
-    wanted = [e for e in new_events if e.focus and e.focus not in carried]
-    seen = state.seen_events(session, source.id, sub, [e.number for e in wanted if e.number is not None])
+    wanted = [(e.number, e.focus) for e in note.events if e.focus and e.focus not in carried]
+    seen = state.seen_events(session, source.id, sub, [n for n, _ in wanted if n is not None])
     targets: dict[str, int | None] = {}
-    for event in wanted:
-        if event.number is not None and event.number in seen:
+    skipped: set[str] = set()
+    for number, focus in wanted:
+        assert focus is not None
+        if number is not None and (number, focus) in seen:
+            skipped.add(focus)
             continue
-        assert event.focus is not None
-        targets.setdefault(event.focus, event.number)
+        targets.setdefault(focus, number)
     for ref in listed_without_resource(bundle):
-        if ref not in carried:
+        if ref not in carried and ref not in skipped:
             targets.setdefault(ref, None)
     if targets and not fetchable:
         log.warning("subscriptions.unfetchable", source=source.id, subscription=sub, focuses=len(targets))
@@ -178,7 +185,7 @@ def book_topic_notification(
             session, source.id, state.ID_ONLY, now=now, subscription=sub, event_number=number, reference=ref
         )
         queued += 1
-    return Booking(note, bool(carried), queued, f"{len(new_events)} event(s) received; {queued} to fetch")
+    return Booking(note, bool(carried), queued, f"{len(note.events)} event(s) received; {queued} to fetch")
 
 
 def book_ping(session: Session, source: Source, *, subscription: str | None = None) -> bool:
