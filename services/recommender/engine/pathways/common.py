@@ -58,9 +58,7 @@ def sides_of(ctx: PatientContext, iv_side: str | None, region: str) -> tuple[str
     key = (iv_side, region)
     cached = ctx.sides_cache.get(key)
     if cached is None:
-        cached = ctx.sides_cache[key] = expand_sides(
-            iv_side, index_sides(ctx.facts, regions_of_group(region))
-        )
+        cached = ctx.sides_cache[key] = expand_sides(iv_side, index_sides(ctx.facts, regions_of_group(region)))
     return cached
 
 
