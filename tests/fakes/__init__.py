@@ -1,0 +1,1 @@
+"""Fakes of external systems, usable in tests and demos (see ``fhir_server``)."""
