@@ -144,14 +144,16 @@ def _check_bundle(bundle: Any, loc: str, issues: list[Issue]) -> list[dict[str, 
 
 
 def not_r4(resource: dict[str, Any]) -> str | None:
-    """Why a resource is not FHIR R4 (DSTU2/STU3 shapes the hook library still shows), or None."""
+    """Why a resource is not FHIR R4, or None.
+
+    Detected by resource type only (DSTU2 ``MedicationOrder``, STU3 ``ProcedureRequest`` …). The
+    hook library's own "R4" order-sign example carries an STU3-style MedicationRequest dosage and
+    its "STU3" one an R4-style dosage: shapes inside resources Pinpoint does not check (medication
+    and nutrition orders) are tolerated, never a reason to refuse the whole call.
+    """
     rtype = resource.get("resourceType")
     if rtype in NOT_R4_TYPES:
         return f"{rtype} is not an R4 resource type; this service accepts FHIR R4 only"
-    if rtype == "MedicationRequest":
-        for dosage in resource.get("dosageInstruction") or []:
-            if isinstance(dosage, dict) and ("doseQuantity" in dosage or "rateQuantity" in dosage):
-                return "MedicationRequest.dosageInstruction.doseQuantity is STU3; R4 uses doseAndRate"
     return None
 
 
@@ -203,9 +205,9 @@ def parse_hook_request(body: bytes, service_id: str, expected_hook: str) -> Hook
             issues.append(_context_issue(ctx, "selections", "a non-empty array of Type/id references"))
         else:
             selections = list(sel)
-            present = {f"{r['resourceType']}/{r.get('id')}" for r in drafts}
+            present = _entry_refs(ctx.get("draftOrders"))
             for i, s in enumerate(selections):
-                if drafts and s not in present:
+                if present and s not in present:
                     issues.append(_issue(f"context.selections[{i}]", f"{s} is not in draftOrders"))
     if req.prefetch is not None:
         for key, value in req.prefetch.items():
@@ -231,6 +233,15 @@ def parse_hook_request(body: bytes, service_id: str, expected_hook: str) -> Hook
         selections=selections,
         prefetch=req.prefetch,
     )
+
+
+def _entry_refs(bundle: Any) -> set[str]:
+    entries = bundle.get("entry") if isinstance(bundle, dict) else None
+    return {
+        f"{e['resource'].get('resourceType')}/{e['resource'].get('id')}"
+        for e in entries or []
+        if isinstance(entries, list) and isinstance(e, dict) and isinstance(e.get("resource"), dict)
+    }
 
 
 def _context_issue(ctx: dict[str, Any], key: str, what: str) -> Issue:
