@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 
 from services.recommender.cds_hooks.cards import CardContext, cards_for
-from tests.api.cds.conftest import CDS, CdsApp, assert_valid_card, assert_valid_response
+from tests.api.cds.conftest import CdsApp, assert_valid_card, assert_valid_response
+from tests.conftest import FIXTURES
 
 CTX = CardContext("https://pinpoint.example/patients/P-001/evidence", {"id": "cms-lcd"}, True)
 TARGET = {"region": "lumbar", "joints": ["L4-L5", "L5-S1"], "side": "right"}
@@ -41,7 +42,7 @@ EVIDENCE = [
 
 
 def order(name: str = "v01-one-block-only") -> dict[str, Any]:
-    bundle = json.loads((CDS / "vignettes" / name / "bundle.json").read_text())
+    bundle = json.loads((FIXTURES / "vignettes" / name / "bundle.json").read_text())
     found: dict[str, Any] = next(e["resource"] for e in bundle["entry"] if e["resource"]["id"] == "req-rfa")
     return found
 

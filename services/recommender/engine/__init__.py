@@ -1,0 +1,58 @@
+"""Pinpoint's criteria engine: pure rules from facts to verdicts (no I/O, no logging, no clock).
+
+Public API: :func:`evaluate` (one patient), :func:`assessment_document` (CONTRACT §3),
+:func:`render_text`, :func:`load_policy` / :class:`Policy` / :class:`PolicyError`.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from services.recommender.engine import alerts as _alerts
+from services.recommender.engine.document import assessment_document, render_text
+from services.recommender.engine.model import Alert, Assessment, OrderCheck, PatientResult, Target
+from services.recommender.engine.pathways import facet, others
+from services.recommender.engine.policy import Policy, PolicyError, load_policy
+from services.recommender.engine.relief import PatientContext
+from shared.domain import terminology as t
+from shared.domain.facts import PatientFacts
+
+_FACET_KINDS = frozenset({t.FACET_BLOCK, t.FACET_BLOCK_US, t.FACET_RFA})
+
+
+def evaluate(facts: PatientFacts, policy: Policy, *, now: datetime) -> PatientResult:
+    """Assessments, order checks and alerts for one patient at ``now`` (CONTRACT §3, §6)."""
+    ctx = PatientContext(facts, policy)
+    assessments: list[Assessment] = facet.assessments(ctx, now) + others.assessments(ctx, now)
+    checks: list[OrderCheck] = []
+    for order in facts.orders:
+        check = (
+            facet.order_check(ctx, order, now)
+            if order.kind in _FACET_KINDS
+            else others.order_check(ctx, order, now)
+        )
+        if check is not None:
+            checks.append(check)
+    alert_list: list[Alert] = _alerts.block_alerts(ctx, now)
+    freq = _alerts.steroid_frequency_alert(ctx, now)
+    if freq is not None:
+        alert_list.append(freq)
+    cumulative = others.cumulative_steroid_alert(ctx, now)
+    if cumulative is not None:
+        alert_list.append(cumulative)
+    return PatientResult(facts.patient, tuple(assessments), tuple(checks), tuple(alert_list))
+
+
+__all__ = [
+    "Alert",
+    "Assessment",
+    "OrderCheck",
+    "PatientResult",
+    "Policy",
+    "PolicyError",
+    "Target",
+    "assessment_document",
+    "evaluate",
+    "load_policy",
+    "render_text",
+]

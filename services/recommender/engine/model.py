@@ -1,0 +1,115 @@
+"""Results of the engine and how findings combine into a verdict (CONTRACT §3, §6 "Verdicts")."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import date
+from typing import Any
+
+SUPPORTED = "supported"
+PARTIAL = "partially-supported"
+NOT_MET = "not-met"
+NOT_EVALUABLE = "not-evaluable"
+NEEDS_REVIEW = "needs-review"
+NOT_COVERED = "not-covered"
+DEFERRED = "deferred"
+
+# CONTRACT §6: not-covered > not-met > not-evaluable > needs-review > deferred > supported
+PRECEDENCE = (NOT_COVERED, NOT_MET, NOT_EVALUABLE, NEEDS_REVIEW, DEFERRED, SUPPORTED)
+_RANK = {v: i for i, v in enumerate(PRECEDENCE)}
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """One criterion that is not (yet) met: the verdict it forces, its reason, and for deferrals
+    the date it stops applying."""
+
+    verdict: str
+    reason: str
+    until: date | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    region: str
+    joints: tuple[str, ...]
+    side: str
+
+    def as_json(self) -> dict[str, Any]:
+        return {"region": self.region, "joints": list(self.joints), "side": self.side}
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    verdict: str
+    reasons: tuple[str, ...]
+    earliest: date | None
+
+
+def combine(findings: Iterable[Finding]) -> Outcome:
+    """Precedence of CONTRACT §6; the winning verdict's reasons first (for a deferral the binding,
+    latest date first), then every other reason that applies; ``earliest`` = the last deferral."""
+    items = list(findings)
+    if not items:
+        return Outcome(SUPPORTED, (), None)
+    verdict = min((f.verdict for f in items), key=lambda v: _RANK[v])
+    winners = [f for f in items if f.verdict == verdict]
+    if verdict == DEFERRED:
+        winners.sort(key=lambda f: f.until or date.min, reverse=True)
+    rest = sorted((f for f in items if f.verdict != verdict), key=lambda f: _RANK[f.verdict])
+    reasons: list[str] = []
+    for f in winners + rest:
+        if f.reason not in reasons:
+            reasons.append(f.reason)
+    earliest = None
+    if verdict == DEFERRED:
+        dates = [f.until for f in winners if f.until]
+        earliest = max(dates) if dates else None
+    return Outcome(verdict, tuple(reasons), earliest)
+
+
+@dataclass(frozen=True, slots=True)
+class Assessment:
+    pathway: str
+    target: Target
+    verdict: str
+    reasons: tuple[str, ...]
+    earliest_date: date | None = None
+    next_step: Mapping[str, str] | None = None
+    evidence: tuple[Mapping[str, Any], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class OrderCheck:
+    order: str
+    pathway: str
+    verdict: str
+    reasons: tuple[str, ...]
+    earliest_date: date | None = None
+    supported_targets: tuple[Target, ...] = ()
+    evidence: tuple[Mapping[str, Any], ...] = ()
+    suggestion: Mapping[str, str] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Alert:
+    code: str
+    severity: str
+    text: str
+    evidence: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class PatientResult:
+    patient: str
+    assessments: tuple[Assessment, ...] = ()
+    order_checks: tuple[OrderCheck, ...] = ()
+    alerts: tuple[Alert, ...] = field(default_factory=tuple)
+
+
+def dedupe_evidence(items: Sequence[Mapping[str, Any]]) -> tuple[Mapping[str, Any], ...]:
+    seen: dict[str, Mapping[str, Any]] = {}
+    for item in items:
+        seen.setdefault(str(item.get("procedure")), item)
+    return tuple(sorted(seen.values(), key=lambda e: (str(e.get("performed")), str(e.get("procedure")))))

@@ -1,0 +1,300 @@
+"""Relief computation (CRITERIA §9.2; CONTRACT §6 "Readings and relief").
+
+A block's baseline is the latest pain reading in the 24 h before its start (its scale becomes the
+block's scale); post-block readings are those after its end within 72 h — with ``partOf`` the
+block, or without ``partOf`` (then the reading belongs to the latest block that ended before it,
+on the reading's side when it states one). Readings on another scale are ignored.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from typing import Any
+
+from services.recommender.engine.policy import Policy
+from shared.domain import terminology as t
+from shared.domain._json import add_months
+from shared.domain.facts import Intervention, PainReading, PatientFacts
+
+POSITIVE, NEGATIVE, INVALID, UNEVALUABLE = "positive", "negative", "invalid", "unevaluable"
+
+
+def sides_compatible(reading_side: str | None, block_side: str | None) -> bool:
+    """A reading stating a side belongs to blocks on that side (or bilateral / unstated ones)."""
+    if reading_side is None or block_side is None or reading_side == "bilateral" or block_side == "bilateral":
+        return True
+    return reading_side == block_side
+
+
+@dataclass(frozen=True, slots=True)
+class BlockResult:
+    """One diagnostic block judged at one threshold (CRITERIA §9.2 steps 1-8)."""
+
+    block: Intervention
+    threshold: float
+    status: str  # positive | negative | invalid | unevaluable
+    reasons: tuple[str, ...]
+    agent: str
+    scale: str | None
+    baseline: float | None
+    peak: float | None
+    sustained: int | None  # minutes at or above the threshold from the block's end
+    low_baseline: bool = False
+    prolonged: bool = False
+    sedated: bool = False
+
+    @property
+    def interpretable(self) -> bool:
+        return self.status in (POSITIVE, NEGATIVE)
+
+    def evidence(self) -> dict[str, Any]:
+        return {
+            "procedure": self.block.ref,
+            "performed": self.block.end.isoformat(),
+            "agent": self.agent,
+            "scale": self.scale,
+            "baseline": _num(self.baseline),
+            "peakReliefPercent": None if self.peak is None else round(self.peak, 1),
+            "sustainedMinutes": self.sustained,
+            "positive": self.status == POSITIVE,
+            "reasons": list(self.reasons),
+        }
+
+
+def _num(value: float | None) -> float | int | None:
+    if value is None:
+        return None
+    return int(value) if float(value).is_integer() else value
+
+
+def relief_percent(baseline: float, value: float) -> float:
+    """(baseline − post) / baseline × 100, never negative; no rounding before comparing (§9.2 step 4)."""
+    return max(0.0, (baseline - value) / baseline * 100.0)
+
+
+def sustained_minutes(
+    end: datetime, post: Sequence[PainReading], baseline: float, threshold: float, run_start_minutes: float
+) -> int:
+    """From the block's end to the last reading of the contiguous run at or above the threshold
+    that starts within ``run_start_minutes`` of the end (CONTRACT §6); 0 when there is none."""
+    run_last: datetime | None = None
+    started = False
+    for reading in post:
+        ok = relief_percent(baseline, reading.value) >= threshold
+        if not started:
+            if ok:
+                if (reading.time - end).total_seconds() / 60 > run_start_minutes:
+                    return 0
+                started, run_last = True, reading.time
+            continue
+        if not ok:
+            break
+        run_last = reading.time
+    if run_last is None:
+        return 0
+    return int((run_last - end).total_seconds() // 60)
+
+
+class PatientContext:
+    """Per-patient indexes shared by every pathway: post-block readings, block results, sides."""
+
+    def __init__(self, facts: PatientFacts, policy: Policy) -> None:
+        self.facts = facts
+        self.policy = policy
+        self.completed = tuple(iv for iv in facts.interventions if iv.completed)
+        self._post = self._assign_post_readings()
+        self._cache: dict[tuple[str, float], BlockResult] = {}
+        self.sides_cache: dict[tuple[str | None, str], tuple[str, ...]] = {}
+
+    # readings --------------------------------------------------------------------------------
+    def _assign_post_readings(self) -> dict[str, list[PainReading]]:
+        window = timedelta(hours=self.policy.g("post_window_hours"))
+        by_ref = {iv.ref: iv for iv in self.completed}
+        ordered = sorted(self.completed, key=lambda iv: (iv.end, iv.ref))
+        out: dict[str, list[PainReading]] = defaultdict(list)
+        for reading in self.facts.readings:
+            linked = [by_ref[r] for r in reading.part_of if r in by_ref]
+            if linked:
+                for iv in linked:
+                    if iv.end < reading.time <= iv.end + window:
+                        out[iv.ref].append(reading)
+                continue
+            if reading.part_of and any(r.startswith("Procedure/") for r in reading.part_of):
+                continue  # linked to a procedure that is not a kept block
+            best: Intervention | None = None
+            for iv in ordered:
+                if iv.end >= reading.time:
+                    break
+                if reading.time <= iv.end + window and sides_compatible(reading.side, iv.side):
+                    best = iv
+            if best is not None:
+                out[best.ref].append(reading)
+        return out
+
+    def post_readings(self, block: Intervention) -> list[PainReading]:
+        return self._post.get(block.ref, [])
+
+    def baseline(self, block: Intervention, window: timedelta) -> PainReading | None:
+        """Latest reading of any accepted scale in ``window`` before the block's start."""
+        best = None
+        lo = block.start - window
+        for reading in self.facts.readings:
+            if reading.time > block.start:
+                break
+            if reading.time >= lo and sides_compatible(reading.side, block.side):
+                best = reading
+        return best
+
+    def sedated(self, block: Intervention) -> bool:
+        """IV sedation from ``sedation_lookback_minutes`` before the start to the end (CONTRACT §4)."""
+        lo = block.start - timedelta(minutes=self.policy.g("sedation_lookback_minutes"))
+        return any(s.start <= block.end and s.end >= lo for s in self.facts.sedations)
+
+    # blocks ------------------------------------------------------------------------------------
+    def block(self, block: Intervention, threshold: float) -> BlockResult:
+        key = (block.ref, threshold)
+        result = self._cache.get(key)
+        if result is None:
+            result = self._cache[key] = self._judge(block, threshold)
+        return result
+
+    def _judge(self, block: Intervention, threshold: float) -> BlockResult:
+        """Positive, negative (relief-below-threshold / duration-inconsistent-with-agent), invalid
+        (sedation-confounded) or unevaluable (no-baseline, low-baseline at 0, no-follow-up,
+        scale-mismatch) — CRITERIA §9.2 steps 2-7, CONTRACT §6."""
+        p = self.policy
+        inj = block.injectate
+        agent = inj.agent
+        sedated = self.sedated(block)
+        base = self.baseline(block, timedelta(hours=p.g("baseline_window_hours")))
+        lead: tuple[str, ...] = ("sedation-confounded",) if sedated else ()
+        status_if = INVALID if sedated else None
+
+        def result(status: str, reasons: tuple[str, ...], **kw: Any) -> BlockResult:
+            return BlockResult(
+                block, threshold, status_if or status, lead + reasons, agent, sedated=sedated, **kw
+            )
+
+        if base is None:
+            return result(UNEVALUABLE, ("no-baseline",), scale=None, baseline=None, peak=None, sustained=None)
+        scale, b = base.scale, base.value
+        if b <= 0:
+            return result(UNEVALUABLE, ("low-baseline",), scale=scale, baseline=b, peak=None, sustained=None)
+        post = self.post_readings(block)
+        if not post:
+            return result(UNEVALUABLE, ("no-follow-up",), scale=scale, baseline=b, peak=None, sustained=None)
+        same = [r for r in post if r.scale == scale]
+        if not same:
+            return result(
+                UNEVALUABLE, ("scale-mismatch",), scale=scale, baseline=b, peak=None, sustained=None
+            )
+        peak = max(relief_percent(b, r.value) for r in same)
+        sustained = sustained_minutes(block.end, same, b, threshold, p.g("run_start_minutes"))
+        low_cut = p.g("low_baseline_below_vas_mm") if scale == t.VAS else p.g("low_baseline_below")
+        low = b < low_cut
+        spec = p.agent(agent, inj.anaesthetics)
+        prolonged = sustained > spec.prolonged_minutes
+        kw: dict[str, Any] = {
+            "scale": scale,
+            "baseline": b,
+            "peak": peak,
+            "sustained": sustained,
+            "low_baseline": low,
+            "prolonged": prolonged,
+        }
+        if peak < threshold:
+            return result(NEGATIVE, ("relief-below-threshold",), **kw)
+        if sustained < spec.minimum_minutes:
+            return result(NEGATIVE, ("duration-inconsistent-with-agent",), **kw)
+        extra = tuple(r for r, on in (("low-baseline", low), ("prolonged-response", prolonged)) if on)
+        return result(POSITIVE, extra, **kw)
+
+    # long-term relief ---------------------------------------------------------------------------
+    def long_term(
+        self, procedure: Intervention, threshold: float, months: int, side: str | None
+    ) -> tuple[str, str | None, date | None, dict[str, Any]]:
+        """Relief sustained for ``months`` after a definitive procedure (CONTRACT §6 "Repeat RFA";
+        CRITERIA §9.2 long-term relief). Returns (status, reason, date, evidence) where status is
+        ``met``, ``failed`` (prior-relief-insufficient), ``pending`` (relief-period-not-ended, with
+        the date it ends), ``no-baseline`` or ``no-follow-up``."""
+        p = self.policy
+        base = self.baseline(procedure, timedelta(days=p.g("long_term_baseline_days")))
+        evidence: dict[str, Any] = {
+            "procedure": procedure.ref,
+            "performed": procedure.end.isoformat(),
+            "agent": procedure.injectate.agent,
+            "scale": base.scale if base else None,
+            "baseline": _num(base.value) if base else None,
+            "peakReliefPercent": None,
+            "sustainedMinutes": None,
+            "positive": False,
+            "reasons": [],
+        }
+        period_end = add_months(procedure.end.date(), months)
+        if base is None or base.value <= 0:
+            evidence["reasons"] = ["no-baseline"]
+            return "no-baseline", "no-baseline", None, evidence
+        start = procedure.end + timedelta(days=p.g("follow_up_start_days"))
+        readings = [
+            r
+            for r in self.facts.readings
+            if r.scale == base.scale
+            and r.time >= start
+            and (r.side is None or side is None or r.side == side)
+        ]
+        if not readings:
+            evidence["reasons"] = ["no-follow-up"]
+            return "no-follow-up", "no-follow-up", None, evidence
+        reliefs = [relief_percent(base.value, r.value) for r in readings]
+        dip_used = False
+        last_ok: datetime | None = None
+        for i, (reading, relief) in enumerate(zip(readings, reliefs, strict=True)):
+            ok = relief >= threshold
+            if ok:
+                last_ok = reading.time
+                if reading.time.date() >= period_end:
+                    evidence.update(
+                        peakReliefPercent=round(max(reliefs[: i + 1]), 1),
+                        sustainedMinutes=int((reading.time - procedure.end).total_seconds() // 60),
+                        positive=True,
+                    )
+                    return "met", None, None, evidence
+                continue
+            recovers = i + 1 < len(readings) and reliefs[i + 1] >= threshold
+            if dip_used or not recovers:
+                evidence.update(
+                    peakReliefPercent=round(max(reliefs[: i + 1]), 1), reasons=["prior-relief-insufficient"]
+                )
+                if last_ok is not None:
+                    evidence["sustainedMinutes"] = int((last_ok - procedure.end).total_seconds() // 60)
+                return "failed", "prior-relief-insufficient", None, evidence
+            dip_used = True
+        evidence["peakReliefPercent"] = round(max(reliefs), 1)
+        evidence["reasons"] = ["relief-period-not-ended"]
+        return "pending", "relief-period-not-ended", period_end, evidence
+
+
+def index_sides(facts: PatientFacts, regions: frozenset[str]) -> set[str]:
+    """Sides on which the index pain is documented: active pain Conditions of these regions, else
+    pain readings that state a side (CONTRACT §6 "A bilateral block confirms both sides ...")."""
+    sides = {c.side for c in facts.conditions if c.active and c.side and c.region in regions}
+    if not sides:
+        sides = {r.side for r in facts.readings if r.side}
+    return {s for s in sides if s}
+
+
+def expand_sides(side: str | None, documented: set[str]) -> tuple[str, ...]:
+    """Sides a block or order covers. A bilateral (or unlateralised) one covers both sides when the
+    index pain is documented bilateral or not at all, else only the documented side."""
+    if side in ("left", "right"):
+        return (side,)
+    if not documented or "bilateral" in documented or {"left", "right"} <= documented:
+        return ("left", "right")
+    return tuple(sorted(documented & {"left", "right"}))
+
+
+def evidence_list(results: Sequence[BlockResult]) -> list[Mapping[str, Any]]:
+    return [r.evidence() for r in results]

@@ -1,0 +1,194 @@
+"""Small readers for raw FHIR JSON shared by the relevance filter and the normaliser."""
+
+from __future__ import annotations
+
+import calendar
+import re
+from collections.abc import Iterator, Mapping
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+from shared.domain import terminology as t
+
+
+def as_list(value: Any) -> list[Any]:
+    if value is None:
+        return []
+    if type(value) is list:
+        return value
+    return [value]
+
+
+def codings(concept: Any) -> Iterator[Mapping[str, Any]]:
+    """Codings of a CodeableConcept (or of a list of them). Raw JSON: objects are dicts."""
+    for cc in concept if type(concept) is list else (concept,):
+        if type(cc) is dict:
+            coding = cc.get("coding")
+            if type(coding) is list:
+                for c in coding:
+                    if type(c) is dict:
+                        yield c
+
+
+def code_set(concept: Any, systems: frozenset[str] | str) -> set[str]:
+    if concept is None:
+        return set()
+    if type(systems) is str:
+        return {
+            str(c["code"]).strip() for c in codings(concept) if c.get("system") == systems and "code" in c
+        }
+    return {str(c["code"]).strip() for c in codings(concept) if c.get("system") in systems and "code" in c}
+
+
+def texts(concept: Any) -> list[str]:
+    """``text`` of the concept(s) and ``display`` of their codings."""
+    out: list[str] = []
+    for cc in as_list(concept):
+        if type(cc) is dict:
+            text = cc.get("text")
+            if type(text) is str:
+                out.append(text)
+            for c in codings(cc):
+                display = c.get("display")
+                if type(display) is str:
+                    out.append(display)
+    return out
+
+
+def procedure_codes(concept: Any) -> list[str]:
+    """CPT or HCPCS codes of a CodeableConcept (CONTRACT §4: SNOMED is never mapped)."""
+    out = []
+    for c in codings(concept):
+        system = c.get("system")
+        code = c.get("code")
+        if not isinstance(code, str):
+            continue
+        if system == t.CPT or system in t.HCPCS_SYSTEMS:
+            out.append(code.strip().upper())
+    return out
+
+
+def rxnorm_names(concept: Any) -> set[str]:
+    """Ingredient names of the agents the rules know, from RxNorm codings or text."""
+    names: set[str] = set()
+    for code in code_set(concept, t.RXNORM):
+        for table in (t.LOCAL_ANAESTHETICS, t.STEROIDS, t.SEDATIVES, t.NSAIDS):
+            if code in table:
+                names.add(table[code])
+    if not names:
+        for text in texts(concept):
+            names |= words_in(text)
+    return names
+
+
+_WORD_TABLES = (t.AGENT_WORDS, t.STEROID_WORDS, t.SEDATIVE_WORDS, {n: n for n in t.NSAID_WORDS})
+
+
+def words_in(text: str) -> set[str]:
+    low = text.lower()
+    found: set[str] = set()
+    for table in _WORD_TABLES:
+        for word, name in table.items():
+            if word in low:
+                found.add(name)
+    return found
+
+
+def reference(value: Any) -> str | None:
+    if isinstance(value, Mapping):
+        ref = value.get("reference")
+        if isinstance(ref, str):
+            return ref
+    return None
+
+
+def references(value: Any) -> list[str]:
+    return [r for r in (reference(v) for v in as_list(value)) if r]
+
+
+_DATE_ONLY = re.compile(r"^(\d{4})(?:-(\d{2})(?:-(\d{2}))?)?$")
+
+
+def parse_datetime(value: Any) -> datetime | None:
+    """FHIR dateTime/instant/date → aware datetime; date-only values are midnight UTC of that date.
+
+    A partial date (``2019`` or ``2019-05``) is its first day. A time without offset is read as UTC.
+    Unparseable values give ``None``.
+    """
+    if not isinstance(value, str) or not value:
+        return None
+    m = _DATE_ONLY.match(value)
+    if m:
+        try:
+            return datetime(int(m.group(1)), int(m.group(2) or 1), int(m.group(3) or 1), tzinfo=UTC)
+        except ValueError:
+            return None
+    try:
+        dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return dt
+
+
+def parse_date(value: Any) -> date | None:
+    dt = parse_datetime(value)
+    return dt.date() if dt else None
+
+
+def period_start_end(resource: Mapping[str, Any], prefix: str) -> tuple[datetime | None, datetime | None]:
+    """``<prefix>DateTime`` (start = end) or ``<prefix>Period`` (a missing side copies the other)."""
+    dt = parse_datetime(resource.get(prefix + "DateTime"))
+    if dt:
+        return dt, dt
+    period = resource.get(prefix + "Period")
+    if isinstance(period, Mapping):
+        start = parse_datetime(period.get("start"))
+        end = parse_datetime(period.get("end"))
+        return start or end, end or start
+    instant = parse_datetime(resource.get(prefix + "Instant"))
+    if instant:
+        return instant, instant
+    return None, None
+
+
+def is_own_proposal(resource: Mapping[str, Any]) -> bool:
+    """Pinpoint's own suggestions carry an identifier in ``urn:pinpoint:recommendation``."""
+    for ident in as_list(resource.get("identifier")):
+        if isinstance(ident, Mapping) and str(ident.get("system", "")).startswith(t.PINPOINT_RECOMMENDATION):
+            return True
+    return False
+
+
+def route_is_oral(route: Any) -> bool:
+    if code_set(route, t.SNOMED) & t.ORAL_ROUTE_SNOMED:
+        return True
+    return any(re.search(r"\b(oral|by mouth|po)\b", x.lower()) for x in texts(route))
+
+
+def route_is_iv(route: Any) -> bool:
+    if code_set(route, t.SNOMED) & t.IV_ROUTE_SNOMED:
+        return True
+    return any(re.search(r"\b(iv|intravenous)\b", x.lower()) for x in texts(route))
+
+
+def dosage_routes(resource: Mapping[str, Any]) -> list[Any]:
+    """Routes of a MedicationAdministration / Statement / Request."""
+    routes: list[Any] = []
+    dosage = resource.get("dosage")
+    for d in as_list(dosage) + as_list(resource.get("dosageInstruction")):
+        if isinstance(d, Mapping) and d.get("route") is not None:
+            routes.append(d["route"])
+    return routes
+
+
+def add_months(d: date, months: int) -> date:
+    """Calendar months, clamped at month end (CONTRACT §6 "Time")."""
+    y, m = divmod(d.month - 1 + months, 12)
+    year, month = d.year + y, m + 1
+    return date(year, month, min(d.day, calendar.monthrange(year, month)[1]))
+
+
+def days(n: float) -> timedelta:
+    return timedelta(days=n)

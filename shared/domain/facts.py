@@ -1,0 +1,131 @@
+"""Clinical facts: what the rules read, independent of how FHIR encoded it.
+
+Frozen dataclasses built by :mod:`shared.domain.normalize`. Times are timezone-aware datetimes
+in the offset the source wrote (a date-only value is midnight UTC of that date, so its calendar
+date is the date written; CONTRACT §6 "Time"). ``ref`` is always ``Type/id``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import date, datetime
+
+Side = str  # "left" | "right" | "bilateral"
+
+
+@dataclass(frozen=True, slots=True)
+class Injectate:
+    """What was injected: local anaesthetic agent class, steroid and its dose (CONTRACT §4)."""
+
+    agent: str = "unknown"  # lidocaine | bupivacaine | ropivacaine | mixed | unknown
+    anaesthetics: tuple[str, ...] = ()
+    steroid: str | None = None
+    steroid_mg: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Intervention:
+    """A completed (or otherwise stated) pain procedure: a block, an ablation or an injection."""
+
+    ref: str
+    kind: str  # terminology.FACET_BLOCK, FACET_RFA, ...
+    codes: tuple[str, ...]
+    status: str
+    diagnostic: bool
+    intra_articular: bool
+    region: str  # cervical | thoracic | lumbar | sacroiliac | knee | hip | other
+    joints: tuple[str, ...]
+    side: Side | None
+    start: datetime
+    end: datetime
+    injectate: Injectate = field(default_factory=Injectate)
+    based_on: tuple[str, ...] = ()
+
+    @property
+    def completed(self) -> bool:
+        return self.status == "completed"
+
+
+@dataclass(frozen=True, slots=True)
+class PainReading:
+    """One pain score on its own scale (0-10, or VAS 0-100 mm)."""
+
+    ref: str
+    scale: str  # LOINC code
+    value: float
+    time: datetime
+    part_of: tuple[str, ...] = ()
+    side: Side | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ConditionFact:
+    ref: str
+    codes: tuple[str, ...]  # ICD-10-CM without dots, upper case; SNOMED as "SCT:<code>"
+    onset: date | None
+    active: bool
+    side: Side | None
+    region: str | None  # anatomical region when the code tells it
+
+
+@dataclass(frozen=True, slots=True)
+class ConservativeCare:
+    ref: str
+    kind: str  # "physical-therapy" | "medication"
+    start: date
+
+
+@dataclass(frozen=True, slots=True)
+class Sedation:
+    """IV sedation or anaesthesia: a sedative given IV (or with no route) or a 99152/0193x procedure."""
+
+    ref: str
+    start: datetime
+    end: datetime
+    agent: str  # midazolam | fentanyl | propofol | procedure
+
+
+@dataclass(frozen=True, slots=True)
+class SteroidExposure:
+    """A corticosteroid given by a route other than oral (CONTRACT §6 "Cumulative steroid")."""
+
+    ref: str
+    time: datetime
+    steroid: str
+    mg: float | None  # None: dose not documented
+    region: str
+    joints: tuple[str, ...]
+    side: Side | None
+
+
+@dataclass(frozen=True, slots=True)
+class Order:
+    """A ServiceRequest under check (CONTRACT §1 "Orders to check")."""
+
+    ref: str
+    kind: str
+    codes: tuple[str, ...]
+    status: str
+    intent: str
+    diagnostic: bool
+    intra_articular: bool
+    region: str
+    joints: tuple[str, ...]
+    side: Side | None
+    requested: date | None  # occurrence, else authoredOn; None: judged at --now
+    injectate: Injectate = field(default_factory=Injectate)
+    reason_codes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class PatientFacts:
+    patient: str  # "Patient/<id>"
+    sex: str | None = None
+    birth_date: date | None = None
+    interventions: tuple[Intervention, ...] = ()
+    readings: tuple[PainReading, ...] = ()
+    conditions: tuple[ConditionFact, ...] = ()
+    conservative_care: tuple[ConservativeCare, ...] = ()
+    steroids: tuple[SteroidExposure, ...] = ()
+    sedations: tuple[Sedation, ...] = ()
+    orders: tuple[Order, ...] = ()

@@ -1,0 +1,143 @@
+"""Minimum necessary (CONTRACT §2): does Pinpoint keep this raw resource?
+
+Runs on the raw JSON dict before any model validation, so it must stay cheap. Kept: Patient,
+Condition, the resources of CONTRACT §4's value sets (pain interventions, sedation and
+anaesthesia, physical therapy, pain and function scores, provocation tests, anaesthetic,
+sedative and NSAID medications, corticosteroid injections of any site or route other than
+oral, orders whose code maps to a pathway), BodyStructure and Medication. Never kept:
+Pinpoint's own proposals (identifier system ``urn:pinpoint:recommendation``). SNOMED procedure
+codes are never mapped, so cardiac ablation (18286008) or a labour epidural (18946005) is dropped.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from shared.domain import _json as j
+from shared.domain import terminology as t
+
+
+@dataclass(frozen=True, slots=True)
+class Relevance:
+    kept: bool
+    category: str
+    reason: str = ""
+
+
+_PROVOCATION = re.compile(
+    r"(thigh thrust|compression test|distraction test|gaenslen|faber|patrick|sacral thrust|provocation)", re.I
+)
+_PATIENT_KEYS = ("subject", "patient", "beneficiary")
+_MEDICATION_TYPES = frozenset({"MedicationAdministration", "MedicationStatement", "MedicationRequest"})
+
+
+def _drop(category: str, reason: str) -> Relevance:
+    return Relevance(False, category, reason)
+
+
+def _medication_names(resource: Mapping[str, Any]) -> set[str] | None:
+    """Agent names of a medication resource; ``None`` when they sit in an unresolvable Medication."""
+    concept = resource.get("medicationCodeableConcept")
+    if concept is None and isinstance(resource.get("medication"), Mapping):  # R5 CodeableReference
+        concept = resource["medication"].get("concept")
+    if concept is not None:
+        return j.rxnorm_names(concept)
+    ref = j.reference(resource.get("medicationReference"))
+    if ref and ref.startswith("#"):
+        for contained in j.as_list(resource.get("contained")):
+            if isinstance(contained, Mapping) and contained.get("id") == ref[1:]:
+                return j.rxnorm_names(contained.get("code"))
+        return set()
+    return None if ref else set()
+
+
+def _classify_medication(resource: Mapping[str, Any]) -> Relevance:
+    names = _medication_names(resource)
+    if names is None:
+        return Relevance(True, "medication", "agent in a referenced Medication")
+    steroids = names & set(t.STEROIDS.values())
+    if steroids and not any(j.route_is_oral(r) for r in j.dosage_routes(resource)):
+        return Relevance(True, "steroid-injection")
+    if names & set(t.LOCAL_ANAESTHETICS.values()):
+        return Relevance(True, "anaesthetic")
+    if names & set(t.SEDATIVES.values()):
+        return Relevance(True, "sedation")
+    if names & t.NSAID_WORDS:
+        return Relevance(True, "conservative-care")
+    if steroids:
+        return _drop("medication", "oral corticosteroid")
+    return _drop("medication", "not a medication Pinpoint's rules use")
+
+
+def _classify_procedure(resource: Mapping[str, Any]) -> Relevance:
+    codes = j.procedure_codes(resource.get("code"))
+    for code in codes:
+        if code in t.PROCEDURE_KINDS:
+            return Relevance(True, "intervention")
+    for code in codes:
+        if code in t.SEDATION_CPT:
+            return Relevance(True, "sedation")
+        if code in t.PHYSICAL_THERAPY_CPT:
+            return Relevance(True, "conservative-care")
+    used = resource.get("usedCode")
+    if used is not None and j.rxnorm_names(used) & set(t.STEROIDS.values()):
+        return Relevance(True, "steroid-injection")
+    if j.code_set(resource.get("code"), t.SNOMED) & t.NOT_PAIN_SNOMED:
+        return _drop("procedure", "not a pain intervention (SNOMED procedure codes are never mapped)")
+    return _drop("procedure", "no code of a pain intervention, sedation or physical therapy")
+
+
+def _classify_observation(resource: Mapping[str, Any]) -> Relevance:
+    loinc = j.code_set(resource.get("code"), t.LOINC)
+    if loinc & t.PAIN_SCALES:
+        return Relevance(True, "pain-score")
+    if loinc & t.FUNCTION_SCALES:
+        return Relevance(True, "function-score")
+    if any(_PROVOCATION.search(x) for x in j.texts(resource.get("code"))):
+        return Relevance(True, "provocation-test")
+    return _drop("observation", "not a pain, function or provocation observation")
+
+
+def classify(resource: Mapping[str, Any]) -> Relevance:
+    """Decide whether Pinpoint keeps ``resource`` (raw JSON); see the module docstring."""
+    rtype = resource.get("resourceType")
+    if not isinstance(rtype, str):
+        return _drop("unknown", "no resourceType")
+    if j.is_own_proposal(resource):
+        return _drop("own-proposal", "Pinpoint's own proposal (urn:pinpoint:recommendation)")
+    if rtype == "Patient":
+        return Relevance(True, "patient")
+    if rtype == "Condition":
+        return Relevance(True, "condition")
+    if rtype == "BodyStructure":
+        return Relevance(True, "body-structure")
+    if rtype == "Procedure":
+        return _classify_procedure(resource)
+    if rtype == "Observation":
+        return _classify_observation(resource)
+    if rtype in _MEDICATION_TYPES:
+        return _classify_medication(resource)
+    if rtype == "Medication":
+        if j.rxnorm_names(resource.get("code")):
+            return Relevance(True, "medication")
+        return _drop("medication", "not a medication Pinpoint's rules use")
+    if rtype == "ServiceRequest":
+        if any(c in t.PROCEDURE_KINDS for c in j.procedure_codes(resource.get("code"))):
+            return Relevance(True, "order")
+        return _drop("order", "code maps to no pathway")
+    return _drop(rtype.lower(), f"{rtype} is not used by Pinpoint's rules")
+
+
+def patient_reference(resource: Mapping[str, Any]) -> str | None:
+    """Where the resource points at its patient (``Patient/<id>`` as written); a Patient itself."""
+    if resource.get("resourceType") == "Patient":
+        rid = resource.get("id")
+        return f"Patient/{rid}" if isinstance(rid, str) and rid else None
+    for key in _PATIENT_KEYS:
+        ref = j.reference(resource.get(key))
+        if ref:
+            return ref
+    return None
