@@ -32,10 +32,9 @@ def _policy(name: str) -> Any:
 def assess(resources: Sequence[dict[str, Any]], policy_name: str, now: datetime) -> dict[str, Any]:
     """Relevance filter → normalise → evaluate → §3 document (the engine's public API)."""
     try:
+        from services.recommender.engine import assessment_document, evaluate
         from shared.domain.normalize import normalize
         from shared.domain.relevance import classify
-
-        from services.recommender.engine import assessment_document, evaluate
     except ImportError:
         raise EngineUnavailable() from None
     policy = _policy(policy_name)

@@ -180,10 +180,14 @@ def _site_for(joint: str, side: str | None) -> dict[str, Any]:
     return {"coding": coding, "text": f"{sentence(side or '')} {joint}".strip()}
 
 
-def _new_request(order: dict[str, Any], **changes: Any) -> dict[str, Any]:
-    """A draft ServiceRequest in the place of ``order``: same patient, reason, requester."""
+def _new_request(order: dict[str, Any], *, same_procedure: bool = True, **changes: Any) -> dict[str, Any]:
+    """A draft ServiceRequest in the place of ``order``: same patient, reason, requester, sites
+    (and category when it is the same procedure, reduced or moved)."""
     new: dict[str, Any] = {"resourceType": "ServiceRequest", "status": "draft", "intent": "order"}
-    for key in ("category", "subject", "encounter", "requester", "reasonCode", "reasonReference", "bodySite"):
+    keys = ["subject", "encounter", "requester", "reasonCode", "reasonReference", "bodySite"]
+    if same_procedure:
+        keys.insert(0, "category")
+    for key in keys:
         if order.get(key):
             new[key] = order[key]
     new.update({k: v for k, v in changes.items() if v is not None})
@@ -276,15 +280,18 @@ def next_step(
         if step.get("code") not in ordered:
             n = len((assessment.get("target") or {}).get("joints") or []) or 1
             coding = [step]
-            if n > 1 and reasons and reasons[0] in BLOCK_REASONS:
-                coding = _confirmatory_code(order, pathway, n) or coding
+            display = str(step.get("display") or step.get("code"))
+            if reasons and reasons[0] in BLOCK_REASONS:
+                coding = (_confirmatory_code(order, pathway, n) if n > 1 else []) or coding
+                display = f"confirmatory {display[:1].lower()}{display[1:]}".split(",")[0]
             new = _new_request(
                 order,
-                code={"coding": coding, "text": step.get("display") or step.get("code")},
+                same_procedure=False,
+                code={"coding": coding, "text": sentence(display)},
                 occurrenceDateTime=assessment.get("earliestDate"),
                 note=[{"text": f"Proposed by Pinpoint instead of the {what} order"}],
             )
-            return f"Order {step.get('display') or step.get('code')} instead", new
+            return f"Order a {display[:1].lower()}{display[1:]} at the same joints instead", new
     if reasons and reasons[0] in BLOCK_REASONS:
         joints = len([s for s in order.get("bodySite") or [] if _site_joint(s)]) or 1
         coding = _confirmatory_code(order, pathway, joints)
@@ -294,6 +301,7 @@ def next_step(
                 note += ", without sedation"
             new = _new_request(
                 order,
+                same_procedure=False,
                 code={"coding": coding, "text": "Confirmatory diagnostic block"},
                 note=[{"text": f"{note}; proposed by Pinpoint instead of the {what} order"}],
             )
