@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
+from services.recommender.cds_hooks import api as cds_hooks_api
 from shared.web import Runtime
 
 
@@ -12,6 +13,7 @@ def install(app: FastAPI, runtime: Runtime) -> None:
     from services.recommender.api import install_reads
 
     install_reads(app, runtime)  # /suggestions/fhir, /patients/{id}/assessment, /admin/reevaluate
+    app.include_router(cds_hooks_api.router())
 
 
 def install_worker(runtime: Runtime) -> None:
