@@ -21,9 +21,9 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 import httpx
+import sqlalchemy as sa
 from pydantic import SecretStr
 from sqlalchemy.engine import Engine
-from sqlmodel import Session, select
 
 from services.recommender.cds_hooks.discovery import PREFETCH
 from services.recommender.cds_hooks.models import HookCall
@@ -172,11 +172,13 @@ def _fhir_client(http: httpx.AsyncClient, base: str, token: SecretStr) -> FhirCl
 
 
 def stored_resources(engine: Engine, space: str, patient_id: str) -> list[dict[str, Any]]:
-    key = f"{space}:{patient_id}"
-    with Session(engine) as session:
-        rows = session.exec(
-            select(Resource.raw).where(Resource.patient_key == key, Resource.deleted == False)  # noqa: E712
-        ).all()
+    """The raw resources stored for ``{space}:{patient_id}`` (deleted ones excluded)."""
+    table = Resource.__table__  # type: ignore[attr-defined]
+    query = sa.select(table.c.raw).where(
+        table.c.patient_key == f"{space}:{patient_id}", table.c.deleted.is_(False)
+    )
+    with engine.connect() as conn:
+        rows = conn.execute(query).scalars().all()
     return [r for r in rows if isinstance(r, dict)]
 
 
