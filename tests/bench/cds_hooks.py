@@ -167,14 +167,14 @@ def wait_up(port: int, path: str, proc: subprocess.Popen[bytes]) -> None:
 # ----------------------------------------------------------------------------- load
 
 
-def _client(url: str, body: bytes, seconds: float, out: Any) -> None:
+def _client(url: str, body: bytes, seconds: float, out: Any, conns: int = CONNS_PER_PROC) -> None:
     import httpx
 
     async def run() -> tuple[list[float], int]:
         latencies: list[float] = []
         errors = 0
         deadline = time.perf_counter() + seconds
-        limits = httpx.Limits(max_connections=CONNS_PER_PROC, max_keepalive_connections=CONNS_PER_PROC)
+        limits = httpx.Limits(max_connections=conns, max_keepalive_connections=conns)
         async with httpx.AsyncClient(limits=limits, timeout=10.0) as client:
 
             async def worker() -> None:
@@ -187,16 +187,18 @@ def _client(url: str, body: bytes, seconds: float, out: Any) -> None:
                     else:
                         errors += 1
 
-            await asyncio.gather(*(worker() for _ in range(CONNS_PER_PROC)))
+            await asyncio.gather(*(worker() for _ in range(conns)))
         return latencies, errors
 
     out.put(asyncio.run(run()))
 
 
-def load(url: str, body: bytes, seconds: float) -> dict[str, float]:
+def load(
+    url: str, body: bytes, seconds: float, procs_n: int = CLIENT_PROCS, conns: int = CONNS_PER_PROC
+) -> dict[str, float]:
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
-    procs = [ctx.Process(target=_client, args=(url, body, seconds, q)) for _ in range(CLIENT_PROCS)]
+    procs = [ctx.Process(target=_client, args=(url, body, seconds, q, conns)) for _ in range(procs_n)]
     for p in procs:
         p.start()
     results = [q.get(timeout=seconds + 60) for _ in procs]
@@ -209,6 +211,7 @@ def load(url: str, body: bytes, seconds: float) -> dict[str, float]:
     return {
         "rps": len(lat) / seconds,
         "p50": statistics.median(lat) * 1000,
+        "p95": lat[int(len(lat) * 0.95) - 1] * 1000,
         "p99": lat[int(len(lat) * 0.99) - 1] * 1000,
         "n": len(lat),
         "errors": errors,
@@ -256,6 +259,9 @@ def main() -> None:
         load(f"http://127.0.0.1:{p_port}/cds-services/pinpoint-patient-view", body, 1.0)
         noop = load(f"http://127.0.0.1:{n_port}/noop", body, seconds)
         cds = load(f"http://127.0.0.1:{p_port}/cds-services/pinpoint-patient-view", body, seconds)
+        single = load(
+            f"http://127.0.0.1:{p_port}/cds-services/pinpoint-patient-view", body, seconds / 2, 1, 1
+        )
     finally:
         for s in servers:
             s.terminate()
@@ -267,6 +273,14 @@ def main() -> None:
             f"  {name:22s} {r['rps']:8.0f} req/s   p50 {r['p50']:6.1f} ms   p99 {r['p99']:6.1f} ms"
             f"   ({r['n']:.0f} ok, {r['errors']:.0f} errors)"
         )
+    print(
+        f"  one connection (latency per call): p50 {single['p50']:.1f} ms   p95 {single['p95']:.1f} ms"
+        f"   p99 {single['p99']:.1f} ms   ({single['rps']:.0f} req/s)"
+    )
+    print(
+        f"  host: {os.cpu_count()} CPU(s), load average {os.getloadavg()[0]:.1f}"
+        " (servers and load generator share them)"
+    )
     ratio = cds["rps"] / noop["rps"]
     print(f"  throughput ratio {ratio:.2f} (target >= 0.25); p99 {cds['p99']:.1f} ms (target <= 40 ms)")
 
