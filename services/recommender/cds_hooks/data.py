@@ -37,6 +37,8 @@ log = get_logger("pinpoint.cds.data")
 RECOMMENDATION_SYSTEM = "urn:pinpoint:recommendation"
 ORDER_INTENTS = ("order", "original-order", "plan")
 FETCH_TIMEOUT = httpx.Timeout(4.0, connect=2.0)
+#: All fetches of one call end by then (CRD: answer within 5 s); late keys count as failed.
+FETCH_DEADLINE = 4.5
 
 
 @dataclass
@@ -230,11 +232,15 @@ async def gather(
         assert call.fhir_server is not None
         client = _fhir_client(http, call.fhir_server, call.access_token)
         started = time.perf_counter()
-        results = await asyncio.gather(
-            *(_fetch_key(client, PREFETCH[k], call.patient_id) for k in missing), return_exceptions=True
-        )
+        tasks = [asyncio.ensure_future(_fetch_key(client, PREFETCH[k], call.patient_id)) for k in missing]
+        done, pending = await asyncio.wait(tasks, timeout=FETCH_DEADLINE)
+        for task in pending:  # past the deadline: answer with what we have
+            task.cancel()
+        results: list[Any] = [
+            (t.exception() or t.result()) if t in done else TimeoutError("fetch deadline") for t in tasks
+        ]
         for key, result in zip(missing, results, strict=True):
-            if isinstance(result, FhirClientError | httpx.HTTPError | ValueError):
+            if isinstance(result, FhirClientError | httpx.HTTPError | ValueError | TimeoutError):
                 data.failed_keys.append(key)
                 log.warning("cds.fetch.failed", source=fetch_source, key=key, error=type(result).__name__)
             elif isinstance(result, BaseException):
