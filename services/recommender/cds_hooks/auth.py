@@ -134,6 +134,8 @@ async def verify_client_jwt(
     alg = header.get("alg")
     if alg not in ALLOWED_ALGS:
         raise _reject("algorithm not allowed", alg=str(alg)[:20])
+    if header.get("typ") not in (None, "JWT"):
+        raise _reject("typ must be JWT")
     kid = header.get("kid")
     if not isinstance(kid, str) or not kid:
         raise _reject("no kid in header")

@@ -21,9 +21,9 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 import httpx
+import sqlalchemy as sa
 from pydantic import SecretStr
 from sqlalchemy.engine import Engine
-from sqlmodel import Session, select
 
 from services.recommender.cds_hooks.discovery import PREFETCH
 from services.recommender.cds_hooks.models import HookCall
@@ -37,6 +37,8 @@ log = get_logger("pinpoint.cds.data")
 RECOMMENDATION_SYSTEM = "urn:pinpoint:recommendation"
 ORDER_INTENTS = ("order", "original-order", "plan")
 FETCH_TIMEOUT = httpx.Timeout(4.0, connect=2.0)
+#: All fetches of one call end by then (CRD: answer within 5 s); late keys count as failed.
+FETCH_DEADLINE = 4.5
 
 
 @dataclass
@@ -172,11 +174,13 @@ def _fhir_client(http: httpx.AsyncClient, base: str, token: SecretStr) -> FhirCl
 
 
 def stored_resources(engine: Engine, space: str, patient_id: str) -> list[dict[str, Any]]:
-    key = f"{space}:{patient_id}"
-    with Session(engine) as session:
-        rows = session.exec(
-            select(Resource.raw).where(Resource.patient_key == key, Resource.deleted == False)  # noqa: E712
-        ).all()
+    """The raw resources stored for ``{space}:{patient_id}`` (deleted ones excluded)."""
+    table = Resource.__table__  # type: ignore[attr-defined]
+    query = sa.select(table.c.raw).where(
+        table.c.patient_key == f"{space}:{patient_id}", table.c.deleted.is_(False)
+    )
+    with engine.connect() as conn:
+        rows = conn.execute(query).scalars().all()
     return [r for r in rows if isinstance(r, dict)]
 
 
@@ -228,11 +232,15 @@ async def gather(
         assert call.fhir_server is not None
         client = _fhir_client(http, call.fhir_server, call.access_token)
         started = time.perf_counter()
-        results = await asyncio.gather(
-            *(_fetch_key(client, PREFETCH[k], call.patient_id) for k in missing), return_exceptions=True
-        )
+        tasks = [asyncio.ensure_future(_fetch_key(client, PREFETCH[k], call.patient_id)) for k in missing]
+        done, pending = await asyncio.wait(tasks, timeout=FETCH_DEADLINE)
+        for task in pending:  # past the deadline: answer with what we have
+            task.cancel()
+        results: list[Any] = [
+            (t.exception() or t.result()) if t in done else TimeoutError("fetch deadline") for t in tasks
+        ]
         for key, result in zip(missing, results, strict=True):
-            if isinstance(result, FhirClientError | httpx.HTTPError | ValueError):
+            if isinstance(result, FhirClientError | httpx.HTTPError | ValueError | TimeoutError):
                 data.failed_keys.append(key)
                 log.warning("cds.fetch.failed", source=fetch_source, key=key, error=type(result).__name__)
             elif isinstance(result, BaseException):

@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import httpx
+import sqlalchemy as sa
 from fastapi import Request
 from prometheus_client import Counter
 from sqlalchemy.engine import Engine
@@ -28,6 +29,7 @@ from shared.logging import get_logger
 from shared.web import Runtime
 
 log = get_logger("pinpoint.cds")
+AUDIT = AuditLog.__table__  # type: ignore[attr-defined]
 
 CARDS = Counter("pinpoint_cds_cards_total", "CDS cards returned", ["service", "pathway", "indicator"])
 CALLS = Counter("pinpoint_cds_calls_total", "CDS service calls", ["service", "outcome"])
@@ -159,31 +161,34 @@ def record_call(
     if call is not None:
         detail["hookInstance"] = call.hook_instance
         detail["sources"] = outcome.used if outcome else []
-    with session_scope(engine) as session:
-        session.add(
-            AuditLog(
-                at=now,
-                actor=caller.iss if caller else "unauthenticated",
-                action="cds.call",
-                target=outcome.patient_key if outcome else None,
-                detail=detail,
-            )
-        )
-        for r in rendered:
-            session.add(
-                AuditLog(
-                    at=now,
-                    actor=caller.iss if caller else "unauthenticated",
-                    action="cds.card",
-                    target=r.card["uuid"],
-                    detail={
-                        "service": service.id,
-                        "pathway": r.pathway,
-                        "verdict": r.verdict,
-                        "indicator": r.card["indicator"],
-                    },
-                )
-            )
+    actor = caller.iss if caller else "unauthenticated"
+    rows: list[dict[str, Any]] = [
+        {
+            "at": now,
+            "actor": actor,
+            "action": "cds.call",
+            "target": outcome.patient_key if outcome else None,
+            "detail": detail,
+        }
+    ]
+    rows += [
+        {
+            "at": now,
+            "actor": actor,
+            "action": "cds.card",
+            "target": r.card["uuid"],
+            "detail": {
+                "service": service.id,
+                "pathway": r.pathway,
+                "verdict": r.verdict,
+                "indicator": r.card["indicator"],
+            },
+        }
+        for r in rendered
+    ]
+    # Core insert (one statement, one transaction): the hot path avoids the ORM unit of work.
+    with engine.begin() as conn:
+        conn.execute(sa.insert(AUDIT), rows)
     CALLS.labels(service.id, str(status)).inc()
     for r in rendered:
         CARDS.labels(service.id, r.pathway, r.card["indicator"]).inc()

@@ -335,3 +335,29 @@ async def test_every_call_is_audited_with_ids_and_counts(cds: CdsApp) -> None:
     assert calls[0]["detail"]["ms"] >= 0
     cards = [r for r in rows if r["action"] == "cds.card"]
     assert [c["detail"]["pathway"] for c in cards] == ["alert:sedation"]
+
+
+async def test_a_slow_server_is_cut_at_the_fetch_deadline(
+    cds: CdsApp, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import asyncio
+
+    from services.recommender.cds_hooks import data
+
+    monkeypatch.setattr(data, "FETCH_DEADLINE", 0.2)
+
+    async def slow(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/Procedure"):
+            await asyncio.sleep(5)
+        return httpx.Response(
+            200, json=searchset(proc("p1", "fast")) if "Condition" in request.url.path else searchset()
+        )
+
+    with respx.mock(assert_all_mocked=True) as mock:
+        mock.route(host="fhir.hospital-a.example").mock(side_effect=slow)
+        started = asyncio.get_running_loop().time()
+        r = await cds.client.post(PV, json=call(server=SOURCE_BASE, token=True))
+        elapsed = asyncio.get_running_loop().time() - started
+    assert r.status_code == 200
+    assert elapsed < 2
+    assert cds.assessor.ids() == {"Procedure/fast"}

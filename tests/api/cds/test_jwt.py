@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import jwt
 import pytest
 import respx
 import sqlalchemy as sa
@@ -25,6 +26,7 @@ from tests.api.cds.conftest import (
     ISSUER,
     RSA_ISSUER,
     CdsApp,
+    private_key,
     request_with_context,
     unsigned,
     vector,
@@ -219,3 +221,32 @@ async def test_jwks_url_is_fetched_once_cached_and_refreshed_for_a_new_kid(engin
             clock[0] += 31
             assert await store.key(cds.trusted_issuers[0], "new-kid") is None
             assert route.call_count == 2
+
+
+async def test_wrong_typ_is_refused(cds_secured: CdsApp) -> None:
+    es = cds_secured.signer()
+    kid, key = private_key("smart-jwks-ES384-private-EXAMPLE-ONLY.json")
+    now = int(es.clock())
+    claims = {"iss": ISSUER, "aud": BASE + PV, "exp": now + 60, "iat": now, "jti": str(uuid.uuid4())}
+    token = jwt.encode(claims, key, algorithm="ES384", headers={"kid": kid, "typ": "at+jwt"})
+    _assert_401(await es.post(PV, _body(), token), "typ must be JWT")
+
+
+async def test_cors_preflight_from_a_configured_origin(db_url: str, engine: sa.engine.Engine) -> None:
+    from services.server import Role, build_app
+    from tests.api.cds.conftest import make_settings
+
+    settings = make_settings(db_url).model_copy(update={"cors_origins": ["https://ehr.example"]})
+    app = build_app(settings, Role.all, engine)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=BASE) as client:
+        headers = {
+            "Origin": "https://ehr.example",
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization, content-type",
+        }
+        r = await client.options(PV, headers=headers)
+        assert r.status_code == 200
+        assert r.headers["access-control-allow-origin"] == "https://ehr.example"
+        assert "authorization" in r.headers["access-control-allow-headers"].lower()
+        r = await client.options(PV, headers={**headers, "Origin": "https://evil.example"})
+        assert "access-control-allow-origin" not in r.headers
