@@ -14,6 +14,9 @@ def install(app: FastAPI, runtime: Runtime) -> None:
 
     install_reads(app, runtime)  # /suggestions/fhir, /patients/{id}/assessment, /admin/reevaluate
     app.include_router(cds_hooks_api.router())
+    from services.recommender.evidence import api as evidence_api
+
+    app.include_router(evidence_api.router())  # /patients/{id}/evidence (HTML)
 
 
 def install_worker(runtime: Runtime) -> None:
