@@ -57,6 +57,7 @@ class BlockInput:
     peak_relief: float | None
     sustained_minutes: int | None
     positive: bool
+    agent: str = "unknown"
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,7 +24,14 @@ from services.recommender.engine import Policy
 from services.recommender.engine.policy import BUILTIN, POLICY_DIR
 
 MET, NOT_MET, MISSING, NOT_ASSESSED = "met", "not-met", "missing-data", "not-assessed"
-STATUS_TEXT = {MET: "Met", NOT_MET: "Not met", MISSING: "Missing data", NOT_ASSESSED: "Not assessed"}
+NOT_YET = "not-yet"  # a deferral: met once time has passed (CONTRACT §6 "deferred")
+STATUS_TEXT = {
+    MET: "Met",
+    NOT_MET: "Not met",
+    MISSING: "Missing data",
+    NOT_ASSESSED: "Not assessed",
+    NOT_YET: "Not yet",
+}
 _MISSING_REASONS = frozenset({"no-baseline", "no-follow-up", "scale-mismatch"})
 _FACET = ("facet-diagnostic", "facet-rfa", "facet-rfa-repeat", "facet-therapeutic")
 _BLOCK_PATHWAYS = ("facet-rfa", "facet-therapeutic", "sij-therapeutic", "genicular-rfa", "sij-rfa")
@@ -58,6 +65,7 @@ class _Criterion:
     reasons: frozenset[str]
     applies: Callable[[str], bool] = lambda _p: True
     agents: bool = False  # cite the agent durations
+    repeat_only: bool = False  # shown for a repeat (a prior therapeutic procedure in the evidence)
 
 
 def _months_or_days(policy: Policy, pathway: str, stem: str) -> str:
@@ -77,8 +85,9 @@ def _c(
     reasons: Sequence[str],
     applies: Callable[[str], bool] = lambda _p: True,
     agents: bool = False,
+    repeat_only: bool = False,
 ) -> _Criterion:
-    return _Criterion(label, keys, frozenset(reasons), applies, agents)
+    return _Criterion(label, keys, frozenset(reasons), applies, agents, repeat_only)
 
 
 CRITERIA: tuple[_Criterion, ...] = (
@@ -188,6 +197,7 @@ CRITERIA: tuple[_Criterion, ...] = (
         ("repeat_threshold", "repeat_months"),
         ["prior-relief-insufficient", "relief-period-not-ended"],
         applies=lambda w: w in _REPEAT_PATHWAYS,
+        repeat_only=True,
     ),
     _c(
         lambda p, w: "A reason ablation is not possible is documented",
@@ -281,13 +291,17 @@ def _block_details(evidence: Sequence[Mapping[str, Any]], policy: Policy, kind: 
     return sentence("; ".join(parts))
 
 
-def checklist(assessment: Mapping[str, Any], policy: Policy, policy_setting: str) -> tuple[Row, ...]:
-    """The rows for one §3 assessment (or order check) under ``policy``."""
+def checklist(
+    assessment: Mapping[str, Any], policy: Policy, policy_setting: str, *, repeat: bool = False
+) -> tuple[Row, ...]:
+    """The rows for one §3 assessment (or order check) under ``policy``; ``repeat`` when the
+    evidence holds a prior therapeutic or definitive procedure (the repeat criteria apply)."""
     pathway = str(assessment["pathway"])
     reasons = [str(r) for r in assessment.get("reasons") or []]
     evidence = list(assessment.get("evidence") or [])
     sources = policy_sources(policy_setting)
     not_covered = assessment.get("verdict") == "not-covered"
+    deferred = assessment.get("verdict") == "deferred"  # every clinical criterion met; time remains
     owned: set[str] = set()
     rows: list[Row] = []
     for crit in CRITERIA:
@@ -299,9 +313,13 @@ def checklist(assessment: Mapping[str, Any], policy: Policy, policy_setting: str
         if crit.keys == ("covered",):
             keys = ["covered"]
         mine = [r for r in reasons if r in crit.reasons]
+        if crit.repeat_only and not repeat and not mine:
+            continue
         owned.update(mine)
         if mine:
             status = MISSING if all(r in _MISSING_REASONS for r in mine) else NOT_MET
+            if deferred and status == NOT_MET:
+                status = NOT_YET
         elif not_covered and crit.keys != ("covered",):
             status = NOT_ASSESSED
         else:

@@ -47,6 +47,17 @@ class TableRow:
 
 
 @dataclass(frozen=True, slots=True)
+class ProcedureRow:
+    """One procedure of the evidence, listed whether or not it has pain scores to draw."""
+
+    label: str
+    ref: str
+    end: datetime
+    agent: str
+    drawn: bool
+
+
+@dataclass(frozen=True, slots=True)
 class Record:
     careplan: str
     verdict: str
@@ -69,9 +80,9 @@ class TargetView:
     timeline: chart.Timeline
     table: tuple[TableRow, ...]
     checklist: tuple[Row, ...]
-    blocks: tuple[Mapping[str, Any], ...]
     record: Record | None
     order: str | None = None
+    procedures: tuple[ProcedureRow, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +144,7 @@ def _block_input(
         peak_relief=item.get("peakReliefPercent"),
         sustained_minutes=item.get("sustainedMinutes"),
         positive=bool(item.get("positive")),
+        agent=str(item.get("agent") or iv.injectate.agent),
     )
     return block, post, base
 
@@ -164,13 +176,21 @@ def _target_view(
     pathway = str(item["pathway"])
     by_ref = {iv.ref: iv for iv in facts.interventions}
     blocks = []
+    procedures: list[ProcedureRow] = []
     evidence = [e for e in item.get("evidence") or [] if isinstance(e, Mapping)]
     for n, e in enumerate(sorted(evidence, key=lambda e: str(e.get("performed"))), 1):
         iv = by_ref.get(str(e.get("procedure")))
         if iv is None:
             continue
         noun = "Block" if iv.diagnostic else "Procedure"
-        blocks.append(_block_input(ctx, policy, iv, e, f"{noun} {n}", pathway))
+        block = _block_input(ctx, policy, iv, e, f"{noun} {n}", pathway)
+        drawn = block[0].baseline is not None or bool(block[0].readings)
+        if drawn:
+            blocks.append(block)
+        procedures.append(
+            ProcedureRow(block[0].label, iv.ref, iv.end, str(e.get("agent") or "unknown"), drawn)
+        )
+    repeat = any(not by_ref[p.ref].diagnostic for p in procedures)
     reasons = [str(r) for r in item.get("reasons") or []]
     target = item.get("target") or (item.get("supportedTargets") or [None])[0]
     where = target_text(target) if target else ""
@@ -190,10 +210,10 @@ def _target_view(
         threshold=relief_threshold(policy, pathway),
         timeline=chart.timeline([b for b, _, _ in blocks]),
         table=tuple(_table(blocks)),
-        checklist=checklist(item, policy, policy_setting),
-        blocks=tuple(evidence),
+        checklist=checklist(item, policy, policy_setting, repeat=repeat),
         record=record,
         order=order,
+        procedures=tuple(procedures),
     )
 
 

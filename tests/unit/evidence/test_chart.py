@@ -210,3 +210,34 @@ def test_patient_text_is_escaped() -> None:
     view = _view("v02-two-concordant-blocks")
     html = render_page(replace(view, patient="<script>x</script>"))
     assert "<script>" not in html and "&lt;script&gt;" in html
+
+
+def _patients(name: str) -> list[str]:
+    data = json.loads((VIGNETTES / name / "bundle.json").read_text())
+    return sorted({e["resource"]["id"] for e in data["entry"] if e["resource"]["resourceType"] == "Patient"})
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in VIGNETTES.iterdir() if (p / "bundle.json").exists()))
+def test_every_vignette_renders_one_section_per_assessment(name: str) -> None:
+    data = json.loads((VIGNETTES / name / "bundle.json").read_text())
+    expected = json.loads((VIGNETTES / name / "expected.json").read_text())
+    resources = list(resolve((None, e["resource"]) for e in data["entry"]))
+    evaluator = Evaluator.load(expected.get("policy", "cms-lcd"))
+    now = datetime.fromisoformat(expected["now"])
+    for pid in _patients(name):
+        view = build(resources, f"default:{pid}", evaluator, evaluator.policy.id, now)
+        if "assessments" in expected:  # the r* vignettes state order checks only
+            wanted = [a for a in expected["assessments"] if a["patient"] == f"Patient/{pid}"]
+            got = [(t.pathway, t.verdict) for t in view.targets if t.order is None]
+            assert sorted(got) == sorted((a["pathway"], a["verdict"]) for a in wanted)
+        html = render_page(view)
+        parser = _Collect()
+        parser.feed(html)
+        panels = sum(len(t.timeline.panels) for t in view.targets)
+        assert len(_classes(parser.tags, "block-marker")) == panels
+        assert len([a for t, a in parser.tags if t == "svg"]) == panels
+        for t in view.targets:
+            assert t.checklist, "every target has its criteria"
+            if t.verdict != "supported":
+                assert t.principal, "a verdict other than supported names its principal reason"
+                assert any(r.status != "met" for r in t.checklist), "some criterion shows why"
