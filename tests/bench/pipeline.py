@@ -10,8 +10,9 @@ evaluated and its suggestions stored (CarePlan, ServiceRequest, Provenance, outb
 Prints patients/s for the push phase, for the workers (first to last evaluation) and end to end
 (first push to last evaluation); then, with the ingest pushes out of the way, the workers alone
 on a queue pre-filled with every patient (suggestions dropped first, so every group is written
-again). On 2 cores shared with PostgreSQL, the ingest server and the
-pusher, a second worker process mostly shows contention, not scaling.
+again). On 2 cores shared with PostgreSQL, the ingest server and the pusher, a second worker
+process mostly shows contention while pushes run; on a pre-filled queue PostgreSQL is lightly
+loaded and the Python work of two processes runs on both cores.
 """
 
 from __future__ import annotations
