@@ -4,7 +4,8 @@ Reads FHIR R4 Bundles (any type), single resources and NDJSON files (folders: ev
 and ``*.ndjson`` inside), applies the relevance filter of ingest (CONTRACT §2), validates kept
 resources with the fhir.resources R4B models (an invalid one is skipped and named on stderr),
 normalises, evaluates and prints the assessment document (§3) as JSON or plain text.
-Exit 0 when the evaluation ran; exit 2 when a file is unreadable, not JSON or not FHIR.
+Exit 0 when the evaluation ran; exit 2 when a named file is unreadable, not JSON or not FHIR
+(inside a named folder such a file is skipped and named on stderr).
 """
 
 from __future__ import annotations
@@ -97,7 +98,15 @@ def load_resources(paths: list[Path]) -> list[dict[str, Any]]:
         if not given.exists():
             raise InputError(f"{given}: no such file or folder")
         for path in _files(given):
-            for doc, label in _documents(path):
+            try:
+                docs = list(_documents(path))
+            except InputError as exc:
+                if path == given:
+                    raise
+                # a file found by walking a folder (e.g. a Bulk Data log.ndjson): skip, say so
+                print(f"{exc}; skipped", file=sys.stderr)
+                continue
+            for doc, label in docs:
                 for resource in resolve(flatten(doc)):
                     if not classify(resource).kept:
                         continue

@@ -109,11 +109,13 @@ REASON_TEXT = {
 
 
 def _target_text(target: Mapping[str, Any]) -> str:
-    joints = ", ".join(target.get("joints") or [])
+    joints = ", ".join(j for j in target.get("joints") or [] if j not in ("knee", "hip"))
     return f"{target.get('side')} {target.get('region')} {joints}".strip()
 
 
 def _evidence_text(e: Mapping[str, Any]) -> str:
+    if "steroid-frequency" in (e.get("reasons") or []):
+        return f"{e.get('procedure')} ({e.get('performed')}): corticosteroid injection into this joint"
     if e.get("baseline") is None:
         return f"{e.get('procedure')} ({e.get('performed')}): no baseline pain score"
     parts = [

@@ -58,8 +58,19 @@ def sides_of(ctx: PatientContext, iv_side: str | None, region: str) -> tuple[str
     key = (iv_side, region)
     cached = ctx.sides_cache.get(key)
     if cached is None:
-        cached = ctx.sides_cache[key] = expand_sides(iv_side, index_sides(ctx.facts, regions_of_group(region)))
+        cached = ctx.sides_cache[key] = expand_sides(
+            iv_side, index_sides(ctx.facts, regions_of_group(region))
+        )
     return cached
+
+
+def order_sides(ctx: PatientContext, side: str | None, region: str) -> tuple[str, ...]:
+    """Sides an order asks for: as written (bilateral = both); unstated → the index pain's side(s)."""
+    if side == "bilateral":
+        return ("left", "right")
+    if side in ("left", "right"):
+        return (side,)
+    return sides_of(ctx, None, region)
 
 
 def blocks_at(
