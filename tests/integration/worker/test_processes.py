@@ -71,3 +71,20 @@ def test_worker_killed_mid_run_loses_nothing(engine: Engine, db_url: str) -> Non
     assert evaluated == set(keys)
     rescued = {e.target for e in _evaluations(engine) if e.target in {q.patient_key for q in orphaned}}
     assert rescued == {q.patient_key for q in orphaned}
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("db_url", ["postgres"], indirect=True)
+def test_worker_wakes_on_notify_not_on_the_poll(engine: Engine, db_url: str) -> None:
+    proc = worker_process(db_url, PINPOINT_WORKER_POLL_INTERVAL="60s")
+    try:
+        time.sleep(3)  # started, drained the empty queue, now LISTENing for up to 60 s
+        seed_store(engine, synthetic(1))  # commits resources + dirty mark + NOTIFY
+        t0 = time.monotonic()
+        while not _evaluations(engine) and time.monotonic() - t0 < 20:
+            time.sleep(0.05)
+        assert _evaluations(engine), "the NOTIFY did not wake the worker"
+        assert time.monotonic() - t0 < 20
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=15)
