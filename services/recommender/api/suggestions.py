@@ -51,7 +51,7 @@ def evaluator_of(runtime: Runtime) -> Evaluator:
     """The configured policy, loaded once per process."""
     evaluator = runtime.state.get("evaluator")
     if evaluator is None:
-        evaluator = Evaluator.load(runtime.settings.policy)
+        evaluator = Evaluator.from_settings(runtime.settings)
         runtime.state["evaluator"] = evaluator
     assert isinstance(evaluator, Evaluator)
     return evaluator
