@@ -409,9 +409,10 @@ def install_worker(runtime: Runtime) -> None:
     from services.recommender.metrics import COLLECTOR
 
     stop = threading.Event()
+    evaluator = evaluator_of(runtime)  # an invalid policy fails the start, not the loop later
 
     async def loop() -> None:
-        worker = Worker(runtime.engine, runtime.settings, evaluator_of(runtime))
+        worker = Worker(runtime.engine, runtime.settings, evaluator)
         runtime.state["worker"] = worker
         await run_forever(worker, stop)
 
@@ -426,7 +427,7 @@ def install_worker(runtime: Runtime) -> None:
 
 def run_cli(settings: Settings, engine: Engine, *, once: bool) -> DrainStats:
     """``pinpoint worker [--once]``: drain and exit, or loop until interrupted."""
-    worker = Worker(engine, settings, Evaluator.load(settings.policy))
+    worker = Worker(engine, settings, Evaluator.from_settings(settings))
     if once:
         return worker.drain()
     stop = threading.Event()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -61,7 +62,8 @@ def router() -> APIRouter:
             status = exc.status
             raise
         finally:
-            record_call(
+            await asyncio.to_thread(
+                record_call,
                 runtime.engine,
                 service=service,
                 caller=caller,
@@ -75,7 +77,7 @@ def router() -> APIRouter:
     async def feedback(service_id: str, request: Request, runtime: RuntimeDep) -> CdsJson:
         service = _service(service_id)
         await authenticate(request, runtime)
-        handle_feedback(runtime, service, await request.body())
+        await asyncio.to_thread(handle_feedback, runtime, service, await request.body())
         return CdsJson({})
 
     return r

@@ -16,6 +16,7 @@ Every failure is a 401 OperationOutcome; the reason is logged without the token.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Callable
@@ -181,7 +182,7 @@ async def verify_client_jwt(
     jti = claims["jti"]
     if not isinstance(jti, str) or not jti or len(jti) > 200:
         raise _reject("jti must be a string of at most 200 characters", iss=issuer.iss)
-    remember_jti(engine, issuer.iss, jti, expires + skew, now)
+    await asyncio.to_thread(remember_jti, engine, issuer.iss, jti, expires + skew, now)
     tenant = claims.get("tenant")
     return Caller(issuer.iss, jti, tenant if isinstance(tenant, str) else None)
 

@@ -260,7 +260,7 @@ async def gather(
         )
     elif missing and call.fhir_server and not fetch_source:
         log.info("cds.fetch.refused", reason="fhirServer is not a configured source", keys=len(missing))
-    stored = stored_resources(engine, space, call.patient_id)
+    stored = await asyncio.to_thread(stored_resources, engine, space, call.patient_id)  # off the event loop
     if stored:
         data.used.append("store")
     ehr = [r for s in states.values() for r in s.resources]

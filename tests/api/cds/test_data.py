@@ -11,10 +11,16 @@ import pytest
 import respx
 import sqlalchemy as sa
 
-from services.ingest.store import upsert_resource
+from services.ingest.store import Prepared, store_resources
 from shared.db.models import AuditLog
 from shared.db.session import session_scope
 from tests.api.cds.conftest import SOURCE_BASE, CdsApp
+
+
+def _prepared(resource: dict[str, Any], patient_key: str) -> Prepared:
+    """A resource as ingest stores it (tests seed the store without the HTTP path)."""
+    return Prepared(resource["resourceType"], resource["id"], resource, None, patient_key)
+
 
 PV = "/cds-services/pinpoint-patient-view"
 TOKEN = "user-token-6f1c2b"
@@ -66,13 +72,7 @@ def call(
 
 def store(app: CdsApp, source: str, resource: dict[str, Any], pid: str = "p1") -> None:
     with session_scope(app.engine) as session:
-        upsert_resource(
-            session,
-            source=source,
-            resource=resource,
-            resource_id=resource["id"],
-            patient_ref=f"Patient/{pid}",
-        )
+        store_resources(session, source, [_prepared(resource, f"{source}:{pid}")])
 
 
 def fake_fhir(

@@ -10,12 +10,18 @@ from typing import Any
 
 import pytest
 
-from services.ingest.store import upsert_resource
+from services.ingest.store import Prepared, store_resources
 from services.recommender.cds_hooks import assess as seam
 from services.recommender.cds_hooks.service import cds_state
 from shared.db.session import session_scope
 from tests.api.cds.conftest import CdsApp, assert_valid_response
 from tests.conftest import FIXTURES
+
+
+def _prepared(resource: dict[str, Any], patient_key: str) -> Prepared:
+    """A resource as ingest stores it (tests seed the store without the HTTP path)."""
+    return Prepared(resource["resourceType"], resource["id"], resource, None, patient_key)
+
 
 pytest.importorskip("services.recommender.engine")
 
@@ -145,7 +151,7 @@ async def test_v02_from_stored_facts_alone_gives_the_same_verdict(cds: CdsApp) -
                     if r["resourceType"] == "Patient"
                     else r.get("subject", {}).get("reference")
                 )
-                upsert_resource(session, source="default", resource=r, resource_id=r["id"], patient_ref=ref)
+                store_resources(session, "default", [_prepared(r, f"default:{ref.removeprefix('Patient/')}")])
     use_engine(cds, expected["now"])
     [card] = await sign(cds, body)
     assert card["indicator"] == "info"
