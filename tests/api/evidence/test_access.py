@@ -166,7 +166,11 @@ async def test_source_credentials_without_api_tokens_close_the_reads(db_url: str
 
 # --- every patient-data route is guarded ----------------------------------------------------------
 _READ_PREFIXES = ("/fhir", "/sources/{source_id}/fhir", "/suggestions/fhir", "/patients/")
-_NOT_PATIENT_DATA = {"/fhir/metadata", "/sources/{source_id}/fhir/metadata"}  # CapabilityStatements
+_NOT_PATIENT_DATA = {  # CapabilityStatements
+    "/fhir/metadata",
+    "/sources/{source_id}/fhir/metadata",
+    "/suggestions/fhir/metadata",
+}
 # Routes guarded by something else than API/admin tokens, each for a stated reason.
 _OTHERWISE_GUARDED = {
     ("POST", "/fhir"): "source credential (inbound)",
@@ -184,6 +188,7 @@ _OTHERWISE_GUARDED = {
     ("POST", "/cds-services/{service_id}/feedback"): "CDS client JWT (trusted issuers)",
     ("GET", "/fhir/metadata"): "no patient data",
     ("GET", "/sources/{source_id}/fhir/metadata"): "no patient data",
+    ("GET", "/suggestions/fhir/metadata"): "no patient data",
     ("GET", "/livez"): "operations probe",
     ("GET", "/readyz"): "operations probe",
     ("GET", "/metrics"): "operations metrics (no patient data)",
