@@ -277,12 +277,16 @@ def _present(policy: Policy, pathway: str, key: str) -> str | None:
 
 
 # --- evidence details ----------------------------------------------------------------------------
-def _block_details(evidence: Sequence[Mapping[str, Any]], policy: Policy, kind: str) -> str:
+def _block_details(
+    evidence: Sequence[Mapping[str, Any]], policy: Policy, kind: str, threshold: float | None
+) -> str:
     parts = []
     for i, e in enumerate(evidence, 1):
+        peak = e.get("peakReliefPercent")
         if kind == "relief":
-            peak = e.get("peakReliefPercent")
             parts.append(f"block {i}: {'no reading' if peak is None else f'{peak:g} %'}")
+        elif peak is None or (threshold is not None and peak < threshold):
+            parts.append(f"block {i}: never reached the threshold")
         else:
             minutes = e.get("sustainedMinutes")
             need = policy.agent(str(e.get("agent") or "unknown")).minimum_minutes
@@ -343,10 +347,17 @@ def checklist(
                 for n in names
             ]
         detail = ""
+        threshold = policy.opt(pathway, "threshold")
         if evidence and "relief-below-threshold" in crit.reasons:
-            detail = _block_details(evidence, policy, "relief")
+            detail = _block_details(evidence, policy, "relief", threshold)
         elif evidence and crit.agents:
-            detail = _block_details(evidence, policy, "duration")
+            detail = _block_details(evidence, policy, "duration", threshold)
+        elif "blocks_required" in keys:
+            required = int(policy.num(pathway, "blocks_required"))
+            positives = sum(1 for e in evidence if e.get("positive"))
+            detail = f"{positives} of the {required} required {'is' if positives == 1 else 'are'} positive"
+            if positives < required and status == MET:  # the failing block's reason is on its row
+                status = MISSING if assessment.get("verdict") == "not-evaluable" else NOT_MET
         rows.append(
             Row(
                 label,

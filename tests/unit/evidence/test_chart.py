@@ -161,6 +161,11 @@ def test_second_block_below_threshold_is_not_met() -> None:
     rows = {r.label: r for r in target.checklist}
     relief = next(r for label, r in rows.items() if label.startswith("Relief of at least 80 %"))
     assert relief.status == "not-met" and relief.reasons
+    assert relief.detail == "Block 1: 85.7 %; block 2: 71.4 %"
+    blocks = next(r for label, r in rows.items() if label.startswith("2 positive diagnostic blocks"))
+    assert blocks.status == "not-met" and blocks.detail == "1 of the 2 required is positive"
+    duration = next(r for label, r in rows.items() if label.startswith("Relief lasts"))
+    assert "block 2: never reached the threshold" in duration.detail
     assert [p.block.positive for p in target.timeline.panels] == [True, False]
 
 
