@@ -230,3 +230,64 @@ def timeline(blocks: Sequence[BlockInput]) -> Timeline:
         None if i == 0 else gap_text(ordered[i - 1].end, ordered[i].start) for i in range(len(ordered))
     )
     return Timeline(panels, gaps)
+
+
+# --- the overview strip: every procedure of a target on one date axis ------------------------------
+STRIP_WIDTH, STRIP_HEIGHT = 360.0, 62.0
+_STRIP_X0, _STRIP_X1, _STRIP_Y = 14.0, 346.0, 30.0
+_MONTH_STEPS = (1, 2, 3, 6, 12, 24)
+
+
+@dataclass(frozen=True, slots=True)
+class Mark:
+    x: float
+    label: str  # "1", "2", …
+    when: datetime
+    positive: bool | None  # None: not a diagnostic block (drawn neutral)
+
+
+@dataclass(frozen=True, slots=True)
+class Strip:
+    width: float
+    height: float
+    axis: tuple[float, float, float]  # x0, x1, y
+    marks: tuple[Mark, ...]
+    now_x: float | None
+    ticks: tuple[Tick, ...]
+
+
+def _add_months(when: datetime, months: int) -> datetime:
+    month = when.month - 1 + months
+    return when.replace(year=when.year + month // 12, month=month % 12 + 1, day=1)
+
+
+def strip(marks: Sequence[tuple[str, datetime, bool | None]], now: datetime | None) -> Strip:
+    """Procedures as markers on a date axis (first procedure − 5 % … max(last, now) + 5 %)."""
+    times = [m[1] for m in marks] + ([now] if now is not None else [])
+    lo, hi = min(times), max(times)
+    if hi - lo < timedelta(days=14):
+        lo, hi = lo - timedelta(days=7), hi + timedelta(days=7)
+    pad = (hi - lo) * 0.05
+    lo, hi = lo - pad, hi + pad
+    span = (hi - lo).total_seconds()
+
+    def x(when: datetime) -> float:
+        return _r(_STRIP_X0 + (when - lo).total_seconds() / span * (_STRIP_X1 - _STRIP_X0))
+
+    months = span / (30.44 * 86400)
+    step = next((s for s in _MONTH_STEPS if months / s <= 5), _MONTH_STEPS[-1])
+    cur = _add_months(lo.replace(hour=0, minute=0, second=0, microsecond=0), 1)
+    while (cur.month - 1) % step:
+        cur = _add_months(cur, 1)
+    ticks: list[Tick] = []
+    while cur <= hi:
+        ticks.append(Tick(x(cur), f"{cur:%b %Y}"))
+        cur = _add_months(cur, step)
+    return Strip(
+        width=STRIP_WIDTH,
+        height=STRIP_HEIGHT,
+        axis=(_STRIP_X0, _STRIP_X1, _STRIP_Y),
+        marks=tuple(Mark(x(when), label, when, positive) for label, when, positive in marks),
+        now_x=x(now) if now is not None else None,
+        ticks=tuple(ticks),
+    )

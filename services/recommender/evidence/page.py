@@ -55,6 +55,7 @@ class ProcedureRow:
     end: datetime
     agent: str
     drawn: bool
+    positive: bool | None = None  # None: not a diagnostic block
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +84,7 @@ class TargetView:
     record: Record | None
     order: str | None = None
     procedures: tuple[ProcedureRow, ...] = ()
+    strip: chart.Strip | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,6 +173,7 @@ def _target_view(
     policy_setting: str,
     index: int,
     record: Record | None,
+    now: datetime,
     order: str | None = None,
 ) -> TargetView:
     pathway = str(item["pathway"])
@@ -188,7 +191,14 @@ def _target_view(
         if drawn:
             blocks.append(block)
         procedures.append(
-            ProcedureRow(block[0].label, iv.ref, iv.end, str(e.get("agent") or "unknown"), drawn)
+            ProcedureRow(
+                block[0].label,
+                iv.ref,
+                iv.end,
+                str(e.get("agent") or "unknown"),
+                drawn,
+                bool(e.get("positive")) if iv.diagnostic else None,
+            )
         )
     repeat = any(not by_ref[p.ref].diagnostic for p in procedures)
     reasons = [str(r) for r in item.get("reasons") or []]
@@ -214,6 +224,9 @@ def _target_view(
         record=record,
         order=order,
         procedures=tuple(procedures),
+        strip=chart.strip([(p.label.split()[-1], p.end, p.positive) for p in procedures], now)
+        if procedures
+        else None,
     )
 
 
@@ -252,14 +265,16 @@ def build(
     shown: list[tuple[str, frozenset[str]]] = []
     for a in entry["assessments"]:
         record = records.get(assessment_key(patient_key, a))
-        targets.append(_target_view(a, facts, ctx, policy, policy_setting, len(targets) + 1, record))
+        targets.append(_target_view(a, facts, ctx, policy, policy_setting, len(targets) + 1, record, now))
         shown.append((str(a["pathway"]), _evidence_set(a)))
     for o in entry["orderChecks"]:
         key = (str(o["pathway"]), _evidence_set(o))
         if key in shown:
             continue  # the same blocks are already drawn for this pathway
         targets.append(
-            _target_view(o, facts, ctx, policy, policy_setting, len(targets) + 1, None, str(o.get("order")))
+            _target_view(
+                o, facts, ctx, policy, policy_setting, len(targets) + 1, None, now, str(o.get("order"))
+            )
         )
     alerts = tuple(
         AlertView(

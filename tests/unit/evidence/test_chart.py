@@ -131,6 +131,19 @@ def test_vas_scale_runs_to_100() -> None:
     assert [t.label for t in p.y_ticks][-1] == "100"
 
 
+def test_v02_overview_strip_marks_both_blocks_before_now(v02: PageView) -> None:
+    strip = v02.targets[0].strip
+    assert strip is not None and strip.now_x is not None
+    assert [(m.label, m.positive) for m in strip.marks] == [("1", True), ("2", True)]
+    first, second = strip.marks
+    x0, x1, _ = strip.axis
+    assert x0 <= first.x < second.x < strip.now_x <= x1
+    # 21 days between the blocks, 14 from the second block to the evaluation
+    assert (second.x - first.x) / (strip.now_x - second.x) == pytest.approx(
+        (21 * 24 * 60) / (14 * 24 * 60 - 80), rel=0.01
+    )
+
+
 def test_v02_checklist_is_all_met_with_policy_citations(v02: PageView) -> None:
     rows = v02.targets[0].checklist
     assert rows and all(r.status == "met" for r in rows)
@@ -195,9 +208,10 @@ def test_v02_html_is_accessible_and_self_contained(v02: PageView) -> None:
     assert ("html", {"lang": "en"}) in tags
     assert "title" in names and "h1" in names and names.count("h2") >= 2
     svgs = [a for t, a in tags if t == "svg"]
-    assert len(svgs) == 2
+    assert len(svgs) == 3  # the overview strip and one panel per block
+    assert [a["viewbox"] for a in svgs] == ["0 0 360 62", "0 0 360 236", "0 0 360 236"]
     for svg in svgs:
-        assert svg["role"] == "img" and svg["viewbox"] == "0 0 360 236"
+        assert svg["role"] == "img"
         title_id, desc_id = svg["aria-labelledby"].split()
         assert ("title", {"id": title_id}) in tags and ("desc", {"id": desc_id}) in tags
     assert len(_classes(tags, "block-marker")) == 2
@@ -240,7 +254,12 @@ def test_every_vignette_renders_one_section_per_assessment(name: str) -> None:
         parser.feed(html)
         panels = sum(len(t.timeline.panels) for t in view.targets)
         assert len(_classes(parser.tags, "block-marker")) == panels
-        assert len([a for t, a in parser.tags if t == "svg"]) == panels
+        charts = [a for t, a in parser.tags if t == "svg" and a.get("class") == "chart"]
+        assert len(charts) == panels
+        strips = [a for t, a in parser.tags if t == "svg" and a.get("class") == "strip"]
+        assert len(strips) == sum(1 for t in view.targets if t.procedures)
+        marks = sum(len(t.procedures) for t in view.targets)
+        assert len(_classes(parser.tags, "strip-mark")) == marks
         for t in view.targets:
             assert t.checklist, "every target has its criteria"
             if t.verdict != "supported":
