@@ -4,12 +4,21 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
+from services.recommender.api import install_reads
+from services.recommender.cds_hooks import api as cds_hooks_api
+from services.recommender.worker import install_worker as install_loop
 from shared.web import Runtime
 
 
 def install(app: FastAPI, runtime: Runtime) -> None:
-    """Routes arrive with the worker, CDS Hooks and evidence issues."""
+    """Routes: CDS Hooks; /suggestions/fhir, /patients/{id}/assessment, /admin/reevaluate."""
+    app.include_router(cds_hooks_api.router())
+    install_reads(app, runtime)
+    from services.recommender.evidence import api as evidence_api
+
+    app.include_router(evidence_api.router())  # /patients/{id}/evidence (HTML)
 
 
 def install_worker(runtime: Runtime) -> None:
-    """The worker loop arrives with the worker issue."""
+    """The evaluation worker loop (roles all and worker)."""
+    install_loop(runtime)
