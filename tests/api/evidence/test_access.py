@@ -182,6 +182,8 @@ _OTHERWISE_GUARDED = {
     ("POST", "/sources/{source_id}/fhir/"): "source credential (inbound)",
     ("POST", "/sources/{source_id}/fhir/{rtype}"): "source credential (inbound)",
     ("PUT", "/sources/{source_id}/fhir/{rtype}/{rid}"): "source credential (inbound)",
+    ("PUT", "/fhir/{rtype}/{rid}/_history/{vid}"): "source credential (inbound)",
+    ("PUT", "/sources/{source_id}/fhir/{rtype}/{rid}/_history/{vid}"): "source credential (inbound)",
     ("DELETE", "/sources/{source_id}/fhir/{rtype}/{rid}"): "source credential (inbound)",
     ("GET", "/cds-services"): "CDS client JWT (trusted issuers)",
     ("POST", "/cds-services/{service_id}"): "CDS client JWT (trusted issuers)",

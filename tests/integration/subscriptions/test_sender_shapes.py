@@ -274,6 +274,7 @@ async def test_bearer_failures_are_401_and_store_nothing(client: httpx.AsyncClie
             ("POST", BASE, bundle),
             ("POST", BASE, b""),
             ("PUT", f"{BASE}/Patient/p1", orjson.dumps(patient())),
+            ("PUT", f"{BASE}/Patient/p1/_history/2", orjson.dumps(patient())),
             ("DELETE", f"{BASE}/Patient/p1", b""),
         ):
             r = await client.request(method, path, content=content, headers=headers)
