@@ -364,7 +364,25 @@ class SubscriptionWorker:
 
     # ------------------------------------------------------------------ heartbeats
 
+    async def learn_heartbeats(self) -> None:
+        """Subscriptions Pinpoint did not create: read each once for its heartbeat period (Backport
+        ``backport-heartbeat-period`` or R5 ``heartbeatPeriod``; 0 = none) and status."""
+        unknown = await asyncio.to_thread(self._unknown_heartbeats)
+        for source_id, subscription in unknown:
+            source = self.source(source_id)
+            if source is None:
+                continue
+            try:
+                resource = await self.client(source).read("Subscription", subscription)
+            except (FhirClientError, ValueError) as exc:
+                log.info("subscriptions.heartbeat.unknown", source=source_id, error=type(exc).__name__)
+                resource = {}
+            period = heartbeat_period(resource)
+            status = resource.get("status") if isinstance(resource.get("status"), str) else None
+            await asyncio.to_thread(self._set_heartbeat, source_id, subscription, period or 0, status)
+
     async def check_heartbeats(self, report: RunReport) -> None:
+        await self.learn_heartbeats()
         now = self.clock()
         silent = await asyncio.to_thread(self._silent, now)
         for row in silent:
@@ -498,6 +516,25 @@ class SubscriptionWorker:
                     out.append(row)
         return out
 
+    def _unknown_heartbeats(self) -> list[tuple[str, str]]:
+        with Session(self.engine) as session:
+            return [
+                (row.source, row.subscription)
+                for row in state.states(session)
+                if row.heartbeat_period is None
+                and not row.subscription.startswith("(")
+                # topic-based ones (classic subscriptions have no heartbeat)
+                and (row.topic is not None or row.last_event_number is not None)
+            ]
+
+    def _set_heartbeat(self, source_id: str, subscription: str, period: int, status: str | None) -> None:
+        with session_scope(self.engine) as session:
+            row = state.lock_state(session, source_id, subscription)
+            row.heartbeat_period = period
+            if status and row.status in (None, "active", "requested"):
+                row.status = status[:32]
+            session.add(row)
+
     def _after_status(
         self, source: Source, subscription: str, status: str | None, counter: int | None
     ) -> None:
@@ -548,3 +585,15 @@ class SubscriptionWorker:
             )
             if seen is not None and not row.subscription.startswith("(source"):
                 LAG.labels(row.source, row.subscription).set((now - seen).total_seconds())
+
+
+def heartbeat_period(subscription: dict[str, Any]) -> int | None:
+    """Seconds between heartbeats a Subscription asks for (Backport extension or R5 element)."""
+    value = subscription.get("heartbeatPeriod")
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    for ext in (subscription.get("channel") or {}).get("extension") or ():
+        if isinstance(ext, dict) and str(ext.get("url", "")).endswith("backport-heartbeat-period"):
+            period = ext.get("valueUnsignedInt")
+            return period if isinstance(period, int) else None
+    return None
