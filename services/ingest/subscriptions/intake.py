@@ -125,7 +125,8 @@ def book_topic_notification(
         session.add(row)
         return Booking(note, False, 0, f"{note.type} notification received")
 
-    gaps = state.open_gaps(session, source.id, sub)
+    late = any(e.number is not None and last is not None and e.number <= last for e in note.events)
+    gaps = state.open_gaps(session, source.id, sub) if late else []
 
     def fresh(number: int | None) -> bool:
         if number is None or last is None or number > last:

@@ -45,13 +45,16 @@ def ensure_state(session: Session, source: str, subscription: str) -> None:
 def lock_state(session: Session, source: str, subscription: str) -> SubscriptionState:
     """The row of a subscription, created if missing and locked for this transaction (PostgreSQL
     ``FOR UPDATE``: notifications of one subscription are booked one after the other)."""
-    ensure_state(session, source, subscription)
     query = select(SubscriptionState).where(
         SubscriptionState.source == source, SubscriptionState.subscription == subscription
     )
     if session.get_bind().dialect.name == "postgresql":
         query = query.with_for_update()
-    row = session.exec(query.execution_options(populate_existing=True)).one()
+    query = query.execution_options(populate_existing=True)
+    row = session.exec(query).first()
+    if row is None:  # first notification of this subscription
+        ensure_state(session, source, subscription)
+        row = session.exec(query).one()
     return row
 
 
