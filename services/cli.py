@@ -54,6 +54,29 @@ def serve(
     uvicorn.run(application, host=settings.host, port=settings.port, log_config=None, proxy_headers=False)
 
 
+@app.command()
+def worker(
+    once: Annotated[bool, typer.Option("--once", help="evaluate every dirty patient, then exit")] = False,
+) -> None:
+    """Evaluate dirty patients: drain once and exit, or keep running."""
+    from services.recommender.worker import run_cli
+    from services.server import prepare_database
+
+    settings = settings_or_exit()
+    configure_logging(settings.log_level, settings.log_format)
+    try:
+        engine = prepare_database(settings)
+    except ConfigError as exc:
+        typer.echo(f"pinpoint: {exc}", err=True)
+        raise typer.Exit(code=2) from None
+    try:
+        stats = run_cli(settings, engine, once=once)
+    finally:
+        engine.dispose()
+    if once:
+        typer.echo(f"evaluated {stats.evaluated} patient(s): {stats.stored} stored, {stats.failed} failed")
+
+
 @db_app.command("upgrade")
 def db_upgrade() -> None:
     """Apply pending migrations."""

@@ -9,7 +9,13 @@ from shared.web import Runtime
 
 def install(app: FastAPI, runtime: Runtime) -> None:
     """Routes arrive with the worker, CDS Hooks and evidence issues."""
+    from services.recommender.api import install_reads
+
+    install_reads(app, runtime)  # /suggestions/fhir, /patients/{id}/assessment, /admin/reevaluate
 
 
 def install_worker(runtime: Runtime) -> None:
     """The worker loop arrives with the worker issue."""
+    from services.recommender.worker import install_worker as install_loop
+
+    install_loop(runtime)

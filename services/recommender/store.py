@@ -1,0 +1,297 @@
+"""The recommender's repository: a patient's stored input, and its suggestions, assessments and
+outbox entries. Everything runs in the caller's transaction; nothing here commits.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlmodel import Session, col, select
+
+from services.recommender import suggestions as sg
+from shared.db.models import Assessment, Outbox, Resource, Suggestion, utcnow
+from shared.fhir.resources import validate_r4
+
+SUGGESTION_TYPES = ("CarePlan", "ServiceRequest", "Provenance", "DetectedIssue")
+_REF = re.compile(r"^([A-Z][A-Za-z]+)/([A-Za-z0-9\-.]{1,64})$")
+
+
+def load_patient_resources(session: Session, patient_key: str) -> list[dict[str, Any]]:
+    """The patient's kept resources (raw JSON), plus the patient-less ones they reference
+    (Medication, BodyStructure …) from the same source."""
+    rows = session.exec(
+        select(Resource.resource_type, Resource.resource_id, Resource.raw).where(
+            Resource.patient_key == patient_key, col(Resource.deleted).is_(False)
+        )
+    ).all()
+    out: list[dict[str, Any]] = [dict(raw) for _, _, raw in rows if raw]
+    have = {(t, i) for t, i, _ in rows}
+    wanted = {ref for raw in out for ref in _references(raw)} - have
+    if wanted:
+        source = sg.split_patient_key(patient_key)[0]
+        conds = [
+            sa.and_(col(Resource.resource_type) == t, col(Resource.resource_id) == i)
+            for t, i in sorted(wanted)
+        ]
+        extra = session.exec(
+            select(Resource.raw).where(
+                Resource.source == source, col(Resource.deleted).is_(False), sa.or_(*conds)
+            )
+        ).all()
+        out.extend(dict(raw) for raw in extra if raw)
+    return out
+
+
+def _references(value: Any) -> Iterable[tuple[str, str]]:
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if key == "reference" and isinstance(item, str):
+                match = _REF.match(item)
+                if match and match.group(1) != "Patient":
+                    yield match.group(1), match.group(2)
+            else:
+                yield from _references(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _references(item)
+
+
+def patient_keys_with_data(session: Session) -> list[str]:
+    """Every patient with kept resources or current assessments (for a full re-evaluation)."""
+    stored = session.exec(
+        select(Resource.patient_key)
+        .where(col(Resource.patient_key).is_not(None), col(Resource.deleted).is_(False))
+        .distinct()
+    ).all()
+    assessed = session.exec(
+        select(Assessment.patient_key).where(Assessment.status == "current").distinct()
+    ).all()
+    return sorted({k for k in stored if k} | set(assessed))
+
+
+def patient_known(session: Session, patient_key: str) -> bool:
+    found = session.exec(select(Resource.pk).where(Resource.patient_key == patient_key).limit(1)).first()
+    if found is not None:
+        return True
+    return (
+        session.exec(select(Assessment.key).where(Assessment.patient_key == patient_key).limit(1)).first()
+        is not None
+    )
+
+
+@dataclass
+class Applied:
+    """What one evaluation changed: counts per kind of write."""
+
+    created: int = 0
+    updated: int = 0
+    withdrawn: int = 0
+    unchanged: int = 0
+    outbox: int = 0
+    groups: list[str] = field(default_factory=list)
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.created or self.updated or self.withdrawn)
+
+
+def apply_entry(
+    session: Session,
+    patient_key: str,
+    entry: Mapping[str, Any],
+    policy: sg.PolicyRef,
+    *,
+    deliver: bool,
+    written_at: datetime | None = None,
+) -> Applied:
+    """Make the stored suggestions, assessments and outbox match one patient's §3 entry.
+
+    Unchanged groups are not touched; a changed group gets a new version of every member, a
+    Provenance and one outbox entry; a group no longer wanted is withdrawn (CarePlan and
+    ServiceRequest ``revoked``, DetectedIssue ``cancelled``) the same way.
+    """
+    applied = Applied()
+    at = written_at or utcnow()
+    existing = {
+        (row.resource_type, row.resource_id): row
+        for row in session.exec(
+            select(Suggestion).where(
+                Suggestion.patient_key == patient_key, Suggestion.resource_type != "Provenance"
+            )
+        )
+    }
+    wanted = sg.desired_groups(patient_key, entry, policy)
+    wanted_ids: set[tuple[str, str]] = set()
+    for group in wanted:
+        members = [(m, existing.get((m.resource_type, m.resource_id))) for m in group.members]
+        wanted_ids.update((m.resource_type, m.resource_id) for m in group.members)
+        hashes = [sg.content_hash(m.body) for m in group.members]
+        if all(
+            row is not None and row.content_hash == h for (_, row), h in zip(members, hashes, strict=True)
+        ):
+            applied.unchanged += 1
+            continue
+        created = members[0][1] is None
+        _write_group(
+            session,
+            patient_key,
+            group.key,
+            [(m.resource_type, m.resource_id, m.identifier, m.body, row) for m, row in members],
+            group.inputs,
+            policy,
+            at,
+            deliver=deliver,
+            action="create" if created else "update",
+        )
+        applied.created += created
+        applied.updated += not created
+        applied.outbox += 1
+        applied.groups.append(group.key)
+    _sync_assessments(session, patient_key, [g for g in wanted if g.assessment is not None], policy, at)
+
+    stale: dict[str, list[Suggestion]] = {}
+    for ident, row in existing.items():
+        if ident in wanted_ids or row.resource is None or sg.is_withdrawn(row.resource):
+            continue
+        stale.setdefault(row.identifier.removesuffix(":request"), []).append(row)
+    for key, rows in sorted(stale.items()):
+        rows.sort(key=lambda r: SUGGESTION_TYPES.index(r.resource_type))
+        items = [
+            (r.resource_type, r.resource_id, r.identifier, sg.withdrawn(r.resource or {}), r) for r in rows
+        ]
+        _write_group(session, patient_key, key, items, (), policy, at, deliver=deliver, action="revoke")
+        applied.withdrawn += 1
+        applied.outbox += 1
+        applied.groups.append(key)
+    return applied
+
+
+def _write_group(
+    session: Session,
+    patient_key: str,
+    key: str,
+    items: Sequence[tuple[str, str, str, dict[str, Any], Suggestion | None]],
+    inputs: Iterable[str],
+    policy: sg.PolicyRef,
+    now: datetime,
+    *,
+    deliver: bool,
+    action: str,
+) -> None:
+    """Write every member with one new version (the group's revision), its Provenance, an outbox row."""
+    revision = max((row.version for *_, row in items if row is not None), default=0) + 1
+    written: list[dict[str, Any]] = []
+    for rtype, rid, identifier, body, row in items:
+        resource = sg.with_meta(body, revision, now)
+        validate_r4(resource)
+        target = row or Suggestion(
+            resource_type=rtype,
+            resource_id=rid,
+            identifier=identifier,
+            patient_key=patient_key,
+            content_hash="",
+        )
+        target.patient_key = patient_key
+        target.version = revision
+        target.resource = resource
+        target.content_hash = sg.content_hash(body)
+        target.updated_at = now
+        session.add(target)
+        written.append(resource)
+    prov = sg.provenance(
+        key,
+        revision,
+        [(r["resourceType"], r["id"], revision) for r in written],
+        list(inputs),
+        policy,
+        now,
+        created=action == "create",
+    )
+    validate_r4(prov)
+    session.add(
+        Suggestion(
+            resource_type="Provenance",
+            resource_id=prov["id"],
+            identifier=f"{key}:provenance:{revision}",
+            patient_key=patient_key,
+            version=1,
+            resource=prov,
+            content_hash=sg.content_hash(prov),
+            updated_at=now,
+        )
+    )
+    # Upstream order: the request first so the CarePlan's activity can point at it.
+    ordered = sorted(written, key=lambda r: 0 if r["resourceType"] == "ServiceRequest" else 1)
+    session.add(
+        Outbox(
+            patient_key=patient_key,
+            payload={
+                "patient": patient_key,
+                "group": key,
+                "action": action,
+                "revision": revision,
+                "resources": [*ordered, prov],
+            },
+            status="pending" if deliver else "local",
+            next_attempt_at=now,
+            created_at=now,
+        )
+    )
+
+
+def _sync_assessments(
+    session: Session, patient_key: str, groups: list[sg.Group], policy: sg.PolicyRef, now: datetime
+) -> None:
+    rows = {
+        row.key: row for row in session.exec(select(Assessment).where(Assessment.patient_key == patient_key))
+    }
+    keep: set[str] = set()
+    for g in groups:
+        assert g.assessment is not None
+        keep.add(g.key)
+        doc = {"policy": {"id": policy.id, "version": policy.version}, **dict(g.assessment)}
+        digest = sg.content_hash(doc)
+        row = rows.get(g.key)
+        if row is not None and row.content_hash == digest and row.status == "current":
+            continue
+        row = row or Assessment(
+            key=g.key, patient_key=patient_key, pathway="", verdict="", content_hash="", evaluated_at=now
+        )
+        row.pathway = str(g.assessment.get("pathway"))
+        row.verdict = str(g.assessment.get("verdict"))
+        row.document = doc
+        row.content_hash = digest
+        row.status = "current"
+        row.evaluated_at = now
+        session.add(row)
+    for key, row in rows.items():
+        if key not in keep and row.status != "revoked":
+            row.status = "revoked"
+            row.evaluated_at = now
+            session.add(row)
+
+
+def search_suggestions(
+    session: Session,
+    resource_type: str,
+    *,
+    patient_key: str | None = None,
+    identifier: str | None = None,
+    limit: int = 1000,
+) -> list[dict[str, Any]]:
+    query = select(Suggestion.resource).where(Suggestion.resource_type == resource_type)
+    if patient_key is not None:
+        query = query.where(Suggestion.patient_key == patient_key)
+    if identifier is not None:
+        query = query.where(Suggestion.identifier == identifier)
+    query = query.order_by(col(Suggestion.identifier)).limit(limit)
+    return [dict(r) for r in session.exec(query).all() if r]
+
+
+def read_suggestion(session: Session, resource_type: str, resource_id: str) -> Suggestion | None:
+    return session.get(Suggestion, (resource_type, resource_id))

@@ -1,0 +1,482 @@
+"""What Pinpoint writes (CONTRACT §5), built from one patient's assessment entry (§3). Pure.
+
+Per assessment one *group*: a ServiceRequest (the next step, or the advice not to do it) and the
+CarePlan pointing at it, both identified by
+``urn:pinpoint:recommendation|{source}:{patient id}:{pathway}:{region}:{side}:{joints}``
+(the ServiceRequest with ``:request`` appended). Per alert one DetectedIssue group. Resource ids
+are UUIDv5 of the identifier, so every replica and every re-run derives the same ids.
+
+:func:`desired_groups` gives what should exist now (bodies without ``meta``); the store diffs them
+against what it holds, bumps versions, revokes what vanished and adds a :func:`provenance` per
+write.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import html
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import orjson
+
+SYSTEM = "urn:pinpoint:recommendation"
+ALERT_SYSTEM = "urn:pinpoint:alert"
+JOINT_SYSTEM = "urn:pinpoint:spinal-joint"
+SNOMED = "http://snomed.info/sct"
+CPT = "http://www.ama-assn.org/go/cpt"
+_NAMESPACE = uuid.UUID("6f1c2b8e-9a4d-5b7e-8c3f-0d2a1e4b5c6d")
+
+PINPOINT_DEVICE: dict[str, Any] = {
+    "type": "Device",
+    "identifier": {"system": "urn:pinpoint", "value": "pinpoint"},
+    "display": "Pinpoint clinical decision support",
+}
+
+# CONTRACT §4 side: R4 SNOMED laterality codes.
+LATERALITY = {
+    "left": ("419161000", "Unilateral left"),
+    "right": ("419465000", "Unilateral right"),
+    "bilateral": ("51440002", "Right and left"),
+}
+SITE = {
+    "SIJ": (SNOMED, "39723000", "Sacroiliac joint structure"),
+    "knee": (SNOMED, "72696002", "Knee region structure"),
+    "hip": (SNOMED, "24136001", "Hip joint structure"),
+}
+
+PATHWAY_TEXT = {
+    "facet-diagnostic": "diagnostic facet joint block",
+    "facet-rfa": "facet joint radiofrequency ablation",
+    "facet-rfa-repeat": "repeat facet joint radiofrequency ablation",
+    "facet-therapeutic": "therapeutic facet joint injection",
+    "sij-diagnostic": "diagnostic sacroiliac joint block",
+    "sij-therapeutic": "therapeutic sacroiliac joint injection",
+    "sij-rfa": "sacroiliac joint radiofrequency ablation",
+    "esi": "epidural steroid injection",
+    "genicular-rfa": "genicular nerve radiofrequency ablation",
+    "knee-steroid": "knee corticosteroid injection",
+}
+VERDICT_TEXT = {
+    "supported": "is supported: the policy's criteria are met",
+    "partially-supported": "is supported for part of the joints only",
+    "not-met": "is not supported: the policy's criteria are not met",
+    "not-evaluable": "cannot be judged from the data available",
+    "needs-review": "needs a clinician's review before it is done",
+    "not-covered": "is not covered by the policy",
+    "deferred": "will be supported once a waiting time or limit has passed",
+}
+REASON_TEXT = {
+    "second-block-required": "a second positive diagnostic block at the same joints and side is required",
+    "relief-below-threshold": "relief after the block stayed below the required threshold",
+    "duration-inconsistent-with-agent": "relief did not last as long as the anaesthetic used acts",
+    "sedation-confounded": "the most recent block was given under sedation, which confounds its result",
+    "not-confirmed-same-side": "the positive block was on the other side",
+    "not-confirmed-same-joint": "the positive block was at another joint",
+    "levels-exceed-session-limit": "more levels than one session allows",
+    "diagnostic-interval-too-short": "the diagnostic blocks are less than 14 days apart",
+    "diagnostic-session-cap": "the yearly limit of diagnostic sessions is reached",
+    "rfa-session-cap": "the yearly limit of ablation sessions is reached",
+    "therapeutic-session-cap": "the yearly limit of therapeutic sessions is reached",
+    "esi-session-cap": "the yearly limit of epidural sessions is reached",
+    "prior-relief-insufficient": "the previous ablation did not give enough lasting relief",
+    "repeat-diagnostics-required": "the pain may have a new source: new diagnostic blocks are required",
+    "no-baseline": "no pain score was recorded before the block",
+    "scale-mismatch": "the pain scores after the block use another scale than the baseline",
+    "low-baseline": "the pain score before the block was low",
+    "no-follow-up": "no pain scores were recorded in the follow-up period",
+    "pain-duration-too-short": "the pain has not lasted long enough yet",
+    "conservative-care-too-short": "conservative care is not documented for long enough",
+    "untreated-radiculopathy": "an active radiculopathy has not been treated",
+    "indication-missing": "no radicular indication is documented",
+    "rfa-alternative-undocumented": "no reason is documented why ablation is not possible",
+    "joint-not-blocked": "the joint was never blocked",
+    "relief-period-not-ended": "the relief period of the previous treatment has not ended",
+    "level-previously-ablated": "the level was ablated successfully before",
+    "not-covered-by-policy": "the policy does not cover this procedure",
+    "steroid-frequency": "steroid injections at this joint are too frequent",
+    "discordant-blocks": "the comparative blocks are discordant",
+    "prolonged-response": "the response lasted far longer than the anaesthetic acts",
+}
+
+# The definitive procedure of each pathway: the code a "do not perform" advice names when the
+# engine gives no next step. region → (code, display); "*" for any region.
+DEFINITIVE: dict[str, dict[str, tuple[str, str]]] = {
+    "facet-rfa": {
+        "lumbar": ("64635", "Lumbar facet radiofrequency ablation, first joint"),
+        "*": ("64633", "Cervical or thoracic facet radiofrequency ablation, first joint"),
+    },
+    "facet-therapeutic": {
+        "lumbar": ("64493", "Lumbar facet joint injection, first level"),
+        "*": ("64490", "Cervical or thoracic facet joint injection, first level"),
+    },
+    "facet-diagnostic": {
+        "lumbar": ("64493", "Lumbar facet joint injection, first level"),
+        "*": ("64490", "Cervical or thoracic facet joint injection, first level"),
+    },
+    "sij-diagnostic": {"*": ("27096", "Sacroiliac joint injection with imaging guidance")},
+    "sij-therapeutic": {"*": ("27096", "Sacroiliac joint injection with imaging guidance")},
+    "sij-rfa": {"*": ("64625", "Sacroiliac joint radiofrequency ablation")},
+    "esi": {
+        "lumbar": ("62323", "Lumbar or sacral interlaminar epidural injection with imaging guidance"),
+        "*": ("62321", "Cervical or thoracic interlaminar epidural injection with imaging guidance"),
+    },
+    "genicular-rfa": {"*": ("64624", "Genicular nerve radiofrequency ablation")},
+    "knee-steroid": {"*": ("20610", "Major joint injection (knee)")},
+}
+DEFINITIVE["facet-rfa-repeat"] = DEFINITIVE["facet-rfa"]
+_AVOID = frozenset({"not-met", "not-covered"})
+_SEVERITY = {"info": "low", "information": "low", "warning": "moderate", "critical": "high", "error": "high"}
+
+
+@dataclass(frozen=True)
+class PolicyRef:
+    id: str
+    version: str
+
+    @property
+    def uri(self) -> str:
+        return f"urn:pinpoint:policy:{self.id}|{self.version}"
+
+
+@dataclass(frozen=True)
+class Desired:
+    """One resource Pinpoint should hold now (body without ``meta``)."""
+
+    resource_type: str
+    resource_id: str
+    identifier: str
+    body: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Group:
+    """Resources written together (one transaction upstream); ``members[0]`` carries the version."""
+
+    key: str
+    kind: str  # assessment | alert
+    members: tuple[Desired, ...]
+    inputs: tuple[str, ...]
+    assessment: Mapping[str, Any] | None = None
+
+
+def resource_id(identifier: str) -> str:
+    """The id of the resource identified by ``urn:pinpoint:recommendation|identifier``."""
+    return str(uuid.uuid5(_NAMESPACE, f"{SYSTEM}|{identifier}"))
+
+
+def content_hash(body: Mapping[str, Any]) -> str:
+    """Hash of a resource's content, ``meta`` excluded."""
+    clean = {k: v for k, v in body.items() if k != "meta"}
+    return hashlib.sha256(orjson.dumps(clean, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+def split_patient_key(patient_key: str) -> tuple[str, str]:
+    source, _, pid = patient_key.partition(":")
+    return source, pid
+
+
+def assessment_key(patient_key: str, assessment: Mapping[str, Any]) -> str:
+    """``{source}:{patient id}:{pathway}:{region}:{side}:{joints sorted, joined by +}``."""
+    target = assessment.get("target") or {}
+    joints = "+".join(sorted(str(j) for j in target.get("joints") or []))
+    return f"{patient_key}:{assessment['pathway']}:{target.get('region')}:{target.get('side')}:{joints}"
+
+
+def desired_groups(patient_key: str, entry: Mapping[str, Any], policy: PolicyRef) -> list[Group]:
+    """Everything Pinpoint should hold for one patient's §3 entry."""
+    groups = [_assessment_group(patient_key, a, policy) for a in entry.get("assessments") or []]
+    seen: dict[str, int] = {}
+    for alert in entry.get("alerts") or []:
+        code = str(alert.get("code"))
+        seen[code] = seen.get(code, 0) + 1
+        key = f"{patient_key}:alert:{code}" + (f":{seen[code]}" if seen[code] > 1 else "")
+        groups.append(_alert_group(patient_key, key, alert, policy))
+    unique: dict[str, Group] = {}
+    for g in groups:
+        unique.setdefault(g.key, g)
+    return list(unique.values())
+
+
+def _identifier(value: str) -> list[dict[str, str]]:
+    return [{"system": SYSTEM, "value": value}]
+
+
+def _patient_ref(patient_key: str) -> dict[str, str]:
+    return {"reference": f"Patient/{split_patient_key(patient_key)[1]}"}
+
+
+def evidence_refs(evidence: Iterable[Any]) -> tuple[str, ...]:
+    """References of the Procedures and Observations an assessment or alert used, in order."""
+    found: list[str] = []
+
+    def add(value: Any) -> None:
+        if isinstance(value, str) and "/" in value and value.split("/", 1)[0][:1].isupper():
+            if value not in found:
+                found.append(value)
+        elif isinstance(value, list | tuple):
+            for v in value:
+                add(v)
+
+    for item in evidence:
+        if isinstance(item, Mapping):
+            add(item.get("procedure"))
+            for key, value in item.items():
+                if key != "procedure" and key not in ("agent", "scale", "performed"):
+                    add(value)
+        else:
+            add(item)
+    return tuple(found)
+
+
+def target_text(target: Mapping[str, Any]) -> str:
+    joints = [str(j) for j in target.get("joints") or []]
+    side = str(target.get("side") or "")
+    if joints == ["SIJ"]:
+        place = "sacroiliac joint"
+    elif joints in (["knee"], ["hip"]):
+        place = joints[0]
+    else:
+        place = " and ".join(joints) if len(joints) <= 2 else ", ".join(joints[:-1]) + " and " + joints[-1]
+        region = target.get("region")
+        place = f"{place} ({region})" if region else place
+    return f"{side} {place}".strip()
+
+
+def describe(assessment: Mapping[str, Any]) -> str:
+    """The verdict and why, in plain language (no patient identifiers)."""
+    pathway = str(assessment.get("pathway"))
+    verdict = str(assessment.get("verdict"))
+    what = PATHWAY_TEXT.get(pathway, pathway)
+    sentence = f"{what[:1].upper()}{what[1:]} at the {target_text(assessment.get('target') or {})} "
+    sentence += VERDICT_TEXT.get(verdict, verdict)
+    if verdict == "deferred" and assessment.get("earliestDate"):
+        sentence += f", from {assessment['earliestDate']}"
+    reasons = [REASON_TEXT.get(str(r), str(r)) for r in assessment.get("reasons") or []]
+    if reasons:
+        sentence += ": " + "; ".join(reasons)
+    sentence += "."
+    evidence = [e for e in assessment.get("evidence") or [] if isinstance(e, Mapping)]
+    positive = sum(1 for e in evidence if e.get("positive") is True)
+    if evidence:
+        sentence += f" Based on {len(evidence)} block(s), {positive} positive."
+    step = assessment.get("nextStep")
+    if isinstance(step, Mapping) and step.get("code"):
+        sentence += f" Next step: {step.get('display') or step.get('code')} (CPT {step['code']})."
+    return sentence
+
+
+def _narrative(text: str) -> dict[str, str]:
+    return {
+        "status": "generated",
+        "div": f'<div xmlns="http://www.w3.org/1999/xhtml"><p>{html.escape(text)}</p></div>',
+    }
+
+
+def body_sites(target: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """One bodySite per joint: the joint coding (CONTRACT §4) and the R4 laterality coding."""
+    side = str(target.get("side") or "")
+    lat = LATERALITY.get(side)
+    sites = []
+    for joint in target.get("joints") or []:
+        j = str(joint)
+        system, code, display = SITE.get(j, (JOINT_SYSTEM, j, f"{j} joint"))
+        codings = [{"system": system, "code": code, "display": display}]
+        if lat:
+            codings.append({"system": SNOMED, "code": lat[0], "display": lat[1]})
+        label = "sacroiliac joint" if j == "SIJ" else j
+        sites.append({"coding": codings, "text": f"{side.capitalize()} {label}".strip()})
+    return sites
+
+
+def _request_code(assessment: Mapping[str, Any]) -> tuple[dict[str, Any] | None, bool]:
+    """The ServiceRequest's code and whether avoiding that procedure is the advice."""
+    pathway = str(assessment.get("pathway"))
+    verdict = str(assessment.get("verdict"))
+    region = str((assessment.get("target") or {}).get("region"))
+    table = DEFINITIVE.get(pathway, {})
+    definitive = table.get(region) or table.get("*")
+    step = assessment.get("nextStep")
+    if isinstance(step, Mapping) and step.get("code"):
+        coding = {k: str(step[k]) for k in ("system", "code", "display") if step.get(k)}
+        coding.setdefault("system", CPT)
+        avoid = verdict in _AVOID and definitive is not None and coding["code"] == definitive[0]
+        return {"coding": [coding], "text": coding.get("display", coding["code"])}, avoid
+    if definitive is None:
+        return {"text": PATHWAY_TEXT.get(pathway, pathway)}, verdict in _AVOID
+    coding = {"system": CPT, "code": definitive[0], "display": definitive[1]}
+    return {"coding": [coding], "text": definitive[1]}, verdict in _AVOID
+
+
+def _policy_note(policy: PolicyRef, assessment: Mapping[str, Any]) -> str:
+    reasons = [str(r) for r in assessment.get("reasons") or []]
+    criterion = reasons[0] if reasons else "all criteria met"
+    return (
+        f"Pinpoint policy {policy.id} version {policy.version}; pathway {assessment.get('pathway')}; "
+        f"verdict {assessment.get('verdict')}; criterion: {criterion}."
+    )
+
+
+def _assessment_group(patient_key: str, assessment: Mapping[str, Any], policy: PolicyRef) -> Group:
+    key = assessment_key(patient_key, assessment)
+    plan_id = resource_id(key)
+    request_key = f"{key}:request"
+    request_id = resource_id(request_key)
+    inputs = evidence_refs(assessment.get("evidence") or [])
+    supporting = [{"reference": r} for r in inputs]
+    description = describe(assessment)
+    code, avoid = _request_code(assessment)
+    target = assessment.get("target") or {}
+    request: dict[str, Any] = {
+        "resourceType": "ServiceRequest",
+        "id": request_id,
+        "identifier": _identifier(request_key),
+        "status": "draft",
+        "intent": "proposal",
+        "category": [{"coding": [{"system": SNOMED, "code": "387713003", "display": "Surgical procedure"}]}],
+        "code": code,
+        "subject": _patient_ref(patient_key),
+        "requester": PINPOINT_DEVICE,
+        "bodySite": body_sites(target),
+        "note": [{"text": description}],
+    }
+    if avoid:
+        request["doNotPerform"] = True
+    if assessment.get("verdict") == "deferred" and assessment.get("earliestDate"):
+        request["occurrencePeriod"] = {"start": str(assessment["earliestDate"])}
+    if supporting:
+        request["supportingInfo"] = supporting
+    request = {k: v for k, v in request.items() if v not in (None, [])}
+    verdict = str(assessment.get("verdict"))
+    what = PATHWAY_TEXT.get(str(assessment.get("pathway")), str(assessment.get("pathway")))
+    plan: dict[str, Any] = {
+        "resourceType": "CarePlan",
+        "id": plan_id,
+        "text": _narrative(description),
+        "identifier": _identifier(key),
+        "status": "draft",
+        "intent": "proposal",
+        "category": [
+            {
+                "coding": [
+                    {
+                        "system": "http://hl7.org/fhir/us/core/CodeSystem/careplan-category",
+                        "code": "assess-plan",
+                    }
+                ]
+            }
+        ],
+        "title": f"{what[:1].upper()}{what[1:]}, {target_text(target)}: {verdict}",
+        "description": description,
+        "subject": _patient_ref(patient_key),
+        "author": PINPOINT_DEVICE,
+        "activity": [{"reference": {"reference": f"ServiceRequest/{request_id}"}}],
+        "note": [{"text": _policy_note(policy, assessment)}],
+    }
+    if supporting:
+        plan["supportingInfo"] = supporting
+    members = (
+        Desired("CarePlan", plan_id, key, plan),
+        Desired("ServiceRequest", request_id, request_key, request),
+    )
+    return Group(key=key, kind="assessment", members=members, inputs=inputs, assessment=assessment)
+
+
+def _alert_group(patient_key: str, key: str, alert: Mapping[str, Any], policy: PolicyRef) -> Group:
+    inputs = evidence_refs(alert.get("evidence") or [])
+    code = str(alert.get("code"))
+    issue: dict[str, Any] = {
+        "resourceType": "DetectedIssue",
+        "id": resource_id(key),
+        "identifier": _identifier(key),
+        "status": "final",
+        "code": {"coding": [{"system": ALERT_SYSTEM, "code": code}], "text": code},
+        "severity": _SEVERITY.get(str(alert.get("severity")), "moderate"),
+        "patient": _patient_ref(patient_key),
+        "author": PINPOINT_DEVICE,
+        "detail": str(alert.get("text") or code),
+        "reference": policy.uri,
+    }
+    if inputs:
+        issue["evidence"] = [{"detail": [{"reference": r} for r in inputs]}]
+    return Group(
+        key=key, kind="alert", members=(Desired("DetectedIssue", issue["id"], key, issue),), inputs=inputs
+    )
+
+
+def withdrawn(body: Mapping[str, Any]) -> dict[str, Any]:
+    """The resource as it reads once its assessment or alert no longer exists."""
+    out = {k: v for k, v in body.items() if k != "meta"}
+    if out.get("resourceType") == "DetectedIssue":
+        out["status"] = "cancelled"
+    else:
+        out["status"] = "revoked"
+    if out.get("resourceType") == "CarePlan":
+        text = "Withdrawn: this assessment no longer applies to the current data."
+        out["description"] = f"{text} Was: {body.get('description', '')}".strip()
+        out["text"] = _narrative(out["description"])
+    return out
+
+
+def is_withdrawn(body: Mapping[str, Any]) -> bool:
+    return body.get("status") in ("revoked", "cancelled")
+
+
+def with_meta(body: Mapping[str, Any], version: int, now: datetime) -> dict[str, Any]:
+    out = dict(body)
+    out["meta"] = {"versionId": str(version), "lastUpdated": now.isoformat()}
+    # keep resourceType and id first for readers
+    return {
+        "resourceType": out.pop("resourceType"),
+        "id": out.pop("id"),
+        "meta": out.pop("meta"),
+        **out,
+    }
+
+
+def provenance(
+    group_key: str,
+    revision: int,
+    targets: Sequence[tuple[str, str, int]],
+    inputs: Sequence[str],
+    policy: PolicyRef,
+    now: datetime,
+    *,
+    created: bool,
+) -> dict[str, Any]:
+    """Provenance of one write: targets are ``(type, id, version)``; entities the inputs used."""
+    prov: dict[str, Any] = {
+        "resourceType": "Provenance",
+        "id": resource_id(f"{group_key}:provenance:{revision}"),
+        "meta": {"versionId": "1", "lastUpdated": now.isoformat()},
+        "target": [{"reference": f"{t}/{i}/_history/{v}"} for t, i, v in targets],
+        "recorded": now.isoformat(),
+        "policy": [policy.uri],
+        "activity": {
+            "coding": [
+                {
+                    "system": "http://terminology.hl7.org/CodeSystem/v3-DataOperation",
+                    "code": "CREATE" if created else "UPDATE",
+                }
+            ]
+        },
+        "agent": [
+            {
+                "type": {
+                    "coding": [
+                        {
+                            "system": "http://terminology.hl7.org/CodeSystem/provenance-participant-type",
+                            "code": "assembler",
+                        }
+                    ]
+                },
+                "who": PINPOINT_DEVICE,
+            }
+        ],
+    }
+    if inputs:
+        prov["entity"] = [{"role": "source", "what": {"reference": r}} for r in inputs]
+    return prov

@@ -1,0 +1,373 @@
+"""The recommender worker: claim dirty patients → load → evaluate → store → release.
+
+The evaluation queue is a dirty set (``shared/db/queue.py``). A worker *claims* rows — sets
+``claimed_by`` and ``claimed_until = now + claim_ttl`` and commits — so no other worker evaluates
+those patients meanwhile (``FOR UPDATE SKIP LOCKED`` on PostgreSQL; SQLite serialises the one
+UPDATE). It then evaluates outside any lock and, in ONE transaction, deletes the row only if its
+``generation`` is still the claimed one and stores the results. A mark that arrived during the
+evaluation bumped the generation: the results are dropped and the claim cleared, so the patient
+is evaluated again with the new data — no mark is ever lost. A crashed worker's claims expire
+after ``claim_ttl`` and are taken over.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from prometheus_client import Counter, Histogram
+from sqlalchemy.engine import Engine
+from sqlmodel import col
+
+from services.recommender.evaluation import Evaluator
+from services.recommender.store import apply_entry, load_patient_resources
+from shared.db.models import AuditLog, EvaluationQueue, utcnow
+from shared.db.session import session_scope
+from shared.logging import get_logger
+from shared.settings import Settings
+from shared.web import Runtime
+
+log = get_logger("pinpoint.worker")
+
+EVALUATIONS = Counter(
+    "pinpoint_evaluations_total",
+    "Patient evaluations by outcome (stored, superseded by a newer mark, lost claim, failed)",
+    ["outcome"],
+)
+EVALUATION_SECONDS = Histogram(
+    "pinpoint_evaluation_duration_seconds",
+    "Load + evaluate + store of one patient",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
+SUGGESTION_WRITES = Counter("pinpoint_suggestion_writes_total", "Suggestion groups written", ["action"])
+
+_QUEUE = EvaluationQueue.__table__  # type: ignore[attr-defined]
+
+
+@dataclass(frozen=True)
+class Claim:
+    patient_key: str
+    generation: int
+
+
+@dataclass
+class DrainStats:
+    stored: int = 0
+    superseded: int = 0
+    lost: int = 0
+    failed: int = 0
+    changed_groups: int = 0
+    seconds: float = 0.0
+
+    @property
+    def evaluated(self) -> int:
+        return self.stored + self.superseded + self.lost
+
+
+def worker_id() -> str:
+    return f"{socket.gethostname()[:40]}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+@dataclass
+class Worker:
+    """One worker: claims in batches, evaluates one patient at a time, stores per patient."""
+
+    engine: Engine
+    settings: Settings
+    evaluator: Evaluator
+    ident: str = field(default_factory=worker_id)
+    batch: int = 16
+    clock: Callable[[], datetime] = utcnow
+
+    @property
+    def is_postgres(self) -> bool:
+        return self.engine.dialect.name == "postgresql"
+
+    @property
+    def deliver(self) -> bool:
+        return self.settings.config.writeback is not None
+
+    def claim(self, limit: int | None = None) -> list[Claim]:
+        """Claim up to ``limit`` unclaimed (or expired) dirty patients, oldest first; commits."""
+        now = self.clock()
+        pick = (
+            sa.select(_QUEUE.c.patient_key)
+            .where(sa.or_(_QUEUE.c.claimed_until.is_(None), _QUEUE.c.claimed_until < now))
+            .order_by(_QUEUE.c.dirty_since, _QUEUE.c.patient_key)
+            .limit(limit or self.batch)
+        )
+        if self.is_postgres:
+            pick = pick.with_for_update(skip_locked=True)
+        stmt = (
+            sa.update(_QUEUE)
+            .where(_QUEUE.c.patient_key.in_(pick.scalar_subquery()))
+            .values(claimed_by=self.ident, claimed_until=now + self.settings.claim_ttl)
+            .returning(_QUEUE.c.patient_key, _QUEUE.c.generation)
+        )
+        with session_scope(self.engine) as session:
+            rows = session.execute(stmt).all()
+        return sorted((Claim(k, g) for k, g in rows), key=lambda c: c.patient_key)
+
+    def release(self, claims: list[Claim]) -> None:
+        """Give claims back unprocessed (shutdown): another worker may take them at once."""
+        if not claims:
+            return
+        with session_scope(self.engine) as session:
+            session.execute(
+                sa.update(_QUEUE)
+                .where(
+                    _QUEUE.c.patient_key.in_([c.patient_key for c in claims]),
+                    _QUEUE.c.claimed_by == self.ident,
+                )
+                .values(claimed_by=None, claimed_until=None)
+            )
+
+    def process(self, claim: Claim, now: datetime | None = None) -> str:
+        """Evaluate one claimed patient and store the result; returns the outcome."""
+        started = time.perf_counter()
+        when = now or utcnow()
+        try:
+            outcome = self._process(claim, when)
+        except Exception as exc:
+            self._failed(claim, exc)
+            outcome = "failed"
+        EVALUATIONS.labels(outcome).inc()
+        EVALUATION_SECONDS.observe(time.perf_counter() - started)
+        return outcome
+
+    def _process(self, claim: Claim, now: datetime) -> str:
+        key = claim.patient_key
+        with session_scope(self.engine) as session:
+            resources = load_patient_resources(session, key)
+        pid = key.partition(":")[2]
+        entry = self.evaluator.patient_entry(resources, f"Patient/{pid}", now)
+        with session_scope(self.engine) as session:
+            done = session.execute(
+                sa.delete(_QUEUE).where(
+                    _QUEUE.c.patient_key == key,
+                    _QUEUE.c.generation == claim.generation,
+                    _QUEUE.c.claimed_by == self.ident,
+                )
+            )
+            if done.rowcount != 1:  # type: ignore[attr-defined]
+                kept = session.execute(
+                    sa.update(_QUEUE)
+                    .where(_QUEUE.c.patient_key == key, _QUEUE.c.claimed_by == self.ident)
+                    .values(claimed_by=None, claimed_until=None)
+                )
+                return "superseded" if kept.rowcount == 1 else "lost"  # type: ignore[attr-defined]
+            applied = apply_entry(session, key, entry, self.evaluator.ref, deliver=self.deliver)
+            session.add(
+                AuditLog(
+                    at=utcnow(),
+                    actor=f"worker:{self.ident}",
+                    action="evaluate",
+                    target=key,
+                    detail={
+                        "generation": claim.generation,
+                        "policy": f"{self.evaluator.ref.id}|{self.evaluator.ref.version}",
+                        "assessments": len(entry.get("assessments") or []),
+                        "created": applied.created,
+                        "updated": applied.updated,
+                        "withdrawn": applied.withdrawn,
+                    },
+                )
+            )
+        for action, n in (
+            ("create", applied.created),
+            ("update", applied.updated),
+            ("revoke", applied.withdrawn),
+        ):
+            if n:
+                SUGGESTION_WRITES.labels(action).inc(n)
+        return "stored"
+
+    def _failed(self, claim: Claim, exc: Exception) -> None:
+        """Keep the mark, back off (5 s doubling, at most the claim TTL), record the error type."""
+        log.warning("worker.evaluation_failed", patient_key=claim.patient_key, error=type(exc).__name__)
+        try:
+            with session_scope(self.engine) as session:
+                row = session.get(EvaluationQueue, claim.patient_key)
+                if row is None or row.claimed_by != self.ident:
+                    return
+                row.attempts += 1
+                delay = min(timedelta(seconds=5 * 2 ** min(row.attempts - 1, 10)), self.settings.claim_ttl)
+                row.claimed_by = None
+                row.claimed_until = self.clock() + delay
+                row.last_error = f"{type(exc).__name__}: {str(exc)[:300]}"
+                session.add(row)
+        except Exception as inner:  # the database itself failed: the claim simply expires
+            log.error("worker.release_failed", error=type(inner).__name__)
+
+    def drain(self, stop: threading.Event | None = None, now: datetime | None = None) -> DrainStats:
+        """Evaluate until nothing is claimable (or ``stop`` is set). ``now``: evaluation instant."""
+        stats = DrainStats()
+        started = time.perf_counter()
+        while not (stop and stop.is_set()):
+            claims = self.claim()
+            if not claims:
+                break
+            for i, c in enumerate(claims):
+                if stop and stop.is_set():
+                    self.release(claims[i:])
+                    break
+                outcome = self.process(c, now)
+                setattr(stats, outcome, getattr(stats, outcome) + 1)
+        stats.seconds = time.perf_counter() - started
+        if stats.evaluated or stats.failed:
+            log.info(
+                "worker.drained",
+                stored=stats.stored,
+                superseded=stats.superseded,
+                lost=stats.lost,
+                failed=stats.failed,
+                seconds=round(stats.seconds, 3),
+            )
+        return stats
+
+
+class DirtyListener:
+    """LISTEN ``pinpoint_dirty`` on PostgreSQL: :meth:`wait` returns on a NOTIFY or after a timeout."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._url = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+        self._conn: Any = None
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def wait(self, timeout: float) -> bool:
+        import psycopg
+
+        with self._lock:
+            if self._closed:
+                return False
+            try:
+                if self._conn is None:
+                    self._conn = psycopg.connect(self._url, autocommit=True, connect_timeout=5)
+                    self._conn.execute("LISTEN pinpoint_dirty")
+                woke = False
+                for _ in self._conn.notifies(timeout=timeout, stop_after=1):
+                    woke = True
+                return woke
+            except psycopg.Error as exc:
+                log.warning("worker.listen_failed", error=type(exc).__name__)
+                self._drop()
+                time.sleep(min(timeout, 1.0))
+                return False
+            finally:
+                if self._closed:
+                    self._drop()
+
+    def _drop(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            finally:
+                self._conn = None
+
+    def close(self) -> None:
+        self._closed = True
+        if self._lock.acquire(blocking=False):
+            try:
+                self._drop()
+            finally:
+                self._lock.release()
+
+
+async def run_forever(worker: Worker, stop: threading.Event | None = None) -> None:
+    """The background loop: drain, then wait for a NOTIFY (PostgreSQL) or the poll interval."""
+    stop = stop or threading.Event()
+    poll = max(worker.settings.worker_poll_interval.total_seconds(), 0.05)
+    listener = DirtyListener(worker.engine) if worker.is_postgres else None
+    log.info("worker.started", worker=worker.ident, listen=listener is not None)
+    try:
+        while not stop.is_set():
+            try:
+                await asyncio.to_thread(worker.drain, stop)
+            except Exception as exc:  # database down: keep trying, bounded by the poll interval
+                log.error("worker.drain_failed", error=type(exc).__name__)
+            if listener is not None:
+                await asyncio.to_thread(listener.wait, poll)
+            else:
+                await asyncio.sleep(poll)
+    finally:
+        stop.set()
+        if listener is not None:
+            listener.close()
+        log.info("worker.stopped", worker=worker.ident)
+
+
+def queue_state(engine: Engine) -> tuple[int, datetime | None, int]:
+    """Depth, oldest ``dirty_since`` and how many rows are claimed right now."""
+    now = utcnow()
+    with session_scope(engine) as session:
+        depth, oldest = session.execute(sa.select(sa.func.count(), sa.func.min(_QUEUE.c.dirty_since))).one()
+        active = session.execute(
+            sa.select(sa.func.count()).where(col(EvaluationQueue.claimed_until) > now)
+        ).scalar_one()
+    if oldest is not None and oldest.tzinfo is None:
+        from datetime import UTC
+
+        oldest = oldest.replace(tzinfo=UTC)
+    return int(depth), oldest, int(active)
+
+
+def queue_check(engine: Engine, max_age: timedelta) -> Callable[[], str]:
+    """Readiness: fails when the oldest dirty mark is older than ``max_age`` and none is claimed."""
+
+    def check() -> str:
+        try:
+            depth, oldest, active = queue_state(engine)
+        except Exception as exc:
+            return f"unknown: {type(exc).__name__}"
+        if oldest is None or active:
+            return "ok"
+        age = utcnow() - oldest
+        if age > max_age:
+            return f"stuck: {depth} dirty, oldest {int(age.total_seconds())}s old, none being evaluated"
+        return "ok"
+
+    return check
+
+
+def install_worker(runtime: Runtime) -> None:
+    """Register the worker loop, the queue readiness check and the queue gauges on a runtime."""
+    from services.recommender.api.suggestions import evaluator_of
+    from services.recommender.metrics import COLLECTOR
+
+    stop = threading.Event()
+
+    async def loop() -> None:
+        worker = Worker(runtime.engine, runtime.settings, evaluator_of(runtime))
+        runtime.state["worker"] = worker
+        await run_forever(worker, stop)
+
+    async def shutdown() -> None:
+        stop.set()
+
+    runtime.background.append(("worker", loop))
+    runtime.on_shutdown.append(shutdown)
+    runtime.checks.setdefault("queue", queue_check(runtime.engine, runtime.settings.ready_max_queue_age))
+    COLLECTOR.engine = runtime.engine
+
+
+def run_cli(settings: Settings, engine: Engine, *, once: bool) -> DrainStats:
+    """``pinpoint worker [--once]``: drain and exit, or loop until interrupted."""
+    worker = Worker(engine, settings, Evaluator.load(settings.policy))
+    if once:
+        return worker.drain()
+    stop = threading.Event()
+    try:
+        asyncio.run(run_forever(worker, stop))
+    except KeyboardInterrupt:
+        stop.set()
+    return DrainStats()
