@@ -92,5 +92,9 @@ def db_upgrade() -> None:
         engine.dispose()
 
 
-def main() -> None:  # pragma: no cover
-    app()
+# Commands owned by the services, registered here so `pinpoint` is one command.
+from services.ingest import cli as _ingest_cli  # noqa: E402
+from services.recommender.evaluate import evaluate_command  # noqa: E402
+
+app.command("evaluate")(evaluate_command)
+_ingest_cli.register(app)

@@ -1,17 +1,30 @@
-"""Writes kept resources: raw JSON + facts + the patient's dirty mark, in the caller's transaction."""
+"""The ingest repository: kept resources (raw + facts) and the patients' dirty marks.
+
+Everything here runs in the caller's transaction and never commits, so a push's resources, facts
+and dirty marks land together or not at all. Writes are batched: one SELECT of the identities
+already stored and one multi-row upsert per batch, whatever the number of resources.
+"""
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import orjson
-from sqlmodel import Session, select
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlmodel import Session, col, select
 
 from shared.db.models import Resource, utcnow
 from shared.db.queue import mark_dirty
+
+RESOURCE = Resource.__table__  # type: ignore[attr-defined]
+_CHUNK = 500
+_LOOKUP_CHUNK = 900
 
 
 def content_hash(resource: dict[str, Any]) -> str:
@@ -30,7 +43,29 @@ def parse_instant(value: Any) -> datetime | None:
     return parsed if parsed.tzinfo else None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """A kept resource ready to store: identity, raw JSON (references resolved), facts, patient."""
+
+    resource_type: str
+    resource_id: str
+    raw: dict[str, Any]
+    facts: dict[str, Any] | None
+    patient_key: str | None
+
+    @property
+    def version_id(self) -> str | None:
+        meta = self.raw.get("meta")
+        value = meta.get("versionId") if isinstance(meta, dict) else None
+        return str(value)[:64] if value is not None else None
+
+    @property
+    def last_updated(self) -> datetime | None:
+        meta = self.raw.get("meta")
+        return parse_instant(meta.get("lastUpdated")) if isinstance(meta, dict) else None
+
+
+@dataclass(frozen=True, slots=True)
 class StoreResult:
     """What happened to one resource: ``created``, ``updated``, ``unchanged`` or ``stale``."""
 
@@ -39,53 +74,177 @@ class StoreResult:
     resource_id: str
     version: str | None
 
-
-def patient_key(source: str, reference: str | None) -> str | None:
-    if not reference or not reference.startswith("Patient/"):
-        return None
-    return f"{source}:{reference.removeprefix('Patient/')}"
+    @property
+    def written(self) -> bool:
+        return self.outcome in ("created", "updated")
 
 
-def upsert_resource(
-    session: Session,
-    *,
-    source: str,
-    resource: dict[str, Any],
-    resource_id: str,
-    patient_ref: str | None,
-    facts: dict[str, Any] | None = None,
-) -> StoreResult:
-    """Keep the latest version of (source, type, id); older ``meta.lastUpdated`` never wins."""
-    rtype = resource["resourceType"]
-    meta = resource.get("meta") or {}
-    last_updated = parse_instant(meta.get("lastUpdated"))
-    digest = content_hash(resource)
-    existing = session.exec(
-        select(Resource).where(
-            Resource.source == source, Resource.resource_type == rtype, Resource.resource_id == resource_id
-        )
-    ).first()
-    pkey = patient_key(source, patient_ref)
-    if existing is not None and not existing.deleted:
-        if existing.content_hash == digest:
-            return StoreResult("unchanged", rtype, resource_id, existing.version_id)
-        if last_updated and existing.last_updated and last_updated < existing.last_updated:
-            return StoreResult("stale", rtype, resource_id, existing.version_id)
-    row = existing or Resource(
-        source=source, resource_type=rtype, resource_id=resource_id, content_hash=digest
+@dataclass(slots=True)
+class _Current:
+    content_hash: str
+    version_id: str | None
+    last_updated: datetime | None
+    deleted: bool
+    patient_key: str | None
+
+
+Key = tuple[str, str]
+
+
+def _existing(session: Session, source: str, keys: Iterable[Key]) -> dict[Key, _Current]:
+    by_type: dict[str, list[str]] = {}
+    for rtype, rid in set(keys):
+        by_type.setdefault(rtype, []).append(rid)
+    found: dict[Key, _Current] = {}
+    cols = (
+        RESOURCE.c.resource_type,
+        RESOURCE.c.resource_id,
+        RESOURCE.c.content_hash,
+        RESOURCE.c.version_id,
+        RESOURCE.c.last_updated,
+        RESOURCE.c.deleted,
+        RESOURCE.c.patient_key,
     )
-    old_patient = row.patient_key
-    row.patient_key = pkey
-    row.version_id = meta.get("versionId")
-    row.last_updated = last_updated
-    row.content_hash = digest
-    row.deleted = False
-    row.raw = resource
-    row.facts = facts
-    row.received_at = utcnow()
+    for rtype, ids in by_type.items():
+        for start in range(0, len(ids), _LOOKUP_CHUNK):
+            chunk = ids[start : start + _LOOKUP_CHUNK]
+            rows = session.execute(
+                sa.select(*cols).where(
+                    RESOURCE.c.source == source,
+                    RESOURCE.c.resource_type == rtype,
+                    RESOURCE.c.resource_id.in_(chunk),
+                )
+            )
+            for row in rows:
+                found[(row[0], row[1])] = _Current(row[2], row[3], row[4], row[5], row[6])
+    return found
+
+
+def _decide(item: Prepared, digest: str, cur: _Current | None) -> str:
+    """Identity and order (CONTRACT §2): a newer ``meta.lastUpdated`` wins, arrival order when
+    absent or equal; the same ``versionId`` or content is a duplicate."""
+    if cur is None:
+        return "created"
+    new_lu = item.last_updated
+    older = new_lu is not None and cur.last_updated is not None and new_lu < cur.last_updated
+    if cur.deleted:
+        return "stale" if older else "created"
+    if cur.content_hash == digest:
+        return "unchanged"
+    if item.version_id is not None and item.version_id == cur.version_id:
+        return "unchanged"
+    return "stale" if older else "updated"
+
+
+def _upsert_statement(session: Session) -> Any:
+    dialect = session.get_bind().dialect.name
+    insert = pg_insert if dialect == "postgresql" else sqlite_insert
+    stmt = insert(RESOURCE)
+    excluded = stmt.excluded
+    updated = {
+        name: getattr(excluded, name)
+        for name in (
+            "patient_key",
+            "version_id",
+            "last_updated",
+            "content_hash",
+            "deleted",
+            "raw",
+            "facts",
+            "received_at",
+        )
+    }
+    # A concurrent writer may have stored a newer version since our SELECT: never go back.
+    newer_or_unknown = sa.or_(
+        RESOURCE.c.last_updated.is_(None),
+        excluded.last_updated.is_(None),
+        excluded.last_updated >= RESOURCE.c.last_updated,
+    )
+    return stmt.on_conflict_do_update(
+        index_elements=["source", "resource_type", "resource_id"], set_=updated, where=newer_or_unknown
+    )
+
+
+def store_resources(session: Session, source: str, items: Sequence[Prepared]) -> list[StoreResult]:
+    """Upsert kept resources of one source and mark their patients dirty; one result per item.
+
+    Items may repeat an identity (a Bundle naming a resource twice): they are applied in order.
+    """
+    if not items:
+        return []
+    current = _existing(session, source, ((i.resource_type, i.resource_id) for i in items))
+    pending: dict[Key, dict[str, Any]] = {}
+    dirty: set[str] = set()
+    results: list[StoreResult] = []
+    now = utcnow()
+    for item in items:
+        key = (item.resource_type, item.resource_id)
+        digest = content_hash(item.raw)
+        cur = current.get(key)
+        outcome = _decide(item, digest, cur)
+        results.append(StoreResult(outcome, item.resource_type, item.resource_id, item.version_id))
+        if outcome in ("unchanged", "stale"):
+            continue
+        if cur is not None and cur.patient_key:
+            dirty.add(cur.patient_key)
+        if item.patient_key:
+            dirty.add(item.patient_key)
+        current[key] = _Current(digest, item.version_id, item.last_updated, False, item.patient_key)
+        pending[key] = {
+            "source": source,
+            "resource_type": item.resource_type,
+            "resource_id": item.resource_id,
+            "patient_key": item.patient_key,
+            "version_id": item.version_id,
+            "last_updated": item.last_updated,
+            "content_hash": digest,
+            "deleted": False,
+            "raw": item.raw,
+            "facts": item.facts,
+            "received_at": now,
+        }
+    if pending:
+        stmt = _upsert_statement(session)
+        rows = list(pending.values())
+        for start in range(0, len(rows), _CHUNK):
+            session.execute(stmt, rows[start : start + _CHUNK])
+    mark_dirty(session, dirty)
+    return results
+
+
+def delete_resource(session: Session, source: str, rtype: str, rid: str) -> bool:
+    """Mark (source, type, id) deleted (a tombstone; later reads are 410); True when it existed.
+
+    The tombstone's ``last_updated`` is now, so a late re-delivery of an older version does not
+    bring the resource back.
+    """
+    row = read_resource(session, source, rtype, rid)
+    now = utcnow()
+    if row is None:
+        session.add(
+            Resource(
+                source=source,
+                resource_type=rtype,
+                resource_id=rid,
+                content_hash="",
+                deleted=True,
+                last_updated=now,
+                received_at=now,
+            )
+        )
+        return False
+    existed = not row.deleted
+    if row.patient_key:
+        mark_dirty(session, [row.patient_key])
+    row.deleted = True
+    row.raw = None
+    row.facts = None
+    row.content_hash = ""
+    row.version_id = None
+    row.last_updated = now
+    row.received_at = now
     session.add(row)
-    mark_dirty(session, [k for k in (pkey, old_patient) if k])
-    return StoreResult("created" if existing is None else "updated", rtype, resource_id, row.version_id)
+    return existed
 
 
 def read_resource(session: Session, source: str, rtype: str, rid: str) -> Resource | None:
@@ -94,3 +253,44 @@ def read_resource(session: Session, source: str, rtype: str, rid: str) -> Resour
             Resource.source == source, Resource.resource_type == rtype, Resource.resource_id == rid
         )
     ).first()
+
+
+def search_by_patient(
+    session: Session, source: str, rtype: str, patient_id: str, limit: int
+) -> list[Resource]:
+    return list(
+        session.exec(
+            select(Resource)
+            .where(
+                Resource.patient_key == f"{source}:{patient_id}",
+                Resource.resource_type == rtype,
+                Resource.source == source,
+                col(Resource.deleted).is_(False),
+            )
+            .order_by(col(Resource.resource_id))
+            .limit(limit)
+        )
+    )
+
+
+def find_patients_by_identifier(session: Session, source: str, system: str | None, value: str) -> list[str]:
+    """Ids of the source's stored Patients carrying identifier ``system|value`` (any system if None)."""
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        needle: dict[str, str] = {"value": value}
+        if system:
+            needle["system"] = system
+        query = sa.text(
+            "SELECT resource_id FROM resource WHERE source = :source AND resource_type = 'Patient' "
+            "AND NOT deleted AND raw -> 'identifier' @> CAST(:needle AS jsonb) LIMIT 2"
+        )
+        params: dict[str, Any] = {"source": source, "needle": orjson.dumps([needle]).decode()}
+    else:
+        query = sa.text(
+            "SELECT resource_id FROM resource WHERE source = :source AND resource_type = 'Patient' "
+            "AND NOT deleted AND EXISTS (SELECT 1 FROM json_each(resource.raw, '$.identifier') AS i "
+            "WHERE json_extract(i.value, '$.value') = :value "
+            "AND (:system IS NULL OR json_extract(i.value, '$.system') = :system)) LIMIT 2"
+        )
+        params = {"source": source, "value": value, "system": system}
+    return [row[0] for row in session.execute(query, params)]

@@ -15,7 +15,7 @@ from sqlmodel import Session, col, select
 
 from services.recommender import suggestions as sg
 from shared.db.models import Assessment, Outbox, Resource, Suggestion, utcnow
-from shared.fhir.resources import validate_r4
+from shared.fhir.resources import validate_r4b
 
 SUGGESTION_TYPES = ("CarePlan", "ServiceRequest", "Provenance", "DetectedIssue")
 _REF = re.compile(r"^([A-Z][A-Za-z]+)/([A-Za-z0-9\-.]{1,64})$")
@@ -188,7 +188,7 @@ def _write_group(
     written: list[dict[str, Any]] = []
     for rtype, rid, identifier, body, row in items:
         resource = sg.with_meta(body, revision, now)
-        validate_r4(resource)
+        validate_r4b(resource)
         target = row or Suggestion(
             resource_type=rtype,
             resource_id=rid,
@@ -212,7 +212,7 @@ def _write_group(
         now,
         created=action == "create",
     )
-    validate_r4(prov)
+    validate_r4b(prov)
     session.add(
         Suggestion(
             resource_type="Provenance",

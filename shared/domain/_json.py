@@ -115,8 +115,15 @@ def parse_datetime(value: Any) -> datetime | None:
     A partial date (``2019`` or ``2019-05``) is its first day. A time without offset is read as UTC.
     Unparseable values give ``None``.
     """
-    if not isinstance(value, str) or not value:
+    if type(value) is not str or not value:
         return None
+    if len(value) > 10:
+        try:
+            dt = datetime.fromisoformat(value)
+        except ValueError:
+            dt = None
+        if dt is not None:
+            return dt if dt.tzinfo is not None else dt.replace(tzinfo=UTC)
     m = _DATE_ONLY.match(value)
     if m:
         try:

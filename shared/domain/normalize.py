@@ -33,6 +33,7 @@ from shared.domain.relevance import classify, patient_reference
 
 # types whose facts are filtered while building (a dropped one yields no fact, but its patient an entry)
 _SELF_FILTERED = frozenset({"Patient", "Condition"})
+_KEPT_PROCEDURE_CODES = frozenset(t.PROCEDURE_KINDS) | t.SEDATION_CPT | t.PHYSICAL_THERAPY_CPT
 _VOID_STATUS = frozenset({"entered-in-error", "cancelled", "preliminary", "not-done", "stopped-in-error"})
 _ORDER_INTENTS = frozenset({"order", "original-order", "plan"})
 _INACTIVE_CONDITION = frozenset({"inactive", "resolved", "remission"})
@@ -275,7 +276,7 @@ def _site(
 ) -> _Site:
     body_sites = j.as_list(resource.get("bodySite"))
     code = resource.get("code")
-    structures = _body_structures(resource, bs_index)
+    structures = _body_structures(resource, bs_index) if "extension" in resource else []
     locations: list[Any] = []
     qualifiers: list[Any] = []
     for bs in structures:
@@ -362,18 +363,25 @@ class _Builder:
         self.sex: str | None = None
         self.birth: date | None = None
         self.procedures: list[Mapping[str, Any]] = []
+        self.codes: dict[int, list[str]] = {}
         self.observations: dict[str, Mapping[str, Any]] = {}
+        self.scales: dict[str, str] = {}
         self.conditions: list[ConditionFact] = []
         self.care: list[ConservativeCare] = []
         self.admins: list[Mapping[str, Any]] = []
         self.requests: list[Mapping[str, Any]] = []
 
+    def add_procedure(self, proc: Mapping[str, Any], codes: list[str]) -> None:
+        self.procedures.append(proc)
+        self.codes[id(proc)] = codes
+
     # observations: amended/corrected replace their original ---------------------------------
-    def add_observation(self, obs: Mapping[str, Any]) -> None:
+    def add_observation(self, obs: Mapping[str, Any], scale: str) -> None:
         ref = _ref(obs)
         current = self.observations.get(ref)
         if current is None or _newer(obs, current):
             self.observations[ref] = obs
+            self.scales[ref] = scale
 
     def readings(self) -> list[PainReading]:
         replaced: set[str] = set()
@@ -396,7 +404,7 @@ class _Builder:
         for ref, obs in self.observations.items():
             if ref in replaced or _status(obs) not in t.OBSERVATION_OK_STATUS:
                 continue
-            reading = _reading(obs)
+            reading = _reading(obs, self.scales[ref])
             if reading is not None:
                 out.append(reading)
         return out
@@ -439,7 +447,7 @@ class _Builder:
             status = _status(proc)
             if status in _VOID_STATUS:
                 continue
-            codes = j.procedure_codes(proc.get("code"))
+            codes = self.codes.get(id(proc)) or j.procedure_codes(proc.get("code"))
             start, end = j.period_start_end(proc, "performed")
             if start is None or end is None:
                 continue
@@ -602,18 +610,22 @@ def _obs_rank(obs: Mapping[str, Any]) -> tuple[int, str, str]:
 
 def _pain_scale(obs: Mapping[str, Any]) -> str | None:
     """The LOINC pain scale of an Observation (72514-3, 38208-5, 38214-3), or None."""
+    code_cc = obs.get("code")
+    if type(code_cc) is not dict:
+        return None
+    coding = code_cc.get("coding")
+    if type(coding) is not list:
+        return None
     best = None
-    for c in j.codings(obs.get("code")):
-        code = c.get("code")
-        if code in t.PAIN_SCALES and c.get("system") == t.LOINC and (best is None or code < best):
-            best = code
+    for c in coding:
+        if type(c) is dict:
+            code = c.get("code")
+            if code in t.PAIN_SCALES and c.get("system") == t.LOINC and (best is None or code < best):
+                best = code
     return best
 
 
-def _reading(obs: Mapping[str, Any]) -> PainReading | None:
-    scale = _pain_scale(obs)
-    if scale is None:
-        return None
+def _reading(obs: Mapping[str, Any], scale: str) -> PainReading | None:
     value = reading_value(obs, scale)
     if value is None or value < 0:
         return None
@@ -680,9 +692,15 @@ def normalize(resources: Iterable[Mapping[str, Any]]) -> dict[str, PatientFacts]
     Only resources Pinpoint keeps (:func:`shared.domain.relevance.classify`) are read; a resource
     whose patient cannot be told is ignored. A patient appears when any kept resource names it.
     """
-    items = [r for r in resources if isinstance(r, Mapping)]
-    bs_index = {_ref(r): r for r in items if r.get("resourceType") == "BodyStructure"}
-    meds = {_ref(r): r for r in items if r.get("resourceType") == "Medication"}
+    items = [r for r in resources if type(r) is dict or isinstance(r, Mapping)]
+    bs_index: dict[str, Mapping[str, Any]] = {}
+    meds: dict[str, Mapping[str, Any]] = {}
+    for r in items:
+        rtype = r.get("resourceType")
+        if rtype == "BodyStructure":
+            bs_index[_ref(r)] = r
+        elif rtype == "Medication":
+            meds[_ref(r)] = r
     builders: dict[str, _Builder] = {}
 
     def builder(key: str) -> _Builder:
@@ -700,10 +718,16 @@ def normalize(resources: Iterable[Mapping[str, Any]]) -> dict[str, PatientFacts]
             continue
         if rtype == "Observation":
             # fast path: pain scores are most of the data
-            if _pain_scale(res) is not None:
-                builder(key).add_observation(res)
-            elif classify(res).kept:
+            scale = _pain_scale(res)
+            if scale is not None:
+                builder(key).add_observation(res, scale)
+            elif key not in builders and classify(res).kept:  # other observations only make an entry
                 builder(key)
+            continue
+        if rtype == "Procedure":
+            codes = j.procedure_codes(res.get("code"))
+            if any(c in _KEPT_PROCEDURE_CODES for c in codes) or classify(res).kept:
+                builder(key).add_procedure(res, codes)
             continue
         if rtype not in _SELF_FILTERED and not classify(res).kept:
             continue
@@ -715,8 +739,6 @@ def normalize(resources: Iterable[Mapping[str, Any]]) -> dict[str, PatientFacts]
             cond = _condition(res)
             if cond is not None:
                 b.conditions.append(cond)
-        elif rtype == "Procedure":
-            b.procedures.append(res)
         elif rtype == "MedicationAdministration":
             b.admins.append(res)
         elif rtype in ("MedicationStatement", "MedicationRequest"):

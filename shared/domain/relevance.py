@@ -137,7 +137,9 @@ def patient_reference(resource: Mapping[str, Any]) -> str | None:
         rid = resource.get("id")
         return f"Patient/{rid}" if isinstance(rid, str) and rid else None
     for key in _PATIENT_KEYS:
-        ref = j.reference(resource.get(key))
-        if ref:
-            return ref
+        value = resource.get(key)
+        if type(value) is dict:
+            ref = value.get("reference")
+            if type(ref) is str and ref:
+                return ref
     return None

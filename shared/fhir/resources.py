@@ -1,39 +1,61 @@
-"""The one import surface of the FHIR models: explicitly R4B (the package top level is R5).
+"""The ONLY module importing ``fhir.resources`` models — explicitly R4B (the package top level is R5
+and silently drops R4 fields).
 
-Pinpoint's own output (CarePlan, ServiceRequest, Provenance, DetectedIssue) is checked here
-before it is stored; input is validated by ingest on the raw dict first (STYLE.md "FHIR").
+Model validation is the expensive step of ingest (~50–90 µs per resource): callers decide
+relevance on the raw dict first and validate only what they keep.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from functools import cache
 from typing import Any
 
-from fhir.resources.R4B.careplan import CarePlan
-from fhir.resources.R4B.detectedissue import DetectedIssue
-from fhir.resources.R4B.provenance import Provenance
-from fhir.resources.R4B.servicerequest import ServiceRequest
-from pydantic import ValidationError
+from fhir.resources.R4B import get_fhir_model_class
+from pydantic import BaseModel, ValidationError
 
-__all__ = ["MODELS", "CarePlan", "DetectedIssue", "Provenance", "ServiceRequest", "validate_r4"]
-
-MODELS: dict[str, Any] = {
-    "CarePlan": CarePlan,
-    "DetectedIssue": DetectedIssue,
-    "Provenance": Provenance,
-    "ServiceRequest": ServiceRequest,
-}
+__all__ = ["ResourceInvalid", "validate_r4b"]
 
 
-def validate_r4(resource: Mapping[str, Any]) -> None:
-    """Raise ``ValueError`` naming the first problem when ``resource`` is not valid R4(B)."""
+class ResourceInvalid(ValueError):
+    """A resource fails R4B validation; ``issues`` are ``(FHIRPath-ish location, message)`` pairs."""
+
+    def __init__(self, resource_type: str, issues: list[tuple[str, str]]) -> None:
+        self.resource_type = resource_type
+        self.issues = issues
+        first = f"{issues[0][0]}: {issues[0][1]}" if issues else "invalid"
+        super().__init__(f"{resource_type} is not valid FHIR R4: {first}")
+
+
+@cache
+def _model(resource_type: str) -> type[BaseModel] | None:
+    try:
+        model: type[BaseModel] = get_fhir_model_class(resource_type)
+    except (KeyError, ValueError, AttributeError, ImportError):
+        return None
+    return model
+
+
+def is_known_type(resource_type: str) -> bool:
+    return _model(resource_type) is not None
+
+
+def validate_r4b(resource: Mapping[str, Any]) -> None:
+    """Raise :class:`ResourceInvalid` when ``resource`` is not a valid R4B resource of its type."""
     rtype = resource.get("resourceType")
-    model = MODELS.get(str(rtype))
+    if not isinstance(rtype, str):
+        raise ResourceInvalid("Resource", [("resourceType", "missing")])
+    model = _model(rtype)
     if model is None:
-        raise ValueError(f"no R4B model registered for {rtype!r}")
+        raise ResourceInvalid(rtype, [("resourceType", f"unknown resource type {rtype!r}")])
     try:
         model.model_validate(dict(resource))
     except ValidationError as exc:
-        err = exc.errors()[0]
-        where = ".".join(str(p) for p in err["loc"])
-        raise ValueError(f"{rtype} invalid at {where}: {err['msg']}") from None
+        issues = [
+            (
+                ".".join([rtype, *(str(p) for p in err.get("loc", ()))]),
+                str(err.get("msg", "invalid"))[:300],
+            )
+            for err in exc.errors()[:10]
+        ]
+        raise ResourceInvalid(rtype, issues) from None

@@ -66,3 +66,43 @@ def test_serve_refuses_postgres_not_at_head(monkeypatch: pytest.MonkeyPatch, pg_
         assert "pinpoint db upgrade" in result.output
     finally:
         _admin_execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def test_installed_command_evaluates_a_vignette() -> None:
+    """`.venv/bin/pinpoint evaluate` as an operator runs it (CONTRACT §1)."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from tests.conftest import FIXTURES
+
+    exe = Path(sys.executable).parent / "pinpoint"
+    bundle = FIXTURES / "vignettes" / "v02-two-concordant-blocks" / "bundle.json"
+    done = subprocess.run(
+        [str(exe), "evaluate", str(bundle), "--now", "2025-03-10T08:00:00-05:00"],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    doc = json.loads(done.stdout)
+    assert doc["policy"]["id"] == "cms-lcd"
+    [patient] = doc["patients"]
+    assert patient["orderChecks"][0]["verdict"] == "supported"
+
+
+def test_installed_command_exit_2_on_unreadable_file(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    bad = tmp_path / "bad.json"
+    bad.write_text("{nope")
+    exe = Path(sys.executable).parent / "pinpoint"
+    done = subprocess.run(
+        [str(exe), "evaluate", str(bad)], capture_output=True, text=True, check=False, timeout=60
+    )
+    assert done.returncode == 2
+    assert "bad.json" in done.stderr

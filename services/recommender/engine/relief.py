@@ -51,6 +51,7 @@ class BlockResult:
         return self.status in (POSITIVE, NEGATIVE)
 
     def evidence(self) -> dict[str, Any]:
+        """The CONTRACT §3 evidence item (a fresh dict; see :meth:`PatientContext.evidence`)."""
         return {
             "procedure": self.block.ref,
             "performed": self.block.end.isoformat(),
@@ -108,6 +109,7 @@ class PatientContext:
         self._post = self._assign_post_readings()
         self._cache: dict[tuple[str, float], BlockResult] = {}
         self.sides_cache: dict[tuple[str | None, str], tuple[str, ...]] = {}
+        self._evidence: dict[tuple[str, float], dict[str, Any]] = {}
 
     # readings --------------------------------------------------------------------------------
     def _assign_post_readings(self) -> dict[str, list[PainReading]]:
@@ -152,6 +154,14 @@ class PatientContext:
         """IV sedation from ``sedation_lookback_minutes`` before the start to the end (CONTRACT §4)."""
         lo = block.start - timedelta(minutes=self.policy.g("sedation_lookback_minutes"))
         return any(s.start <= block.end and s.end >= lo for s in self.facts.sedations)
+
+    def evidence(self, result: BlockResult) -> dict[str, Any]:
+        """Evidence of a judged block, computed once per (block, threshold)."""
+        key = (result.block.ref, result.threshold)
+        item = self._evidence.get(key)
+        if item is None:
+            item = self._evidence[key] = result.evidence()
+        return item
 
     # blocks ------------------------------------------------------------------------------------
     def block(self, block: Intervention, threshold: float) -> BlockResult:

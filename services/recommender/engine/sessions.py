@@ -10,12 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import date, timedelta
+from functools import lru_cache
 
 from services.recommender.engine.model import DEFERRED, NOT_MET, Finding
 from services.recommender.engine.policy import Policy
 from shared.domain import terminology as t
 from shared.domain._json import add_months
-from shared.domain.facts import Intervention, PatientFacts
+from shared.domain.facts import ConditionFact, Intervention, PatientFacts
 
 SPINE_CT = frozenset({"cervical", "thoracic"})
 SPINE_LS = frozenset({"lumbar"})
@@ -90,12 +91,16 @@ def cap_finding(dates: list[date], cap: float | None, reason: str, policy: Polic
 
 
 def pain_onset(facts: PatientFacts, region: str) -> date | None:
+    return _compute_onset(facts.conditions, regions_of_group(region))
+
+
+@lru_cache(maxsize=4096)
+def _compute_onset(conditions: tuple[ConditionFact, ...], group: frozenset[str]) -> date | None:
     """Earliest onset among active pain conditions of the region (CONTRACT §4 "diagnoses");
     conditions that name no region count only when none names this one."""
-    group = regions_of_group(region)
     pain = [
         c
-        for c in facts.conditions
+        for c in conditions
         if c.active and c.onset and any(x.startswith(t.PAIN_CONDITIONS) for x in c.codes)
     ]
     regional = [c.onset for c in pain if c.region in group and c.onset]

@@ -14,7 +14,7 @@ from sqlalchemy.engine import Engine
 
 from services.recommender.evaluation import Evaluator
 from services.recommender.worker import DrainStats, Worker
-from shared.fhir.resources import validate_r4
+from shared.fhir.resources import validate_r4b
 from shared.settings import Settings
 from tests.conftest import FIXTURES
 
@@ -108,7 +108,7 @@ def _schema() -> dict[str, Any]:
 
 def assert_valid_r4(resource: dict[str, Any]) -> None:
     """fhir.resources R4B, the official R4 JSON schema, and the required code bindings."""
-    validate_r4(resource)
+    validate_r4b(resource)
     rtype = resource["resourceType"]
     schema = {"$ref": f"#/definitions/{rtype}", "definitions": _schema()["definitions"]}
     errors = [

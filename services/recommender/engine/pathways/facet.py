@@ -8,7 +8,7 @@ Sources: CRITERIA §1 (L38773 [S2], CGS [S3][S5], NGS/CGS sedation [S6][S7]), §
 from __future__ import annotations
 
 from collections import defaultdict
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from typing import Any
 
 from services.recommender.engine.model import (
@@ -126,7 +126,7 @@ def first_rfa(
         e.add(Finding(NOT_MET, "joint-not-blocked"))
         return e
     results = [ctx.block(iv, threshold) for iv in history]
-    e.evidence += [r.evidence() for r in results]
+    e.evidence += [ctx.evidence(r) for r in results]
     findings, confirming = judge_history(results, int(p.num(pathway, "blocks_required")))
     for f in findings:
         if f.reason == "second-block-required":
@@ -184,7 +184,7 @@ def repeat_rfa(ctx: PatientContext, region: str, joint: str, side: str, on: date
     ):
         after = [iv for iv in blocks_at(ctx, is_mbb, joint, side, on) if iv.end > rfa.end]
         results = [ctx.block(iv, p.num("facet-rfa", "threshold")) for iv in after]
-        e.evidence += [r.evidence() for r in results]
+        e.evidence += [ctx.evidence(r) for r in results]
         findings, _ = judge_history(results, int(p.num("facet-rfa", "blocks_required")))
         if findings:
             e.add(Finding(NOT_MET, "repeat-diagnostics-required"))
@@ -243,7 +243,7 @@ def therapeutic_injection(
         e.add(Finding(NOT_MET, "joint-not-blocked"))
     else:
         results = [ctx.block(iv, threshold) for iv in history]
-        e.evidence += [r.evidence() for r in results]
+        e.evidence += [ctx.evidence(r) for r in results]
         findings, confirming = judge_history(results, int(p.num(pathway, "blocks_required")))
         for f in findings:
             e.add(f)
@@ -362,11 +362,7 @@ def _next_step(
             ),
             default=None,
         )
-        when = None
-        if last is not None:
-            from datetime import timedelta
-
-            when = last + timedelta(days=int(gap))
+        when = last + timedelta(days=int(gap)) if last is not None else None
         return _step(region, "mbb"), when
     if verdict == NOT_EVALUABLE:
         return _step(region, "mbb"), None

@@ -123,7 +123,7 @@ def sij(ctx: PatientContext, pathway: str, side: str, on: date) -> JointEval:
             e.add(Finding(NOT_MET, "joint-not-blocked"))
         else:
             results = [ctx.block(iv, p.num(params, "threshold")) for iv in history]
-            e.evidence += [r.evidence() for r in results]
+            e.evidence += [ctx.evidence(r) for r in results]
             findings, confirming = judge_history(results, int(p.num(params, "blocks_required")))
             for f in findings:
                 e.add(f)
@@ -197,7 +197,7 @@ def genicular(ctx: PatientContext, side: str, on: date) -> JointEval:
         e.add(Finding(NOT_MET, "joint-not-blocked"))
     else:
         results = [ctx.block(iv, p.num(pathway, "threshold")) for iv in history]
-        e.evidence += [r.evidence() for r in results]
+        e.evidence += [ctx.evidence(r) for r in results]
         findings, confirming = judge_history(results, int(p.num(pathway, "blocks_required")))
         for f in findings:
             e.add(f)

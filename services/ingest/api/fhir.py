@@ -1,0 +1,108 @@
+"""The FHIR bases: ``/fhir`` (source ``default``) and ``/sources/{source_id}/fhir``.
+
+Routes only: authenticate, call one intake function, return. Writes check the source's inbound
+credential; reads need the API token.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query, Request
+from starlette.concurrency import run_in_threadpool
+
+from services.ingest.intake import push, reads
+from services.ingest.intake.auth import verify_inbound
+from services.ingest.intake.bundles import Result
+from shared.settings import Source
+from shared.web import FhirResponse, RuntimeDep, require_api_token
+
+BASES = ("/fhir", "/sources/{source_id}/fhir")
+
+
+def get_source(request: Request, runtime: RuntimeDep) -> Source:
+    return push.resolve_source(runtime.settings, request.path_params.get("source_id", "default"))
+
+
+SourceDep = Annotated[Source, Depends(get_source)]
+ReadAccess = [Depends(require_api_token)]
+
+
+def _ctype(request: Request) -> str | None:
+    return request.headers.get("content-type", "").split(";")[0].strip().lower() or None
+
+
+async def _receive(request: Request, runtime: RuntimeDep, source: Source, handler: Any = None) -> Result:
+    body = await request.body()
+    verify_inbound(source, request.headers, body)
+    return await run_in_threadpool(push.receive, runtime.engine, source, body, _ctype(request), handler)
+
+
+def _answer(result: Result) -> FhirResponse:
+    return FhirResponse(result.body, status_code=result.status, headers=result.headers or None)
+
+
+async def post_base(request: Request, runtime: RuntimeDep, source: SourceDep) -> FhirResponse:
+    return _answer(await _receive(request, runtime, source))
+
+
+async def post_type(rtype: str, request: Request, runtime: RuntimeDep, source: SourceDep) -> FhirResponse:
+    return _answer(await _receive(request, runtime, source, push.post_type_handler(source, rtype)))
+
+
+async def put_resource(
+    rtype: str, rid: str, request: Request, runtime: RuntimeDep, source: SourceDep
+) -> FhirResponse:
+    return _answer(await _receive(request, runtime, source, push.put_handler(source, rtype, rid)))
+
+
+async def delete_resource(
+    rtype: str, rid: str, request: Request, runtime: RuntimeDep, source: SourceDep
+) -> FhirResponse:
+    body = await request.body()
+    verify_inbound(source, request.headers, body)
+    return FhirResponse(await run_in_threadpool(push.delete, runtime.engine, source, rtype, rid))
+
+
+def metadata(runtime: RuntimeDep, source: SourceDep) -> FhirResponse:
+    return FhirResponse(reads.capability_statement(runtime.settings, source))
+
+
+def read(rtype: str, rid: str, runtime: RuntimeDep, source: SourceDep) -> FhirResponse:
+    return FhirResponse(reads.read(runtime.engine, source, rtype, rid))
+
+
+def search(
+    rtype: str,
+    runtime: RuntimeDep,
+    source: SourceDep,
+    patient: Annotated[str | None, Query()] = None,
+    count: Annotated[int, Query(alias="_count", ge=1, le=1000)] = 1000,
+) -> FhirResponse:
+    return FhirResponse(reads.search(runtime.engine, source, rtype, patient, count))
+
+
+def router() -> APIRouter:
+    r = APIRouter(tags=["ingest"])
+    routes: list[tuple[str, str, Callable[..., Any], list[Any]]] = [
+        ("GET", "/metadata", metadata, ReadAccess),
+        ("POST", "", post_base, []),
+        ("POST", "/", post_base, []),
+        ("POST", "/{rtype}", post_type, []),
+        ("PUT", "/{rtype}/{rid}", put_resource, []),
+        ("DELETE", "/{rtype}/{rid}", delete_resource, []),
+        ("GET", "/{rtype}/{rid}", read, ReadAccess),
+        ("GET", "/{rtype}", search, ReadAccess),
+    ]
+    for base in BASES:
+        for method, path, endpoint, deps in routes:
+            r.add_api_route(
+                base + path,
+                endpoint,
+                methods=[method],
+                dependencies=deps,
+                response_class=FhirResponse,
+                include_in_schema=path != "/",
+            )
+    return r

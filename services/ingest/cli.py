@@ -1,0 +1,171 @@
+"""Ingest commands of ``pinpoint``: ``import PATH...`` and ``dead-letters list|show|replay``."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from shared.errors import ConfigError, PinpointError
+from shared.logging import configure_logging
+from shared.settings import Settings, load_settings
+
+dead_letters_app = typer.Typer(no_args_is_help=True, help="Inspect and replay rejected payloads.")
+
+
+def _settings() -> Settings:
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        typer.echo(f"pinpoint: {exc}", err=True)
+        raise typer.Exit(code=2) from None
+    configure_logging("warning" if settings.log_level == "info" else settings.log_level, settings.log_format)
+    return settings
+
+
+def _engine(settings: Settings):  # type: ignore[no-untyped-def]
+    from services.server import prepare_database
+
+    try:
+        return prepare_database(settings)
+    except ConfigError as exc:
+        typer.echo(f"pinpoint: {exc}", err=True)
+        raise typer.Exit(code=2) from None
+
+
+def import_command(
+    paths: Annotated[list[Path], typer.Argument(help="NDJSON files, Bundle JSON files, or folders of them")],
+    source: Annotated[str, typer.Option(help="the source the data belongs to")] = "default",
+    batch_size: Annotated[int, typer.Option(min=1, max=10000, help="resources per transaction")] = 1000,
+) -> None:
+    """Load FHIR Bundles and Bulk Data NDJSON into the store; prints kept / dropped / rejected."""
+    from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
+
+    from services.ingest.bulk import expand, import_paths
+
+    missing = [p for p in paths if not p.exists()]
+    if missing:
+        typer.echo(f"pinpoint: no such file or folder: {missing[0]}", err=True)
+        raise typer.Exit(code=2)
+    settings = _settings()
+    try:
+        src = settings.config.source(source)
+    except KeyError:
+        typer.echo(f"pinpoint: source {source!r} is not configured", err=True)
+        raise typer.Exit(code=2) from None
+    engine = _engine(settings)
+    console = Console(stderr=True)
+    files = expand(paths)
+    total = sum(f.stat().st_size for f in files)
+    try:
+        if console.is_terminal:
+            columns = ("[progress.description]{task.description}", BarColumn(), DownloadColumn())
+            with Progress(*columns, TransferSpeedColumn(), TimeRemainingColumn(), console=console) as bar:
+                task = bar.add_task("importing", total=total)
+                report = import_paths(
+                    engine, src, files, batch_size=batch_size, progress=lambda n: bar.advance(task, n)
+                )
+        else:
+            report = import_paths(engine, src, files, batch_size=batch_size)
+    finally:
+        engine.dispose()
+    table = Table(title=f"pinpoint import: {report.files} file(s) into source {src.id}")
+    table.add_column("type")
+    for col in ("kept", "dropped", "unresolved patient", "rejected"):
+        table.add_column(col, justify="right")
+    for rtype, row in report.tally.rows():
+        table.add_row(rtype, *(str(row[k]) for k in ("kept", "dropped", "unresolved", "rejected")))
+    t = report.tally
+    table.add_row(
+        "total", *(str(t.total(k)) for k in ("kept", "dropped", "unresolved", "rejected")), style="bold"
+    )
+    out = Console()
+    out.print(table)
+    out.print(
+        f"{report.resources} resources in {report.seconds:.1f} s ({report.rate:,.0f}/s); "
+        f"{report.dead_letters} dead letter(s)"
+    )
+
+
+def dl_list(
+    status: Annotated[str | None, typer.Option(help="new | replayed | failed")] = None,
+    limit: Annotated[int, typer.Option(min=1)] = 50,
+) -> None:
+    """The most recent dead letters."""
+    from shared.db.deadletters import list_dead_letters
+    from shared.db.session import session_scope
+
+    settings = _settings()
+    engine = _engine(settings)
+    with session_scope(engine) as session:
+        rows = list_dead_letters(session, status=status, limit=limit)
+    table = Table()
+    for col in ("id", "created", "source", "kind", "status", "replays", "reason"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(
+            str(r.id),
+            r.created_at.isoformat(timespec="seconds"),
+            r.source,
+            r.kind,
+            r.status,
+            str(r.replay_count),
+            r.reason[:80],
+        )
+    Console().print(table)
+    engine.dispose()
+
+
+def dl_show(dead_letter_id: Annotated[int, typer.Argument(help="dead letter id")]) -> None:
+    """One dead letter: reason, context and the payload verbatim."""
+    import orjson
+
+    from shared.db.models import DeadLetter
+    from shared.db.session import session_scope
+
+    settings = _settings()
+    engine = _engine(settings)
+    with session_scope(engine) as session:
+        row = session.get(DeadLetter, dead_letter_id)
+    engine.dispose()
+    if row is None:
+        typer.echo(f"pinpoint: no dead letter {dead_letter_id}", err=True)
+        raise typer.Exit(code=1)
+    meta = row.model_dump(exclude={"payload"}, mode="json")
+    typer.echo(orjson.dumps(meta, option=orjson.OPT_INDENT_2).decode())
+    typer.echo("--- payload ---")
+    sys.stdout.flush()
+    sys.stdout.buffer.write(row.payload)
+    sys.stdout.buffer.write(b"\n")
+
+
+def dl_replay(dead_letter_id: Annotated[int, typer.Argument(help="dead letter id")]) -> None:
+    """Run a dead letter through intake again; exit 1 when it still fails."""
+    import orjson
+
+    from services.ingest.intake.replay import replay
+
+    settings = _settings()
+    engine = _engine(settings)
+    try:
+        outcome = replay(engine, settings, dead_letter_id)
+    except PinpointError as exc:
+        typer.echo(f"pinpoint: {exc.diagnostics}", err=True)
+        raise typer.Exit(code=1) from None
+    finally:
+        engine.dispose()
+    typer.echo(orjson.dumps(outcome.as_json()).decode())
+    if outcome.status != "replayed":
+        raise typer.Exit(code=1)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("import")(import_command)
+    dead_letters_app.command("list")(dl_list)
+    dead_letters_app.command("show")(dl_show)
+    dead_letters_app.command("replay")(dl_replay)
+    app.add_typer(dead_letters_app, name="dead-letters")

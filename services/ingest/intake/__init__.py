@@ -1,0 +1,1 @@
+"""Intake: credentials, bundle handling, identity and references, notifications, dead letters."""

@@ -1,0 +1,276 @@
+"""Pushed payloads (CONTRACT §2 Ingest): Bundles by type and single resources.
+
+- ``transaction``: all-or-nothing for the kept resources; ``transaction-response``. An invalid
+  kept entry rejects the whole Bundle (400; the Bundle becomes a dead letter).
+- ``batch`` / ``collection`` / ``searchset`` / ``message`` / ``document`` / anything else: entry by
+  entry, ``batch-response`` with a status per entry (dropped entries: 200 with an informational
+  OperationOutcome); nested Bundles are unwrapped into their entry.
+- ``history`` / ``subscription-notification``: notifications (:mod:`.notifications`).
+
+Nothing here commits: the caller's unit of work makes the writes durable before it answers.
+Rejected parts come back as :class:`Rejection` for the caller to keep as dead letters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from sqlmodel import Session
+
+from services.ingest.intake import notifications
+from services.ingest.intake.pipeline import Candidate, Decision, Tally, check, informational, prepare
+from services.ingest.intake.references import ReferenceResolver, local_reference
+from services.ingest.store import StoreResult, delete_resource, store_resources
+from shared.errors import Issue, operation_outcome
+from shared.logging import get_logger
+from shared.settings import Source
+
+log = get_logger("pinpoint.ingest")
+
+NOTIFICATION_TYPES = frozenset({"history", "subscription-notification"})
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """A rejected payload (or part of one) to keep verbatim as a dead letter."""
+
+    payload: bytes
+    reason: str
+    outcome: dict[str, Any]
+    context: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Result:
+    """What a payload did: the HTTP answer, counts, and rejections to dead-letter."""
+
+    status: int
+    body: dict[str, Any]
+    tally: Tally
+    rejections: list[Rejection] = field(default_factory=list)
+    headers: dict[str, str] = field(default_factory=dict)
+    stored: list[StoreResult] = field(default_factory=list)
+
+
+@dataclass
+class Slot:
+    """One top-level Bundle entry: its resources (nested Bundles unwrapped) or a delete."""
+
+    index: int
+    entry: Mapping[str, Any]
+    candidates: list[Candidate] = field(default_factory=list)
+    delete: tuple[str, str] | None = None
+    note: str | None = None
+    decisions: list[Decision] = field(default_factory=list)
+
+
+def flatten(resource: Mapping[str, Any], full_url: str | None, slot: int) -> Iterator[Candidate]:
+    """The resources of a (possibly nested) Bundle entry; entries without ``resource`` skipped."""
+    if resource.get("resourceType") != "Bundle":
+        yield Candidate(slot, resource if isinstance(resource, dict) else dict(resource), full_url)
+        return
+    for entry in resource.get("entry") or ():
+        if not isinstance(entry, Mapping) or not isinstance(entry.get("resource"), Mapping):
+            continue
+        url = entry.get("fullUrl") if isinstance(entry.get("fullUrl"), str) else None
+        yield from flatten(entry["resource"], url, slot)
+
+
+def explode(bundle: Mapping[str, Any]) -> list[Slot]:
+    slots: list[Slot] = []
+    entries = bundle.get("entry")
+    for index, entry in enumerate(entries if isinstance(entries, list) else ()):
+        if not isinstance(entry, Mapping):
+            slots.append(Slot(index, {}, note="entry is not an object"))
+            continue
+        slot = Slot(index, entry)
+        resource = entry.get("resource")
+        request: Mapping[str, Any] = entry["request"] if isinstance(entry.get("request"), Mapping) else {}
+        full_url = entry.get("fullUrl") if isinstance(entry.get("fullUrl"), str) else None
+        if isinstance(resource, Mapping):
+            slot.candidates = list(flatten(resource, full_url, index))
+        elif str(request.get("method", "")).upper() == "DELETE" and isinstance(request.get("url"), str):
+            target = local_reference(request["url"]).split("?")[0]
+            rtype, _, rid = target.partition("/")
+            if rtype and rid and "/" not in rid:
+                slot.delete = (rtype, rid)
+            else:
+                slot.note = "conditional DELETE is not supported; nothing done"
+        else:
+            slot.note = "entry without a resource: nothing to store"
+        slots.append(slot)
+    return slots
+
+
+def _resolver(session: Session, source: Source, slots: list[Slot]) -> ReferenceResolver:
+    return ReferenceResolver(session, source, ((c.full_url, c.resource) for s in slots for c in s.candidates))
+
+
+def _issues(decisions: list[Decision]) -> list[Issue]:
+    out: list[Issue] = []
+    for d in decisions:
+        if d.status == "rejected":
+            where = f"{d.candidate.resource_type}/{d.candidate.resource.get('id', '?')}"
+            out.extend(Issue(i.code, f"{where}: {i.diagnostics}", expression=i.expression) for i in d.issues)
+    return out or [Issue("invalid", "invalid entry")]
+
+
+def _count(tally: Tally, decisions: list[Decision]) -> None:
+    for d in decisions:
+        tally.add(d.candidate.resource_type, d.status)
+
+
+def _entry_response(slot: Slot, results: dict[int, StoreResult]) -> dict[str, Any]:
+    if slot.note:
+        return {"response": {"status": "200 OK", "outcome": informational(slot.note)}}
+    if slot.delete:
+        return {
+            "response": {
+                "status": "200 OK",
+                "outcome": informational(f"{slot.delete[0]}/{slot.delete[1]} deleted"),
+            }
+        }
+    stored = [results[id(d)] for d in slot.decisions if id(d) in results]
+    if stored:
+        first = stored[0]
+        status = "201 Created" if any(r.outcome == "created" for r in stored) else "200 OK"
+        response: dict[str, Any] = {
+            "status": status,
+            "location": f"{first.resource_type}/{first.resource_id}",
+        }
+        if first.version:
+            response["etag"] = f'W/"{first.version}"'
+        if any(r.outcome == "stale" for r in stored):
+            response["outcome"] = informational("a newer version is already stored; kept that one")
+        return {"response": response}
+    reasons = sorted({d.reason for d in slot.decisions if d.reason}) or ["no resource Pinpoint keeps"]
+    return {"response": {"status": "200 OK", "outcome": informational("Not kept: " + "; ".join(reasons))}}
+
+
+def _store(session: Session, source: Source, slots: list[Slot]) -> dict[int, StoreResult]:
+    kept = [d for s in slots for d in s.decisions if d.prepared is not None]
+    results = store_resources(session, source.id, [d.prepared for d in kept if d.prepared is not None])
+    return {id(d): r for d, r in zip(kept, results, strict=True)}
+
+
+def _deletes(session: Session, source: Source, slots: list[Slot]) -> None:
+    for slot in slots:
+        if slot.delete:
+            delete_resource(session, source.id, *slot.delete)
+
+
+def process_transaction(session: Session, source: Source, bundle: Mapping[str, Any], raw: bytes) -> Result:
+    """All-or-nothing for the kept resources (deletes first, then the writes, as FHIR orders them)."""
+    tally = Tally()
+    slots = explode(bundle)
+    for slot in slots:
+        slot.decisions = [check(c) for c in slot.candidates]
+    rejected = [d for s in slots for d in s.decisions if d.status == "rejected"]
+    if rejected:
+        _count(tally, [d for s in slots for d in s.decisions])
+        issues = _issues(rejected)
+        outcome = operation_outcome([Issue("invalid", "transaction rejected: nothing was stored"), *issues])
+        reason = f"transaction rejected: {rejected[0].reason}"
+        return Result(400, outcome, tally, [Rejection(raw, reason, outcome, {"bundle": "transaction"})])
+    resolver = _resolver(session, source, slots)
+    for slot in slots:
+        slot.decisions = [prepare(d, resolver) for d in slot.decisions]
+        _count(tally, slot.decisions)
+    _deletes(session, source, slots)
+    results = _store(session, source, slots)
+    entries = [_entry_response(slot, results) for slot in slots]
+    return Result(
+        200,
+        {"resourceType": "Bundle", "type": "transaction-response", "entry": entries},
+        tally,
+        stored=list(results.values()),
+    )
+
+
+def process_entries(session: Session, source: Source, slots: list[Slot]) -> Result:
+    """Entry by entry: an invalid entry is a 400 in its place and a dead letter; others stored."""
+    tally = Tally()
+    rejections: list[Rejection] = []
+    bad: dict[int, list[Issue]] = {}
+    for slot in slots:
+        slot.decisions = [check(c) for c in slot.candidates]
+        rejected = [d for d in slot.decisions if d.status == "rejected"]
+        if rejected:
+            issues = _issues(rejected)
+            bad[slot.index] = issues
+            outcome = operation_outcome(issues)
+            rejections.append(
+                Rejection(orjson.dumps(slot.entry), rejected[0].reason, outcome, {"entry": slot.index})
+            )
+            _count(tally, slot.decisions)
+            slot.decisions = []
+    resolver = _resolver(session, source, [s for s in slots if s.index not in bad])
+    for slot in slots:
+        if slot.index in bad:
+            continue
+        slot.decisions = [prepare(d, resolver) for d in slot.decisions]
+        _count(tally, slot.decisions)
+    _deletes(session, source, slots)
+    results = _store(session, source, slots)
+    entries = []
+    for slot in slots:
+        if slot.index in bad:
+            entries.append(
+                {"response": {"status": "400 Bad Request", "outcome": operation_outcome(bad[slot.index])}}
+            )
+        else:
+            entries.append(_entry_response(slot, results))
+    body = {"resourceType": "Bundle", "type": "batch-response", "entry": entries}
+    return Result(200, body, tally, rejections, stored=list(results.values()))
+
+
+def process_bundle(session: Session, source: Source, bundle: Mapping[str, Any], raw: bytes) -> Result:
+    btype = bundle.get("type")
+    if btype == "transaction":
+        result = process_transaction(session, source, bundle, raw)
+    elif btype in NOTIFICATION_TYPES and notifications.is_notification(bundle):
+        result = notifications.handle(
+            session, source, bundle, lambda rest: process_entries(session, source, explode(rest))
+        )
+    else:
+        result = process_entries(session, source, explode(bundle))
+    log.info(
+        "ingest.bundle.processed",
+        source=source.id,
+        bundle_type=str(btype),
+        status=result.status,
+        kept=result.tally.total("kept"),
+        dropped=result.tally.total("dropped"),
+        unresolved=result.tally.total("unresolved"),
+        rejected=result.tally.total("rejected"),
+    )
+    return result
+
+
+def process_resource(session: Session, source: Source, resource: dict[str, Any], raw: bytes) -> Result:
+    """One resource pushed on its own: stored (201/200, the stored resource echoed), dropped
+    (200, informational OperationOutcome) or rejected (400, a dead letter)."""
+    slot = Slot(0, {"resource": resource}, [Candidate(0, resource)])
+    result = process_entries(session, source, [slot])
+    if result.rejections:
+        outcome = result.rejections[0].outcome
+        result.rejections[0] = Rejection(raw, result.rejections[0].reason, outcome, {})
+        return Result(400, outcome, result.tally, result.rejections)
+    response = result.body["entry"][0]["response"]
+    if result.stored and result.stored[0].outcome != "stale":
+        stored = result.stored[0]
+        headers = {"Location": f"{stored.resource_type}/{stored.resource_id}"}
+        if stored.version:
+            headers["ETag"] = f'W/"{stored.version}"'
+        status = 201 if stored.outcome == "created" else 200
+        return Result(status, resource, result.tally, headers=headers, stored=result.stored)
+    return Result(200, response.get("outcome") or informational("stored"), result.tally, stored=result.stored)
+
+
+def process_payload(session: Session, source: Source, data: dict[str, Any], raw: bytes) -> Result:
+    if data.get("resourceType") == "Bundle":
+        return process_bundle(session, source, data, raw)
+    return process_resource(session, source, data, raw)

@@ -1,0 +1,148 @@
+"""The push use cases behind the FHIR bases: parse, process in one unit of work, keep what was
+rejected as dead letters, and answer only once the writes are durable."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+from sqlalchemy.engine import Engine
+from sqlmodel import Session
+
+from services.ingest.intake.bundles import Rejection, Result, process_payload, process_resource
+from services.ingest.intake.pipeline import Tally, informational
+from services.ingest.store import delete_resource
+from shared.db.deadletters import record_dead_letter
+from shared.db.session import session_scope
+from shared.errors import InvalidInput, Issue, UnsupportedMediaType
+from shared.logging import get_logger
+from shared.settings import Settings, Source
+
+log = get_logger("pinpoint.ingest")
+
+BOM = b"\xef\xbb\xbf"
+
+
+class PayloadError(ValueError):
+    """The body is not JSON or not FHIR."""
+
+
+def parse_body(body: bytes) -> dict[str, Any] | None:
+    """The JSON object of a body; ``None`` for an empty body (a ping); :class:`PayloadError` else."""
+    if body.startswith(BOM):
+        body = body[len(BOM) :]
+    if not body.strip():
+        return None
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise PayloadError(f"Body is not valid JSON: {exc.msg} at position {exc.pos}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("resourceType"), str):
+        raise PayloadError("Body is JSON but not a FHIR resource (no resourceType)")
+    return data
+
+
+def resolve_source(settings: Settings, source_id: str) -> Source:
+    from shared.errors import NotFound
+
+    try:
+        return settings.config.source(source_id)
+    except KeyError:
+        raise NotFound(f"No source {source_id!r} is configured") from None
+
+
+def keep_rejections(
+    engine: Engine, source: Source, kind: str, rejections: list[Rejection], ctype: str | None
+) -> None:
+    for r in rejections:
+        dl = record_dead_letter(
+            engine,
+            source=source.id,
+            kind=kind,
+            reason=r.reason,
+            payload=r.payload,
+            content_type=ctype,
+            outcome=r.outcome,
+            context=r.context or None,
+        )
+        log.info("ingest.dead_letter.recorded", source=source.id, kind=kind, dead_letter=dl)
+
+
+def _reject_unparsable(
+    engine: Engine, source: Source, body: bytes, ctype: str | None, exc: PayloadError
+) -> None:
+    err = InvalidInput(str(exc), code="structure")
+    keep_rejections(engine, source, "push", [Rejection(body, str(exc), err.outcome())], ctype)
+    raise err
+
+
+def receive(
+    engine: Engine,
+    source: Source,
+    body: bytes,
+    ctype: str | None,
+    handler: Callable[[Session, dict[str, Any], bytes], Result] | None = None,
+) -> Result:
+    """A push: stored in one transaction before the answer; rejections kept as dead letters.
+
+    A rejected payload (transaction with an invalid kept entry, invalid single resource) raises
+    :class:`InvalidInput` (400) after its dead letter is stored.
+    """
+    if body.strip() and ctype and "json" not in ctype:
+        raise UnsupportedMediaType(f"Content-Type {ctype} is not supported; send application/fhir+json")
+    try:
+        data = parse_body(body)
+    except PayloadError as exc:
+        _reject_unparsable(engine, source, body, ctype, exc)
+        raise
+    if data is None:
+        log.info("ingest.ping", source=source.id)
+        return Result(200, informational("ping received"), Tally())
+    with session_scope(engine) as session:
+        if handler is None:
+            result = process_payload(session, source, data, body)
+        else:
+            result = handler(session, data, body)
+        if result.status >= 400:
+            session.rollback()
+    keep_rejections(engine, source, "push", result.rejections, ctype)
+    if result.status >= 400:
+        issues = [
+            Issue(i["code"], i.get("diagnostics", ""), i.get("severity", "error"))
+            for i in result.body["issue"]
+        ]
+        raise InvalidInput(issues[0].diagnostics, issues=issues)
+    return result
+
+
+def put_handler(source: Source, rtype: str, rid: str) -> Callable[[Session, dict[str, Any], bytes], Result]:
+    """``PUT {base}/{type}/{id}`` (HAPI rest-hook): the body must be that resource."""
+
+    def handle(session: Session, data: dict[str, Any], body: bytes) -> Result:
+        if data.get("resourceType") != rtype:
+            raise InvalidInput(f"Body is a {data.get('resourceType')}, the URL names {rtype}")
+        if data.get("id") not in (None, rid):
+            raise InvalidInput(f"Body id {data.get('id')!r} differs from the URL id {rid!r}")
+        data["id"] = rid
+        return process_resource(session, source, data, body)
+
+    return handle
+
+
+def post_type_handler(source: Source, rtype: str) -> Callable[[Session, dict[str, Any], bytes], Result]:
+    """``POST {base}/{type}``: the body must be a resource of that type."""
+
+    def handle(session: Session, data: dict[str, Any], body: bytes) -> Result:
+        if data.get("resourceType") != rtype:
+            raise InvalidInput(f"Body is a {data.get('resourceType')}, the URL names {rtype}")
+        return process_resource(session, source, data, body)
+
+    return handle
+
+
+def delete(engine: Engine, source: Source, rtype: str, rid: str) -> dict[str, Any]:
+    with session_scope(engine) as session:
+        existed = delete_resource(session, source.id, rtype, rid)
+    log.info("ingest.deleted", source=source.id, resource_type=rtype, existed=existed)
+    return informational(f"{rtype}/{rid} deleted" if existed else f"{rtype}/{rid} was not stored")

@@ -1,0 +1,120 @@
+"""Identity and references inside one payload (CONTRACT §2).
+
+A resource's identity is (source, type, id) with the id it has at its source: ``resource.id``,
+else the uuid of its ``urn:uuid:`` fullUrl, else a hash of its content. References are rewritten
+to ``Type/id`` where the payload or the store allows: ``urn:uuid:`` and absolute fullUrls of the
+payload's entries, relative and absolute URLs (``/_history`` stripped), and conditional
+references (``Patient?identifier=system|value``) matched against the payload's resources and the
+source's stored Patients. ``#contained`` references stay as they are.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+from urllib.parse import parse_qsl
+
+from sqlmodel import Session
+
+from services.ingest.store import find_patients_by_identifier
+from shared.fhir.bundle import resource_id
+from shared.settings import Source
+
+
+def local_reference(ref: str) -> str:
+    """``https://x/fhir/Patient/1/_history/2`` → ``Patient/1``; other forms unchanged."""
+    if "://" not in ref:
+        return ref.split("/_history/")[0] if "/_history/" in ref else ref
+    parts = ref.split("?")[0].rstrip("/").split("/")
+    if len(parts) >= 4 and parts[-2] == "_history":
+        parts = parts[:-2]
+    if len(parts) >= 2 and parts[-2][:1].isupper():
+        return f"{parts[-2]}/{parts[-1]}"
+    return ref
+
+
+def _identifier_keys(resource: Mapping[str, Any]) -> Iterable[tuple[str | None, str]]:
+    for ident in resource.get("identifier") or ():
+        if isinstance(ident, Mapping) and isinstance(ident.get("value"), str):
+            system = ident.get("system") if isinstance(ident.get("system"), str) else None
+            yield system, ident["value"]
+            yield None, ident["value"]
+
+
+class ReferenceResolver:
+    """Resolves the references of one payload (a Bundle, an NDJSON batch, a single resource)."""
+
+    def __init__(
+        self,
+        session: Session | None,
+        source: Source,
+        items: Iterable[tuple[str | None, Mapping[str, Any]]],
+    ) -> None:
+        self.session = session
+        self.source = source
+        self.by_url: dict[str, str] = {}
+        self.by_identifier: dict[tuple[str, str | None, str], set[str]] = {}
+        self._stored: dict[tuple[str | None, str], str | None] = {}
+        for full_url, resource in items:
+            rtype = resource.get("resourceType")
+            if not isinstance(rtype, str):
+                continue
+            rid = resource_id(resource, full_url)
+            if full_url:
+                self.by_url[full_url] = f"{rtype}/{rid}"
+            for system, value in _identifier_keys(resource):
+                self.by_identifier.setdefault((rtype, system, value), set()).add(rid)
+
+    def identity(self, resource: Mapping[str, Any], full_url: str | None) -> str:
+        return resource_id(resource, full_url)
+
+    def resolve(self, ref: str) -> str:
+        if not ref or ref.startswith("#"):
+            return ref
+        mapped = self.by_url.get(ref)
+        if mapped is not None:
+            return mapped
+        if ref.startswith("urn:"):
+            return ref
+        if "?" in ref and "://" not in ref.split("?")[0]:
+            return self._conditional(ref) or ref
+        return local_reference(ref)
+
+    def _conditional(self, ref: str) -> str | None:
+        rtype, _, query = ref.partition("?")
+        params = dict(parse_qsl(query, keep_blank_values=True))
+        token = params.get("identifier")
+        if not token or len(params) != 1:
+            return None
+        system: str | None
+        if "|" in token:
+            system, _, value = token.partition("|")
+            system = system or None
+        else:
+            system, value = None, token
+        if system is None and rtype == "Patient":
+            system = self.source.patient_identifier_system
+        ids = self.by_identifier.get((rtype, system, value), set())
+        if len(ids) == 1:
+            return f"{rtype}/{next(iter(ids))}"
+        if ids or rtype != "Patient" or self.session is None:
+            return None
+        key = (system, value)
+        if key not in self._stored:
+            found = find_patients_by_identifier(self.session, self.source.id, system, value)
+            self._stored[key] = found[0] if len(found) == 1 else None
+        stored = self._stored[key]
+        return f"Patient/{stored}" if stored else None
+
+    def rewrite(self, node: Any) -> None:
+        """Rewrite every ``reference`` in ``node`` in place (contained resources included)."""
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key == "reference" and isinstance(value, str):
+                    node[key] = self.resolve(value)
+                elif isinstance(value, dict | list):
+                    self.rewrite(value)
+        elif isinstance(node, list):
+            for value in node:
+                if isinstance(value, dict | list):
+                    self.rewrite(value)

@@ -1,0 +1,95 @@
+"""Dead-letter replay: run a kept payload through intake again, as its source.
+
+A replay that still fails leaves the dead letter ``failed`` (with the new reason in its
+context) and creates no new dead letter; one that succeeds marks it ``replayed``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy.engine import Engine
+
+from services.ingest.intake.bundles import Rejection, Result, process_payload
+from services.ingest.intake.push import PayloadError, parse_body
+from shared.db.models import DeadLetter, utcnow
+from shared.db.session import session_scope
+from shared.errors import Conflict, NotFound
+from shared.logging import get_logger
+from shared.settings import Settings
+
+log = get_logger("pinpoint.ingest")
+
+REPLAYABLE = frozenset({"push", "notification", "import"})
+
+
+@dataclass(frozen=True)
+class ReplayOutcome:
+    id: int
+    status: str
+    reason: str | None
+    kept: int
+    dropped: int
+    rejected: int
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "status": self.status,
+            "reason": self.reason,
+            "kept": self.kept,
+            "dropped": self.dropped,
+            "rejected": self.rejected,
+        }
+
+
+def replay(engine: Engine, settings: Settings, dead_letter_id: int) -> ReplayOutcome:
+    with session_scope(engine) as session:
+        row = session.get(DeadLetter, dead_letter_id)
+        if row is None:
+            raise NotFound(f"No dead letter {dead_letter_id}")
+        if row.kind not in REPLAYABLE:
+            raise Conflict(f"Dead letter {dead_letter_id} is a {row.kind!r}; replay it with its own service")
+        payload, source_id = row.payload, row.source
+    try:
+        source = settings.config.source(source_id)
+    except KeyError:
+        raise Conflict(
+            f"Source {source_id!r} of dead letter {dead_letter_id} is no longer configured"
+        ) from None
+
+    failure: str | None = None
+    result: Result | None = None
+    try:
+        data = parse_body(payload)
+    except PayloadError as exc:
+        data, failure = None, str(exc)
+    if data is None and failure is None:
+        failure = "empty payload"
+    if data is not None:
+        with session_scope(engine) as session:
+            result = process_payload(session, source, data, payload)
+            rejections: list[Rejection] = result.rejections
+            if result.status >= 400 or rejections:
+                failure = rejections[0].reason if rejections else "rejected"
+                session.rollback()
+    with session_scope(engine) as session:
+        row = session.get(DeadLetter, dead_letter_id)
+        assert row is not None
+        row.replay_count += 1
+        row.replayed_at = utcnow()
+        row.status = "failed" if failure else "replayed"
+        row.context = {**(row.context or {}), "last_replay_error": failure}
+        session.add(row)
+    tally = result.tally if result is not None else None
+    outcome = ReplayOutcome(
+        dead_letter_id,
+        "failed" if failure else "replayed",
+        failure,
+        tally.total("kept") if tally else 0,
+        (tally.total("dropped") + tally.total("unresolved")) if tally else 0,
+        tally.total("rejected") if tally else 0,
+    )
+    log.info("ingest.dead_letter.replayed", dead_letter=dead_letter_id, status=outcome.status)
+    return outcome

@@ -1,0 +1,87 @@
+"""``pinpoint import`` and ``pinpoint dead-letters`` against a real database (both backends)."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy.engine import Engine
+from sqlmodel import Session
+from typer.testing import CliRunner
+
+from services.cli import app
+from shared.db.models import DeadLetter, utcnow
+from tests.api.ingest.helpers import body, dead_letters, dirty, pain, stored
+from tests.conftest import FIXTURES
+
+runner = CliRunner()
+NDJSON = FIXTURES / "ingest" / "ndjson"
+
+
+@pytest.fixture(autouse=True)
+def _db_env(db_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PINPOINT_DATABASE_URL", db_url)
+
+
+def _pain_lines() -> set[str]:
+    import orjson
+
+    ids = set()
+    for line in (NDJSON / "Observation.ndjson").read_bytes().splitlines():
+        obs = orjson.loads(line)
+        if any(c.get("code") == "72514-3" for c in obs["code"].get("coding", [])):
+            ids.add(obs["id"])
+    return ids
+
+
+def test_import_ndjson_folder_keeps_pain_scores_and_dead_letters_bad_lines(engine: Engine) -> None:
+    result = runner.invoke(app, ["import", str(NDJSON)])
+    assert result.exit_code == 0, result.output
+    assert "Observation" in result.output and "total" in result.output
+    rows = stored(engine)
+    kept_obs = {rid for (rtype, rid) in rows if rtype == "Observation"}
+    assert kept_obs == _pain_lines() and kept_obs
+    assert sum(1 for (rtype, _) in rows if rtype == "Patient") == 9
+    bad = dead_letters(engine)
+    assert len(bad) == 4  # log.ndjson: Bulk Data export log lines, no resourceType
+    assert all(d.kind == "import" and d.context and d.context["file"].endswith("log.ndjson") for d in bad)
+    assert [d.context["line"] for d in bad if d.context] == [1, 2, 3, 4]
+    assert dirty(engine)
+
+    again = runner.invoke(app, ["import", str(NDJSON / "Observation.ndjson"), str(NDJSON / "Patient.ndjson")])
+    assert again.exit_code == 0, again.output
+    assert set(stored(engine)) == set(rows)
+
+
+def test_import_bundle_file_and_a_missing_path(engine: Engine) -> None:
+    bundle = FIXTURES / "ingest" / "realdata" / "candle-transaction-01.json"
+    result = runner.invoke(app, ["import", str(bundle)])
+    assert result.exit_code == 0, result.output
+    types = {rtype for (rtype, _) in stored(engine)}
+    assert "Encounter" not in types and "Patient" in types
+    missing = runner.invoke(app, ["import", "/nonexistent/file.ndjson"])
+    assert missing.exit_code == 2
+
+
+def test_dead_letters_list_show_replay(engine: Engine) -> None:
+    """A payload an earlier version rejected replays into the store once the cause is gone."""
+    payload = body(pain("late-1", subject="Patient/P-5"))
+    with Session(engine) as s:
+        s.add(
+            DeadLetter(
+                source="default", kind="push", reason="earlier failure", payload=payload, created_at=utcnow()
+            )
+        )
+        s.add(DeadLetter(source="default", kind="push", reason="junk", payload=b"junk", created_at=utcnow()))
+        s.commit()
+    listed = runner.invoke(app, ["dead-letters", "list"])
+    assert listed.exit_code == 0 and "earlier failure" in listed.output
+    shown = runner.invoke(app, ["dead-letters", "show", "1"])
+    assert shown.exit_code == 0 and '"late-1"' in shown.output
+    replayed = runner.invoke(app, ["dead-letters", "replay", "1"])
+    assert replayed.exit_code == 0, replayed.output
+    assert '"replayed"' in replayed.output
+    assert ("Observation", "late-1") in stored(engine)
+    failed = runner.invoke(app, ["dead-letters", "replay", "2"])
+    assert failed.exit_code == 1
+    statuses = {d.id: d.status for d in dead_letters(engine)}
+    assert statuses == {1: "replayed", 2: "failed"}
+    assert runner.invoke(app, ["dead-letters", "show", "99"]).exit_code == 1
