@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+import orjson
 import sqlalchemy as sa
 from sqlmodel import Session, col, select
 
@@ -18,47 +19,57 @@ from shared.db.models import Assessment, Outbox, Resource, Suggestion, utcnow
 from shared.fhir.resources import validate_r4b
 
 SUGGESTION_TYPES = ("CarePlan", "ServiceRequest", "Provenance", "DetectedIssue")
-_REF = re.compile(r"^([A-Z][A-Za-z]+)/([A-Za-z0-9\-.]{1,64})$")
 
 
 def load_patient_resources(session: Session, patient_key: str) -> list[dict[str, Any]]:
     """The patient's kept resources (raw JSON), plus the patient-less ones they reference
     (Medication, BodyStructure …) from the same source."""
+    return load_resources(session, [patient_key])[patient_key]
+
+
+def load_resources(session: Session, patient_keys: Sequence[str]) -> dict[str, list[dict[str, Any]]]:
+    """:func:`load_patient_resources` for a batch of patients: one query (plus one per source for
+    referenced patient-less resources)."""
+    out: dict[str, list[dict[str, Any]]] = {k: [] for k in patient_keys}
+    have: dict[str, set[tuple[str, str]]] = {k: set() for k in patient_keys}
     rows = session.exec(
-        select(Resource.resource_type, Resource.resource_id, Resource.raw).where(
-            Resource.patient_key == patient_key, col(Resource.deleted).is_(False)
+        select(Resource.patient_key, Resource.resource_type, Resource.resource_id, Resource.raw).where(
+            col(Resource.patient_key).in_(patient_keys), col(Resource.deleted).is_(False)
         )
     ).all()
-    out: list[dict[str, Any]] = [dict(raw) for _, _, raw in rows if raw]
-    have = {(t, i) for t, i, _ in rows}
-    wanted = {ref for raw in out for ref in _references(raw)} - have
-    if wanted:
-        source = sg.split_patient_key(patient_key)[0]
+    for key, rtype, rid, raw in rows:
+        if key is None or not raw:
+            continue
+        out[key].append(dict(raw))
+        have[key].add((rtype, rid))
+    wanted: dict[str, dict[tuple[str, str], list[str]]] = {}
+    for key, resources in out.items():
+        source = sg.split_patient_key(key)[0]
+        for ref in {r for raw in resources for r in _references(raw)} - have[key]:
+            wanted.setdefault(source, {}).setdefault(ref, []).append(key)
+    for source, refs in wanted.items():
         conds = [
-            sa.and_(col(Resource.resource_type) == t, col(Resource.resource_id) == i)
-            for t, i in sorted(wanted)
+            sa.and_(col(Resource.resource_type) == t, col(Resource.resource_id) == i) for t, i in sorted(refs)
         ]
         extra = session.exec(
-            select(Resource.raw).where(
+            select(Resource.resource_type, Resource.resource_id, Resource.raw).where(
                 Resource.source == source, col(Resource.deleted).is_(False), sa.or_(*conds)
             )
         ).all()
-        out.extend(dict(raw) for raw in extra if raw)
+        for rtype, rid, raw in extra:
+            for key in refs.get((rtype, rid), []):
+                if raw:
+                    out[key].append(dict(raw))
     return out
 
 
-def _references(value: Any) -> Iterable[tuple[str, str]]:
-    if isinstance(value, dict):
-        for key, item in value.items():
-            if key == "reference" and isinstance(item, str):
-                match = _REF.match(item)
-                if match and match.group(1) != "Patient":
-                    yield match.group(1), match.group(2)
-            else:
-                yield from _references(item)
-    elif isinstance(value, list):
-        for item in value:
-            yield from _references(item)
+_REF_IN_JSON = re.compile(rb'"reference":"([A-Z][A-Za-z]+)/([A-Za-z0-9\-.]{1,64})"')
+
+
+def _references(value: Any) -> set[tuple[str, str]]:
+    """``(type, id)`` of every relative reference inside a resource, Patient excluded."""
+    found = _REF_IN_JSON.findall(orjson.dumps(value))
+    return {(t.decode(), i.decode()) for t, i in found if t != b"Patient"}
 
 
 def patient_keys_with_data(session: Session) -> list[str]:
@@ -85,6 +96,30 @@ def patient_known(session: Session, patient_key: str) -> bool:
 
 
 @dataclass
+class Preloaded:
+    """The stored suggestions (Provenance excluded) and assessments of a batch of patients."""
+
+    suggestions: dict[str, list[Suggestion]]
+    assessments: dict[str, list[Assessment]]
+
+
+def preload(session: Session, patient_keys: Sequence[str]) -> Preloaded:
+    """One query per table for a whole batch of patients."""
+    suggestions: dict[str, list[Suggestion]] = {k: [] for k in patient_keys}
+    assessments: dict[str, list[Assessment]] = {k: [] for k in patient_keys}
+    if patient_keys:
+        for row in session.exec(
+            select(Suggestion).where(
+                col(Suggestion.patient_key).in_(patient_keys), Suggestion.resource_type != "Provenance"
+            )
+        ):
+            suggestions[row.patient_key].append(row)
+        for arow in session.exec(select(Assessment).where(col(Assessment.patient_key).in_(patient_keys))):
+            assessments[arow.patient_key].append(arow)
+    return Preloaded(suggestions, assessments)
+
+
+@dataclass
 class Applied:
     """What one evaluation changed: counts per kind of write."""
 
@@ -108,6 +143,7 @@ def apply_entry(
     *,
     deliver: bool,
     written_at: datetime | None = None,
+    preloaded: Preloaded | None = None,
 ) -> Applied:
     """Make the stored suggestions, assessments and outbox match one patient's §3 entry.
 
@@ -117,14 +153,8 @@ def apply_entry(
     """
     applied = Applied()
     at = written_at or utcnow()
-    existing = {
-        (row.resource_type, row.resource_id): row
-        for row in session.exec(
-            select(Suggestion).where(
-                Suggestion.patient_key == patient_key, Suggestion.resource_type != "Provenance"
-            )
-        )
-    }
+    pre = preloaded or preload(session, [patient_key])
+    existing = {(row.resource_type, row.resource_id): row for row in pre.suggestions.get(patient_key, [])}
     wanted = sg.desired_groups(patient_key, entry, policy)
     wanted_ids: set[tuple[str, str]] = set()
     for group in wanted:
@@ -152,7 +182,14 @@ def apply_entry(
         applied.updated += not created
         applied.outbox += 1
         applied.groups.append(group.key)
-    _sync_assessments(session, patient_key, [g for g in wanted if g.assessment is not None], policy, at)
+    _sync_assessments(
+        session,
+        patient_key,
+        [g for g in wanted if g.assessment is not None],
+        policy,
+        at,
+        pre.assessments.get(patient_key, []),
+    )
 
     stale: dict[str, list[Suggestion]] = {}
     for ident, row in existing.items():
@@ -245,11 +282,14 @@ def _write_group(
 
 
 def _sync_assessments(
-    session: Session, patient_key: str, groups: list[sg.Group], policy: sg.PolicyRef, now: datetime
+    session: Session,
+    patient_key: str,
+    groups: list[sg.Group],
+    policy: sg.PolicyRef,
+    now: datetime,
+    current: list[Assessment],
 ) -> None:
-    rows = {
-        row.key: row for row in session.exec(select(Assessment).where(Assessment.patient_key == patient_key))
-    }
+    rows = {row.key: row for row in current}
     keep: set[str] = set()
     for g in groups:
         assert g.assessment is not None

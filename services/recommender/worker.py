@@ -26,10 +26,10 @@ from typing import Any
 import sqlalchemy as sa
 from prometheus_client import Counter, Histogram
 from sqlalchemy.engine import Engine
-from sqlmodel import col
+from sqlmodel import Session, col
 
 from services.recommender.evaluation import Evaluator
-from services.recommender.store import apply_entry, load_patient_resources
+from services.recommender.store import apply_entry, load_patient_resources, load_resources, preload
 from shared.db.models import AuditLog, EvaluationQueue, utcnow
 from shared.db.session import session_scope
 from shared.logging import get_logger
@@ -71,6 +71,10 @@ class DrainStats:
     @property
     def evaluated(self) -> int:
         return self.stored + self.superseded + self.lost
+
+
+def _patient_ref(patient_key: str) -> str:
+    return f"Patient/{patient_key.partition(':')[2]}"
 
 
 def worker_id() -> str:
@@ -148,33 +152,56 @@ class Worker:
         key = claim.patient_key
         with session_scope(self.engine) as session:
             resources = load_patient_resources(session, key)
-        pid = key.partition(":")[2]
-        entry = self.evaluator.patient_entry(resources, f"Patient/{pid}", now)
+        entry = self.evaluator.patient_entry(resources, _patient_ref(key), now)
         with session_scope(self.engine) as session:
-            done = session.execute(
-                sa.delete(_QUEUE).where(
-                    _QUEUE.c.patient_key == key,
-                    _QUEUE.c.generation == claim.generation,
-                    _QUEUE.c.claimed_by == self.ident,
-                )
+            return self._store(session, [(claim, entry)])[key]
+
+    def _store(self, session: Session, results: list[tuple[Claim, dict[str, Any]]]) -> dict[str, str]:
+        """In the caller's transaction: drop the queue rows still at the evaluated generation and
+        store their results; clear the claims of the others (a newer mark came in)."""
+        if not results:
+            return {}
+        match = sa.or_(
+            *[
+                sa.and_(_QUEUE.c.patient_key == c.patient_key, _QUEUE.c.generation == c.generation)
+                for c, _ in results
+            ]
+        )
+        gone = session.execute(
+            sa.delete(_QUEUE).where(_QUEUE.c.claimed_by == self.ident, match).returning(_QUEUE.c.patient_key)
+        )
+        current = {k for (k,) in gone}
+        others = [c.patient_key for c, _ in results if c.patient_key not in current]
+        kept: set[str] = set()
+        if others:
+            cleared = session.execute(
+                sa.update(_QUEUE)
+                .where(_QUEUE.c.patient_key.in_(others), _QUEUE.c.claimed_by == self.ident)
+                .values(claimed_by=None, claimed_until=None)
+                .returning(_QUEUE.c.patient_key)
             )
-            if done.rowcount != 1:  # type: ignore[attr-defined]
-                kept = session.execute(
-                    sa.update(_QUEUE)
-                    .where(_QUEUE.c.patient_key == key, _QUEUE.c.claimed_by == self.ident)
-                    .values(claimed_by=None, claimed_until=None)
-                )
-                return "superseded" if kept.rowcount == 1 else "lost"  # type: ignore[attr-defined]
-            applied = apply_entry(session, key, entry, self.evaluator.ref, deliver=self.deliver)
+            kept = {k for (k,) in cleared}
+        pre = preload(session, sorted(current))
+        outcomes: dict[str, str] = {}
+        written_at = utcnow()
+        ref = self.evaluator.ref
+        for claim, entry in results:
+            key = claim.patient_key
+            if key not in current:
+                outcomes[key] = "superseded" if key in kept else "lost"
+                continue
+            applied = apply_entry(
+                session, key, entry, ref, deliver=self.deliver, written_at=written_at, preloaded=pre
+            )
             session.add(
                 AuditLog(
-                    at=utcnow(),
+                    at=written_at,
                     actor=f"worker:{self.ident}",
                     action="evaluate",
                     target=key,
                     detail={
                         "generation": claim.generation,
-                        "policy": f"{self.evaluator.ref.id}|{self.evaluator.ref.version}",
+                        "policy": f"{ref.id}|{ref.version}",
                         "assessments": len(entry.get("assessments") or []),
                         "created": applied.created,
                         "updated": applied.updated,
@@ -182,14 +209,52 @@ class Worker:
                     },
                 )
             )
-        for action, n in (
-            ("create", applied.created),
-            ("update", applied.updated),
-            ("revoke", applied.withdrawn),
-        ):
-            if n:
-                SUGGESTION_WRITES.labels(action).inc(n)
-        return "stored"
+            for action, n in (
+                ("create", applied.created),
+                ("update", applied.updated),
+                ("revoke", applied.withdrawn),
+            ):
+                if n:
+                    SUGGESTION_WRITES.labels(action).inc(n)
+            outcomes[key] = "stored"
+        return outcomes
+
+    def process_batch(self, claims: list[Claim], now: datetime | None = None) -> dict[str, str]:
+        """Evaluate a batch of claimed patients with one load and one store transaction.
+
+        A patient whose evaluation raises is backed off on its own; if the store transaction
+        fails, the batch is retried patient by patient so one bad patient cannot block the rest.
+        """
+        started = time.perf_counter()
+        when = now or utcnow()
+        outcomes: dict[str, str] = {}
+        try:
+            with session_scope(self.engine) as session:
+                resources = load_resources(session, [c.patient_key for c in claims])
+        except Exception:
+            return {c.patient_key: self.process(c, now) for c in claims}
+        results: list[tuple[Claim, dict[str, Any]]] = []
+        for c in claims:
+            try:
+                entry = self.evaluator.patient_entry(
+                    resources[c.patient_key], _patient_ref(c.patient_key), when
+                )
+            except Exception as exc:
+                self._failed(c, exc)
+                outcomes[c.patient_key] = "failed"
+                continue
+            results.append((c, entry))
+        try:
+            with session_scope(self.engine) as session:
+                outcomes.update(self._store(session, results))
+        except Exception as exc:
+            log.warning("worker.batch_store_failed", size=len(results), error=type(exc).__name__)
+            return {**outcomes, **{c.patient_key: self.process(c, now) for c, _ in results}}
+        elapsed = time.perf_counter() - started
+        for outcome in outcomes.values():
+            EVALUATIONS.labels(outcome).inc()
+            EVALUATION_SECONDS.observe(elapsed / max(len(claims), 1))
+        return outcomes
 
     def _failed(self, claim: Claim, exc: Exception) -> None:
         """Keep the mark, back off (5 s doubling, at most the claim TTL), record the error type."""
@@ -216,11 +281,10 @@ class Worker:
             claims = self.claim()
             if not claims:
                 break
-            for i, c in enumerate(claims):
-                if stop and stop.is_set():
-                    self.release(claims[i:])
-                    break
-                outcome = self.process(c, now)
+            if stop and stop.is_set():
+                self.release(claims)
+                break
+            for outcome in self.process_batch(claims, now).values():
                 setattr(stats, outcome, getattr(stats, outcome) + 1)
         stats.seconds = time.perf_counter() - started
         if stats.evaluated or stats.failed:
