@@ -71,6 +71,9 @@ def worker(
         raise typer.Exit(code=2) from None
     try:
         stats = run_cli(settings, engine, once=once)
+    except ConfigError as exc:
+        typer.echo(f"pinpoint: {exc}", err=True)
+        raise typer.Exit(code=2) from None
     finally:
         engine.dispose()
     if once:

@@ -12,9 +12,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from services.recommender.engine import Policy, assessment_document, evaluate, load_policy
+from services.recommender.engine import Policy, PolicyError, assessment_document, evaluate, load_policy
 from services.recommender.suggestions import PolicyRef
 from shared.domain.normalize import normalize
+from shared.errors import ConfigError
+from shared.settings import Settings
 
 
 def empty_entry(patient_ref: str) -> dict[str, Any]:
@@ -28,6 +30,14 @@ class Evaluator:
     @classmethod
     def load(cls, name_or_path: str) -> Evaluator:
         return cls(load_policy(name_or_path))
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Evaluator:
+        """The configured policy (``PINPOINT_POLICY``); an invalid one is a :class:`ConfigError`."""
+        try:
+            return cls.load(settings.policy)
+        except PolicyError as exc:
+            raise ConfigError(f"PINPOINT_POLICY: {exc}") from None
 
     @property
     def ref(self) -> PolicyRef:

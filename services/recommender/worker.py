@@ -409,9 +409,10 @@ def install_worker(runtime: Runtime) -> None:
     from services.recommender.metrics import COLLECTOR
 
     stop = threading.Event()
+    evaluator = evaluator_of(runtime)  # an invalid policy fails the start, not the loop later
 
     async def loop() -> None:
-        worker = Worker(runtime.engine, runtime.settings, evaluator_of(runtime))
+        worker = Worker(runtime.engine, runtime.settings, evaluator)
         runtime.state["worker"] = worker
         await run_forever(worker, stop)
 
@@ -428,7 +429,7 @@ def run_cli(settings: Settings, engine: Engine, *, once: bool) -> DrainStats:
     """``pinpoint worker [--once]``: drain and exit, or loop until interrupted."""
     from services.recommender.delivery import deliver_once, run_delivery
 
-    worker = Worker(engine, settings, Evaluator.load(settings.policy))
+    worker = Worker(engine, settings, Evaluator.from_settings(settings))
     if once:
         stats = worker.drain()
         asyncio.run(deliver_once(engine, settings))  # CONTRACT §1: "delivers the outbox once"

@@ -51,7 +51,7 @@ def evaluator_of(runtime: Runtime) -> Evaluator:
     """The configured policy, loaded once per process."""
     evaluator = runtime.state.get("evaluator")
     if evaluator is None:
-        evaluator = Evaluator.load(runtime.settings.policy)
+        evaluator = Evaluator.from_settings(runtime.settings)
         runtime.state["evaluator"] = evaluator
     assert isinstance(evaluator, Evaluator)
     return evaluator
@@ -67,6 +67,41 @@ def _parse_now(value: str | None) -> datetime:
     return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
 
 
+def capability_statement(base_url: str) -> dict[str, Any]:
+    """What the suggestion store's own FHIR base serves: read and search, nothing else."""
+    params = [
+        {"name": "patient", "type": "reference", "documentation": "<id> (default source) or <source>:<id>"},
+        {"name": "identifier", "type": "token"},
+        {"name": "_count", "type": "number"},
+    ]
+    return {
+        "resourceType": "CapabilityStatement",
+        "status": "active",
+        "date": "2025-01-01",
+        "kind": "instance",
+        "software": {"name": "Pinpoint suggestions"},
+        "implementation": {
+            "description": "Suggestions written by Pinpoint",
+            "url": f"{base_url}/suggestions/fhir",
+        },
+        "fhirVersion": "4.0.1",
+        "format": ["json"],
+        "rest": [
+            {
+                "mode": "server",
+                "resource": [
+                    {
+                        "type": t,
+                        "interaction": [{"code": "read"}, {"code": "search-type"}],
+                        "searchParam": params,
+                    }
+                    for t in SUGGESTION_TYPES
+                ],
+            }
+        ],
+    }
+
+
 class Reevaluate(BaseModel):
     model_config = ConfigDict(extra="forbid")
     patient: str | None = None
@@ -75,6 +110,10 @@ class Reevaluate(BaseModel):
 def router() -> APIRouter:
     r = APIRouter(tags=["recommender"])
     reader = [Depends(require_api_token)]
+
+    @r.get("/suggestions/fhir/metadata")
+    def metadata(runtime: RuntimeDep) -> FhirResponse:
+        return FhirResponse(capability_statement(runtime.settings.base_url))
 
     @r.get("/suggestions/fhir/{rtype}", dependencies=reader)
     def search(

@@ -133,3 +133,18 @@ async def test_metrics_show_queue_outbox_and_evaluations(
     assert 'pinpoint_outbox_depth{status="local"} 1.0' in text
     assert 'pinpoint_evaluations_total{outcome="stored"}' in text
     assert "P-001" not in text  # no patient data in metrics
+
+
+async def test_suggestion_base_has_a_capability_statement(client: httpx.AsyncClient) -> None:
+    from fhir.resources.R4B.capabilitystatement import CapabilityStatement
+
+    r = await client.get("/suggestions/fhir/metadata")
+    assert r.status_code == 200
+    body = r.json()
+    CapabilityStatement.model_validate(body)
+    assert [x["type"] for x in body["rest"][0]["resource"]] == [
+        "CarePlan",
+        "ServiceRequest",
+        "Provenance",
+        "DetectedIssue",
+    ]

@@ -371,3 +371,26 @@ async def test_writeback_configured_outbox_pending(
     with Session(engine) as s:
         statuses = [o.status for o in s.exec(select(Outbox))]
     assert statuses == ["pending"]
+
+
+async def test_a_failing_patient_backs_off_alone(engine: Engine, settings: Settings) -> None:
+    from services.recommender.evaluation import Evaluator
+    from services.recommender.worker import Worker
+
+    class Flaky(Evaluator):
+        def patient_entry(self, resources: Any, patient_ref: str, now: datetime) -> dict[str, Any]:
+            if patient_ref == "Patient/bad":
+                raise ValueError("cannot evaluate")
+            return super().patient_entry(resources, patient_ref, now)
+
+    with session_scope(engine) as s:
+        mark_dirty(s, ["default:bad", "default:good"])
+    worker = Worker(engine, settings, Flaky(Evaluator.load("cms-lcd").policy))
+    stats = worker.drain()
+    assert (stats.stored, stats.failed) == (1, 1)
+    with Session(engine) as s:
+        (row,) = list(s.exec(select(EvaluationQueue)))
+    assert row.patient_key == "default:bad"  # the mark is kept …
+    assert row.attempts == 1 and row.last_error == "ValueError: cannot evaluate"
+    assert row.claimed_by is None and row.claimed_until is not None  # … and retried after a back-off
+    assert worker.drain().evaluated == 0

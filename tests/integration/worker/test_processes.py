@@ -52,12 +52,18 @@ def test_worker_killed_mid_run_loses_nothing(engine: Engine, db_url: str) -> Non
     deadline = time.monotonic() + 60
     while len(_evaluations(engine)) < 20 and time.monotonic() < deadline and victim.poll() is None:
         time.sleep(0.05)
-    victim.send_signal(signal.SIGKILL)
+    orphaned: list[EvaluationQueue] = []
+    while not orphaned and time.monotonic() < deadline and victim.poll() is None:
+        victim.send_signal(signal.SIGSTOP)  # frozen: does it hold claims right now?
+        with Session(engine) as s:
+            orphaned = [q for q in s.exec(select(EvaluationQueue)) if q.claimed_by is not None]
+        if not orphaned:
+            victim.send_signal(signal.SIGCONT)
+            time.sleep(0.01)
+    victim.send_signal(signal.SIGKILL)  # dies holding its claims, mid-evaluation
     victim.communicate(timeout=10)
     done_before = {e.target for e in _evaluations(engine)}
     assert 0 < len(done_before) < len(keys), "the worker should die mid-run"
-    with Session(engine) as s:
-        orphaned = [q for q in s.exec(select(EvaluationQueue)) if q.claimed_by is not None]
     assert orphaned, "claims of the dead worker are still held"
 
     time.sleep(3.5)  # the dead worker's claims expire (claim TTL 3 s)
@@ -71,3 +77,20 @@ def test_worker_killed_mid_run_loses_nothing(engine: Engine, db_url: str) -> Non
     assert evaluated == set(keys)
     rescued = {e.target for e in _evaluations(engine) if e.target in {q.patient_key for q in orphaned}}
     assert rescued == {q.patient_key for q in orphaned}
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("db_url", ["postgres"], indirect=True)
+def test_worker_wakes_on_notify_not_on_the_poll(engine: Engine, db_url: str) -> None:
+    proc = worker_process(db_url, PINPOINT_WORKER_POLL_INTERVAL="60s")
+    try:
+        time.sleep(3)  # started, drained the empty queue, now LISTENing for up to 60 s
+        seed_store(engine, synthetic(1))  # commits resources + dirty mark + NOTIFY
+        t0 = time.monotonic()
+        while not _evaluations(engine) and time.monotonic() - t0 < 20:
+            time.sleep(0.05)
+        assert _evaluations(engine), "the NOTIFY did not wake the worker"
+        assert time.monotonic() - t0 < 20
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=15)
