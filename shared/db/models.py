@@ -146,6 +146,10 @@ class SubscriptionState(SQLModel, table=True):
     last_notification_at: datetime | None = _ts()
     last_reconciled_at: datetime | None = _ts()
     updated_at: datetime = _ts(nullable=False)
+    # subs01: the source's server time up to which reconciliation has read (its "(source)" row),
+    # and how many event-number gaps were detected (for ops).
+    watermark: datetime | None = _ts()
+    gaps_detected: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
 
 
 class Assessment(SQLModel, table=True):

@@ -52,12 +52,14 @@ from __future__ import annotations
 import asyncio
 import copy
 import fnmatch
+import hashlib
+import hmac
 import secrets
 import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -85,7 +87,7 @@ from shared.errors import (
 FHIR_JSON = "application/fhir+json"
 JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 SUPPORTED_SEARCH = frozenset(
-    {"_id", "identifier", "patient", "subject", "status", "code", "_lastUpdated", "_count", "_offset"}
+    {"_id", "identifier", "patient", "subject", "status", "code", "url", "_lastUpdated", "_count", "_offset"}
 )
 PAGING = frozenset({"_count", "_offset"})
 
@@ -206,6 +208,7 @@ class _Event:
     number: int
     timestamp: str
     focus: str
+    interaction: str = "update"  # create | update | delete (classic subscriptions)
 
 
 @dataclass
@@ -318,6 +321,7 @@ class _Store:
         if entry is None:
             raise NotFound(f"{rtype}/{rid} is not known")
         entry.deleted = True
+        self._record_events(entry.current, interaction="delete")
 
     # -- search
 
@@ -334,8 +338,10 @@ class _Store:
 
     # -- subscriptions
 
-    def _record_events(self, resource: dict[str, Any]) -> None:
+    def _record_events(self, resource: dict[str, Any], interaction: str | None = None) -> None:
         rtype = resource["resourceType"]
+        if interaction is None:
+            interaction = "create" if resource.get("meta", {}).get("versionId") == "1" else "update"
         for sid, entry in self.resources.get("Subscription", {}).items():
             sub = entry.current
             criteria = str(sub.get("criteria", ""))
@@ -343,12 +349,12 @@ class _Store:
                 continue
             query = parse_qsl(criteria.partition("?")[2], keep_blank_values=True)
             if all(_matches(resource, n, v) for n, v in query):
-                self.add_event(sid, f"{rtype}/{resource['id']}")
+                self.add_event(sid, f"{rtype}/{resource['id']}", interaction)
 
-    def add_event(self, subscription_id: str, focus: str) -> int:
+    def add_event(self, subscription_id: str, focus: str, interaction: str = "update") -> int:
         events = self.events.setdefault(subscription_id, [])
         number = len(events) + 1
-        events.append(_Event(number, self.tick(), focus))
+        events.append(_Event(number, self.tick(), focus, interaction))
         return number
 
 
@@ -381,6 +387,10 @@ def _matches(resource: dict[str, Any], name: str, value: str) -> bool:
         return any(ref == w or ref.endswith("/" + w) for ref in refs for w in wanted)
     if name == "status":
         return resource.get("status") in alternatives
+    if name == "url":  # Subscription: its channel endpoint
+        return (resource.get("channel") or {}).get("endpoint") in alternatives or resource.get(
+            "url"
+        ) in alternatives
     if name == "code":
         codings = [c for c in (resource.get("code") or {}).get("coding") or [] if isinstance(c, dict)]
         return any(_token_matches(codings, alt) for alt in alternatives)
@@ -747,14 +757,23 @@ class FakeFhirServer:
         since: int = 1,
         until: int | None = None,
         content: str | None = None,
+        shape: str = "r4-backport",
+        numbers_as_int: bool = False,
+        only: Collection[int] | None = None,
     ) -> dict[str, Any]:
-        """A Backport-R4 notification ``history`` Bundle: a status ``Parameters`` first, then one
-        entry per focus (``id-only``: ``fullUrl`` + ``request``; ``full-resource``: with the resource).
+        """A notification Bundle: the status first, then one entry per focus (``id-only``:
+        ``fullUrl`` + ``request``; ``full-resource``: with the resource).
 
-        ``kind`` is ``event-notification``, ``query-event`` (what ``$events`` answers), ``handshake``
-        or ``heartbeat`` (these two carry no events). Events ``since``..``until`` (inclusive) are
-        listed; ``content`` defaults to the Subscription's ``backport-payload-content`` or id-only.
+        ``shape`` ``r4-backport``: a ``history`` Bundle with a Backport-R4 ``Parameters`` status;
+        ``r5``: a ``subscription-notification`` Bundle with an R5 ``SubscriptionStatus``
+        (integer64 as JSON strings, or numbers with ``numbers_as_int`` as some servers write them).
+        ``kind`` is ``event-notification``, ``query-event`` (what ``$events`` answers),
+        ``handshake`` or ``heartbeat`` (these two carry no events). Events ``since``..``until``
+        (inclusive; ``only`` restricts to those numbers) are listed; ``content`` defaults to the
+        Subscription's ``backport-payload-content`` or id-only.
         """
+        if shape not in ("r4-backport", "r5"):
+            raise InvalidInput("shape must be r4-backport or r5")
         with self._lock:
             subscription = self._store.read("Subscription", subscription_id)
             content = content or _payload_content(subscription)
@@ -764,34 +783,73 @@ class FakeFhirServer:
             events = (
                 []
                 if kind in ("handshake", "heartbeat")
-                else [e for e in all_events if e.number >= since and (until is None or e.number <= until)]
-            )
-            parameters: list[dict[str, Any]] = [
-                {
-                    "name": "subscription",
-                    "valueReference": {"reference": f"{base_url}/Subscription/{subscription_id}"},
-                },
-                {"name": "status", "valueCode": subscription.get("status", "active")},
-                {"name": "type", "valueCode": kind},
-                {"name": "events-since-subscription-start", "valueString": str(len(all_events))},
-            ]
-            if str(subscription.get("criteria", "")).startswith("http"):
-                parameters.insert(1, {"name": "topic", "valueCanonical": subscription["criteria"]})
-            for event in events:
-                parts: list[dict[str, Any]] = [
-                    {"name": "event-number", "valueString": str(event.number)},
-                    {"name": "timestamp", "valueInstant": event.timestamp},
+                else [
+                    e
+                    for e in all_events
+                    if e.number >= since
+                    and (until is None or e.number <= until)
+                    and (only is None or e.number in only)
                 ]
-                if content != "empty":
-                    parts.append(
-                        {"name": "focus", "valueReference": {"reference": f"{base_url}/{event.focus}"}}
-                    )
-                parameters.append({"name": "notification-event", "part": parts})
+            )
+
+            def number(value: int) -> int | str:
+                return value if numbers_as_int else str(value)
+
+            topic = str(subscription.get("criteria", ""))
+            topic = topic if topic.startswith("http") else str(subscription.get("topic") or "")
             status_id = str(uuid.uuid4())
+            status_resource: dict[str, Any]
+            if shape == "r5":
+                status_resource = {
+                    "resourceType": "SubscriptionStatus",
+                    "id": status_id,
+                    "status": subscription.get("status", "active"),
+                    "type": kind,
+                    "eventsSinceSubscriptionStart": number(len(all_events)),
+                    "subscription": {"reference": f"{base_url}/Subscription/{subscription_id}"},
+                }
+                if topic:
+                    status_resource["topic"] = topic
+                if events:
+                    status_resource["notificationEvent"] = [
+                        {
+                            "eventNumber": number(e.number),
+                            "timestamp": e.timestamp,
+                            **(
+                                {"focus": {"reference": f"{base_url}/{e.focus}"}}
+                                if content != "empty"
+                                else {}
+                            ),
+                        }
+                        for e in events
+                    ]
+            else:
+                parameters: list[dict[str, Any]] = [
+                    {
+                        "name": "subscription",
+                        "valueReference": {"reference": f"{base_url}/Subscription/{subscription_id}"},
+                    },
+                    {"name": "status", "valueCode": subscription.get("status", "active")},
+                    {"name": "type", "valueCode": kind},
+                    {"name": "events-since-subscription-start", "valueString": str(len(all_events))},
+                ]
+                if topic:
+                    parameters.insert(1, {"name": "topic", "valueCanonical": topic})
+                for event in events:
+                    parts: list[dict[str, Any]] = [
+                        {"name": "event-number", "valueString": str(event.number)},
+                        {"name": "timestamp", "valueInstant": event.timestamp},
+                    ]
+                    if content != "empty":
+                        parts.append(
+                            {"name": "focus", "valueReference": {"reference": f"{base_url}/{event.focus}"}}
+                        )
+                    parameters.append({"name": "notification-event", "part": parts})
+                status_resource = {"resourceType": "Parameters", "id": status_id, "parameter": parameters}
             entries: list[dict[str, Any]] = [
                 {
                     "fullUrl": f"urn:uuid:{status_id}",
-                    "resource": {"resourceType": "Parameters", "id": status_id, "parameter": parameters},
+                    "resource": status_resource,
                     "request": {"method": "GET", "url": f"{base_url}/Subscription/{subscription_id}/$status"},
                     "response": {"status": "200"},
                 }
@@ -804,13 +862,15 @@ class FakeFhirServer:
                     "request": {"method": "PUT", "url": focus},
                     "response": {"status": "200"},
                 }
-                if content == "full-resource" and stored is not None and not stored.deleted:
+                if stored is not None and stored.deleted:
+                    item["request"] = {"method": "DELETE", "url": focus}
+                elif content == "full-resource" and stored is not None:
                     item["resource"] = copy.deepcopy(stored.current)
                 entries.append(item)
         return {
             "resourceType": "Bundle",
             "id": str(uuid.uuid4()),
-            "type": "history",
+            "type": "subscription-notification" if shape == "r5" else "history",
             "timestamp": _now_instant(datetime.now(UTC)),
             "entry": entries,
         }
@@ -822,19 +882,34 @@ class FakeFhirServer:
         *,
         kind: str = "event-notification",
         base_url: str = "http://fake/fhir",
+        style: str = "auto",
+        shape: str = "r4-backport",
+        numbers_as_int: bool = False,
+        per_event: bool = False,
+        drop: Collection[int] = (),
+        duplicate: bool = False,
+        reverse: bool = False,
     ) -> list[int]:
         """Push what a real server would push to the Subscription's ``channel.endpoint``, using
         ``http`` (e.g. a client on ``ASGITransport(pinpoint_app)``); returns the answer statuses.
 
         - topic-based (``criteria`` is a topic URL): one POST of :meth:`notification_bundle` with
-          the events not yet delivered (or a ``handshake`` / ``heartbeat``), ``Content-Type`` =
-          ``channel.payload``;
-        - classic with a payload (HAPI style): ``PUT {endpoint}/{type}/{id}`` per new event;
+          the events not yet delivered (``per_event``: one POST per event), or a ``handshake`` /
+          ``heartbeat``; ``Content-Type`` = ``channel.payload``; ``shape`` ``r4-backport`` or ``r5``;
+        - classic with a payload, ``style="auto"`` (HAPI): ``PUT {endpoint}/{type}/{id}`` per new
+          event, ``DELETE {endpoint}/{type}/{id}`` for a delete;
+        - classic, ``style="medplum"``: ``POST {endpoint}`` with the resource and the headers
+          ``X-Medplum-Subscription``, ``X-Medplum-Interaction``; a delete sends ``{}`` with
+          ``X-Medplum-Deleted-Resource``; with the Subscription extension
+          ``…/subscription-secret`` an ``X-Signature`` HMAC-SHA256 hex — over the resource, also
+          for deletes, as Medplum does;
         - classic without a payload: ``POST {endpoint}`` with no body per new event.
 
-        ``channel.header`` entries ("Name: value") are sent as headers. A non-2xx answer or a
-        transport error stops delivery and sets the Subscription's status to ``error``. Only
-        loopback, ``localhost`` and single-label hosts (test transports) are contacted.
+        Faults: ``drop`` (event numbers never sent, as if lost), ``duplicate`` (every message
+        twice), ``reverse`` (messages in reverse order). ``channel.header`` entries ("Name: value")
+        are sent as headers. A non-2xx answer or a transport error stops delivery and sets the
+        Subscription's status to ``error``. Only loopback, ``localhost`` and single-label hosts
+        (test transports) are contacted.
         """
         with self._lock:
             subscription = copy.deepcopy(self._store.read("Subscription", subscription_id))
@@ -850,41 +925,111 @@ class FakeFhirServer:
             name, _, value = str(line).partition(":")
             headers[name.strip()] = value.strip()
         payload = channel.get("payload")
-        sends: list[tuple[str, str, bytes, list[_Event]]] = []
+        secret = next(
+            (
+                str(ext.get("valueString"))
+                for ext in subscription.get("extension") or []
+                if str(ext.get("url", "")).endswith("subscription-secret")
+            ),
+            None,
+        )
+        sends: list[tuple[str, str, bytes, dict[str, str], list[_Event]]] = []
         if str(subscription.get("criteria", "")).startswith("http"):
             batch = pending if kind == "event-notification" else []
             if kind == "event-notification" and not batch:
                 return []  # nothing new to notify
-            since = batch[0].number if batch else len(events) + 1
-            bundle = self.notification_bundle(
-                subscription_id, kind=kind, base_url=base_url, since=since, until=since + len(batch) - 1
-            )
-            headers["Content-Type"] = str(payload or FHIR_JSON)
-            sends.append(("POST", endpoint, orjson.dumps(bundle), batch))
+            groups = [[e] for e in batch] if per_event else [batch]
+            for group in groups:
+                since = group[0].number if group else len(events) + 1
+                sent = [e.number for e in group if e.number not in drop]
+                if group and not sent:
+                    sends.append(("SKIP", "", b"", {}, group))
+                    continue
+                bundle = self.notification_bundle(
+                    subscription_id,
+                    kind=kind,
+                    base_url=base_url,
+                    since=since,
+                    until=since + len(group) - 1,
+                    shape=shape,
+                    numbers_as_int=numbers_as_int,
+                    only=set(sent) if group else None,
+                )
+                sends.append(
+                    (
+                        "POST",
+                        endpoint,
+                        orjson.dumps(bundle),
+                        {"Content-Type": str(payload or FHIR_JSON)},
+                        group,
+                    )
+                )
         else:
             for event in pending:
-                if payload:
-                    rtype, rid = event.focus.split("/", 1)
-                    current = self.get(rtype, rid)
+                if event.number in drop:
+                    sends.append(("SKIP", "", b"", {}, [event]))
+                    continue
+                rtype, rid = event.focus.split("/", 1)
+                with self._lock:
+                    entry = self._store.entry(rtype, rid)
+                    last = copy.deepcopy(entry.current) if entry else None
+                current = None if event.interaction == "delete" else self.get(rtype, rid)
+                if style == "medplum":
+                    extra = {
+                        "Content-Type": FHIR_JSON,
+                        "X-Medplum-Subscription": subscription_id,
+                        "X-Medplum-Interaction": event.interaction,
+                    }
+                    body = orjson.dumps(current) if current else b"{}"
+                    if event.interaction == "delete":
+                        extra["X-Medplum-Deleted-Resource"] = event.focus
+                    if secret:
+                        signed = orjson.dumps(current or last or {})
+                        extra["X-Signature"] = hmac.new(secret.encode(), signed, hashlib.sha256).hexdigest()
+                    sends.append(("POST", endpoint, body, extra, [event]))
+                elif payload and event.interaction == "delete":
+                    sends.append(("DELETE", f"{endpoint.rstrip('/')}/{event.focus}", b"", {}, [event]))
+                elif payload:
                     body = orjson.dumps(current) if current else b""
-                    headers["Content-Type"] = str(payload)
-                    sends.append(("PUT", f"{endpoint.rstrip('/')}/{event.focus}", body, [event]))
+                    sends.append(
+                        (
+                            "PUT",
+                            f"{endpoint.rstrip('/')}/{event.focus}",
+                            body,
+                            {"Content-Type": str(payload)},
+                            [event],
+                        )
+                    )
                 else:
-                    sends.append(("POST", endpoint, b"", [event]))
+                    sends.append(("POST", endpoint, b"", {}, [event]))
+        if reverse:
+            sends.reverse()
         statuses: list[int] = []
-        for method, url, body, delivered in sends:
-            try:
-                response = await http.request(method, url, content=body, headers=headers)
-                statuses.append(response.status_code)
-                ok = response.is_success
-            except httpx.HTTPError:
-                ok = False
+        for method, url, body, extra, delivered in sends:
+            if method == "SKIP":  # dropped on the way: the sender believes it delivered
+                with self._lock:
+                    self._delivered[subscription_id] = max(
+                        self._delivered.get(subscription_id, 0), delivered[-1].number
+                    )
+                continue
+            ok = False
+            for _ in range(2 if duplicate else 1):
+                try:
+                    response = await http.request(method, url, content=body, headers={**headers, **extra})
+                    statuses.append(response.status_code)
+                    ok = response.is_success
+                except httpx.HTTPError:
+                    ok = False
+                if not ok:
+                    break
             with self._lock:
                 if not ok:
                     self._store._write("Subscription", subscription_id, {**subscription, "status": "error"})
                     break
                 if delivered:
-                    self._delivered[subscription_id] = delivered[-1].number
+                    self._delivered[subscription_id] = max(
+                        self._delivered.get(subscription_id, 0), delivered[-1].number
+                    )
         return statuses
 
     def _events_bundle(self, request: Request, sid: str) -> dict[str, Any]:

@@ -9,12 +9,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from services.ingest.intake import push, reads
 from services.ingest.intake.auth import verify_inbound
 from services.ingest.intake.bundles import Result
+from services.ingest.subscriptions.medplum import medplum_delivery
+from services.ingest.subscriptions.state import CLASSIC_ROW
 from shared.settings import Source
 from shared.web import FhirResponse, RuntimeDep, require_api_token
 
@@ -33,28 +35,56 @@ def _ctype(request: Request) -> str | None:
     return request.headers.get("content-type", "").split(";")[0].strip().lower() or None
 
 
-async def _receive(request: Request, runtime: RuntimeDep, source: Source, handler: Any = None) -> Result:
+async def _receive(
+    request: Request,
+    runtime: RuntimeDep,
+    source: Source,
+    handler: Any = None,
+    subscription: str | None = None,
+) -> Result:
     body = await request.body()
     verify_inbound(source, request.headers, body)
-    return await run_in_threadpool(push.receive, runtime.engine, source, body, _ctype(request), handler)
+    return await run_in_threadpool(
+        push.receive, runtime.engine, source, body, _ctype(request), handler, subscription
+    )
 
 
-def _answer(result: Result) -> FhirResponse:
+def _answer(result: Result) -> Response:
+    if result.empty:
+        return Response(status_code=result.status)
     return FhirResponse(result.body, status_code=result.status, headers=result.headers or None)
 
 
-async def post_base(request: Request, runtime: RuntimeDep, source: SourceDep) -> FhirResponse:
-    return _answer(await _receive(request, runtime, source))
+async def post_base(request: Request, runtime: RuntimeDep, source: SourceDep) -> Response:
+    """A Bundle, a single resource, an empty ping, or a Medplum rest-hook (``X-Medplum-*``)."""
+    medplum = medplum_delivery(request.headers)
+    if medplum.deleted is not None:
+        body = await request.body()
+        verify_inbound(source, request.headers, body)  # Medplum signs the resource, not "{}": refused
+        rtype, rid = medplum.deleted
+        return FhirResponse(
+            await run_in_threadpool(push.delete, runtime.engine, source, rtype, rid, medplum.subscription)
+        )
+    return _answer(await _receive(request, runtime, source, subscription=medplum.subscription))
 
 
-async def post_type(rtype: str, request: Request, runtime: RuntimeDep, source: SourceDep) -> FhirResponse:
+async def post_type(rtype: str, request: Request, runtime: RuntimeDep, source: SourceDep) -> Response:
     return _answer(await _receive(request, runtime, source, push.post_type_handler(source, rtype)))
 
 
 async def put_resource(
     rtype: str, rid: str, request: Request, runtime: RuntimeDep, source: SourceDep
-) -> FhirResponse:
-    return _answer(await _receive(request, runtime, source, push.put_handler(source, rtype, rid)))
+) -> Response:
+    """Also HAPI FHIR's classic rest-hook delivery (``PUT {endpoint}/{type}/{id}``)."""
+    handler = push.put_handler(source, rtype, rid)
+    return _answer(await _receive(request, runtime, source, handler, subscription=CLASSIC_ROW))
+
+
+async def put_version(
+    rtype: str, rid: str, vid: str, request: Request, runtime: RuntimeDep, source: SourceDep
+) -> Response:
+    """HAPI without "strip version ids" PUTs ``{endpoint}/{type}/{id}/_history/{vid}``."""
+    return await put_resource(rtype, rid, request, runtime, source)
 
 
 async def delete_resource(
@@ -62,7 +92,7 @@ async def delete_resource(
 ) -> FhirResponse:
     body = await request.body()
     verify_inbound(source, request.headers, body)
-    return FhirResponse(await run_in_threadpool(push.delete, runtime.engine, source, rtype, rid))
+    return FhirResponse(await run_in_threadpool(push.delete, runtime.engine, source, rtype, rid, CLASSIC_ROW))
 
 
 def metadata(runtime: RuntimeDep, source: SourceDep) -> FhirResponse:
@@ -91,6 +121,7 @@ def router() -> APIRouter:
         ("POST", "/", post_base, []),
         ("POST", "/{rtype}", post_type, []),
         ("PUT", "/{rtype}/{rid}", put_resource, []),
+        ("PUT", "/{rtype}/{rid}/_history/{vid}", put_version, []),
         ("DELETE", "/{rtype}/{rid}", delete_resource, []),
         ("GET", "/{rtype}/{rid}", read, ReadAccess),
         ("GET", "/{rtype}", search, ReadAccess),

@@ -53,6 +53,7 @@ class Result:
     rejections: list[Rejection] = field(default_factory=list)
     headers: dict[str, str] = field(default_factory=dict)
     stored: list[StoreResult] = field(default_factory=list)
+    empty: bool = False  # answer with no body (what notification senders expect)
 
 
 @dataclass

@@ -13,6 +13,7 @@ from sqlmodel import Session
 from services.ingest.intake.bundles import Rejection, Result, process_payload, process_resource
 from services.ingest.intake.pipeline import Tally, informational
 from services.ingest.store import delete_resource
+from services.ingest.subscriptions.intake import book_ping, note_classic
 from shared.db.deadletters import record_dead_letter
 from shared.db.session import session_scope
 from shared.errors import InvalidInput, Issue, UnsupportedMediaType
@@ -83,6 +84,7 @@ def receive(
     body: bytes,
     ctype: str | None,
     handler: Callable[[Session, dict[str, Any], bytes], Result] | None = None,
+    subscription: str | None = None,
 ) -> Result:
     """A push: stored in one transaction before the answer; rejections kept as dead letters.
 
@@ -97,7 +99,9 @@ def receive(
         _reject_unparsable(engine, source, body, ctype, exc)
         raise
     if data is None:
-        log.info("ingest.ping", source=source.id)
+        with session_scope(engine) as session:
+            queued = book_ping(session, source, subscription=subscription)
+        log.info("ingest.ping", source=source.id, catch_up=queued)
         return Result(200, informational("ping received"), Tally())
     with session_scope(engine) as session:
         if handler is None:
@@ -106,6 +110,8 @@ def receive(
             result = handler(session, data, body)
         if result.status >= 400:
             session.rollback()
+        elif subscription is not None:
+            note_classic(session, source, subscription)
     keep_rejections(engine, source, "push", result.rejections, ctype)
     if result.status >= 400:
         issues = [
@@ -141,8 +147,12 @@ def post_type_handler(source: Source, rtype: str) -> Callable[[Session, dict[str
     return handle
 
 
-def delete(engine: Engine, source: Source, rtype: str, rid: str) -> dict[str, Any]:
+def delete(
+    engine: Engine, source: Source, rtype: str, rid: str, subscription: str | None = None
+) -> dict[str, Any]:
     with session_scope(engine) as session:
         existed = delete_resource(session, source.id, rtype, rid)
+        if subscription is not None:
+            note_classic(session, source, subscription)
     log.info("ingest.deleted", source=source.id, resource_type=rtype, existed=existed)
     return informational(f"{rtype}/{rid} deleted" if existed else f"{rtype}/{rid} was not stored")
