@@ -156,8 +156,8 @@ def _identifier_of(resource: Mapping[str, Any]) -> str:
 
 def _walk_references(value: Any) -> Iterator[dict[str, Any]]:
     if isinstance(value, dict):
-        if isinstance(value.get("reference"), str):
-            yield value
+        if isinstance(value.get("reference"), str) and "resourceType" not in value:
+            yield value  # (a resource is never a Reference: DetectedIssue.reference is a uri)
         for child in value.values():
             yield from _walk_references(child)
     elif isinstance(value, list):
