@@ -313,9 +313,12 @@ class Delivery:
         )
         if self.engine.dialect.name == "postgresql":
             pick = pick.with_for_update(skip_locked=True, of=o)
+        # A CTE, not ``id IN (subquery)``: PostgreSQL may re-run an IN subquery, and with
+        # SKIP LOCKED + LIMIT each run picks other rows (one claim took every entry).
+        picked = pick.cte("picked")
         stmt = (
             sa.update(_OUTBOX)
-            .where(_OUTBOX.c.id.in_(pick.scalar_subquery()), _OUTBOX.c.status == "pending")
+            .where(_OUTBOX.c.id == picked.c.id, _OUTBOX.c.status == "pending")
             .values(attempts=_OUTBOX.c.attempts + 1, next_attempt_at=now + self.lease)
             .returning(_OUTBOX.c.id, _OUTBOX.c.patient_key, _OUTBOX.c.payload, _OUTBOX.c.attempts)
         )

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import subprocess
 import threading
 import time
 from datetime import timedelta
@@ -28,16 +30,18 @@ from shared.settings import Settings
 from tests.api.recommender.helpers import assert_valid_r4
 from tests.conftest import shared_path
 from tests.fakes.fhir_server import FakeFhirServer, FakeSmartAuth, Fault, LiveServer, serve_in_thread
-from tests.integration.worker.helpers import worker_process
+from tests.integration.worker.helpers import BIN, seed_store, synthetic, worker_process
 from tests.integration.writeback.helpers import (
     KEY,
     SOURCE,
+    SYSTEM,
     V02,
     by_identifier,
     deliver,
     evaluate,
     outbox,
     push,
+    transactions,
     vignette,
     vignette_now,
     wb_settings,
@@ -271,5 +275,70 @@ def test_worker_once_delivers_the_outbox(
     proc = worker_process(db_url, "--once", PINPOINT_CONFIG_FILE=str(config))
     _out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err[-2000:]
+    assert [e.status for e in outbox(engine)] == ["sent"]
+    assert len(by_identifier(fake, "CarePlan", KEY)) == 1
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("db_url", ["postgres"], indirect=True)
+async def test_two_deliverers_on_postgresql_send_each_entry_once(
+    engine: Engine, db_url: str, live: LiveServer, fake: FakeFhirServer
+) -> None:
+    settings = wb_settings(db_url, live)  # patients pushed to /fhir (source default) are delivered
+    keys = seed_store(engine, synthetic(60))
+    evaluate(engine, settings, utcnow())
+    entries = outbox(engine)
+    assert len(entries) >= 30 and {e.patient_key for e in entries} <= set(keys)
+
+    async def one() -> int:
+        return (await deliver(engine, settings)).sent
+
+    sent = await asyncio.gather(one(), one())
+    assert sum(sent) == len(entries) and all(sent)  # both took a share, nothing twice
+    assert len(transactions(fake)) == len(entries)
+    assert all(e.status == "sent" for e in outbox(engine))
+    identifiers = [
+        i["value"] for plan in fake.all("CarePlan") for i in plan["identifier"] if i["system"] == SYSTEM
+    ]
+    assert len(identifiers) == len(set(identifiers))
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+async def test_cli_replays_a_parked_delivery(
+    engine: Engine, db_url: str, live: LiveServer, fake: FakeFhirServer, tmp_path: Path
+) -> None:
+    settings = wb_settings(db_url, live)
+    await _evaluated(settings, engine)
+    fake.inject("POST", "", Fault.error(400, code="invalid"))
+    assert (await deliver(engine, settings)).parked == 1
+    config = tmp_path / "pinpoint.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {"sources": [{"id": SOURCE, "fhir_base_url": live.base_url}], "writeback": {"source": SOURCE}}
+        )
+    )
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("PINPOINT_")}
+    environ.update({"PINPOINT_DATABASE_URL": db_url, "PINPOINT_CONFIG_FILE": str(config)})
+    listed = subprocess.run(
+        [str(BIN / "pinpoint"), "dead-letters", "list"],
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert listed.returncode == 0 and "delivery" in listed.stdout
+    replayed = subprocess.run(
+        [str(BIN / "pinpoint"), "dead-letters", "replay", "1"],
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert replayed.returncode == 0, replayed.stderr
+    assert [e.status for e in outbox(engine)] == ["pending"]
+    once = subprocess.run(
+        [str(BIN / "pinpoint"), "worker", "--once"], env=environ, capture_output=True, text=True, timeout=60
+    )
+    assert once.returncode == 0, once.stderr
     assert [e.status for e in outbox(engine)] == ["sent"]
     assert len(by_identifier(fake, "CarePlan", KEY)) == 1
