@@ -326,49 +326,58 @@ class Delivery:
             rows = session.execute(stmt).all()
         return sorted((Claimed(i, k, dict(p or {}), a) for i, k, p, a in rows), key=lambda c: c.id)
 
-    def _remote_state(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], tuple[str, str | None]]:
-        if not keys:
-            return {}
-        with session_scope(self.engine) as session:
-            t = _SUGGESTION.c
-            rows = session.execute(
-                sa.select(t.resource_type, t.resource_id, t.remote_id, t.remote_version).where(
-                    sa.tuple_(t.resource_type, t.resource_id).in_(list(keys))
-                )
-            ).all()
-        return {(t, i): (rid, ver) for t, i, rid, ver in rows if rid}
-
-    def _superseded(self, claimed: Claimed) -> bool:
-        """A later change of the same group already reached the server (a replayed old entry)."""
+    def _prepare(
+        self, claimed: Claimed, keys: Sequence[tuple[str, str]]
+    ) -> tuple[bool, dict[tuple[str, str], tuple[str, str | None]]]:
+        """One read: is the entry superseded (a later change of its group was delivered — a
+        replayed old entry), and what does the server hold of its members (ids, versions)?"""
         group = claimed.payload.get("group")
+        t = _SUGGESTION.c
         with session_scope(self.engine) as session:
             later = session.execute(
-                sa.select(_OUTBOX.c.id, _OUTBOX.c.payload).where(
+                sa.select(_OUTBOX.c.payload).where(
                     _OUTBOX.c.patient_key == claimed.patient_key,
                     _OUTBOX.c.id > claimed.id,
                     _OUTBOX.c.status == "sent",
                 )
             ).all()
-        return any((payload or {}).get("group") == group for _, payload in later)
+            rows = (
+                session.execute(
+                    sa.select(t.resource_type, t.resource_id, t.remote_id, t.remote_version).where(
+                        sa.tuple_(t.resource_type, t.resource_id).in_(list(keys))
+                    )
+                ).all()
+                if keys
+                else []
+            )
+        superseded = any((payload or {}).get("group") == group for (payload,) in later)
+        return superseded, {(rt, ri): (rid, ver) for rt, ri, rid, ver in rows if rid}
 
-    def _record(self, remote: Mapping[tuple[str, str], tuple[str, str | None]]) -> None:
+    def _settle(
+        self,
+        claimed: Claimed,
+        status: str | None,
+        note: str | None = None,
+        remote: Mapping[tuple[str, str], tuple[str, str | None]] | None = None,
+    ) -> None:
+        """In one transaction: record the server's ids and versions, then the entry's status."""
         with session_scope(self.engine) as session:
-            for (rtype, rid), (server_id, version) in remote.items():
+            for (rtype, rid), (server_id, version) in (remote or {}).items():
                 session.execute(
                     sa.update(_SUGGESTION)
                     .where(_SUGGESTION.c.resource_type == rtype, _SUGGESTION.c.resource_id == rid)
                     .values(remote_id=server_id, remote_version=version)
                 )
-
-    def _finish(self, claimed: Claimed, status: str, note: str | None = None) -> None:
-        with session_scope(self.engine) as session:
-            session.execute(
-                sa.update(_OUTBOX)
-                .where(_OUTBOX.c.id == claimed.id)
-                .values(
-                    status=status, last_error=note, delivered_at=self.clock() if status == "sent" else None
+            if status is not None:
+                session.execute(
+                    sa.update(_OUTBOX)
+                    .where(_OUTBOX.c.id == claimed.id)
+                    .values(
+                        status=status,
+                        last_error=note,
+                        delivered_at=self.clock() if status == "sent" else None,
+                    )
                 )
-            )
 
     def _retry_later(self, claimed: Claimed, exc: Exception) -> None:
         retry_after = exc.retry_after if isinstance(exc, FhirHttpError) else None
@@ -468,16 +477,16 @@ class Delivery:
 
     async def _deliver(self, claimed: Claimed) -> str:
         if not self.delivers_for(split_patient_key(claimed.patient_key)[0]):
-            await asyncio.to_thread(self._finish, claimed, "local", "patient of another source")
+            await asyncio.to_thread(self._settle, claimed, "local", "patient of another source")
             return "local"
-        if await asyncio.to_thread(self._superseded, claimed):
-            await asyncio.to_thread(self._finish, claimed, "skipped", "a later change was delivered")
-            return "skipped"
         resources = [dict(r) for r in claimed.payload.get("resources") or []]
         members = [r for r in resources if r.get("resourceType") != "Provenance"]
         provenances = [r for r in resources if r.get("resourceType") == "Provenance"]
         keys = [(str(r["resourceType"]), str(r["id"])) for r in members]
-        remote = await asyncio.to_thread(self._remote_state, keys)
+        superseded, remote = await asyncio.to_thread(self._prepare, claimed, keys)
+        if superseded:
+            await asyncio.to_thread(self._settle, claimed, "skipped", "a later change was delivered")
+            return "skipped"
         action = claimed.payload.get("action")
         probe = claimed.attempts > 1 or (action != "create" and any(k not in remote for k in keys))
         bundle: dict[str, Any] | None = None
@@ -492,12 +501,11 @@ class Delivery:
                         _comparable(found[key]) == _comparable(entry["resource"])
                         for key, entry in zip(keys, wanted["entry"], strict=True)
                     ):
-                        await asyncio.to_thread(self._record, remote)
-                        await asyncio.to_thread(self._finish, claimed, "sent", None)
+                        await asyncio.to_thread(self._settle, claimed, "sent", None, remote)
                         log.info("writeback.already_there", outbox_id=claimed.id, attempts=claimed.attempts)
                         return "sent"
                 if action == "revoke" and not found:
-                    await asyncio.to_thread(self._finish, claimed, "skipped", "nothing upstream to withdraw")
+                    await asyncio.to_thread(self._settle, claimed, "skipped", "nothing upstream to withdraw")
                     return "skipped"
             try:
                 bundle = self._bundle(members, provenances, remote)
@@ -532,13 +540,13 @@ class Delivery:
                 if entry["request"]["method"] == "POST" and "ifNoneExist" in entry["request"]:
                     matched_existing |= not result.created
             remote.update(recorded)
-            await asyncio.to_thread(self._record, recorded)
             if matched_existing:
                 # A conditional create found the resource already there (made elsewhere, or by an
                 # attempt we did not see succeed): make sure it holds this entry's content.
+                await asyncio.to_thread(self._settle, claimed, None, None, recorded)
                 probe = True
                 continue
-            await asyncio.to_thread(self._finish, claimed, "sent", None)
+            await asyncio.to_thread(self._settle, claimed, "sent", None, recorded)
             return "sent"
         raise FhirVersionConflict(
             f"transaction: still conflicting after {ROUNDS} rounds", upstream_status=412
