@@ -169,3 +169,98 @@ def register(app: typer.Typer) -> None:
     dead_letters_app.command("show")(dl_show)
     dead_letters_app.command("replay")(dl_replay)
     app.add_typer(dead_letters_app, name="dead-letters")
+    subscriptions_app.command("sync")(subscriptions_sync)
+    subscriptions_app.command("status")(subscriptions_status)
+    app.add_typer(subscriptions_app, name="subscriptions")
+
+
+# ---------------------------------------------------------------- subscriptions (issue 6)
+
+subscriptions_app = typer.Typer(no_args_is_help=True, help="Pinpoint's FHIR Subscriptions on its sources.")
+
+
+def _subscription_sources(settings: Settings, source: str | None) -> list[object]:
+    sources = [s for s in settings.config.sources if s.fhir_base_url is not None]
+    if source is not None:
+        sources = [s for s in sources if s.id == source]
+        if not sources:
+            typer.echo(f"pinpoint: source {source!r} is not configured with a fhir_base_url", err=True)
+            raise typer.Exit(code=2)
+    return list(sources)
+
+
+def subscriptions_sync(
+    source: Annotated[str | None, typer.Option(help="only this source")] = None,
+) -> None:
+    """Create or repair Pinpoint's Subscriptions on each source (idempotent)."""
+    import asyncio
+
+    from services.ingest.subscriptions.manage import sync
+    from shared.fhir.sources import SourceClients
+    from shared.settings import Source
+
+    settings = _settings()
+    chosen = [s for s in _subscription_sources(settings, source) if isinstance(s, Source)]
+    engine = _engine(settings)
+
+    async def run() -> int:
+        clients = SourceClients()
+        failures = 0
+        try:
+            for src in chosen:
+                try:
+                    results = await sync(settings, engine, src, clients.get(src))
+                except PinpointError as exc:
+                    typer.echo(f"{src.id}: failed: {exc}", err=True)
+                    failures += 1
+                    continue
+                if not results:
+                    typer.echo(f"{src.id}: subscriptions.mode is {src.subscriptions.mode}: nothing managed")
+                for r in results:
+                    criteria = r.criteria if len(r.criteria) <= 70 else r.criteria[:67] + "..."
+                    typer.echo(f"{src.id}\t{r.subscription}\t{r.action}\t{r.status}\t{criteria}")
+        finally:
+            await clients.aclose()
+        return failures
+
+    try:
+        failures = asyncio.run(run())
+    finally:
+        engine.dispose()
+    if failures:
+        raise typer.Exit(code=1)
+
+
+def subscriptions_status(
+    source: Annotated[str | None, typer.Option(help="only this source")] = None,
+) -> None:
+    """Report each subscription's state and lag (seconds since it was last heard from)."""
+    from services.ingest.subscriptions.manage import status
+
+    settings = _settings()
+    engine = _engine(settings)
+    try:
+        rows, counts = status(engine, source)
+    finally:
+        engine.dispose()
+    table = Table(
+        "source", "subscription", "status", "last event", "lag s", "heartbeat s", "gaps", "criteria / topic"
+    )
+    for r in rows:
+        criteria = (r.criteria or "")[:60]
+        if r.subscription == "(source)":
+            criteria = f"reconciled up to {r.watermark or 'never'}"
+        table.add_row(
+            r.source,
+            r.subscription,
+            r.status,
+            "" if r.last_event_number is None else str(r.last_event_number),
+            "" if r.last_seen_seconds is None else f"{r.last_seen_seconds:.0f}",
+            "" if r.heartbeat_period is None else str(r.heartbeat_period),
+            str(r.gaps_detected),
+            criteria,
+        )
+    console = Console(width=160)
+    console.print(table)
+    pending = counts.get("pending", 0) + counts.get("working", 0)
+    console.print(f"inbox: {pending} waiting, {counts.get('failed', 0)} failed, {counts.get('done', 0)} done")

@@ -230,9 +230,9 @@ def process_entries(session: Session, source: Source, slots: list[Slot]) -> Resu
 
 def process_bundle(session: Session, source: Source, bundle: Mapping[str, Any], raw: bytes) -> Result:
     btype = bundle.get("type")
-    if btype == "transaction":
+    if btype == "transaction" and not notifications.is_transaction_notification(bundle):
         result = process_transaction(session, source, bundle, raw)
-    elif btype in NOTIFICATION_TYPES and notifications.is_notification(bundle):
+    elif btype in (*NOTIFICATION_TYPES, "transaction") and notifications.is_notification(bundle):
         result = notifications.handle(
             session, source, bundle, lambda rest: process_entries(session, source, explode(rest))
         )

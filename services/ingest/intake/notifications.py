@@ -30,6 +30,16 @@ def is_notification(bundle: Mapping[str, Any]) -> bool:
     return first is not None and first.get("resourceType") in STATUS_TYPES
 
 
+def is_transaction_notification(bundle: Mapping[str, Any]) -> bool:
+    """HAPI FHIR posts topic notifications with its transaction client: a ``transaction`` Bundle
+    whose first entry is the status (with a ``type`` and a ``subscription``)."""
+    first = first_resource(bundle)
+    if first is None or first.get("resourceType") not in STATUS_TYPES:
+        return False
+    note = read_status(first)
+    return note.type != "unknown" and note.subscription is not None
+
+
 def notification_type(status: Mapping[str, Any]) -> str:
     """``handshake``, ``heartbeat``, ``event-notification``, ``query-status``… (or ``unknown``)."""
     return read_status(status).type

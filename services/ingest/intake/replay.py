@@ -9,7 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 from sqlalchemy.engine import Engine
+from sqlmodel import Session
 
 from services.ingest.intake.bundles import Rejection, Result, process_payload
 from services.ingest.intake.push import PayloadError, parse_body
@@ -50,6 +52,8 @@ def replay(engine: Engine, settings: Settings, dead_letter_id: int) -> ReplayOut
         row = session.get(DeadLetter, dead_letter_id)
         if row is None:
             raise NotFound(f"No dead letter {dead_letter_id}")
+        if row.kind == "fetch":  # a notification's fetch that gave up: queue it again
+            return requeue_fetch(session, row)
         payload, source_id, kind = row.payload, row.source, row.kind
     if kind not in REPLAYABLE:  # another service's kind (e.g. a parked delivery): its replayer
         other = replayer_for(kind)
@@ -98,3 +102,32 @@ def replay(engine: Engine, settings: Settings, dead_letter_id: int) -> ReplayOut
     )
     log.info("ingest.dead_letter.replayed", dead_letter=dead_letter_id, status=outcome.status)
     return outcome
+
+
+def requeue_fetch(session: Session, row: DeadLetter) -> ReplayOutcome:
+    """A ``fetch`` dead letter (id-only / catch-up / gap work that exhausted its retries) goes back
+    to the inbox; the subscription worker does it again."""
+    from services.ingest.subscriptions import state
+
+    assert row.id is not None
+    try:
+        work = orjson.loads(row.payload)
+        kind = str(work["kind"])
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        raise Conflict(f"Dead letter {row.id} does not describe a fetch") from None
+    now = utcnow()
+    state.enqueue(
+        session,
+        row.source,
+        kind,
+        now=now,
+        subscription=work.get("subscription"),
+        reference=work.get("reference"),
+        event_number=(row.context or {}).get("event_number"),
+    )
+    row.replay_count += 1
+    row.replayed_at = now
+    row.status = "replayed"
+    session.add(row)
+    log.info("ingest.dead_letter.requeued", dead_letter=row.id, kind=kind)
+    return ReplayOutcome(row.id, "replayed", None, 0, 0, 0)

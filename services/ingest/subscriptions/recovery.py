@@ -425,7 +425,7 @@ class SubscriptionWorker:
             Rejection(r.payload, r.reason, r.outcome, {**r.context, "fetched": True})
             for r in result.rejections
         ]
-        keep_rejections(self.engine, source, "fetch", rejections, "application/fhir+json")
+        keep_rejections(self.engine, source, "notification", rejections, "application/fhir+json")
         return sum(1 for s in result.stored if s.outcome in ("created", "updated"))
 
     def _delete(self, source: Source, keys: list[tuple[str, str]]) -> None:

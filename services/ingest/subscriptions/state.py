@@ -55,8 +55,18 @@ def lock_state(session: Session, source: str, subscription: str) -> Subscription
     return row
 
 
+_TOUCHED: dict[tuple[int, str, str, str], datetime] = {}
+
+
 def touch(session: Session, source: str, subscription: str, *, now: datetime, every: float = 1.0) -> None:
-    """Note a delivery cheaply: at most one write per ``every`` seconds per subscription."""
+    """Note a delivery cheaply: at most one write per ``every`` seconds per subscription (and
+    none at all when this process wrote it less than ``every`` seconds ago)."""
+    bind = session.get_bind()
+    key = (id(bind), str(bind.engine.url), source, subscription)
+    last = _TOUCHED.get(key)
+    if last is not None and timedelta(0) <= now - last < timedelta(seconds=every):
+        return
+    _TOUCHED[key] = now
     result = session.execute(
         sa.update(STATE)
         .where(

@@ -308,3 +308,19 @@ def test_vector_list_covers_every_notification_vector() -> None:
         if "notification" in p.name and ("backport" in p.name or "r5-spec" in p.name)
     }
     assert names == set(VECTORS)
+
+
+async def test_hapi_topic_notification_posted_as_a_transaction(
+    client: httpx.AsyncClient, engine: Engine
+) -> None:
+    """HAPI sends topic notifications with its transaction client (STANDARDS §2.1)."""
+    bundle = load("vectors", "backport-r4-notification-event-full-resource.json")
+    bundle["type"] = "transaction"
+    entry = bundle["entry"][1]
+    entry["resource"] = patient("p-77")
+    entry["fullUrl"] = "https://fhirserver.org/fhir/Patient/p-77"
+    r = await client.post(BASE, content=orjson.dumps(bundle), headers=AUTH)
+    assert r.status_code == 200 and r.content == b""
+    assert ("Patient", "p-77") in stored(engine)
+    state = sub_state(engine, "123")
+    assert state is not None and state.last_event_number == 1
