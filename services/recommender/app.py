@@ -4,21 +4,20 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
+from services.recommender import delivery  # registers the replayer of parked deliveries
+from services.recommender.api import install_reads
+from services.recommender.cds_hooks import api as cds_hooks_api
+from services.recommender.worker import install_worker as install_loop
 from shared.web import Runtime
 
 
 def install(app: FastAPI, runtime: Runtime) -> None:
-    """Routes arrive with the worker, CDS Hooks and evidence issues."""
-    from services.recommender import delivery  # noqa: F401  (registers the delivery replayer)
-    from services.recommender.api import install_reads
-
-    install_reads(app, runtime)  # /suggestions/fhir, /patients/{id}/assessment, /admin/reevaluate
+    """Routes: CDS Hooks; /suggestions/fhir, /patients/{id}/assessment, /admin/reevaluate."""
+    app.include_router(cds_hooks_api.router())
+    install_reads(app, runtime)
 
 
 def install_worker(runtime: Runtime) -> None:
-    """The worker loop arrives with the worker issue."""
-    from services.recommender.delivery import install_delivery
-    from services.recommender.worker import install_worker as install_loop
-
+    """The evaluation worker loop and the write-back delivery loop (roles all and worker)."""
     install_loop(runtime)
-    install_delivery(runtime)  # write-back of the outbox (issue 8)
+    delivery.install_delivery(runtime)  # write-back of the outbox (issue 8)

@@ -17,20 +17,8 @@ from urllib.parse import parse_qsl
 from sqlmodel import Session
 
 from services.ingest.store import find_patients_by_identifier
-from shared.fhir.bundle import resource_id
+from shared.fhir.bundle import local_reference, resource_id
 from shared.settings import Source
-
-
-def local_reference(ref: str) -> str:
-    """``https://x/fhir/Patient/1/_history/2`` → ``Patient/1``; other forms unchanged."""
-    if "://" not in ref:
-        return ref.split("/_history/")[0] if "/_history/" in ref else ref
-    parts = ref.split("?")[0].rstrip("/").split("/")
-    if len(parts) >= 4 and parts[-2] == "_history":
-        parts = parts[:-2]
-    if len(parts) >= 2 and parts[-2][:1].isupper():
-        return f"{parts[-2]}/{parts[-1]}"
-    return ref
 
 
 def _identifier_keys(resource: Mapping[str, Any]) -> Iterable[tuple[str | None, str]]:

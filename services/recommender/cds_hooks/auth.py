@@ -1,0 +1,208 @@
+"""Trusting CDS clients (CDS Hooks 2.0 "Trusting CDS Clients", CONTRACT §2 Security).
+
+With ``cds.trusted_issuers`` configured, every call (discovery, service, feedback) carries
+``Authorization: Bearer <JWT>``:
+
+- asymmetric algorithms only (never ``none``, never HMAC); ``kid`` required;
+- ``iss`` allow-listed; its keys come from the configured ``jwks_file`` or ``jwks_url`` — the
+  ``jku`` header is never followed; a JWKS URL is fetched, cached, and refetched at most once per
+  ``REFRESH_MIN`` when an unknown ``kid`` arrives (key rotation);
+- ``aud`` (string or array) contains ``settings.base_url`` + the path called;
+- ``exp`` and ``iat`` checked against Pinpoint's clock with ``cds.clock_skew``;
+- ``jti`` never seen before: the ``seen_jti`` table is the replay cache (it holds across replicas).
+
+Every failure is a 401 OperationOutcome; the reason is logged without the token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import jwt
+import sqlalchemy as sa
+from jwt import PyJWK
+from sqlalchemy.engine import Engine
+
+from shared.db.models import SeenJti
+from shared.errors import Unauthorized
+from shared.logging import get_logger
+from shared.settings import CdsConfig, TrustedIssuer
+
+log = get_logger("pinpoint.cds.auth")
+
+ALLOWED_ALGS = frozenset(
+    {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
+)
+JWKS_TTL = 300.0
+REFRESH_MIN = 30.0
+
+
+@dataclass
+class _Jwks:
+    keys: dict[str, dict[str, Any]]
+    fetched: float
+
+
+@dataclass
+class JwksStore:
+    """Keys per trusted issuer: pinned files read once, URLs fetched and cached."""
+
+    http: Callable[[], httpx.AsyncClient]
+    clock: Callable[[], float] = time.monotonic
+    _cache: dict[str, _Jwks] = field(default_factory=dict)
+
+    async def key(self, issuer: TrustedIssuer, kid: str) -> dict[str, Any] | None:
+        cached = self._cache.get(issuer.iss)
+        now = self.clock()
+        stale = cached is None or (issuer.jwks_url is not None and now - cached.fetched > JWKS_TTL)
+        if not stale and cached is not None and kid in cached.keys:
+            return cached.keys[kid]
+        may_refresh = (
+            cached is None or stale or (issuer.jwks_url is not None and now - cached.fetched > REFRESH_MIN)
+        )
+        if may_refresh:
+            try:
+                cached = _Jwks(await self._load(issuer), now)
+            except (OSError, ValueError, httpx.HTTPError) as exc:
+                log.warning("cds.jwks.unavailable", iss=issuer.iss, error=type(exc).__name__)
+                if cached is None:
+                    return None
+            self._cache[issuer.iss] = cached
+        return cached.keys.get(kid) if cached else None
+
+    async def _load(self, issuer: TrustedIssuer) -> dict[str, dict[str, Any]]:
+        if issuer.jwks_file is not None:
+            data = json.loads(issuer.jwks_file.read_text())
+        else:
+            response = await self.http().get(str(issuer.jwks_url), timeout=5.0, follow_redirects=False)
+            response.raise_for_status()
+            data = response.json()
+        keys = data.get("keys") if isinstance(data, dict) else None
+        if not isinstance(keys, list):
+            raise ValueError("JWKS has no keys array")
+        return {k["kid"]: k for k in keys if isinstance(k, dict) and isinstance(k.get("kid"), str)}
+
+
+def bearer_token(authorization: str | None) -> str | None:
+    scheme, _, token = (authorization or "").partition(" ")
+    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who called: the issuer (``anonymous`` when no issuers are configured)."""
+
+    iss: str
+    jti: str | None = None
+    tenant: str | None = None
+
+
+ANONYMOUS = Caller("anonymous")
+
+
+def _reject(reason: str, **fields: Any) -> Unauthorized:
+    log.info("cds.jwt.rejected", reason=reason, **fields)
+    return Unauthorized(f"CDS client JWT rejected: {reason}")
+
+
+async def verify_client_jwt(
+    authorization: str | None,
+    *,
+    audience: str,
+    cds: CdsConfig,
+    jwks: JwksStore,
+    engine: Engine,
+    now: datetime,
+) -> Caller:
+    """Check the CDS client's JWT for a call to ``audience``; raise 401 on any failure."""
+    if not cds.trusted_issuers:
+        return ANONYMOUS
+    token = bearer_token(authorization)
+    if token is None:
+        raise _reject("no bearer JWT")
+    try:
+        header = jwt.get_unverified_header(token)
+        unverified = jwt.decode(token, options={"verify_signature": False})
+    except jwt.PyJWTError:
+        raise _reject("malformed JWT") from None
+    alg = header.get("alg")
+    if alg not in ALLOWED_ALGS:
+        raise _reject("algorithm not allowed", alg=str(alg)[:20])
+    if header.get("typ") not in (None, "JWT"):
+        raise _reject("typ must be JWT")
+    kid = header.get("kid")
+    if not isinstance(kid, str) or not kid:
+        raise _reject("no kid in header")
+    iss = unverified.get("iss")
+    issuer = next((t for t in cds.trusted_issuers if t.iss == iss), None)
+    if issuer is None:
+        raise _reject("issuer not trusted")
+    jwk = await jwks.key(issuer, kid)
+    if jwk is None:
+        raise _reject("unknown kid", iss=issuer.iss)
+    if jwk.get("alg") not in (None, alg):
+        raise _reject("algorithm does not match the key", iss=issuer.iss)
+    try:
+        key = PyJWK(jwk, algorithm=alg)
+        claims = jwt.decode(
+            token,
+            key.key,
+            algorithms=[alg],
+            audience=audience,
+            issuer=issuer.iss,
+            options={
+                "require": ["iss", "aud", "exp", "iat", "jti"],
+                "verify_exp": False,  # checked below against Pinpoint's clock
+                "verify_iat": False,
+                "verify_nbf": False,
+            },
+        )
+    except jwt.InvalidAudienceError:
+        raise _reject("wrong audience", iss=issuer.iss) from None
+    except jwt.MissingRequiredClaimError as exc:
+        raise _reject(f"missing claim {exc.claim}", iss=issuer.iss) from None
+    except jwt.PyJWTError as exc:
+        raise _reject(f"invalid ({type(exc).__name__})", iss=issuer.iss) from None
+    skew = cds.clock_skew
+    exp, iat = claims["exp"], claims["iat"]
+    if not isinstance(exp, int | float) or not isinstance(iat, int | float):
+        raise _reject("exp and iat must be numbers", iss=issuer.iss)
+    expires = datetime.fromtimestamp(exp, UTC)
+    if expires + skew <= now:
+        raise _reject("expired", iss=issuer.iss)
+    if datetime.fromtimestamp(iat, UTC) - skew > now:
+        raise _reject("issued in the future", iss=issuer.iss)
+    jti = claims["jti"]
+    if not isinstance(jti, str) or not jti or len(jti) > 200:
+        raise _reject("jti must be a string of at most 200 characters", iss=issuer.iss)
+    await asyncio.to_thread(remember_jti, engine, issuer.iss, jti, expires + skew, now)
+    tenant = claims.get("tenant")
+    return Caller(issuer.iss, jti, tenant if isinstance(tenant, str) else None)
+
+
+_last_purge: dict[str, float] = {}
+
+
+def remember_jti(engine: Engine, iss: str, jti: str, keep_until: datetime, now: datetime) -> None:
+    """Insert (iss, jti) in its own committed transaction; a duplicate is a replay (401).
+
+    Expired rows are purged at most once a minute per process.
+    """
+    table = SeenJti.__table__  # type: ignore[attr-defined]
+    try:
+        with engine.begin() as conn:
+            conn.execute(sa.insert(table).values(iss=iss, jti=jti, expires_at=max(keep_until, now)))
+    except sa.exc.IntegrityError:
+        raise _reject("jti already used (replay)", iss=iss) from None
+    mono = time.monotonic()
+    if mono - _last_purge.get(str(engine.url), 0.0) > 60.0:
+        _last_purge[str(engine.url)] = mono
+        with engine.begin() as conn:
+            conn.execute(sa.delete(table).where(table.c.expires_at < now - timedelta(minutes=1)))

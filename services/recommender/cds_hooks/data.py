@@ -1,0 +1,269 @@
+"""The data behind one hook call (CONTRACT §2 "Data for a hook", STANDARDS §1.3 Prefetch).
+
+In order: the prefetch (a ``null`` key is "no data"; an OperationOutcome is a failed key; a
+paged searchset is completed from ``fhirServer`` when allowed); for keys that are missing or
+failed, ``fhirServer`` with the user's ``fhirAuthorization`` token — only when ``fhirServer`` is
+the ``fhir_base_url`` of a configured source (no other host is ever contacted); then the
+resources stored for the patient, read in the id space of that source, else of ``cds.source``,
+else of ``default``. The same resource from the EHR wins over the stored one.
+
+``available`` is False only when none of the three yielded anything (→ 412).
+The access token is used for the requests and forgotten: it is never logged or stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+import httpx
+import sqlalchemy as sa
+from pydantic import SecretStr
+from sqlalchemy.engine import Engine
+
+from services.recommender.cds_hooks.discovery import PREFETCH
+from services.recommender.cds_hooks.models import HookCall
+from shared.db.models import Resource
+from shared.fhir.client import FhirClient, FhirClientError, FhirNotFound, RetryPolicy
+from shared.logging import current_request_id, get_logger
+from shared.settings import Settings
+
+log = get_logger("pinpoint.cds.data")
+
+RECOMMENDATION_SYSTEM = "urn:pinpoint:recommendation"
+ORDER_INTENTS = ("order", "original-order", "plan")
+FETCH_TIMEOUT = httpx.Timeout(4.0, connect=2.0)
+#: All fetches of one call end by then (CRD: answer within 5 s); late keys count as failed.
+FETCH_DEADLINE = 4.5
+
+
+@dataclass
+class HookData:
+    """Resources for the engine, and where they came from (ids and counts only)."""
+
+    resources: list[dict[str, Any]]
+    available: bool
+    id_space: str
+    patient_key: str
+    used: list[str] = field(default_factory=list)  # "prefetch", "fhirServer", "store"
+    fetched_keys: list[str] = field(default_factory=list)
+    failed_keys: list[str] = field(default_factory=list)
+
+
+def normalise_base(url: str) -> str:
+    """Scheme and host lower-cased, default port dropped, no trailing slash."""
+    parts = urlsplit(url.strip())
+    host = (parts.hostname or "").lower()
+    port = parts.port
+    default = {"http": 80, "https": 443}.get(parts.scheme.lower())
+    netloc = host if port in (None, default) else f"{host}:{port}"
+    return f"{parts.scheme.lower()}://{netloc}{parts.path.rstrip('/')}"
+
+
+def source_for_server(settings: Settings, fhir_server: str | None) -> str | None:
+    """The configured source whose ``fhir_base_url`` is ``fhir_server``, or None."""
+    if not fhir_server:
+        return None
+    wanted = normalise_base(fhir_server)
+    for source in settings.config.sources:
+        if source.fhir_base_url is not None and normalise_base(str(source.fhir_base_url)) == wanted:
+            return source.id
+    return None
+
+
+def id_space(settings: Settings, fhir_server: str | None) -> str:
+    return source_for_server(settings, fhir_server) or settings.config.cds.source or "default"
+
+
+class _UserToken(httpx.Auth):
+    """The hook's ``fhirAuthorization`` bearer token, applied per request, never logged."""
+
+    def __init__(self, token: SecretStr) -> None:
+        self._token = token
+
+    def auth_flow(self, request: httpx.Request):  # type: ignore[no-untyped-def]
+        request.headers["Authorization"] = f"Bearer {self._token.get_secret_value()}"
+        yield request
+
+
+def _is_ours(resource: dict[str, Any]) -> bool:
+    return any(
+        isinstance(i, dict) and i.get("system") == RECOMMENDATION_SYSTEM
+        for i in resource.get("identifier") or ()
+    )
+
+
+def bundle_resources(bundle: dict[str, Any]) -> list[dict[str, Any]]:
+    """Entry resources of a Bundle, without OperationOutcomes (search.mode outcome or not)."""
+    out = []
+    for entry in bundle.get("entry") or ():
+        res = entry.get("resource") if isinstance(entry, dict) else None
+        if isinstance(res, dict) and res.get("resourceType") not in (None, "OperationOutcome"):
+            out.append(res)
+    return out
+
+
+def _has_next(bundle: dict[str, Any]) -> bool:
+    return any(isinstance(link, dict) and link.get("relation") == "next" for link in bundle.get("link") or ())
+
+
+@dataclass
+class _KeyState:
+    resources: list[dict[str, Any]] = field(default_factory=list)
+    satisfied: bool = False  # the client answered the key (data, empty Bundle or null)
+    needs_fetch: bool = False  # absent, OperationOutcome, or a searchset with more pages
+
+
+def read_prefetch(prefetch: dict[str, Any] | None) -> dict[str, _KeyState]:
+    """Our keys only: unknown keys (e.g. the spec's ``patientToGreet``) are not our templates."""
+    states: dict[str, _KeyState] = {}
+    for key in PREFETCH:
+        state = _KeyState()
+        states[key] = state
+        if prefetch is None or key not in prefetch:
+            state.needs_fetch = True
+            continue
+        value = prefetch[key]
+        if value is None:
+            state.satisfied = True
+            continue
+        rtype = value.get("resourceType")
+        if rtype == "OperationOutcome":
+            state.needs_fetch = True
+        elif rtype == "Bundle":
+            state.resources = bundle_resources(value)
+            state.satisfied = True
+            state.needs_fetch = _has_next(value)
+        else:
+            state.resources = [value]
+            state.satisfied = True
+    return states
+
+
+def render(template: str, patient_id: str) -> str:
+    return template.replace("{{context.patientId}}", patient_id)
+
+
+async def _fetch_key(client: FhirClient, template: str, patient_id: str) -> list[dict[str, Any]]:
+    query = render(template, patient_id)
+    path, _, qs = query.partition("?")
+    if not qs and path.count("/") == 1:
+        rtype, rid = path.split("/")
+        try:
+            return [await client.read(rtype, rid)]
+        except FhirNotFound:
+            return []
+    params = parse_qsl(qs, keep_blank_values=True)
+    return await client.search_all(path, params)
+
+
+def _fhir_client(http: httpx.AsyncClient, base: str, token: SecretStr) -> FhirClient:
+    return FhirClient(
+        base,
+        http,
+        auth=_UserToken(token),
+        retry=RetryPolicy(max_attempts=2, base_delay=0.1, max_delay=0.3, max_retry_after=1.0),
+        timeout=FETCH_TIMEOUT,
+        request_id=current_request_id,
+        max_pages=20,
+    )
+
+
+def stored_resources(engine: Engine, space: str, patient_id: str) -> list[dict[str, Any]]:
+    """The raw resources stored for ``{space}:{patient_id}`` (deleted ones excluded)."""
+    table = Resource.__table__  # type: ignore[attr-defined]
+    query = sa.select(table.c.raw).where(
+        table.c.patient_key == f"{space}:{patient_id}", table.c.deleted.is_(False)
+    )
+    with engine.connect() as conn:
+        rows = conn.execute(query).scalars().all()
+    return [r for r in rows if isinstance(r, dict)]
+
+
+def as_draft_orders(drafts: Iterable[dict[str, Any]], patient_id: str) -> list[dict[str, Any]]:
+    """Draft ServiceRequests of the context, as the engine checks them: status draft, an order
+    intent, the patient as subject, an id (CRD clients give one; else a stable position id)."""
+    out = []
+    for i, res in enumerate(drafts):
+        if res.get("resourceType") != "ServiceRequest" or _is_ours(res):
+            continue
+        order = dict(res)
+        order["status"] = "draft"
+        if order.get("intent") not in ORDER_INTENTS:
+            order["intent"] = "order"
+        order.setdefault("id", f"draft-{i + 1}")
+        order.setdefault("subject", {"reference": f"Patient/{patient_id}"})
+        out.append(order)
+    return out
+
+
+def merge(*layers: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Later layers win for the same type/id; resources without an id are all kept."""
+    merged: dict[tuple[str, str], dict[str, Any]] = {}
+    anonymous: list[dict[str, Any]] = []
+    for layer in layers:
+        for res in layer:
+            if _is_ours(res):
+                continue
+            rid = res.get("id")
+            if isinstance(rid, str) and rid:
+                merged[(res["resourceType"], rid)] = res
+            else:
+                anonymous.append(res)
+    return [*merged.values(), *anonymous]
+
+
+async def gather(
+    call: HookCall, settings: Settings, engine: Engine, http: httpx.AsyncClient | None
+) -> HookData:
+    """Prefetch, then allowed fetches, then the store; see the module docstring."""
+    space = id_space(settings, call.fhir_server)
+    states = read_prefetch(call.prefetch)
+    data = HookData(resources=[], available=False, id_space=space, patient_key=f"{space}:{call.patient_id}")
+    if any(s.satisfied for s in states.values()):
+        data.used.append("prefetch")
+    missing = [k for k, s in states.items() if s.needs_fetch]
+    fetch_source = source_for_server(settings, call.fhir_server)
+    if missing and fetch_source and call.access_token is not None and http is not None:
+        assert call.fhir_server is not None
+        client = _fhir_client(http, call.fhir_server, call.access_token)
+        started = time.perf_counter()
+        tasks = [asyncio.ensure_future(_fetch_key(client, PREFETCH[k], call.patient_id)) for k in missing]
+        done, pending = await asyncio.wait(tasks, timeout=FETCH_DEADLINE)
+        for task in pending:  # past the deadline: answer with what we have
+            task.cancel()
+        results: list[Any] = [
+            (t.exception() or t.result()) if t in done else TimeoutError("fetch deadline") for t in tasks
+        ]
+        for key, result in zip(missing, results, strict=True):
+            if isinstance(result, FhirClientError | httpx.HTTPError | ValueError | TimeoutError):
+                data.failed_keys.append(key)
+                log.warning("cds.fetch.failed", source=fetch_source, key=key, error=type(result).__name__)
+            elif isinstance(result, BaseException):
+                raise result
+            else:
+                states[key].resources = merge(states[key].resources, result)
+                states[key].satisfied = True
+                data.fetched_keys.append(key)
+        if data.fetched_keys:
+            data.used.append("fhirServer")
+        log.info(
+            "cds.fetch",
+            source=fetch_source,
+            fetched=len(data.fetched_keys),
+            failed=len(data.failed_keys),
+            ms=round((time.perf_counter() - started) * 1000, 1),
+        )
+    elif missing and call.fhir_server and not fetch_source:
+        log.info("cds.fetch.refused", reason="fhirServer is not a configured source", keys=len(missing))
+    stored = await asyncio.to_thread(stored_resources, engine, space, call.patient_id)  # off the event loop
+    if stored:
+        data.used.append("store")
+    ehr = [r for s in states.values() for r in s.resources]
+    data.resources = merge(stored, ehr, as_draft_orders(call.draft_orders, call.patient_id))
+    data.available = bool(data.used)
+    return data

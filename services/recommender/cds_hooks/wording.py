@@ -1,0 +1,98 @@
+"""Plain words for the §3 vocabularies (pathways, verdicts, reasons, alerts)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+PATHWAYS = {
+    "facet-diagnostic": "Diagnostic facet block",
+    "facet-rfa": "Facet radiofrequency ablation",
+    "facet-rfa-repeat": "Repeat facet radiofrequency ablation",
+    "facet-therapeutic": "Therapeutic facet injection",
+    "sij-diagnostic": "Diagnostic sacroiliac joint block",
+    "sij-therapeutic": "Therapeutic sacroiliac joint injection",
+    "sij-rfa": "Sacroiliac joint radiofrequency ablation",
+    "esi": "Epidural steroid injection",
+    "genicular-rfa": "Genicular radiofrequency ablation",
+    "knee-steroid": "Knee corticosteroid injection",
+}
+
+VERDICTS = {
+    "supported": "criteria met",
+    "partially-supported": "criteria met for part of the order",
+    "not-met": "criteria not met",
+    "not-evaluable": "the data cannot decide",
+    "needs-review": "needs review by a clinician",
+    "not-covered": "not covered by the policy",
+    "deferred": "criteria met, but not yet",
+}
+
+REASONS = {
+    "second-block-required": "a second positive confirmatory block at the same joints is required",
+    "relief-below-threshold": "the block did not give enough pain relief",
+    "duration-inconsistent-with-agent": "the relief did not last as long as the anaesthetic used should give",
+    "sedation-confounded": "the most recent block was done under sedation, which invalidates it",
+    "not-confirmed-same-side": "the positive blocks were on the other side",
+    "not-confirmed-same-joint": "the positive blocks were at other joints",
+    "levels-exceed-session-limit": "the order covers more joints or levels than one session allows",
+    "diagnostic-interval-too-short": "the diagnostic blocks are less than 14 days apart",
+    "diagnostic-session-cap": "the yearly limit of diagnostic block sessions is reached",
+    "rfa-session-cap": "the yearly limit of ablation sessions is reached",
+    "therapeutic-session-cap": "the yearly limit of therapeutic injection sessions is reached",
+    "esi-session-cap": "the yearly limit of epidural injection sessions is reached",
+    "prior-relief-insufficient": "the previous ablation did not give lasting relief",
+    "repeat-diagnostics-required": "new diagnostic blocks are required before repeating the ablation",
+    "no-baseline": "there is no pain score before the block",
+    "scale-mismatch": "the pain scores after the block use a different scale than before it",
+    "low-baseline": "the pain score before the block was too low to judge relief",
+    "no-follow-up": "there are no pain scores to judge the relief",
+    "pain-duration-too-short": "the pain has not lasted long enough yet",
+    "conservative-care-too-short": "conservative care is not documented for long enough",
+    "untreated-radiculopathy": "an untreated radiculopathy must be addressed first",
+    "indication-missing": "no radicular indication is documented",
+    "rfa-alternative-undocumented": "no reason is documented why ablation is not possible",
+    "joint-not-blocked": "an ordered joint was never blocked",
+    "relief-period-not-ended": "the relief from the previous procedure has not ended yet",
+    "level-previously-ablated": "this level was previously ablated successfully",
+    "not-covered-by-policy": "the policy does not cover this procedure",
+    "steroid-frequency": "steroid injections into this joint are too frequent",
+    "discordant-blocks": "the comparative blocks are discordant",
+    "prolonged-response": "the relief lasted much longer than the anaesthetic can explain",
+}
+
+ALERTS = {
+    "cumulative-steroid": "Cumulative steroid dose over the past year is above the threshold",
+    "steroid-frequency": "Steroid injections into one joint are too frequent",
+    "sedation": "A diagnostic block was done under sedation",
+    "discordant-blocks": "Comparative blocks are discordant",
+    "prolonged-response": "A block's relief lasted far longer than its anaesthetic",
+}
+
+
+def reason_text(code: str) -> str:
+    return REASONS.get(code, code.replace("-", " "))
+
+
+def pathway_text(code: str) -> str:
+    return PATHWAYS.get(code, code)
+
+
+def target_text(target: dict[str, Any] | None) -> str:
+    """``right lumbar L4-L5, L5-S1``; ``bilateral SIJ``; ``left knee``."""
+    if not target:
+        return ""
+    side = target.get("side") or ""
+    joints = [str(j) for j in target.get("joints") or []]
+    region = target.get("region") or ""
+    if joints in (["SIJ"], ["knee"]) or not joints:
+        return " ".join(p for p in (side, joints[0] if joints else region) if p)
+    return " ".join(p for p in (side, region, ", ".join(joints)) if p)
+
+
+def sentence(text: str) -> str:
+    return text[:1].upper() + text[1:] if text else text
+
+
+def summary(text: str) -> str:
+    """A card summary is one sentence under 140 characters."""
+    return text if len(text) < 140 else text[:136].rstrip() + "…"

@@ -1,0 +1,172 @@
+"""The public vignettes end to end through order-sign / patient-view with the real engine:
+prefetch built as an EHR would answer the templates, the ordered RFA as the draft order."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import datetime
+from typing import Any
+
+import pytest
+
+from services.ingest.store import Prepared, store_resources
+from services.recommender.cds_hooks import assess as seam
+from services.recommender.cds_hooks.service import cds_state
+from shared.db.session import session_scope
+from tests.api.cds.conftest import CdsApp, assert_valid_response
+from tests.conftest import FIXTURES
+
+
+def _prepared(resource: dict[str, Any], patient_key: str) -> Prepared:
+    """A resource as ingest stores it (tests seed the store without the HTTP path)."""
+    return Prepared(resource["resourceType"], resource["id"], resource, None, patient_key)
+
+
+pytest.importorskip("services.recommender.engine")
+
+PAIN_CODES = {"72514-3", "38208-5", "38214-3"}
+KEYS = {
+    "Procedure": "procedures",
+    "Condition": "conditions",
+    "MedicationAdministration": "medications",
+    "MedicationStatement": "medicationStatements",
+    "MedicationRequest": "medicationRequests",
+}
+
+
+def vignette(name: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    folder = FIXTURES / "vignettes" / name
+    bundle = json.loads((folder / "bundle.json").read_text())
+    return [e["resource"] for e in bundle["entry"]], json.loads((folder / "expected.json").read_text())
+
+
+def searchset(resources: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"resourceType": "Bundle", "type": "searchset", "entry": [{"resource": r} for r in resources]}
+
+
+def hook_request(
+    name: str, hook: str = "order-sign", prefetch: bool = True
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The vignette as an EHR would send it: each template answered from the bundle."""
+    resources, expected = vignette(name)
+    patient = next(r for r in resources if r["resourceType"] == "Patient")
+    orders = [r for r in resources if r["resourceType"] == "ServiceRequest"]
+    pre: dict[str, Any] = {"patient": patient, **{k: searchset([]) for k in KEYS.values()}}
+    pre["observations"] = searchset(
+        [
+            r
+            for r in resources
+            if r["resourceType"] == "Observation"
+            and {c.get("code") for c in r.get("code", {}).get("coding", [])} & PAIN_CODES
+        ]
+    )
+    for r in resources:
+        if r["resourceType"] in KEYS:
+            pre[KEYS[r["resourceType"]]]["entry"].append({"resource": r})
+    context: dict[str, Any] = {"userId": "Practitioner/dr-1", "patientId": patient["id"]}
+    if hook != "patient-view":
+        context["draftOrders"] = {
+            "resourceType": "Bundle",
+            "type": "collection",
+            "entry": [{"resource": o} for o in orders],
+        }
+    body = {"hook": hook, "hookInstance": str(uuid.uuid4()), "context": context}
+    body["prefetch"] = pre if prefetch else dict.fromkeys(["patient", *KEYS.values(), "observations"])
+    return body, expected
+
+
+def use_engine(app: CdsApp, now: str) -> None:
+    state = cds_state(app.runtime)
+    state.assessor = seam.assess
+    state.clock = lambda: datetime.fromisoformat(now)
+
+
+async def sign(
+    app: CdsApp, body: dict[str, Any], service: str = "pinpoint-order-sign"
+) -> list[dict[str, Any]]:
+    r = await app.client.post(f"/cds-services/{service}", json=body)
+    assert r.status_code == 200, r.text
+    assert_valid_response(r.json())
+    cards: list[dict[str, Any]] = r.json()["cards"]
+    return cards
+
+
+async def test_v01_one_block_only_warns_and_proposes_the_confirmatory_block(cds: CdsApp) -> None:
+    body, expected = hook_request("v01-one-block-only")
+    use_engine(cds, expected["now"])
+    [card] = await sign(cds, body)
+    assert card["indicator"] == "warning"
+    assert "second positive confirmatory block" in card["summary"]
+    assert card["source"]["topic"]["code"] == "facet-rfa"
+    [suggestion] = card["suggestions"]
+    delete, create = suggestion["actions"]
+    assert delete["type"] == "delete" and delete["resourceId"] == "ServiceRequest/req-rfa"
+    block = create["resource"]
+    assert {c["code"] for c in block["code"]["coding"]} <= {"64493", "64494"} and "64493" in str(block)
+    joints = {
+        c["code"]
+        for s in block["bodySite"]
+        for c in s["coding"]
+        if c["system"] == "urn:pinpoint:spinal-joint"
+    }
+    assert joints == {"L4-L5", "L5-S1"}
+    assert card["links"][0]["url"] == "https://pinpoint.example/patients/P-001/evidence"
+
+
+async def test_v02_two_concordant_blocks_give_an_info_card_with_the_evidence(cds: CdsApp) -> None:
+    body, expected = hook_request("v02-two-concordant-blocks")
+    use_engine(cds, expected["now"])
+    [card] = await sign(cds, body)
+    assert card["indicator"] == "info"
+    assert "criteria met" in card["summary"]
+    assert "suggestions" not in card
+    for e in expected["evidence"]:
+        assert e["procedure"] in card["detail"]
+
+
+async def test_v20_three_levels_are_reduced_to_the_supported_joints(cds: CdsApp) -> None:
+    body, expected = hook_request("v20-three-level-rfa")
+    use_engine(cds, expected["now"])
+    [card] = await sign(cds, body)
+    assert card["indicator"] == "warning"
+    reduced = card["suggestions"][0]["actions"][1]["resource"]
+    joints = {
+        c["code"]
+        for s in reduced["bodySite"]
+        for c in s["coding"]
+        if c["system"] == "urn:pinpoint:spinal-joint"
+    }
+    assert joints == set(expected["orderChecks"][0]["supportedTargets"][0]["joints"])
+
+
+async def test_v02_from_stored_facts_alone_gives_the_same_verdict(cds: CdsApp) -> None:
+    body, expected = hook_request("v02-two-concordant-blocks", prefetch=False)
+    resources, _ = vignette("v02-two-concordant-blocks")
+    with session_scope(cds.engine) as session:
+        for r in resources:
+            if r["resourceType"] != "ServiceRequest":
+                ref = (
+                    f"Patient/{r['id']}"
+                    if r["resourceType"] == "Patient"
+                    else r.get("subject", {}).get("reference")
+                )
+                store_resources(session, "default", [_prepared(r, f"default:{ref.removeprefix('Patient/')}")])
+    use_engine(cds, expected["now"])
+    [card] = await sign(cds, body)
+    assert card["indicator"] == "info"
+
+
+async def test_v02_patient_view_shows_the_supported_rfa(cds: CdsApp) -> None:
+    body, expected = hook_request("v02-two-concordant-blocks", hook="patient-view")
+    use_engine(cds, expected["now"])
+    cards = await sign(cds, body, "pinpoint-patient-view")
+    rfa = [c for c in cards if c["source"]["topic"]["code"] == "facet-rfa"]
+    assert len(rfa) == 1 and rfa[0]["indicator"] == "info" and "criteria met" in rfa[0]["summary"]
+
+
+async def test_v05_sedated_block_warns(cds: CdsApp) -> None:
+    body, expected = hook_request("v05-sedation-confirmatory-block")
+    use_engine(cds, expected["now"])
+    [card] = await sign(cds, body)
+    assert card["indicator"] == "warning" and "sedation" in card["summary"]
