@@ -97,6 +97,7 @@ def db_upgrade() -> None:
 
 # Commands owned by the services, registered here so `pinpoint` is one command.
 from services.ingest import cli as _ingest_cli  # noqa: E402
+from services.recommender import delivery as _delivery  # noqa: E402,F401  (replays parked deliveries)
 from services.recommender.evaluate import evaluate_command  # noqa: E402
 
 app.command("evaluate")(evaluate_command)

@@ -119,6 +119,11 @@ class Writeback(_Strict):
     source: str
     fhir_version: Literal["R4", "R5"] = "R4"
     max_attempts: int = Field(default=8, ge=1)
+    # Delivery knobs (README "Write-back"): per-request timeout, first retry delay (doubling,
+    # full jitter, at most max_backoff; a server's Retry-After wins).
+    timeout: Duration = timedelta(seconds=30)
+    backoff: Duration = timedelta(seconds=5)
+    max_backoff: Duration = timedelta(minutes=30)
 
 
 class TrustedIssuer(_Strict):

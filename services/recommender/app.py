@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
+from services.recommender import delivery  # registers the replayer of parked deliveries
 from services.recommender.api import install_reads
 from services.recommender.cds_hooks import api as cds_hooks_api
 from services.recommender.worker import install_worker as install_loop
@@ -20,5 +21,6 @@ def install(app: FastAPI, runtime: Runtime) -> None:
 
 
 def install_worker(runtime: Runtime) -> None:
-    """The evaluation worker loop (roles all and worker)."""
+    """The evaluation worker loop and the write-back delivery loop (roles all and worker)."""
     install_loop(runtime)
+    delivery.install_delivery(runtime)  # write-back of the outbox (issue 8)

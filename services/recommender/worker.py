@@ -427,12 +427,23 @@ def install_worker(runtime: Runtime) -> None:
 
 def run_cli(settings: Settings, engine: Engine, *, once: bool) -> DrainStats:
     """``pinpoint worker [--once]``: drain and exit, or loop until interrupted."""
+    from services.recommender.delivery import deliver_once, run_delivery
+
     worker = Worker(engine, settings, Evaluator.from_settings(settings))
     if once:
-        return worker.drain()
+        stats = worker.drain()
+        asyncio.run(deliver_once(engine, settings))  # CONTRACT §1: "delivers the outbox once"
+        return stats
     stop = threading.Event()
+
+    async def both() -> None:
+        loops = [run_forever(worker, stop)]
+        if settings.config.writeback is not None:
+            loops.append(run_delivery(engine, settings, stop))
+        await asyncio.gather(*loops)
+
     try:
-        asyncio.run(run_forever(worker, stop))
+        asyncio.run(both())
     except KeyboardInterrupt:
         stop.set()
     return DrainStats()

@@ -172,9 +172,10 @@ def _parse_instant(value: str) -> datetime:
 
 
 def _references(value: Any) -> Iterator[dict[str, Any]]:
-    """Every Reference-like dict (has a string ``reference``) inside a resource."""
+    """Every Reference-like dict (has a string ``reference``) inside a resource. A resource is
+    never one (DetectedIssue has a top-level ``reference`` uri)."""
     if isinstance(value, dict):
-        if isinstance(value.get("reference"), str):
+        if isinstance(value.get("reference"), str) and "resourceType" not in value:
             yield value
         for child in value.values():
             yield from _references(child)

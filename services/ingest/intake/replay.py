@@ -15,6 +15,7 @@ from sqlmodel import Session
 
 from services.ingest.intake.bundles import Rejection, Result, process_payload
 from services.ingest.intake.push import PayloadError, parse_body
+from shared.db.deadletters import replayer_for
 from shared.db.models import DeadLetter, utcnow
 from shared.db.session import session_scope
 from shared.errors import Conflict, NotFound
@@ -53,9 +54,13 @@ def replay(engine: Engine, settings: Settings, dead_letter_id: int) -> ReplayOut
             raise NotFound(f"No dead letter {dead_letter_id}")
         if row.kind == "fetch":  # a notification's fetch that gave up: queue it again
             return requeue_fetch(session, row)
-        if row.kind not in REPLAYABLE:
-            raise Conflict(f"Dead letter {dead_letter_id} is a {row.kind!r}; replay it with its own service")
-        payload, source_id = row.payload, row.source
+        payload, source_id, kind = row.payload, row.source, row.kind
+    if kind not in REPLAYABLE:  # another service's kind (e.g. a parked delivery): its replayer
+        other = replayer_for(kind)
+        if other is None:
+            raise Conflict(f"Dead letter {dead_letter_id} is a {kind!r}; replay it with its own service")
+        done = other(engine, settings, dead_letter_id)
+        return ReplayOutcome(dead_letter_id, str(done["status"]), done.get("reason"), 0, 0, 0)
     try:
         source = settings.config.source(source_id)
     except KeyError:
