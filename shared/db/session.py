@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import cache
@@ -40,7 +41,11 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
     kwargs.setdefault("pool_pre_ping", True)
     if "poolclass" not in kwargs:
         kwargs.setdefault("pool_size", 10)
-    return sa.create_engine(url, **kwargs)
+    engine = sa.create_engine(url, **kwargs)
+    # An engine dropped without dispose() (a one-shot command, a test) still closes its pooled
+    # connections instead of leaving them to the garbage collector mid-way through other work.
+    weakref.finalize(engine, engine.pool.dispose)
+    return engine
 
 
 @contextmanager
