@@ -232,10 +232,12 @@ def token_matches(token: str | None, allowed: list[str]) -> bool:
 
 
 def require_api_token(request: Request, runtime: RuntimeDep) -> None:
-    """Patient-data reads need an API (or admin) token once any token is configured."""
+    """Patient-data reads need an API (or admin) token once any credential is configured (with
+    none, only loopback binding is allowed and everything is open — CONTRACT §2). A deployment
+    with source or CDS credentials but no API tokens has its reads closed, not open."""
     settings = runtime.settings
     allowed = [*settings.api_tokens, *settings.admin_tokens]
-    if not allowed:
+    if not allowed and not settings.auth_configured:
         return
     if not token_matches(_bearer(request), allowed):
         raise Unauthorized("A valid API bearer token is required")
@@ -243,7 +245,7 @@ def require_api_token(request: Request, runtime: RuntimeDep) -> None:
 
 def require_admin_token(request: Request, runtime: RuntimeDep) -> None:
     settings = runtime.settings
-    if not settings.admin_tokens and not settings.api_tokens:
+    if not settings.admin_tokens and not settings.api_tokens and not settings.auth_configured:
         return
     token = _bearer(request)
     if not token_matches(token, settings.admin_tokens):

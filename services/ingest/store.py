@@ -136,8 +136,19 @@ def _decide(item: Prepared, digest: str, cur: _Current | None) -> str:
     return "stale" if older else "updated"
 
 
+_UPSERTS: dict[str, Any] = {}
+
+
 def _upsert_statement(session: Session) -> Any:
+    """The upsert of one dialect (built once: it is the same for every write)."""
     dialect = session.get_bind().dialect.name
+    cached = _UPSERTS.get(dialect)
+    if cached is None:
+        cached = _UPSERTS[dialect] = _build_upsert(dialect)
+    return cached
+
+
+def _build_upsert(dialect: str) -> Any:
     insert = pg_insert if dialect == "postgresql" else sqlite_insert
     stmt = insert(RESOURCE)
     excluded = stmt.excluded

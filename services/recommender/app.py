@@ -15,6 +15,9 @@ def install(app: FastAPI, runtime: Runtime) -> None:
     """Routes: CDS Hooks; /suggestions/fhir, /patients/{id}/assessment, /admin/reevaluate."""
     app.include_router(cds_hooks_api.router())
     install_reads(app, runtime)
+    from services.recommender.evidence import api as evidence_api
+
+    app.include_router(evidence_api.router())  # /patients/{id}/evidence (HTML)
 
 
 def install_worker(runtime: Runtime) -> None:

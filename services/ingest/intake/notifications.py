@@ -16,7 +16,7 @@ from sqlmodel import Session
 
 from services.ingest.intake.pipeline import Tally, informational
 from services.ingest.subscriptions.intake import book_topic_notification
-from services.ingest.subscriptions.status import first_resource, read_status
+from services.ingest.subscriptions.status import carried_resources, first_resource, read_status
 from shared.settings import Source
 
 if TYPE_CHECKING:
@@ -53,12 +53,14 @@ def handle(
 ) -> Result:
     from services.ingest.intake.bundles import Result
 
-    booking = book_topic_notification(session, source, bundle)
-    if booking.store_entries:
+    # Carried resources first, the subscription's row last: the row (locked per subscription
+    # on PostgreSQL) is then held only for the end of the transaction. Replays store nothing new.
+    if carried_resources(bundle):
         rest = {"resourceType": "Bundle", "type": "collection", "entry": (bundle.get("entry") or [])[1:]}
         result = store_entries(rest)
     else:
         result = Result(200, {}, Tally())
+    booking = book_topic_notification(session, source, bundle)
     kept = result.tally.total("kept")
     result.status = 200
     result.body = informational(f"{booking.summary}; {kept} resource(s) kept")

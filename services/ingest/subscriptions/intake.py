@@ -109,15 +109,19 @@ def book_topic_notification(
     queued = 0
     fetchable = source.fhir_base_url is not None
 
+    # Without a subscription reference, numbers of different subscriptions could mix: no gaps.
+    numbered = note.subscription is not None
+    # Unknown history (no handshake seen, not created by `subscriptions sync`): every event
+    # before the first one seen counts as missing.
+    floor = 0 if last is None else last
+
     if note.type in ("handshake", "heartbeat"):
         row.last_heartbeat_at = now
-        if counter is not None:
-            if last is None:
-                row.last_event_number = counter
-            elif counter > last:  # events were sent (or lost) that we never received
-                _record_gap(session, source, sub, last + 1, counter, now, row)
-                row.last_event_number = counter
-                queued += 1
+        if counter is not None and numbered and counter > floor:
+            _record_gap(session, source, sub, floor + 1, counter, now, row)  # sent, never received
+            queued += 1
+        if counter is not None and (last is None or counter > last):
+            row.last_event_number = counter
         session.add(row)
         return Booking(note, False, queued, f"{note.type} received")
 
@@ -125,7 +129,8 @@ def book_topic_notification(
         session.add(row)
         return Booking(note, False, 0, f"{note.type} notification received")
 
-    gaps = state.open_gaps(session, source.id, sub)
+    late = any(e.number is not None and last is not None and e.number <= last for e in note.events)
+    gaps = state.open_gaps(session, source.id, sub) if late else []
 
     def fresh(number: int | None) -> bool:
         if number is None or last is None or number > last:
@@ -133,18 +138,18 @@ def book_topic_notification(
         return any(low <= number <= high for low, high in gaps)
 
     new_events = [e for e in note.events if fresh(e.number)]
-    if note.events and not new_events:
-        session.add(row)
+    replay = bool(note.events) and not new_events
+    if replay:
         log.info("subscriptions.replay", source=source.id, subscription=sub, events=len(note.events))
-        return Booking(note, False, 0, "events already received; nothing to do")
 
-    numbers = sorted(e.number for e in new_events if e.number is not None)
-    # Unknown history (no handshake, not created by `subscriptions sync`): events before the
-    # first one seen count as missing too.
-    floor = 0 if last is None else last
-    if numbers and numbers[0] > floor + 1:
-        _record_gap(session, source, sub, floor + 1, numbers[0] - 1, now, row)
-        queued += 1
+    numbers = sorted({e.number for e in new_events if e.number is not None})
+    if numbered:
+        previous = floor
+        for number in numbers:
+            if number > previous + 1 and number > floor + 1:
+                _record_gap(session, source, sub, max(previous, floor) + 1, number - 1, now, row)
+                queued += 1
+            previous = max(previous, number)
     # The counter may already be ahead (later events in flight): only event numbers count here.
     highest = max(numbers, default=None)
     if highest is not None and (last is None or highest > last):
@@ -152,31 +157,47 @@ def book_topic_notification(
     session.add(row)
 
     if _empty_content(note, bundle):
+        if replay:
+            return Booking(note, False, 0, "events already received; nothing to do")
         if fetchable and state.pending_of_kind(session, source.id, [state.EMPTY, state.PING]) is None:
             state.enqueue(session, source.id, state.EMPTY, now=now, subscription=sub, event_number=highest)
             queued += 1
         return Booking(note, False, queued, "empty notification received; catching up by search")
 
+    # Full resources are stored whatever their event number (a replay stores nothing new: same
+    # version, or older than what is kept). An id-only focus is fetched once per (event number,
+    # focus): a replay queues nothing, while per-bundle numbering (1..n in every notification, as
+    # some vendors do) still gets every focus read.
     carried = carried_resources(bundle)
-    wanted = [e for e in new_events if e.focus and e.focus not in carried]
-    seen = state.seen_events(session, source.id, sub, [e.number for e in wanted if e.number is not None])
+    wanted = [(e.number, e.focus) for e in note.events if e.focus and e.focus not in carried]
+    seen = state.seen_events(session, source.id, sub, [n for n, _ in wanted if n is not None])
     targets: dict[str, int | None] = {}
-    for event in wanted:
-        if event.number is not None and event.number in seen:
+    skipped: set[str] = set()
+    for event_number, focus in wanted:
+        assert focus is not None
+        if event_number is not None and (event_number, focus) in seen:
+            skipped.add(focus)
             continue
-        assert event.focus is not None
-        targets.setdefault(event.focus, event.number)
+        targets.setdefault(focus, event_number)
     for ref in listed_without_resource(bundle):
-        if ref not in carried:
+        if ref not in carried and ref not in skipped:
             targets.setdefault(ref, None)
-    for ref, number in targets.items():
+    if targets and not fetchable:
+        log.warning("subscriptions.unfetchable", source=source.id, subscription=sub, focuses=len(targets))
+    for ref, target_number in targets.items():
         if ref.split("/", 1)[0] not in KEPT_TYPES or not fetchable:
             continue
         state.enqueue(
-            session, source.id, state.ID_ONLY, now=now, subscription=sub, event_number=number, reference=ref
+            session,
+            source.id,
+            state.ID_ONLY,
+            now=now,
+            subscription=sub,
+            event_number=target_number,
+            reference=ref,
         )
         queued += 1
-    return Booking(note, bool(carried), queued, f"{len(new_events)} event(s) received; {queued} to fetch")
+    return Booking(note, bool(carried), queued, f"{len(note.events)} event(s) received; {queued} to fetch")
 
 
 def book_ping(session: Session, source: Source, *, subscription: str | None = None) -> bool:

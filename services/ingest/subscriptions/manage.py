@@ -24,6 +24,7 @@ from typing import Any
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
+from services.ingest.store import parse_instant
 from services.ingest.subscriptions import state
 from shared.db.models import Inbox, utcnow
 from shared.db.session import session_scope
@@ -166,6 +167,7 @@ async def sync(settings: Settings, engine: Engine, source: Source, fhir: FhirCli
         matched.add(sid)
         status = resource.get("status") if isinstance(resource.get("status"), str) else None
         _record(engine, source, sid, criteria, status, _heartbeat(resource), new=action == "created")
+        _start_watermark(engine, source, resource)
         results.append(SyncResult(criteria, sid, action, status))
     for other in existing:
         if other.get("id") not in matched:
@@ -195,6 +197,20 @@ def _record(
             row.last_event_number = 0  # a new topic subscription: event 1 is the first
         row.updated_at = utcnow()
         session.add(row)
+
+
+def _start_watermark(engine: Engine, source: Source, subscription: Mapping[str, Any]) -> None:
+    """Catch-up searches of a source without a watermark start where its Subscription began (the
+    server's ``meta.lastUpdated``): what changed since is covered; older data is a backfill."""
+    created = parse_instant((subscription.get("meta") or {}).get("lastUpdated"))
+    if created is None:
+        return
+    with session_scope(engine) as session:
+        row = state.lock_state(session, source.id, state.SOURCE_ROW)
+        if row.watermark is None:
+            row.watermark = created
+            row.updated_at = utcnow()
+            session.add(row)
 
 
 @dataclass(frozen=True)

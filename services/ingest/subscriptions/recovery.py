@@ -86,6 +86,7 @@ class Options:
     heartbeat_margin: timedelta = timedelta(seconds=10)
     keep_done: timedelta = timedelta(days=7)
     max_events_range: int = 500  # larger gaps are closed by the catch-up search
+    max_pages: int = 1000  # per type and catch-up search
 
 
 @dataclass
@@ -313,7 +314,7 @@ class SubscriptionWorker:
                 since = watermark - self.options.overlap
                 params["_lastUpdated"] = "gt" + since.isoformat().replace("+00:00", "Z")
             try:
-                async for page in fhir.pages(rtype, params):
+                async for page in fhir.pages(rtype, params, max_pages=self.options.max_pages):
                     resources = [
                         e["resource"]
                         for e in page.get("entry") or []
@@ -363,7 +364,25 @@ class SubscriptionWorker:
 
     # ------------------------------------------------------------------ heartbeats
 
+    async def learn_heartbeats(self) -> None:
+        """Subscriptions Pinpoint did not create: read each once for its heartbeat period (Backport
+        ``backport-heartbeat-period`` or R5 ``heartbeatPeriod``; 0 = none) and status."""
+        unknown = await asyncio.to_thread(self._unknown_heartbeats)
+        for source_id, subscription in unknown:
+            source = self.source(source_id)
+            if source is None:
+                continue
+            try:
+                resource = await self.client(source).read("Subscription", subscription)
+            except (FhirClientError, ValueError) as exc:
+                log.info("subscriptions.heartbeat.unknown", source=source_id, error=type(exc).__name__)
+                resource = {}
+            period = heartbeat_period(resource)
+            status = resource.get("status") if isinstance(resource.get("status"), str) else None
+            await asyncio.to_thread(self._set_heartbeat, source_id, subscription, period or 0, status)
+
     async def check_heartbeats(self, report: RunReport) -> None:
+        await self.learn_heartbeats()
         now = self.clock()
         silent = await asyncio.to_thread(self._silent, now)
         for row in silent:
@@ -452,6 +471,9 @@ class SubscriptionWorker:
         return state.lock_state(session, source.id, state.SOURCE_ROW)
 
     def _watermark(self, source: Source) -> datetime | None:
+        """Where the catch-up search starts (the server's clock). None: a full first search —
+        `subscriptions sync` sets it to the creation of the source's first Subscription, so only
+        unmanaged sources pay for one; load older data with `pinpoint import` of a Bulk export."""
         with Session(self.engine) as session:
             row = session.get(SubscriptionState, (source.id, state.SOURCE_ROW))
             return row.watermark if row else None
@@ -493,6 +515,25 @@ class SubscriptionWorker:
                 if seen is None or now - seen > limit:
                     out.append(row)
         return out
+
+    def _unknown_heartbeats(self) -> list[tuple[str, str]]:
+        with Session(self.engine) as session:
+            return [
+                (row.source, row.subscription)
+                for row in state.states(session)
+                if row.heartbeat_period is None
+                and not row.subscription.startswith("(")
+                # topic-based ones (classic subscriptions have no heartbeat)
+                and (row.topic is not None or row.last_event_number is not None)
+            ]
+
+    def _set_heartbeat(self, source_id: str, subscription: str, period: int, status: str | None) -> None:
+        with session_scope(self.engine) as session:
+            row = state.lock_state(session, source_id, subscription)
+            row.heartbeat_period = period
+            if status and row.status in (None, "active", "requested"):
+                row.status = status[:32]
+            session.add(row)
 
     def _after_status(
         self, source: Source, subscription: str, status: str | None, counter: int | None
@@ -544,3 +585,15 @@ class SubscriptionWorker:
             )
             if seen is not None and not row.subscription.startswith("(source"):
                 LAG.labels(row.source, row.subscription).set((now - seen).total_seconds())
+
+
+def heartbeat_period(subscription: dict[str, Any]) -> int | None:
+    """Seconds between heartbeats a Subscription asks for (Backport extension or R5 element)."""
+    value = subscription.get("heartbeatPeriod")
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    for ext in (subscription.get("channel") or {}).get("extension") or ():
+        if isinstance(ext, dict) and str(ext.get("url", "")).endswith("backport-heartbeat-period"):
+            period = ext.get("valueUnsignedInt")
+            return period if isinstance(period, int) else None
+    return None

@@ -45,13 +45,16 @@ def ensure_state(session: Session, source: str, subscription: str) -> None:
 def lock_state(session: Session, source: str, subscription: str) -> SubscriptionState:
     """The row of a subscription, created if missing and locked for this transaction (PostgreSQL
     ``FOR UPDATE``: notifications of one subscription are booked one after the other)."""
-    ensure_state(session, source, subscription)
     query = select(SubscriptionState).where(
         SubscriptionState.source == source, SubscriptionState.subscription == subscription
     )
     if session.get_bind().dialect.name == "postgresql":
         query = query.with_for_update()
-    row = session.exec(query.execution_options(populate_existing=True)).one()
+    query = query.execution_options(populate_existing=True)
+    row = session.exec(query).first()
+    if row is None:  # first notification of this subscription
+        ensure_state(session, source, subscription)
+        row = session.exec(query).one()
     return row
 
 
@@ -134,19 +137,21 @@ def pending_of_kind(session: Session, source: str, kinds: Sequence[str]) -> Inbo
     ).first()
 
 
-def seen_events(session: Session, source: str, subscription: str, numbers: Sequence[int]) -> set[int]:
-    """Which of ``numbers`` already have an inbox row (whatever its state)."""
+def seen_events(
+    session: Session, source: str, subscription: str, numbers: Sequence[int]
+) -> set[tuple[int, str]]:
+    """(event number, focus) of the id-only rows already queued for ``numbers`` (any state)."""
     if not numbers:
         return set()
     rows = session.exec(
-        select(Inbox.event_number).where(
+        select(Inbox.event_number, Inbox.reference).where(
             Inbox.source == source,
             Inbox.subscription == subscription,
             Inbox.kind == ID_ONLY,
             col(Inbox.event_number).in_(list(numbers)),
         )
     )
-    return {n for n in rows if n is not None}
+    return {(n, ref) for n, ref in rows if n is not None and ref is not None}
 
 
 def open_gaps(session: Session, source: str, subscription: str) -> list[tuple[int, int]]:

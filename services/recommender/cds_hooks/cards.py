@@ -12,6 +12,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from services.recommender.cds_hooks.wording import (
@@ -23,6 +24,8 @@ from services.recommender.cds_hooks.wording import (
     summary,
     target_text,
 )
+from services.recommender.evidence.links import signed_evidence_url
+from shared.web import Runtime
 
 SPINAL_JOINT = "urn:pinpoint:spinal-joint"
 CPT = "http://www.ama-assn.org/go/cpt"
@@ -95,12 +98,13 @@ class RenderedCard:
 EvidenceLink = Callable[[str, str], str]
 
 
-def evidence_link(base_url: str, patient: str) -> str:
-    """THE place card links are made (the signed, expiring link replaces this later).
+def evidence_link(runtime: Runtime, patient: str) -> str:
+    """THE place card links are made: a signed link to the evidence page, valid for
+    ``cds.evidence_link_ttl`` from now (wall clock).
 
     ``patient`` is the /patients/{id} id: the default source's patient id or ``source:id``.
     """
-    return f"{base_url}/patients/{patient}/evidence"
+    return signed_evidence_url(runtime, patient, now=datetime.now(UTC))
 
 
 def _uuid() -> str:

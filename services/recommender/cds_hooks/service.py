@@ -120,7 +120,7 @@ async def handle_call(runtime: Runtime, service: CdsService, body: bytes, outcom
     document = state.assessor(data.resources, settings.policy, state.clock())
     drafts = {f"ServiceRequest/{o['id']}": o for o in as_draft_orders(call.draft_orders, call.patient_id)}
     ctx = CardContext(
-        evidence_url=evidence_link(settings.base_url, _patient_path_id(data.id_space, call.patient_id)),
+        evidence_url=evidence_link(runtime, _patient_path_id(data.id_space, call.patient_id)),
         policy={"id": settings.policy},
         order_hook=service.hook != "patient-view",
     )

@@ -111,7 +111,7 @@ async def test_v01_one_block_only_warns_and_proposes_the_confirmatory_block(cds:
         if c["system"] == "urn:pinpoint:spinal-joint"
     }
     assert joints == {"L4-L5", "L5-S1"}
-    assert card["links"][0]["url"] == "https://pinpoint.example/patients/P-001/evidence"
+    assert card["links"][0]["url"].startswith("https://pinpoint.example/patients/P-001/evidence?exp=")
 
 
 async def test_v02_two_concordant_blocks_give_an_info_card_with_the_evidence(cds: CdsApp) -> None:

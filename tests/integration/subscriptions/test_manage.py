@@ -79,6 +79,9 @@ def test_backport_sync_uses_the_topic_when_the_server_offers_it(  # type: ignore
     assert payload_ext["valueCode"] == "full-resource"
     state = sub_state(engine, sub["id"])
     assert state is not None and state.heartbeat_period == 300 and state.last_event_number == 0
+    source_row = sub_state(engine, "(source)")  # catch-up searches start at the subscription's creation
+    assert source_row is not None and source_row.watermark is not None
+    assert source_row.watermark.isoformat().startswith(sub["meta"]["lastUpdated"][:19])
 
     status = runner.invoke(app, ["subscriptions", "status", "--source", "hosp"])
     assert status.exit_code == 0, status.output

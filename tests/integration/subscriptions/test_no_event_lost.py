@@ -250,3 +250,31 @@ async def test_a_fetch_that_keeps_failing_becomes_a_dead_letter(
     assert replay(engine, worker.settings, dl.id).status == "replayed"
     await worker.run_once(reconcile=False)
     assert stored_versions(engine) == upstream_state(fake)
+
+
+async def test_the_heartbeat_of_a_subscription_pinpoint_did_not_create_is_learned_and_watched(
+    fake: FakeFhirServer,
+    pinpoint: httpx.AsyncClient,
+    worker: SubscriptionWorker,
+    engine: Engine,
+    clock: Clock,
+) -> None:
+    sid = topic_subscription(fake, "id-only")
+    sub = fake.get("Subscription", sid)
+    assert sub is not None
+    sub["channel"]["extension"] = [
+        {
+            "url": "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/backport-heartbeat-period",
+            "valueUnsignedInt": 60,
+        }
+    ]
+    fake.put(sub)
+    await fake.deliver(sid, pinpoint, kind="handshake")
+    await worker.run_once(reconcile=False)
+    state = sub_state(engine, sid)
+    assert state is not None and state.heartbeat_period == 60
+    arrange(fake, sid, 3)  # happens upstream; every delivery is lost
+    clock.advance(200)
+    report = await worker.run_once(reconcile=False)
+    assert report.heartbeat_checks == 1
+    assert stored_versions(engine) == upstream_state(fake)

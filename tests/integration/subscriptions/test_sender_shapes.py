@@ -274,6 +274,7 @@ async def test_bearer_failures_are_401_and_store_nothing(client: httpx.AsyncClie
             ("POST", BASE, bundle),
             ("POST", BASE, b""),
             ("PUT", f"{BASE}/Patient/p1", orjson.dumps(patient())),
+            ("PUT", f"{BASE}/Patient/p1/_history/2", orjson.dumps(patient())),
             ("DELETE", f"{BASE}/Patient/p1", b""),
         ):
             r = await client.request(method, path, content=content, headers=headers)
@@ -324,3 +325,65 @@ async def test_hapi_topic_notification_posted_as_a_transaction(
     assert ("Patient", "p-77") in stored(engine)
     state = sub_state(engine, "123")
     assert state is not None and state.last_event_number == 1
+
+
+def _athena_like(focus: str) -> dict[str, Any]:
+    """R4B-draft SubscriptionStatus in an R4 history Bundle, numbered per bundle (always 1)."""
+    return {
+        "resourceType": "Bundle",
+        "type": "history",
+        "entry": [
+            {
+                "resource": {
+                    "resourceType": "SubscriptionStatus",
+                    "status": "active",
+                    "type": "event-notification",
+                    "eventsInNotification": 1,
+                    "notificationEvent": [
+                        {"eventNumber": "1", "focus": {"reference": focus}},
+                    ],
+                    "subscription": {"reference": "Subscription/athena-1"},
+                }
+            }
+        ],
+    }
+
+
+async def test_per_bundle_event_numbers_still_fetch_every_focus(
+    fake: FakeFhirServer, client: httpx.AsyncClient, worker: SubscriptionWorker, engine: Engine
+) -> None:
+    fake.put(patient())
+    fake.put(mbb("proc-1"))
+    fake.put(mbb("proc-2"))
+    for focus in ("Patient/p1", "Procedure/proc-1", "Procedure/proc-2", "Procedure/proc-2"):
+        r = await client.post(BASE, content=orjson.dumps(_athena_like(focus)), headers=AUTH)
+        assert r.status_code == 200
+    assert sorted(str(row.reference) for row in inbox(engine)) == [
+        "Patient/p1",
+        "Procedure/proc-1",
+        "Procedure/proc-2",  # the replay of the same (number, focus) queued nothing
+    ]
+    await worker.run_once(reconcile=False)
+    assert stored_versions(engine) == upstream_state(fake)
+
+
+async def test_a_replayed_full_resource_notification_changes_nothing(
+    fake: FakeFhirServer, pinpoint: httpx.AsyncClient, engine: Engine
+) -> None:
+    from tests.api.ingest.helpers import dirty
+
+    sid = topic_subscription(fake, "full-resource")
+    fake.put(patient())
+    fake.emit_event(sid, "Patient/p1")
+    await fake.deliver(sid, pinpoint)
+    before = stored(engine)
+    with Session(engine) as s:
+        from shared.db.models import EvaluationQueue
+
+        for row in s.exec(select(EvaluationQueue)).all():
+            s.delete(row)
+        s.commit()
+    fake._delivered.clear()
+    assert await fake.deliver(sid, pinpoint) == [200]
+    assert stored(engine) == before
+    assert dirty(engine) == []  # nothing to re-evaluate
