@@ -382,6 +382,9 @@ class Delivery:
     def _retry_later(self, claimed: Claimed, exc: Exception) -> None:
         retry_after = exc.retry_after if isinstance(exc, FhirHttpError) else None
         delay = backoff_delay(claimed.attempts, self.writeback, self.rng, retry_after)
+        if isinstance(exc, FhirTransportError) and exc.timeout:
+            # the server may still be applying it: give it a timeout's time before the probe
+            delay = max(delay, self.writeback.timeout.total_seconds())
         with session_scope(self.engine) as session:
             session.execute(
                 sa.update(_OUTBOX)
