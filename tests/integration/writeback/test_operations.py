@@ -281,9 +281,6 @@ def test_worker_once_delivers_the_outbox(
 
 @pytest.mark.postgres
 @pytest.mark.parametrize("db_url", ["postgres"], indirect=True)
-# An earlier test of the full suite leaves a psycopg connection open; the garbage collector
-# reports it during this allocation-heavy test. Not this test's connection (see the report).
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 async def test_two_deliverers_on_postgresql_send_each_entry_once(
     engine: Engine, db_url: str, live: LiveServer, fake: FakeFhirServer
 ) -> None:
