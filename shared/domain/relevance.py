@@ -33,6 +33,21 @@ _PROVOCATION = re.compile(
 _PATIENT_KEYS = ("subject", "patient", "beneficiary")
 _MEDICATION_TYPES = frozenset({"MedicationAdministration", "MedicationStatement", "MedicationRequest"})
 
+#: Every resource type Pinpoint may keep (CONTRACT §2 "Minimum necessary"); ``classify`` decides
+#: per resource. Readers and upstream searches use this list, in this order.
+KEPT_TYPES = (
+    "Patient",
+    "Condition",
+    "Procedure",
+    "Observation",
+    "MedicationAdministration",
+    "MedicationStatement",
+    "MedicationRequest",
+    "ServiceRequest",
+    "BodyStructure",
+    "Medication",
+)
+
 
 def _drop(category: str, reason: str) -> Relevance:
     return Relevance(False, category, reason)

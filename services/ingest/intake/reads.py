@@ -8,21 +8,9 @@ from sqlalchemy.engine import Engine
 
 from services.ingest.store import read_resource, search_by_patient
 from shared.db.session import session_scope
+from shared.domain.relevance import KEPT_TYPES
 from shared.errors import Gone, InvalidInput, NotFound
 from shared.settings import Settings, Source
-
-KEPT_TYPES = (
-    "Patient",
-    "Condition",
-    "Procedure",
-    "Observation",
-    "MedicationAdministration",
-    "MedicationStatement",
-    "MedicationRequest",
-    "Medication",
-    "ServiceRequest",
-    "BodyStructure",
-)
 
 
 def read(engine: Engine, source: Source, rtype: str, rid: str) -> dict[str, Any]:

@@ -27,6 +27,7 @@ from services.ingest.subscriptions.status import (
     read_status,
 )
 from shared.db.models import utcnow
+from shared.domain.relevance import KEPT_TYPES
 from shared.logging import get_logger
 from shared.settings import Source
 
@@ -39,20 +40,6 @@ GAPS = Counter("pinpoint_subscription_gaps_total", "Event-number gaps detected",
 
 #: How long a gap may wait for late (reordered) deliveries before recovery starts.
 GAP_GRACE = timedelta(seconds=5)
-
-#: Resource types Pinpoint keeps (CONTRACT §2 "Minimum necessary"); other focuses are not read.
-KEPT_TYPES = (
-    "Patient",
-    "Condition",
-    "Procedure",
-    "Observation",
-    "MedicationAdministration",
-    "MedicationStatement",
-    "MedicationRequest",
-    "ServiceRequest",
-    "BodyStructure",
-    "Medication",
-)
 
 
 @dataclass(frozen=True)

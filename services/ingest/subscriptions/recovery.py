@@ -35,11 +35,11 @@ from services.ingest.intake.bundles import Rejection, explode, process_entries
 from services.ingest.intake.push import keep_rejections
 from services.ingest.store import delete_resource, parse_instant
 from services.ingest.subscriptions import state
-from services.ingest.subscriptions.intake import KEPT_TYPES
 from services.ingest.subscriptions.status import carried_resources, listed_without_resource, read_status
 from shared.db.deadletters import record_dead_letter
 from shared.db.models import Inbox, Resource, SubscriptionState, utcnow
 from shared.db.session import session_scope
+from shared.domain.relevance import KEPT_TYPES
 from shared.fhir.client import FhirClient
 from shared.fhir.errors import FhirClientError, FhirHttpError, FhirNotFound
 from shared.fhir.sources import SourceClients
