@@ -11,10 +11,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import struct
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -29,6 +27,7 @@ import pytest
 
 from shared.signing import LinkSigner
 from tests.conftest import FIXTURES, IN_CI, ROOT
+from tests.serving import clean_env, free_port, run_pinpoint, serving
 
 pytestmark = pytest.mark.browser
 
@@ -83,60 +82,31 @@ def chromium() -> str:
     return found
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _pinpoint(*args: str, env: dict[str, str], log: Any) -> subprocess.Popen[bytes]:
-    exe = Path(sys.executable).parent / "pinpoint"
-    return subprocess.Popen([str(exe), *args], cwd=ROOT, env=env, stdout=log, stderr=log)
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """``pinpoint serve`` on 127.0.0.1 with tokens and a link secret, v02 pushed and evaluated."""
     tmp = tmp_path_factory.mktemp("evidence-browser")
-    port = _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PINPOINT_")}
-    env |= {
-        "PINPOINT_DATABASE_URL": f"sqlite:///{tmp / 'pinpoint.db'}",
-        "PINPOINT_API_TOKENS": "reader",
-        "PINPOINT_ADMIN_TOKENS": "boss",
-        "PINPOINT_LINK_SECRET": SECRET,
-    }
+    port = free_port()
+    env = clean_env(
+        PINPOINT_DATABASE_URL=f"sqlite:///{tmp / 'pinpoint.db'}",
+        PINPOINT_API_TOKENS="reader",
+        PINPOINT_ADMIN_TOKENS="boss",
+        PINPOINT_LINK_SECRET=SECRET,
+    )
     log_path = tmp / "serve.log"
-    with log_path.open("wb") as log:
-        proc = _pinpoint("serve", "--port", str(port), env=env, log=log)
-        base = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.monotonic() + 30
-            while time.monotonic() < deadline:
-                try:
-                    if httpx.get(f"{base}/livez", timeout=1).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    time.sleep(0.1)
-            else:
-                pytest.fail("server did not start: " + log_path.read_text()[-2000:])
-            pushed = httpx.post(
-                f"{base}/fhir",
-                content=(V02 / "bundle.json").read_bytes(),
-                headers={"content-type": "application/fhir+json"},
-                timeout=30,
-            )
-            assert pushed.status_code == 200, pushed.text
-            worker = _pinpoint("worker", "--once", env=env, log=log)
+    args = ("serve", "--port", str(port))
+    with serving(*args, env=env, base=f"http://127.0.0.1:{port}", log_path=log_path) as base:
+        pushed = httpx.post(
+            f"{base}/fhir",
+            content=(V02 / "bundle.json").read_bytes(),
+            headers={"content-type": "application/fhir+json"},
+            timeout=30,
+        )
+        assert pushed.status_code == 200, pushed.text
+        with log_path.open("ab") as log:
+            worker = run_pinpoint("worker", "--once", env=env, log=log)
             assert worker.wait(timeout=120) == 0, log_path.read_text()[-2000:]
-            yield base
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
+        yield base
 
 
 @pytest.fixture(scope="module")

@@ -5,11 +5,8 @@ notifications over loopback HTTP, Pinpoint's background task reads the focuses b
 from __future__ import annotations
 
 import asyncio
-import os
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,17 +17,12 @@ import yaml
 from tests.conftest import ROOT
 from tests.fakes.fhir_server import FakeFhirServer, LiveServer
 from tests.integration.subscriptions.conftest import TOKEN, TOPIC, mbb, patient
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from tests.serving import clean_env, free_port, serving
 
 
 @pytest.fixture
 def pinpoint_env(tmp_path: Path, live: LiveServer) -> tuple[dict[str, str], str]:
-    port = _free_port()
+    port = free_port()
     config = {
         "sources": [
             {
@@ -42,8 +34,7 @@ def pinpoint_env(tmp_path: Path, live: LiveServer) -> tuple[dict[str, str], str]
         ]
     }
     (tmp_path / "pinpoint.yaml").write_text(yaml.safe_dump(config))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PINPOINT_")}
-    env.update(
+    env = clean_env(
         PINPOINT_DATABASE_URL=f"sqlite:///{tmp_path / 'pinpoint.db'}",
         PINPOINT_CONFIG_FILE=str(tmp_path / "pinpoint.yaml"),
         PINPOINT_PORT=str(port),
@@ -55,32 +46,8 @@ def pinpoint_env(tmp_path: Path, live: LiveServer) -> tuple[dict[str, str], str]
 @pytest.fixture
 def served(tmp_path: Path, pinpoint_env: tuple[dict[str, str], str]) -> Iterator[str]:
     env, base = pinpoint_env
-    exe = Path(sys.executable).parent / "pinpoint"
-    log = (tmp_path / "serve.log").open("wb")
-    proc = subprocess.Popen(
-        [str(exe), "serve", "--role", "ingest"], cwd=ROOT, env=env, stdout=log, stderr=log
-    )
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{base}/livez", timeout=1).status_code == 200:
-                break
-        except httpx.TransportError:
-            time.sleep(0.1)
-    else:
-        proc.kill()
-        log.close()
-        pytest.fail("server did not start: " + (tmp_path / "serve.log").read_text()[-2000:])
-    try:
-        yield base
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
-        log.close()
+    with serving("serve", "--role", "ingest", env=env, base=base, log_path=tmp_path / "serve.log") as url:
+        yield url
 
 
 async def test_sync_then_live_id_only_notifications(
