@@ -27,7 +27,7 @@ typecheck: install
 	$(BIN)/mypy shared services
 
 bench: install
-	@for f in tests/bench/*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done
+	@for f in tests/bench/[!_]*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

@@ -30,7 +30,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -41,25 +40,8 @@ TOKEN = "bench-token"
 SECRET = "bench-secret"
 
 
-def _admin(pg: str, sql: str) -> None:
-    import sqlalchemy as sa
-
-    eng = sa.create_engine(pg, isolation_level="AUTOCOMMIT")
-    with eng.connect() as conn:
-        conn.execute(sa.text(sql))
-    eng.dispose()
-
-
-def _fresh_db(pg: str) -> tuple[str, str]:
-    from shared.db.session import make_engine, upgrade
-
-    name = f"pinpoint_bench_{os.getpid()}_{uuid.uuid4().hex[:6]}"
-    _admin(pg, f'CREATE DATABASE "{name}"')
-    url = pg.rsplit("/", 1)[0] + f"/{name}"
-    eng = make_engine(url)
-    upgrade(eng)
-    eng.dispose()
-    return name, url
+from tests.bench._pg import admin as _admin  # noqa: E402
+from tests.bench._pg import fresh_db as _fresh_db  # noqa: E402
 
 
 def _free_port() -> int:

@@ -40,14 +40,11 @@ from shared.db.session import make_engine, upgrade  # noqa: E402
 from tests.bench.evaluate import patient  # noqa: E402
 
 BIN = Path(sys.executable).parent
-ADMIN_URL = os.environ.get("PINPOINT_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+from tests.bench._pg import ADMIN_URL, admin  # noqa: E402
 
 
 def _admin(sql: str) -> None:
-    eng = sa.create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with eng.connect() as conn:
-        conn.execute(sa.text(sql))
-    eng.dispose()
+    admin(ADMIN_URL, sql)
 
 
 def _free_port() -> int:

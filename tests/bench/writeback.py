@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import socket
 import subprocess
 import sys
@@ -39,17 +38,13 @@ from services.recommender.worker import Worker  # noqa: E402
 from shared.db.models import utcnow  # noqa: E402
 from shared.db.session import make_engine, upgrade  # noqa: E402
 from shared.settings import ConfigFile, Settings, Source, Writeback  # noqa: E402
+from tests.bench._pg import ADMIN_URL, admin  # noqa: E402
 from tests.fakes.fhir_server import FakeFhirServer, serve_in_thread  # noqa: E402
 from tests.integration.worker.helpers import seed_store, synthetic  # noqa: E402
 
-ADMIN_URL = os.environ.get("PINPOINT_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
-
 
 def _admin(sql: str) -> None:
-    eng = sa.create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with eng.connect() as conn:
-        conn.execute(sa.text(sql))
-    eng.dispose()
+    admin(ADMIN_URL, sql)
 
 
 SINK = r"""
