@@ -44,6 +44,35 @@ from tests.bench._pg import admin as _admin  # noqa: E402
 from tests.bench._pg import fresh_db as _fresh_db  # noqa: E402
 
 
+def _summary(
+    latencies: list[float],
+    errors: dict[str, int],
+    total: int,
+    measured_from: int,
+    done_at: list[float],
+    window_start: float,
+) -> dict[str, Any]:
+    """Latency percentiles and the achieved rate over the measured window (after warm-up)."""
+    latencies = sorted(latencies)
+
+    def pct(p: float) -> float:
+        return (
+            latencies[min(len(latencies) - 1, int(p * len(latencies)))] * 1000 if latencies else float("nan")
+        )
+
+    return {
+        "total": total,
+        "sent": total - measured_from,
+        "ok": len(latencies),
+        "errors": errors,
+        "p50_ms": pct(0.50),
+        "p99_ms": pct(0.99),
+        "max_ms": latencies[-1] * 1000 if latencies else float("nan"),
+        "mean_ms": statistics.fmean(latencies) * 1000 if latencies else float("nan"),
+        "achieved_per_s": len(latencies) / (max(done_at) - window_start) if done_at else 0.0,
+    }
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -153,26 +182,7 @@ async def load(base: str, shape: str, rate: float, seconds: float, warmup: float
         t0 = time.perf_counter() + 0.2
         tasks = [asyncio.create_task(one(i, t0 + i / rate)) for i in range(total)]
         await asyncio.gather(*tasks)
-        window_start = t0 + warmup
-        elapsed = max(done_at) - window_start if done_at else float("nan")
-    latencies.sort()
-
-    def pct(p: float) -> float:
-        return (
-            latencies[min(len(latencies) - 1, int(p * len(latencies)))] * 1000 if latencies else float("nan")
-        )
-
-    return {
-        "total": total,
-        "sent": total - measured_from,
-        "ok": len(latencies),
-        "errors": errors,
-        "p50_ms": pct(0.50),
-        "p99_ms": pct(0.99),
-        "max_ms": latencies[-1] * 1000 if latencies else float("nan"),
-        "mean_ms": statistics.fmean(latencies) * 1000 if latencies else float("nan"),
-        "achieved_per_s": len(latencies) / elapsed if done_at else 0.0,
-    }
+    return _summary(latencies, errors, total, measured_from, done_at, t0 + warmup)
 
 
 async def _read_response(reader: asyncio.StreamReader) -> int:
@@ -243,25 +253,7 @@ async def load_raw(
     for _ in workers:
         queue.put_nowait(None)
     await asyncio.gather(*workers)
-    latencies.sort()
-    window_start = t0 + warmup
-
-    def pct(p: float) -> float:
-        return (
-            latencies[min(len(latencies) - 1, int(p * len(latencies)))] * 1000 if latencies else float("nan")
-        )
-
-    return {
-        "total": total,
-        "sent": total - measured_from,
-        "ok": len(latencies),
-        "errors": errors,
-        "p50_ms": pct(0.50),
-        "p99_ms": pct(0.99),
-        "max_ms": latencies[-1] * 1000 if latencies else float("nan"),
-        "mean_ms": statistics.fmean(latencies) * 1000 if latencies else float("nan"),
-        "achieved_per_s": len(latencies) / (max(done_at) - window_start) if done_at else 0.0,
-    }
+    return _summary(latencies, errors, total, measured_from, done_at, t0 + warmup)
 
 
 def main() -> None:
