@@ -34,7 +34,7 @@ def serve(
     """Serve the HTTP roles (and the worker) in one process."""
     import uvicorn
 
-    from services.server import Role, build_app, prepare_database
+    from services.server import Role, build_app, prepare_database, tune_gc
 
     overrides = {k: v for k, v in {"host": host, "port": port}.items() if v is not None}
     settings = settings_or_exit(**overrides)
@@ -51,6 +51,7 @@ def serve(
         typer.echo(f"pinpoint: {exc}", err=True)
         raise typer.Exit(code=2) from None
     application = build_app(settings, chosen, engine)
+    tune_gc()
     uvicorn.run(application, host=settings.host, port=settings.port, log_config=None, proxy_headers=False)
 
 
@@ -60,7 +61,7 @@ def worker(
 ) -> None:
     """Evaluate dirty patients: drain once and exit, or keep running."""
     from services.recommender.worker import run_cli
-    from services.server import prepare_database
+    from services.server import prepare_database, tune_gc
 
     settings = settings_or_exit()
     configure_logging(settings.log_level, settings.log_format)
@@ -69,6 +70,7 @@ def worker(
     except ConfigError as exc:
         typer.echo(f"pinpoint: {exc}", err=True)
         raise typer.Exit(code=2) from None
+    tune_gc()
     try:
         stats = run_cli(settings, engine, once=once)
     except ConfigError as exc:

@@ -207,7 +207,8 @@ def ops_router(runtime: Runtime) -> APIRouter:
     return router
 
 
-def get_runtime(request: Request) -> Runtime:
+async def get_runtime(request: Request) -> Runtime:
+    """Async on purpose: FastAPI runs a sync dependency in its thread pool, a hop per request."""
     runtime: Runtime = request.app.state.runtime
     return runtime
 
@@ -231,7 +232,7 @@ def token_matches(token: str | None, allowed: list[str]) -> bool:
     return found
 
 
-def require_api_token(request: Request, runtime: RuntimeDep) -> None:
+def check_api_token(request: Request, runtime: Runtime) -> None:
     """Patient-data reads need an API (or admin) token once any credential is configured (with
     none, only loopback binding is allowed and everything is open — CONTRACT §2). A deployment
     with source or CDS credentials but no API tokens has its reads closed, not open."""
@@ -243,7 +244,12 @@ def require_api_token(request: Request, runtime: RuntimeDep) -> None:
         raise Unauthorized("A valid API bearer token is required")
 
 
-def require_admin_token(request: Request, runtime: RuntimeDep) -> None:
+async def require_api_token(request: Request, runtime: RuntimeDep) -> None:
+    """Dependency form of :func:`check_api_token` (async: no thread-pool hop)."""
+    check_api_token(request, runtime)
+
+
+async def require_admin_token(request: Request, runtime: RuntimeDep) -> None:
     settings = runtime.settings
     if not settings.admin_tokens and not settings.api_tokens and not settings.auth_configured:
         return

@@ -2,8 +2,8 @@
 
 Run: ``.venv/bin/python tests/bench/cds_hooks.py [SECONDS]`` (default 8 s per target).
 
-Starts, on 127.0.0.1 (free ports), ONE uvicorn process serving Pinpoint (``Role.all``, SQLite,
-JSON logs to /dev/null as in production) and ONE uvicorn process serving a bare FastAPI app whose
+Starts, on 127.0.0.1 (free ports), ONE ``pinpoint serve --role recommender`` process (SQLite,
+JSON logs to /dev/null, as in production) and ONE uvicorn process serving a bare FastAPI app whose
 POST endpoint reads the body and returns ``{"cards": []}``. A loopback load generator (4 client
 processes x 8 connections = 32 connections) posts the same realistic patient-view request — an
 80-resource prefetch (vignette v02's pain history plus unrelated conditions, medications and
@@ -124,19 +124,6 @@ def request_body() -> dict[str, Any]:
 # ----------------------------------------------------------------------------- servers
 
 
-def serve_pinpoint(port: int, db: str) -> None:
-    import uvicorn
-
-    from services.server import Role, build_app, prepare_database
-    from shared.logging import configure_logging
-    from shared.settings import Settings
-
-    settings = Settings(database_url=f"sqlite:///{db}", port=port, log_format="json", _env_file=None)  # type: ignore[call-arg]
-    configure_logging(settings.log_level, settings.log_format)
-    app = build_app(settings, Role.recommender, prepare_database(settings))
-    uvicorn.run(app, host="127.0.0.1", port=port, log_config=None, access_log=False)
-
-
 def serve_noop(port: int) -> None:
     import uvicorn
 
@@ -227,8 +214,13 @@ def main() -> None:
     here = str(Path(__file__).resolve())
     servers = [
         subprocess.Popen(
-            [sys.executable, here, "--pinpoint", str(p_port), f"{tmp}/bench.db"],
-            env=env,
+            [str(Path(sys.executable).parent / "pinpoint"), "serve", "--role", "recommender"],
+            env={
+                **env,
+                "PINPOINT_DATABASE_URL": f"sqlite:///{tmp}/bench.db",
+                "PINPOINT_PORT": str(p_port),
+                "PINPOINT_LOG_FORMAT": "json",
+            },
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         ),
@@ -286,9 +278,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) > 1 and sys.argv[1] == "--pinpoint":
-        serve_pinpoint(int(sys.argv[2]), sys.argv[3])
-    elif len(sys.argv) > 1 and sys.argv[1] == "--noop":
+    if len(sys.argv) > 1 and sys.argv[1] == "--noop":
         serve_noop(int(sys.argv[2]))
     else:
         main()

@@ -23,7 +23,7 @@ from shared.web import FhirResponse, RuntimeDep, require_api_token
 BASES = ("/fhir", "/sources/{source_id}/fhir")
 
 
-def get_source(request: Request, runtime: RuntimeDep) -> Source:
+async def get_source(request: Request, runtime: RuntimeDep) -> Source:
     return push.resolve_source(runtime.settings, request.path_params.get("source_id", "default"))
 
 

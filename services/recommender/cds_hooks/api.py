@@ -15,7 +15,6 @@ from services.recommender.cds_hooks.discovery import SERVICES, CdsService, disco
 from services.recommender.cds_hooks.service import (
     CallOutcome,
     authenticate,
-    cds_state,
     handle_call,
     handle_feedback,
     record_call,
@@ -62,15 +61,8 @@ def router() -> APIRouter:
             status = exc.status
             raise
         finally:
-            await asyncio.to_thread(
-                record_call,
-                runtime.engine,
-                service=service,
-                caller=caller,
-                status=status,
-                started=started,
-                outcome=outcome,
-                now=cds_state(runtime).clock(),
+            await record_call(
+                runtime, service=service, caller=caller, status=status, started=started, outcome=outcome
             )
 
     @r.post("/cds-services/{service_id}/feedback")

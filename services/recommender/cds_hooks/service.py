@@ -10,10 +10,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 import httpx
-import sqlalchemy as sa
 from fastapi import Request
 from prometheus_client import Counter
-from sqlalchemy.engine import Engine
 
 from services.recommender.cds_hooks.assess import Assessor, assess
 from services.recommender.cds_hooks.auth import Caller, JwksStore, verify_client_jwt
@@ -22,6 +20,7 @@ from services.recommender.cds_hooks.data import as_draft_orders, gather
 from services.recommender.cds_hooks.discovery import CdsService
 from services.recommender.cds_hooks.feedback import count_feedback, store_feedback
 from services.recommender.cds_hooks.models import HookCall, parse_feedback, parse_hook_request
+from shared.db.group_commit import GroupCommit
 from shared.db.models import AuditLog
 from shared.db.session import session_scope
 from shared.errors import PreconditionFailed
@@ -40,6 +39,7 @@ class CdsState:
     """Per-process CDS state kept in ``runtime.state["cds"]``; tests may replace the seams."""
 
     jwks: JwksStore
+    audit: GroupCommit
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
     assessor: Assessor = assess
     http: httpx.AsyncClient | None = None
@@ -55,12 +55,13 @@ def cds_state(runtime: Runtime) -> CdsState:
                 holder["client"] = httpx.AsyncClient(timeout=httpx.Timeout(5.0), follow_redirects=False)
             return holder["client"]
 
-        state = CdsState(jwks=JwksStore(http=http))
+        state = CdsState(jwks=JwksStore(http=http), audit=GroupCommit(runtime.engine, AUDIT))
         state.http = None
         runtime.state["cds"] = state
         runtime.state["cds.http"] = http
 
         async def _close() -> None:
+            await state.audit.close()
             if "client" in holder:
                 await holder["client"].aclose()
 
@@ -136,17 +137,19 @@ async def handle_call(runtime: Runtime, service: CdsService, body: bytes, outcom
     outcome.response = {"cards": [r.card for r in rendered]}
 
 
-def record_call(
-    engine: Engine,
+async def record_call(
+    runtime: Runtime,
     *,
     service: CdsService,
     caller: Caller | None,
     status: int,
     started: float,
     outcome: CallOutcome | None,
-    now: datetime,
 ) -> None:
-    """The audit log row of a call (ids, counts, timing) plus one row per card for feedback."""
+    """The audit log row of a call (ids, counts, timing) plus one row per card for feedback,
+    committed (group commit with concurrent calls) before the answer leaves."""
+    state = cds_state(runtime)
+    now = state.clock()
     ms = round((time.perf_counter() - started) * 1000, 1)
     call = outcome.call if outcome else None
     rendered = outcome.rendered if outcome else []
@@ -186,9 +189,7 @@ def record_call(
         }
         for r in rendered
     ]
-    # Core insert (one statement, one transaction): the hot path avoids the ORM unit of work.
-    with engine.begin() as conn:
-        conn.execute(sa.insert(AUDIT), rows)
+    await state.audit.write(rows)
     CALLS.labels(service.id, str(status)).inc()
     for r in rendered:
         CARDS.labels(service.id, r.pathway, r.card["indicator"]).inc()

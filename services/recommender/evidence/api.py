@@ -20,7 +20,7 @@ from services.recommender.store import load_patient_resources, patient_known
 from shared.db.models import utcnow
 from shared.db.session import session_scope
 from shared.errors import NotFound, Unauthorized
-from shared.web import Runtime, RuntimeDep, require_api_token
+from shared.web import Runtime, RuntimeDep, check_api_token
 
 _HEADERS = {
     "Cache-Control": "no-store",
@@ -36,7 +36,7 @@ def authorize(request: Request, runtime: Runtime, key: str, exp: str | None, sig
     if (exp is not None or sig is not None) and link_valid(runtime, key, exp, sig, now=utcnow()):
         return
     try:
-        require_api_token(request, runtime)
+        check_api_token(request, runtime)
     except Unauthorized:
         if exp is not None or sig is not None:
             raise Unauthorized(

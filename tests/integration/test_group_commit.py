@@ -1,0 +1,85 @@
+"""Group commit (shared/db/group_commit.py) on SQLite and PostgreSQL: every caller's rows are
+committed when its write returns, concurrent callers share transactions, a failed insert reaches
+every caller of its batch and not the next ones."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from shared.db.group_commit import GroupCommit
+from shared.db.models import AuditLog
+
+AUDIT = AuditLog.__table__  # type: ignore[attr-defined]
+
+
+def _row(actor: str, **extra: Any) -> dict[str, Any]:
+    return {"at": datetime.now(UTC), "actor": actor, "action": "test", "detail": {"n": 1}, **extra}
+
+
+def _count(engine: Engine, actor: str | None = None) -> int:
+    query = sa.select(sa.func.count()).select_from(AUDIT)
+    if actor is not None:
+        query = query.where(AUDIT.c.actor == actor)
+    with engine.connect() as conn:
+        return int(conn.execute(query).scalar_one())
+
+
+def test_concurrent_writers_share_commits_and_each_sees_its_rows(engine: Engine) -> None:
+    commits: list[int] = []
+    sa.event.listen(engine, "commit", lambda _conn: commits.append(1))
+    writer = GroupCommit(engine, AUDIT)
+    seen_after_return: dict[str, int] = {}
+
+    async def call(i: int) -> None:
+        actor = f"caller-{i}"
+        await writer.write([_row(actor), _row(actor)])
+        seen_after_return[actor] = _count(engine, actor)
+
+    async def main() -> None:
+        await asyncio.gather(*(call(i) for i in range(60)))
+
+    asyncio.run(main())
+    assert seen_after_return == {f"caller-{i}": 2 for i in range(60)}
+    assert _count(engine) == 120
+    assert len(commits) < 60, "concurrent calls were not grouped"
+
+
+def test_failed_batch_fails_its_callers_only(engine: Engine) -> None:
+    writer = GroupCommit(engine, AUDIT)
+
+    async def main() -> list[Any]:
+        bad = writer.write([_row("bad", action=None)])  # action is NOT NULL
+        good_same_batch = writer.write([_row("same-batch")])
+        outcomes = await asyncio.gather(bad, good_same_batch, return_exceptions=True)
+        await writer.write([_row("after")])
+        return outcomes
+
+    outcomes = asyncio.run(main())
+    assert all(isinstance(o, sa.exc.IntegrityError) for o in outcomes)
+    assert _count(engine, "same-batch") == 0  # one transaction: nothing half-written
+    assert _count(engine, "after") == 1
+
+
+def test_each_event_loop_gets_a_working_writer(engine: Engine) -> None:
+    writer = GroupCommit(engine, AUDIT)
+    for i in range(3):
+        asyncio.run(writer.write([_row(f"loop-{i}")]))
+    assert [_count(engine, f"loop-{i}") for i in range(3)] == [1, 1, 1]
+
+
+def test_close_waits_for_rows_handed_over(engine: Engine) -> None:
+    writer = GroupCommit(engine, AUDIT)
+
+    async def main() -> None:
+        tasks = [asyncio.ensure_future(writer.write([_row("shutdown")])) for _ in range(5)]
+        await asyncio.sleep(0)
+        await writer.close()
+        assert _count(engine, "shutdown") == 5  # committed when close returns
+        await asyncio.gather(*tasks)
+
+    asyncio.run(main())
