@@ -70,28 +70,22 @@ def procedure_codes(concept: Any) -> list[str]:
 
 def rxnorm_names(concept: Any) -> set[str]:
     """Ingredient names of the agents the rules know, from RxNorm codings or text."""
-    names: set[str] = set()
-    for code in code_set(concept, t.RXNORM):
-        for table in (t.LOCAL_ANAESTHETICS, t.STEROIDS, t.SEDATIVES, t.NSAIDS):
-            if code in table:
-                names.add(table[code])
+    names = {t.RXNORM_NAMES[code] for code in code_set(concept, t.RXNORM) if code in t.RXNORM_NAMES}
     if not names:
         for text in texts(concept):
             names |= words_in(text)
     return names
 
 
-_WORD_TABLES = (t.AGENT_WORDS, t.STEROID_WORDS, t.SEDATIVE_WORDS, {n: n for n in t.NSAID_WORDS})
+_WORDS = tuple(
+    {**t.AGENT_WORDS, **t.STEROID_WORDS, **t.SEDATIVE_WORDS, **{n: n for n in t.NSAID_WORDS}}.items()
+)
 
 
 def words_in(text: str) -> set[str]:
+    """Ingredient names whose words (brand or generic) occur anywhere in ``text``, any case."""
     low = text.lower()
-    found: set[str] = set()
-    for table in _WORD_TABLES:
-        for word, name in table.items():
-            if word in low:
-                found.add(name)
-    return found
+    return {name for word, name in _WORDS if word in low}
 
 
 def reference(value: Any) -> str | None:

@@ -203,8 +203,8 @@ def _kind(codes: Iterable[str]) -> tuple[str, str | None] | None:
 
 
 def _injectate_from(names: Iterable[str], steroid_mg: float | None) -> Injectate:
-    anaesthetics = tuple(sorted({n for n in names if n in t.LOCAL_ANAESTHETICS.values()}))
-    steroids = sorted({n for n in names if n in t.STEROIDS.values()})
+    anaesthetics = tuple(sorted({n for n in names if n in t.ANAESTHETIC_NAMES}))
+    steroids = sorted({n for n in names if n in t.STEROID_NAMES})
     agent = anaesthetics[0] if len(anaesthetics) == 1 else ("mixed" if anaesthetics else "unknown")
     return Injectate(agent, anaesthetics, steroids[0] if steroids else None, steroid_mg if steroids else None)
 
@@ -428,14 +428,9 @@ class _Builder:
                 linked.add(_ref(ma))
             start, end = j.period_start_end(ma, "effective")
             routes = j.dosage_routes(ma)
-            if (
-                start
-                and end
-                and names & set(t.SEDATIVES.values())
-                and not any(j.route_is_oral(r) for r in routes)
-            ):
-                sedations.append(Sedation(_ref(ma), start, end, sorted(names & set(t.SEDATIVES.values()))[0]))
-            steroid_names = sorted(names & set(t.STEROIDS.values()))
+            if start and end and names & t.SEDATIVE_NAMES and not any(j.route_is_oral(r) for r in routes):
+                sedations.append(Sedation(_ref(ma), start, end, sorted(names & t.SEDATIVE_NAMES)[0]))
+            steroid_names = sorted(names & t.STEROID_NAMES)
             if steroid_names and not parents and start and not any(j.route_is_oral(r) for r in routes):
                 steroids.append(
                     SteroidExposure(
@@ -522,7 +517,7 @@ class _Builder:
                 concept = _medication_concept(ma, self.meds) or {}
                 found = j.rxnorm_names(concept)
                 names |= found
-                if found & set(t.STEROIDS.values()):
+                if found & t.STEROID_NAMES:
                     mg = _dose_mg(ma.get("dosage")) or _mg_in(j.texts(concept))
             if names:
                 return _injectate_from(names, mg)
@@ -639,17 +634,26 @@ def _reading(obs: Mapping[str, Any], scale: str) -> PainReading | None:
     return PainReading(_ref(obs), scale, value, time, tuple(j.references(obs.get("partOf"))), side)
 
 
+_VERIFICATION = "http://terminology.hl7.org/CodeSystem/condition-ver-status"
+_CLINICAL = "http://terminology.hl7.org/CodeSystem/condition-clinical"
+
+
 def _condition(cond: Mapping[str, Any]) -> ConditionFact | None:
-    verification = j.code_set(
-        cond.get("verificationStatus"), "http://terminology.hl7.org/CodeSystem/condition-ver-status"
-    )
-    if verification & _VOID_VERIFICATION:
+    verification = cond.get("verificationStatus")
+    if verification is not None and j.code_set(verification, _VERIFICATION) & _VOID_VERIFICATION:
         return None
-    clinical = j.code_set(
-        cond.get("clinicalStatus"), "http://terminology.hl7.org/CodeSystem/condition-clinical"
-    )
-    codes = [_icd(c) for c in j.code_set(cond.get("code"), t.ICD10CM)]
-    codes += [f"SCT:{c}" for c in j.code_set(cond.get("code"), t.SNOMED)]
+    clinical = cond.get("clinicalStatus")
+    inactive = clinical is not None and bool(j.code_set(clinical, _CLINICAL) & _INACTIVE_CONDITION)
+    icd: set[str] = set()
+    snomed_codes: set[str] = set()
+    for c in j.codings(cond.get("code")):
+        if "code" not in c:
+            continue
+        system = c.get("system")
+        if system == t.ICD10CM:
+            icd.add(_icd(str(c["code"])))
+        elif system == t.SNOMED:
+            snomed_codes.add(f"SCT:{str(c['code']).strip()}")
     onset = j.parse_date(cond.get("onsetDateTime"))
     if onset is None and isinstance(cond.get("onsetPeriod"), Mapping):
         onset = j.parse_date(cond["onsetPeriod"].get("start"))
@@ -657,7 +661,8 @@ def _condition(cond: Mapping[str, Any]) -> ConditionFact | None:
         onset = j.parse_date(cond.get("recordedDate"))
     body = cond.get("bodySite")
     side = side_from_codings(body) or side_from_text(*j.texts(body)) if body is not None else None
-    region = next((r for r in (condition_region(c) for c in codes if not c.startswith("SCT:")) if r), None)
+    icd_sorted = sorted(icd)  # the first ICD-10-CM code (in code order) naming a region decides
+    region = next((r for r in map(condition_region, icd_sorted) if r), None)
     if region is None and body is not None:
         snomed = j.code_set(body, t.SNOMED)
         if t.SACROILIAC_JOINT in snomed:
@@ -666,9 +671,9 @@ def _condition(cond: Mapping[str, Any]) -> ConditionFact | None:
             region = "knee"
     return ConditionFact(
         ref=_ref(cond),
-        codes=tuple(sorted(set(codes))),
+        codes=tuple(sorted(icd | snomed_codes)),
         onset=onset,
-        active=not (clinical & _INACTIVE_CONDITION),
+        active=not inactive,
         side=side,
         region=region,
     )

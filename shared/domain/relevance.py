@@ -73,12 +73,12 @@ def _classify_medication(resource: Mapping[str, Any]) -> Relevance:
     names = _medication_names(resource)
     if names is None:
         return Relevance(True, "medication", "agent in a referenced Medication")
-    steroids = names & set(t.STEROIDS.values())
+    steroids = names & t.STEROID_NAMES
     if steroids and not any(j.route_is_oral(r) for r in j.dosage_routes(resource)):
         return Relevance(True, "steroid-injection")
-    if names & set(t.LOCAL_ANAESTHETICS.values()):
+    if names & t.ANAESTHETIC_NAMES:
         return Relevance(True, "anaesthetic")
-    if names & set(t.SEDATIVES.values()):
+    if names & t.SEDATIVE_NAMES:
         return Relevance(True, "sedation")
     if names & t.NSAID_WORDS:
         return Relevance(True, "conservative-care")
@@ -98,7 +98,7 @@ def _classify_procedure(resource: Mapping[str, Any]) -> Relevance:
         if code in t.PHYSICAL_THERAPY_CPT:
             return Relevance(True, "conservative-care")
     used = resource.get("usedCode")
-    if used is not None and j.rxnorm_names(used) & set(t.STEROIDS.values()):
+    if used is not None and j.rxnorm_names(used) & t.STEROID_NAMES:
         return Relevance(True, "steroid-injection")
     if j.code_set(resource.get("code"), t.SNOMED) & t.NOT_PAIN_SNOMED:
         return _drop("procedure", "not a pain intervention (SNOMED procedure codes are never mapped)")

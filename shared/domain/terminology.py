@@ -145,6 +145,13 @@ NSAIDS: Final[dict[str, str]] = {
     "5781": "indomethacin",
     "161": "acetaminophen",
 }
+ANAESTHETIC_NAMES: Final = frozenset(LOCAL_ANAESTHETICS.values())
+STEROID_NAMES: Final = frozenset(STEROIDS.values())
+SEDATIVE_NAMES: Final = frozenset(SEDATIVES.values())
+#: RxNorm ingredient code → name, over the four tables above.
+RXNORM_NAMES: Final[dict[str, str]] = {**LOCAL_ANAESTHETICS, **STEROIDS, **SEDATIVES, **NSAIDS}
+assert len(RXNORM_NAMES) == sum(map(len, (LOCAL_ANAESTHETICS, STEROIDS, SEDATIVES, NSAIDS))), "code clash"
+
 # Names searched in free text (lower case) → ingredient name.
 AGENT_WORDS: Final[dict[str, str]] = {
     "lidocaine": "lidocaine",

@@ -15,7 +15,6 @@ from typing import Any
 from services.recommender.engine import assessment_document, evaluate
 from services.recommender.engine.policy import Policy, load_policy
 from shared.domain.normalize import normalize
-from shared.domain.relevance import classify
 
 Assessor = Callable[[Sequence[dict[str, Any]], str, datetime], dict[str, Any]]
 
@@ -26,9 +25,10 @@ def _policy(name: str) -> Policy:
 
 
 def assess(resources: Sequence[dict[str, Any]], policy_name: str, now: datetime) -> dict[str, Any]:
-    """Relevance filter → normalise → evaluate → §3 document (the engine's public API)."""
+    """Normalise (which applies the relevance filter) → evaluate → §3 document (the engine's
+    public API, as the worker and the evidence page use it)."""
     policy = _policy(policy_name)
-    facts = normalize(r for r in resources if classify(r).kept)
+    facts = normalize(resources)
     results = [evaluate(f, policy, now=now) for f in facts.values()]
     document: dict[str, Any] = assessment_document(results, policy, now)
     return document

@@ -295,6 +295,18 @@ def test_conditions_onset_fallbacks_and_region() -> None:
     ]
 
 
+def test_condition_with_codes_of_two_regions_reads_the_same_whatever_the_order() -> None:
+    icd = "http://hl7.org/fhir/sid/icd-10-cm"
+    codings = [{"system": icd, "code": "M54.2"}, {"system": icd, "code": "M54.5"}]
+    regions = set()
+    for order in (codings, codings[::-1]):
+        cond = {"resourceType": "Condition", "id": "c", "code": {"coding": order}, "subject": subj("P-1")}
+        (fact,) = facts_of([cond]).conditions
+        assert fact.codes == ("M542", "M545")
+        regions.add(fact.region)
+    assert regions == {"cervical"}
+
+
 def test_order_requested_date_and_filters() -> None:
     base = {
         "resourceType": "ServiceRequest",
