@@ -9,7 +9,9 @@ import logging
 import sys
 import uuid
 from contextvars import ContextVar
+from typing import Any
 
+import orjson
 import structlog
 
 request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
@@ -31,10 +33,30 @@ def _add_request_id(_: object, __: str, event_dict: structlog.types.EventDict) -
     return event_dict
 
 
+class _StderrLogger:
+    """structlog's fast path: one write of the rendered line to the current ``sys.stderr`` (looked
+    up per line, so a replaced stream is honoured), with the name ``add_logger_name`` reads."""
+
+    def __init__(self, name: str = "pinpoint") -> None:
+        self.name = name
+
+    def msg(self, message: str) -> None:
+        sys.stderr.write(message + "\n")
+
+    log = debug = info = warn = warning = error = critical = exception = fatal = failure = msg
+
+
+def _json(obj: Any, **_: Any) -> str:
+    return orjson.dumps(obj, default=str).decode()
+
+
 def configure_logging(level: str = "info", fmt: str = "console") -> None:
-    """Configure structlog and the stdlib root logger (uvicorn, alembic) alike."""
+    """Our own loggers render straight to stderr (structlog's fast path: no stdlib LogRecord per
+    line); stdlib loggers (uvicorn, alembic) go through a handler rendering the same format."""
     renderer: structlog.types.Processor = (
-        structlog.processors.JSONRenderer() if fmt == "json" else structlog.dev.ConsoleRenderer(colors=False)
+        structlog.processors.JSONRenderer(serializer=_json)
+        if fmt == "json"
+        else structlog.dev.ConsoleRenderer(colors=False)
     )
     shared: list[structlog.types.Processor] = [
         structlog.contextvars.merge_contextvars,
@@ -44,9 +66,9 @@ def configure_logging(level: str = "info", fmt: str = "console") -> None:
         _add_request_id,
     ]
     structlog.configure(
-        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
-        logger_factory=structlog.stdlib.LoggerFactory(),
-        wrapper_class=structlog.stdlib.BoundLogger,
+        processors=[*shared, structlog.processors.format_exc_info, renderer],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping()[level.upper()]),
+        logger_factory=_StderrLogger,
         cache_logger_on_first_use=True,
     )
     handler = logging.StreamHandler(sys.stderr)
@@ -70,6 +92,7 @@ def configure_logging(level: str = "info", fmt: str = "console") -> None:
     logging.getLogger("uvicorn.access").disabled = True
 
 
-def get_logger(name: str) -> structlog.stdlib.BoundLogger:
-    logger: structlog.stdlib.BoundLogger = structlog.get_logger(name)
+def get_logger(name: str) -> structlog.typing.FilteringBoundLogger:
+    """A logger whose lines carry ``logger=<name>``; lazy, so modules may create it at import."""
+    logger: structlog.typing.FilteringBoundLogger = structlog.get_logger(name)
     return logger
