@@ -47,7 +47,7 @@ class GroupCommit:
         self._pending.append((rows, done))
         if self._task is None or self._task.done():
             self._task = loop.create_task(self._drain(), name="group-commit")
-        await asyncio.shield(done)  # a cancelled request does not cancel the others' batch
+        await done  # a cancelled caller cancels only its own wait: the batch is the drain task's
 
     async def _drain(self) -> None:
         while self._pending:
