@@ -6,6 +6,7 @@ import calendar
 import re
 from collections.abc import Iterator, Mapping
 from datetime import UTC, date, datetime, timedelta
+from functools import lru_cache
 from typing import Any
 
 from shared.domain import terminology as t
@@ -82,10 +83,12 @@ _WORDS = tuple(
 )
 
 
-def words_in(text: str) -> set[str]:
-    """Ingredient names whose words (brand or generic) occur anywhere in ``text``, any case."""
+@lru_cache(maxsize=4096)
+def words_in(text: str) -> frozenset[str]:
+    """Ingredient names whose words (brand or generic) occur anywhere in ``text``, any case.
+    Cached: medication and order texts repeat across patients (a small vocabulary)."""
     low = text.lower()
-    return {name for word, name in _WORDS if word in low}
+    return frozenset(name for word, name in _WORDS if word in low)
 
 
 def reference(value: Any) -> str | None:

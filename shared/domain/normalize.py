@@ -14,6 +14,7 @@ import re
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from datetime import UTC, date, datetime
+from functools import lru_cache
 from typing import Any
 
 from shared.domain import _json as j
@@ -52,6 +53,7 @@ def _vertebra_index(letter: str, number: int) -> int | None:
     return _INDEX.get(f"{letter.upper()}{number}")
 
 
+@lru_cache(maxsize=4096)  # body-site and procedure texts repeat across patients
 def parse_levels(text: str) -> tuple[str, ...]:
     """Spinal joints named in free text: "Right L4-5 and L5-S1", "L4/5", "C2-3", "L4-L5".
 
@@ -126,6 +128,7 @@ _NUMBER = re.compile(r"^\s*(-?\d+(?:\.\d+)?)\s*$")
 _MG = re.compile(r"(\d+(?:\.\d+)?)\s*mg\b", re.I)
 _IA = re.compile(r"intra-?articular", re.I)
 _IA_WORD = re.compile(r"\bIA\b")
+_HIP = re.compile(r"\bhip\b")
 
 
 def reading_value(obs: Mapping[str, Any], scale: str) -> float | None:
@@ -161,6 +164,7 @@ _ICD_REGION_DIGIT = {"1": "cervical", "2": "cervical", "3": "cervical", "4": "th
 _ICD_REGION_DIGIT |= {"6": "lumbar", "7": "lumbar", "8": "lumbar", "9": None}  # type: ignore[dict-item]
 
 
+@lru_cache(maxsize=4096)
 def condition_region(icd: str) -> str | None:
     """Anatomical region an ICD-10-CM code names (spine codes by their region character)."""
     if icd.startswith(("M461", "M533")):
@@ -311,7 +315,7 @@ def _site(
         region, joints = "sacroiliac", ("SIJ",)
     elif kind in (t.GENICULAR_BLOCK, t.GENICULAR_RFA) or t.KNEE in snomed or "knee" in all_text:
         region, joints = "knee", ("knee",)
-    elif snomed & t.HIP_SNOMED or re.search(r"\bhip\b", all_text):
+    elif snomed & t.HIP_SNOMED or _HIP.search(all_text):
         region, joints = "hip", ("hip",)
     elif t.SACROILIAC_JOINT in snomed or "sacroiliac" in all_text:
         region, joints = "sacroiliac", ("SIJ",)
