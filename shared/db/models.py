@@ -231,6 +231,8 @@ class AuditLog(SQLModel, table=True):
     """Who called what: actor, action and target ids, never patient data in clear text."""
 
     __tablename__ = "audit_log"
+    # feedback finds the card it is about by (action "cds.card", target card uuid)
+    __table_args__ = (sa.Index("ix_audit_log_action_target", "action", "target"),)
 
     id: int | None = Field(default=None, primary_key=True)
     at: datetime = _ts(nullable=False, index=True)
