@@ -46,6 +46,11 @@ class _StderrLogger:
     log = debug = info = warn = warning = error = critical = exception = fatal = failure = msg
 
 
+# Until configure_logging runs (tests, library use): structlog's defaults, but to stderr — stdout
+# belongs to the CLI's output (JSON assessments, tables).
+structlog.configure(logger_factory=_StderrLogger)
+
+
 def _json(obj: Any, **_: Any) -> str:
     return orjson.dumps(obj, default=str).decode()
 

@@ -1,6 +1,7 @@
-"""Group commit (shared/db/group_commit.py) on SQLite and PostgreSQL: every caller's rows are
-committed when its write returns, concurrent callers share transactions, a failed insert reaches
-every caller of its batch and not the next ones."""
+"""Group commit (shared/db/group_commit.py) on SQLite and PostgreSQL: a waiting caller's rows
+are committed when its write returns, concurrent callers share transactions, a failed insert
+reaches the callers of its batch and not the next ones; unawaited writes are committed by the
+next flush, wait under backlog, are retried on transient errors and counted when they fail."""
 
 from __future__ import annotations
 
@@ -8,9 +9,12 @@ import asyncio
 from datetime import UTC, datetime
 from typing import Any
 
+import pytest
 import sqlalchemy as sa
+from prometheus_client import REGISTRY
 from sqlalchemy.engine import Engine
 
+from shared.db import group_commit
 from shared.db.group_commit import GroupCommit
 from shared.db.models import AuditLog
 
@@ -86,3 +90,61 @@ def test_close_waits_for_rows_handed_over(engine: Engine) -> None:
         await asyncio.gather(*tasks)
 
     asyncio.run(main())
+
+
+def test_unawaited_writes_are_committed_by_the_next_flush(engine: Engine) -> None:
+    writer = GroupCommit(engine, AUDIT)
+
+    async def main() -> None:
+        for i in range(20):
+            await writer.write([_row(f"queued-{i}")], wait=False)
+        await writer.flush()
+        assert sum(_count(engine, f"queued-{i}") for i in range(20)) == 20
+
+    asyncio.run(main())
+
+
+def test_backlog_makes_unawaited_writers_wait(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(group_commit, "BACKPRESSURE_ITEMS", -1)  # always "backlogged"
+    writer = GroupCommit(engine, AUDIT)
+
+    async def main() -> None:
+        await writer.write([_row("pressed")], wait=False)
+        assert _count(engine, "pressed") == 1  # committed on return
+
+    asyncio.run(main())
+
+
+def test_a_transient_failure_is_retried(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(group_commit, "RETRY_DELAYS", (0.01,))
+    writer = GroupCommit(engine, AUDIT)
+    real = writer._insert
+    calls = []
+
+    def flaky(rows: list[dict[str, Any]]) -> None:
+        calls.append(len(rows))
+        if len(calls) == 1:
+            raise sa.exc.OperationalError("INSERT", {}, Exception("database is locked"))
+        real(rows)
+
+    monkeypatch.setattr(writer, "_insert", flaky)
+    asyncio.run(writer.write([_row("retried")]))
+    assert calls == [1, 1]
+    assert _count(engine, "retried") == 1
+
+
+def test_an_unawaited_failure_is_counted_not_raised(engine: Engine) -> None:
+    writer = GroupCommit(engine, AUDIT)
+    before = _failed_rows()
+
+    async def main() -> None:
+        await writer.write([_row("bad", action=None)], wait=False)  # NOT NULL violated
+        await writer.flush()
+
+    asyncio.run(main())
+    assert _failed_rows() - before == 1
+    assert _count(engine, "bad") == 0
+
+
+def _failed_rows() -> float:
+    return REGISTRY.get_sample_value("pinpoint_group_commit_failed_rows_total", {"table": "audit_log"}) or 0.0

@@ -15,6 +15,7 @@ from services.recommender.cds_hooks.discovery import SERVICES, CdsService, disco
 from services.recommender.cds_hooks.service import (
     CallOutcome,
     authenticate,
+    cds_state,
     handle_call,
     handle_feedback,
     record_call,
@@ -69,6 +70,7 @@ def router() -> APIRouter:
     async def feedback(service_id: str, request: Request, runtime: RuntimeDep) -> CdsJson:
         service = _service(service_id)
         await authenticate(request, runtime)
+        await cds_state(runtime).audit.flush()  # the cards' audit rows tell their pathways
         await asyncio.to_thread(handle_feedback, runtime, service, await request.body())
         return CdsJson({})
 

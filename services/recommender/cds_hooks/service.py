@@ -147,7 +147,8 @@ async def record_call(
     outcome: CallOutcome | None,
 ) -> None:
     """The audit log row of a call (ids, counts, timing) plus one row per card for feedback,
-    committed (group commit with concurrent calls) before the answer leaves."""
+    queued for the group commit before the answer leaves and committed right after it (see
+    shared/db/group_commit.py; the feedback route flushes first)."""
     state = cds_state(runtime)
     now = state.clock()
     ms = round((time.perf_counter() - started) * 1000, 1)
@@ -189,7 +190,7 @@ async def record_call(
         }
         for r in rendered
     ]
-    await state.audit.write(rows)
+    await state.audit.write(rows, wait=False)
     CALLS.labels(service.id, str(status)).inc()
     for r in rendered:
         CARDS.labels(service.id, r.pathway, r.card["indicator"]).inc()
