@@ -54,10 +54,9 @@ import httpx
 import orjson
 import sqlalchemy as sa
 from prometheus_client import Counter, Histogram
-from prometheus_client.core import REGISTRY, GaugeMetricFamily
-from prometheus_client.registry import Collector
 from sqlalchemy.engine import Engine
 
+from services.recommender.metrics import COLLECTOR
 from services.recommender.suggestions import SYSTEM, split_patient_key
 from shared.db.deadletters import record_dead_letter, register_replayer
 from shared.db.models import DeadLetter, Outbox, Suggestion, utcnow
@@ -733,33 +732,10 @@ def outbox_check(engine: Engine, max_age: timedelta) -> Check:
     return check
 
 
-class OutboxAgeCollector(Collector):
-    """``pinpoint_outbox_oldest_age_seconds``: age of the oldest undelivered entry."""
-
-    def __init__(self) -> None:
-        self.engine: Engine | None = None
-
-    def collect(self) -> Iterator[GaugeMetricFamily]:
-        if self.engine is None:
-            return
-        try:
-            _, oldest = outbox_state(self.engine)
-        except Exception:
-            return
-        age = (utcnow() - oldest).total_seconds() if oldest is not None else 0.0
-        yield GaugeMetricFamily(
-            "pinpoint_outbox_oldest_age_seconds", "Age of the oldest undelivered outbox entry", value=age
-        )
-
-
-AGE_COLLECTOR = OutboxAgeCollector()
-REGISTRY.register(AGE_COLLECTOR)
-
-
 def install_delivery(runtime: Runtime) -> None:
     """Register the delivery loop (when write-back is configured), its readiness check, gauges."""
     runtime.checks.setdefault("outbox", outbox_check(runtime.engine, runtime.settings.ready_max_outbox_age))
-    AGE_COLLECTOR.engine = runtime.engine
+    COLLECTOR.engine = runtime.engine
     if runtime.settings.config.writeback is None:
         return
     stop = threading.Event()

@@ -20,7 +20,8 @@ _OUTBOX = Outbox.__table__  # type: ignore[attr-defined]
 
 
 class QueueCollector(Collector):
-    """Depth and oldest-mark age of the evaluation queue; outbox depth by status."""
+    """Depth and oldest-mark age of the evaluation queue; outbox depth by status and the age of
+    its oldest undelivered entry."""
 
     def __init__(self) -> None:
         self.engine: Engine | None = None
@@ -28,10 +29,12 @@ class QueueCollector(Collector):
     def collect(self) -> Iterator[GaugeMetricFamily]:
         if self.engine is None:
             return
+        from services.recommender.delivery import outbox_state
         from services.recommender.worker import queue_state
 
         try:
             depth, oldest, active = queue_state(self.engine)
+            _, oldest_outbox = outbox_state(self.engine)
             with session_scope(self.engine) as session:
                 outbox = session.execute(
                     sa.select(_OUTBOX.c.status, sa.func.count()).group_by(_OUTBOX.c.status)
@@ -49,6 +52,10 @@ class QueueCollector(Collector):
         for status in ("pending", "parked", "local", "sent"):
             family.add_metric([status], counts.get(status, 0))
         yield family
+        age = (utcnow() - oldest_outbox).total_seconds() if oldest_outbox is not None else 0.0
+        yield GaugeMetricFamily(
+            "pinpoint_outbox_oldest_age_seconds", "Age of the oldest undelivered outbox entry", value=age
+        )
 
 
 COLLECTOR = QueueCollector()
