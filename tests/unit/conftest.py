@@ -22,5 +22,6 @@ def run_engine(resources: Sequence[dict[str, Any]], now: str, policy: str = "cms
 
 
 @pytest.fixture(scope="session")
-def engine() -> Callable[..., dict[str, Any]]:
+def run() -> Callable[..., dict[str, Any]]:
+    """The criteria engine on raw resources (named apart from the database ``engine`` fixture)."""
     return run_engine

@@ -212,9 +212,9 @@ CASES = [
 
 @pytest.mark.parametrize(("resources", "verdict", "reason", "earliest"), CASES)
 def test_facet_rfa_order(
-    engine: Any, resources: list[dict[str, Any]], verdict: str, reason: str | None, earliest: str | None
+    run: Any, resources: list[dict[str, Any]], verdict: str, reason: str | None, earliest: str | None
 ) -> None:
-    check = check_of(engine(resources, NOW))
+    check = check_of(run(resources, NOW))
     assert check["verdict"] == verdict, check
     if reason:
         assert check["reasons"][0] == reason, check
@@ -223,15 +223,15 @@ def test_facet_rfa_order(
     assert check["earliestDate"] == earliest, check
 
 
-def test_bilateral_blocks_with_right_sided_pain_confirm_the_right_only(engine: Any) -> None:
-    doc = engine(base_l() + v2_pair(side="bilateral") + [rfa_order(side="bilateral")], NOW)
+def test_bilateral_blocks_with_right_sided_pain_confirm_the_right_only(run: Any) -> None:
+    doc = run(base_l() + v2_pair(side="bilateral") + [rfa_order(side="bilateral")], NOW)
     check = check_of(doc)
     assert check["verdict"] == "partially-supported"
     assert check["supportedTargets"] == [{"region": "lumbar", "joints": ["L4-L5", "L5-S1"], "side": "right"}]
 
 
-def test_bilateral_blocks_with_bilateral_pain_confirm_both_sides(engine: Any) -> None:
-    doc = engine(base_l(side="bilateral") + v2_pair(side="bilateral") + [rfa_order(side="bilateral")], NOW)
+def test_bilateral_blocks_with_bilateral_pain_confirm_both_sides(run: Any) -> None:
+    doc = run(base_l(side="bilateral") + v2_pair(side="bilateral") + [rfa_order(side="bilateral")], NOW)
     check = check_of(doc)
     assert check["verdict"] == "supported"
     assert check["supportedTargets"] == [
@@ -239,7 +239,7 @@ def test_bilateral_blocks_with_bilateral_pain_confirm_both_sides(engine: Any) ->
     ]
 
 
-def test_sedated_block_confounds_and_alerts(engine: Any) -> None:
+def test_sedated_block_confounds_and_alerts(run: Any) -> None:
     sedation = {
         "resourceType": "MedicationAdministration",
         "id": "midazolam",
@@ -250,13 +250,13 @@ def test_sedated_block_confounds_and_alerts(engine: Any) -> None:
         "subject": {"reference": "Patient/P-1"},
         "effectiveDateTime": "2025-02-24T08:30:00-05:00",
     }
-    doc = engine(base_l() + v2_pair() + [sedation, rfa_order()], NOW)
+    doc = run(base_l() + v2_pair() + [sedation, rfa_order()], NOW)
     check = check_of(doc)
     assert (check["verdict"], check["reasons"][0]) == ("not-met", "sedation-confounded")
     assert "sedation" in alerts_of(doc)
 
 
-def test_oral_midazolam_is_anxiolysis_not_sedation(engine: Any) -> None:
+def test_oral_midazolam_is_anxiolysis_not_sedation(run: Any) -> None:
     oral = {
         "resourceType": "MedicationAdministration",
         "id": "midazolam-po",
@@ -266,67 +266,66 @@ def test_oral_midazolam_is_anxiolysis_not_sedation(engine: Any) -> None:
         "effectiveDateTime": "2025-02-24T08:30:00-05:00",
         "dosage": {"route": {"coding": [{"system": "http://snomed.info/sct", "code": "26643006"}]}},
     }
-    doc = engine(base_l() + v2_pair() + [oral, rfa_order()], NOW)
+    doc = run(base_l() + v2_pair() + [oral, rfa_order()], NOW)
     assert check_of(doc)["verdict"] == "supported"
     assert "sedation" not in alerts_of(doc)
 
 
-def test_discordant_comparative_blocks_raise_alert(engine: Any) -> None:
+def test_discordant_comparative_blocks_raise_alert(run: Any) -> None:
     resources = (
         base_l()
         + scored_block("mbb-1", "2025-02-03 09:00", 7, [(15, 1), (60, 1), (300, 1)])
         + scored_block("mbb-2", "2025-02-24 09:00", 7, [(20, 0), (200, 1)], agent="bupivacaine")
         + [rfa_order()]
     )
-    doc = engine(resources, NOW)
+    doc = run(resources, NOW)
     assert "discordant-blocks" in alerts_of(doc)
     assert check_of(doc)["verdict"] == "supported"
 
 
-def test_consensus_2020_one_block_at_50_percent_is_enough(engine: Any) -> None:
+def test_consensus_2020_one_block_at_50_percent_is_enough(run: Any) -> None:
     resources = [
         *base_l(),
         pt("P-1", "2024-09-15", "pt-early"),
         *scored_block("mbb-1", "2025-02-03 09:00", 8, [(15, 4), (60, 4), (120, 6)]),
         rfa_order(),
     ]
-    assert check_of(engine(resources, NOW))["verdict"] == "not-met"
-    assert check_of(engine(resources, NOW, "consensus-2020"))["verdict"] == "supported"
+    assert check_of(run(resources, NOW))["verdict"] == "not-met"
+    assert check_of(run(resources, NOW, "consensus-2020"))["verdict"] == "supported"
 
 
-def test_consensus_2020_requires_three_months_of_conservative_care(engine: Any) -> None:
+def test_consensus_2020_requires_three_months_of_conservative_care(run: Any) -> None:
     resources = [patient(), condition("c", "M47.816", "2024-09-01"), *v2_pair(), rfa_order()]
-    check = check_of(engine(resources, NOW, "consensus-2020"))
+    check = check_of(run(resources, NOW, "consensus-2020"))
     assert (check["verdict"], check["reasons"][0]) == ("not-met", "conservative-care-too-short")
 
 
-def test_intra_articular_blocks_do_not_confirm_rfa(engine: Any) -> None:
+def test_intra_articular_blocks_do_not_confirm_rfa(run: Any) -> None:
     pair = v2_pair()
     for res in pair:
         if res["resourceType"] == "Procedure":
             res["code"]["text"] = "Lumbar facet intra-articular injection"
-    check = check_of(engine(base_l() + pair + [rfa_order()], NOW))
+    check = check_of(run(base_l() + pair + [rfa_order()], NOW))
     assert check["verdict"] == "not-met"
 
 
-def test_therapeutic_ia_without_rfa_contraindication_needs_review(engine: Any) -> None:
+def test_therapeutic_ia_without_rfa_contraindication_needs_review(run: Any) -> None:
     req = order(
         "req-ia", ("64493", "64494"), "2025-03-17", detail="triamcinolone 40 mg", category="277132007"
     )
-    doc = engine(base_l() + v2_pair() + [req], NOW)
+    doc = run(base_l() + v2_pair() + [req], NOW)
     check = check_of(doc, "ServiceRequest/req-ia")
     assert check["pathway"] == "facet-therapeutic"
     assert (check["verdict"], check["reasons"][0]) == ("needs-review", "rfa-alternative-undocumented")
     req2 = order("req-ia", ("64493", "64494"), "2025-03-17", detail="triamcinolone 40 mg", reason="M96.0")
     assert (
-        check_of(engine(base_l() + v2_pair() + [req2], NOW), "ServiceRequest/req-ia")["verdict"]
-        == "supported"
+        check_of(run(base_l() + v2_pair() + [req2], NOW), "ServiceRequest/req-ia")["verdict"] == "supported"
     )
 
 
-def test_ultrasound_guided_facet_block_not_covered(engine: Any) -> None:
+def test_ultrasound_guided_facet_block_not_covered(run: Any) -> None:
     req = order("req-us", ("0216T",), "2025-03-17", category="103693007")
-    check = check_of(engine([*base_l(), req], NOW), "ServiceRequest/req-us")
+    check = check_of(run([*base_l(), req], NOW), "ServiceRequest/req-us")
     assert (check["pathway"], check["verdict"], check["reasons"][0]) == (
         "facet-diagnostic",
         "not-covered",
@@ -334,7 +333,7 @@ def test_ultrasound_guided_facet_block_not_covered(engine: Any) -> None:
     )
 
 
-def test_fifth_diagnostic_session_deferred_until_cap_release(engine: Any) -> None:
+def test_fifth_diagnostic_session_deferred_until_cap_release(run: Any) -> None:
     blocks = [
         block(f"mbb-{i}", day, joints=("L4-L5",))
         for i, day in enumerate(
@@ -342,7 +341,7 @@ def test_fifth_diagnostic_session_deferred_until_cap_release(engine: Any) -> Non
         )
     ]
     req = order("req-mbb", ("64493",), "2025-03-17", joints=("L4-L5",), category="103693007")
-    check = check_of(engine(base_l(onset="2023-01-01") + blocks + [req], NOW), "ServiceRequest/req-mbb")
+    check = check_of(run(base_l(onset="2023-01-01") + blocks + [req], NOW), "ServiceRequest/req-mbb")
     assert (check["verdict"], check["reasons"][0], check["earliestDate"]) == (
         "deferred",
         "diagnostic-session-cap",
@@ -350,9 +349,9 @@ def test_fifth_diagnostic_session_deferred_until_cap_release(engine: Any) -> Non
     )
 
 
-def test_second_diagnostic_block_ordered_within_14_days_needs_review(engine: Any) -> None:
+def test_second_diagnostic_block_ordered_within_14_days_needs_review(run: Any) -> None:
     req = order("req-mbb", ("64493", "64494"), "2025-02-10", category="103693007")
-    check = check_of(engine(base_l() + v2_pair()[:6] + [req], NOW), "ServiceRequest/req-mbb")
+    check = check_of(run(base_l() + v2_pair()[:6] + [req], NOW), "ServiceRequest/req-mbb")
     assert (check["verdict"], check["reasons"][0]) == ("needs-review", "diagnostic-interval-too-short")
 
 
@@ -400,11 +399,9 @@ def repeat_case(follow_ups: list[tuple[str, int]]) -> list[dict[str, Any]]:
     ],
 )
 def test_repeat_rfa(
-    engine: Any, follow_ups: list[tuple[str, int]], verdict: str, reason: str | None, earliest: str | None
+    run: Any, follow_ups: list[tuple[str, int]], verdict: str, reason: str | None, earliest: str | None
 ) -> None:
-    check = check_of(
-        engine(repeat_case(follow_ups), "2025-04-02T09:00:00-05:00"), "ServiceRequest/req-repeat"
-    )
+    check = check_of(run(repeat_case(follow_ups), "2025-04-02T09:00:00-05:00"), "ServiceRequest/req-repeat")
     assert check["pathway"] == "facet-rfa-repeat"
     assert check["verdict"] == verdict, check
     if reason:
@@ -412,10 +409,10 @@ def test_repeat_rfa(
     assert check["earliestDate"] == earliest
 
 
-def test_repeat_rfa_before_six_months_deferred_while_relief_holds(engine: Any) -> None:
+def test_repeat_rfa_before_six_months_deferred_while_relief_holds(run: Any) -> None:
     resources = repeat_case([("2024-10-01", 3), ("2024-12-02", 3)])
     resources[-1] = order("req-repeat", ("64635", "64636"), "2025-01-15")
-    check = check_of(engine(resources, "2025-01-10T09:00:00-05:00"), "ServiceRequest/req-repeat")
+    check = check_of(run(resources, "2025-01-10T09:00:00-05:00"), "ServiceRequest/req-repeat")
     assert (check["verdict"], check["reasons"][0], check["earliestDate"]) == (
         "deferred",
         "relief-period-not-ended",
@@ -423,20 +420,20 @@ def test_repeat_rfa_before_six_months_deferred_while_relief_holds(engine: Any) -
     )
 
 
-def test_repeat_rfa_after_two_years_with_new_left_pain_needs_new_blocks(engine: Any) -> None:
+def test_repeat_rfa_after_two_years_with_new_left_pain_needs_new_blocks(run: Any) -> None:
     resources = repeat_case([("2024-10-01", 3), ("2024-12-02", 3), ("2025-03-03", 3)])
     resources.append(condition("new-left", "M54.50", "2026-06-01", "left"))
     resources[-2] = order("req-repeat", ("64635", "64636"), "2026-10-01")
-    check = check_of(engine(resources, "2026-09-20T09:00:00-05:00"), "ServiceRequest/req-repeat")
+    check = check_of(run(resources, "2026-09-20T09:00:00-05:00"), "ServiceRequest/req-repeat")
     assert (check["verdict"], check["reasons"][0]) == ("not-met", "repeat-diagnostics-required")
 
 
-def test_assessment_groups_joints_by_verdict(engine: Any) -> None:
+def test_assessment_groups_joints_by_verdict(run: Any) -> None:
     resources = (
         base_l()
         + v2_pair()
         + scored_block("mbb-3", "2025-03-03 09:00", 7, [(15, 1), (60, 1)], joints=("L3-L4",))
     )
-    doc = engine(resources, NOW)
+    doc = run(resources, NOW)
     got = {(a["verdict"], tuple(a["target"]["joints"])) for a in doc["patients"][0]["assessments"]}
     assert got == {("supported", ("L4-L5", "L5-S1")), ("not-met", ("L3-L4",))}

@@ -93,22 +93,22 @@ def sij_order(
     ],
 )
 def test_sij(
-    engine: Any, resources: list[dict[str, Any]], verdict: str, reason: str | None, earliest: str | None
+    run: Any, resources: list[dict[str, Any]], verdict: str, reason: str | None, earliest: str | None
 ) -> None:
-    check = check_of(engine(resources, "2025-03-24T09:00:00-05:00"), "ServiceRequest/req-sij")
+    check = check_of(run(resources, "2025-03-24T09:00:00-05:00"), "ServiceRequest/req-sij")
     assert check["verdict"] == verdict, check
     assert (check["reasons"][:1] or [None])[0] == reason
     assert check["earliestDate"] == earliest
 
 
-def test_third_sij_diagnostic_session_deferred(engine: Any) -> None:
+def test_third_sij_diagnostic_session_deferred(run: Any) -> None:
     blocks = sij_block("s1", "2024-06-03 10:00", 8, [(15, 2)]) + sij_block(
         "s2", "2024-09-02 10:00", 8, [(15, 2)]
     )
     req = sij_order(detail=None)
     req["category"] = [{"coding": [{"system": SCT, "code": "103693007"}]}]
     check = check_of(
-        engine(sij_patient() + blocks + [req], "2025-03-24T09:00:00-05:00"), "ServiceRequest/req-sij"
+        run(sij_patient() + blocks + [req], "2025-03-24T09:00:00-05:00"), "ServiceRequest/req-sij"
     )
     assert (check["pathway"], check["verdict"], check["reasons"][0], check["earliestDate"]) == (
         "sij-diagnostic",
@@ -181,7 +181,7 @@ def esi(eid: str, day: str) -> dict[str, Any]:
     ],
 )
 def test_esi(
-    engine: Any,
+    run: Any,
     resources: list[dict[str, Any]],
     codes: tuple[str, ...],
     joints: tuple[str, ...],
@@ -194,19 +194,19 @@ def test_esi(
         reading("b", "2025-01-10 09:00", 8),
         order("req-esi", codes, "2025-03-31", joints=joints, detail="dexamethasone 10 mg"),
     ]
-    check = check_of(engine(resources, "2025-03-24T09:00:00-05:00"), "ServiceRequest/req-esi")
+    check = check_of(run(resources, "2025-03-24T09:00:00-05:00"), "ServiceRequest/req-esi")
     assert check["pathway"] == "esi"
     assert check["verdict"] == verdict, check
     assert (check["reasons"][:1] or [None])[0] == reason or reason in check["reasons"], check
 
 
-def test_fifth_esi_session_capped_when_relief_held(engine: Any) -> None:
+def test_fifth_esi_session_capped_when_relief_held(run: Any) -> None:
     days = ["2024-05-20 09:00", "2024-08-05 09:00", "2024-11-04 09:00", "2025-02-03 09:00"]
     res = esi_patient() + [esi(f"e{i}", d) for i, d in enumerate(days)]
     res += [reading(f"pre{i}", d, 8, minutes=-30) for i, d in enumerate(days)]
     res += [reading("fu-a", "2025-02-20 09:00", 3), reading("fu-b", "2025-05-05 09:00", 3)]
     res.append(order("req-esi", ("64483",), "2025-05-12", joints=("L4-L5",), detail="dexamethasone 10 mg"))
-    check = check_of(engine(res, "2025-05-10T09:00:00-05:00"), "ServiceRequest/req-esi")
+    check = check_of(run(res, "2025-05-10T09:00:00-05:00"), "ServiceRequest/req-esi")
     assert (check["verdict"], check["reasons"][0], check["earliestDate"]) == (
         "deferred",
         "esi-session-cap",
@@ -223,15 +223,15 @@ def genicular_case() -> list[dict[str, Any]]:
     return res
 
 
-def test_genicular_rfa_one_block_50_percent(engine: Any) -> None:
-    check = check_of(engine(genicular_case(), "2025-03-24T09:00:00-05:00"), "ServiceRequest/req-gn")
+def test_genicular_rfa_one_block_50_percent(run: Any) -> None:
+    check = check_of(run(genicular_case(), "2025-03-24T09:00:00-05:00"), "ServiceRequest/req-gn")
     assert (check["pathway"], check["verdict"]) == ("genicular-rfa", "supported")
 
 
-def test_genicular_rfa_switched_off_by_custom_policy(engine: Any, tmp_path: Path) -> None:
+def test_genicular_rfa_switched_off_by_custom_policy(run: Any, tmp_path: Path) -> None:
     f = tmp_path / "payer.yaml"
     f.write_text("id: payer\nversion: 1\npathways:\n  genicular-rfa: {covered: false}\n")
-    check = check_of(engine(genicular_case(), "2025-03-24T09:00:00-05:00", str(f)), "ServiceRequest/req-gn")
+    check = check_of(run(genicular_case(), "2025-03-24T09:00:00-05:00", str(f)), "ServiceRequest/req-gn")
     assert (check["verdict"], check["reasons"][0]) == ("not-covered", "not-covered-by-policy")
 
 
@@ -267,11 +267,11 @@ def knee_injection(kid: str, day: str, dose: str | None = "triamcinolone 40 mg")
         pytest.param(["2025-07-01 10:00"], "not-met", id="second-injection-after-13-weeks-minus"),
     ],
 )
-def test_knee_steroid_frequency(engine: Any, days: list[str], verdict: str) -> None:
+def test_knee_steroid_frequency(run: Any, days: list[str], verdict: str) -> None:
     res = [patient(), condition("c", "M17.11", "2023-11-01T09:00:00-05:00")]
     res += [knee_injection(f"k{i}", d) for i, d in enumerate(days)]
     res.append(order("req-knee", ("20610",), "2025-09-01", site=KNEE, detail="triamcinolone 40 mg"))
-    check = check_of(engine(res, "2025-08-25T09:00:00-05:00"), "ServiceRequest/req-knee")
+    check = check_of(run(res, "2025-08-25T09:00:00-05:00"), "ServiceRequest/req-knee")
     assert (check["pathway"], check["verdict"]) == ("knee-steroid", verdict)
     if verdict == "not-met":
         assert check["reasons"][0] == "steroid-frequency"
@@ -291,21 +291,19 @@ def test_knee_steroid_frequency(engine: Any, days: list[str], verdict: str) -> N
         pytest.param("female", "1957-06-12", [None] * 6, True, id="undocumented-doses-assumed-40mg"),
     ],
 )
-def test_cumulative_steroid(
-    engine: Any, gender: str, birth: str, doses: list[str | None], fires: bool
-) -> None:
+def test_cumulative_steroid(run: Any, gender: str, birth: str, doses: list[str | None], fires: bool) -> None:
     res: list[dict[str, Any]] = [patient("P-1", gender, birth)]
     for i, dose in enumerate(doses):
         inj = knee_injection(f"k{i}", f"2025-0{i + 1}-10 10:00", dose)
         inj["bodySite"][0]["coding"][1]["code"] = "419465000" if i % 2 else "419161000"
         res.append(inj)
-    alerts = alerts_of(engine(res, "2025-09-01T09:00:00-05:00"))
+    alerts = alerts_of(run(res, "2025-09-01T09:00:00-05:00"))
     assert ("cumulative-steroid" in alerts) is fires
     if fires and doses[0] is None:
         assert "assumed" in alerts["cumulative-steroid"]
 
 
-def test_intramuscular_steroid_counts_oral_does_not(engine: Any) -> None:
+def test_intramuscular_steroid_counts_oral_does_not(run: Any) -> None:
     def ma(mid: str, route: str, mg: float) -> dict[str, Any]:
         return {
             "resourceType": "MedicationAdministration",
@@ -321,9 +319,9 @@ def test_intramuscular_steroid_counts_oral_does_not(engine: Any) -> None:
         }
 
     res = [patient("P-1", "male", "1980-01-01"), ma("im", "78421000", 420)]
-    assert "cumulative-steroid" in alerts_of(engine(res, "2025-09-01T09:00:00-05:00"))
+    assert "cumulative-steroid" in alerts_of(run(res, "2025-09-01T09:00:00-05:00"))
     res = [patient("P-1", "male", "1980-01-01"), ma("po", "26643006", 420)]
-    assert "cumulative-steroid" not in alerts_of(engine(res, "2025-09-01T09:00:00-05:00"))
+    assert "cumulative-steroid" not in alerts_of(run(res, "2025-09-01T09:00:00-05:00"))
 
 
 def test_unused_imports_guard() -> None:

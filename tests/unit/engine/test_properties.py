@@ -31,10 +31,10 @@ def load_case(folder: Path) -> tuple[list[dict[str, Any]], str, str]:
 
 @SETTINGS
 @given(case=st.sampled_from(CASES), data=st.data())
-def test_shuffling_resources_never_changes_the_output(engine: Any, case: Path, data: st.DataObject) -> None:
+def test_shuffling_resources_never_changes_the_output(run: Any, case: Path, data: st.DataObject) -> None:
     resources, now, policy = load_case(case)
     shuffled = data.draw(st.permutations(resources))
-    assert engine(list(shuffled), now, policy) == engine(resources, now, policy)
+    assert run(list(shuffled), now, policy) == run(resources, now, policy)
 
 
 def unrelated(pid: str) -> st.SearchStrategy[dict[str, Any]]:
@@ -99,14 +99,14 @@ def unrelated(pid: str) -> st.SearchStrategy[dict[str, Any]]:
 @SETTINGS
 @given(case=st.sampled_from(CASES), data=st.data())
 def test_adding_unrelated_resources_never_changes_the_output(
-    engine: Any, case: Path, data: st.DataObject
+    run: Any, case: Path, data: st.DataObject
 ) -> None:
     resources, now, policy = load_case(case)
     pids = sorted({r["id"] for r in resources if r["resourceType"] == "Patient"})
     extra = data.draw(
         st.lists(unrelated(data.draw(st.sampled_from(pids))), max_size=8, unique_by=lambda r: r["id"])
     )
-    assert engine(resources + extra, now, policy) == engine(resources, now, policy)
+    assert run(resources + extra, now, policy) == run(resources, now, policy)
 
 
 post_readings = st.lists(
@@ -138,15 +138,15 @@ def verdict(doc: dict[str, Any]) -> str:
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(specs=st.lists(block_spec, min_size=1, max_size=3), data=st.data())
 def test_raising_a_post_block_pain_score_never_turns_not_met_into_supported(
-    engine: Any, specs: list[tuple[int, list[tuple[int, int]], str]], data: st.DataObject
+    run: Any, specs: list[tuple[int, list[tuple[int, int]], str]], data: st.DataObject
 ) -> None:
     resources = history(specs)
-    before = verdict(engine(resources, NOW))
+    before = verdict(run(resources, NOW))
     posts = [i for i, r in enumerate(resources) if "-post" in r.get("id", "")]
     index = data.draw(st.sampled_from(posts))
     raised = copy.deepcopy(resources)
     raised[index]["valueInteger"] = min(10, raised[index]["valueInteger"] + data.draw(st.integers(1, 10)))
-    after = verdict(engine(raised, NOW))
+    after = verdict(run(raised, NOW))
     if before == NOT_MET:
         assert after != SUPPORTED
     if before != SUPPORTED:
