@@ -23,6 +23,8 @@ from typing import Any
 
 import orjson
 
+from services.recommender.engine.wording import VERDICT_SENTENCES, pathway_text, reason_text, target_text
+
 SYSTEM = "urn:pinpoint:recommendation"
 ALERT_SYSTEM = "urn:pinpoint:alert"
 JOINT_SYSTEM = "urn:pinpoint:spinal-joint"
@@ -46,60 +48,6 @@ SITE = {
     "SIJ": (SNOMED, "39723000", "Sacroiliac joint structure"),
     "knee": (SNOMED, "72696002", "Knee region structure"),
     "hip": (SNOMED, "24136001", "Hip joint structure"),
-}
-
-PATHWAY_TEXT = {
-    "facet-diagnostic": "diagnostic facet joint block",
-    "facet-rfa": "facet joint radiofrequency ablation",
-    "facet-rfa-repeat": "repeat facet joint radiofrequency ablation",
-    "facet-therapeutic": "therapeutic facet joint injection",
-    "sij-diagnostic": "diagnostic sacroiliac joint block",
-    "sij-therapeutic": "therapeutic sacroiliac joint injection",
-    "sij-rfa": "sacroiliac joint radiofrequency ablation",
-    "esi": "epidural steroid injection",
-    "genicular-rfa": "genicular nerve radiofrequency ablation",
-    "knee-steroid": "knee corticosteroid injection",
-}
-VERDICT_TEXT = {
-    "supported": "is supported: the policy's criteria are met",
-    "partially-supported": "is supported for part of the joints only",
-    "not-met": "is not supported: the policy's criteria are not met",
-    "not-evaluable": "cannot be judged from the data available",
-    "needs-review": "needs a clinician's review before it is done",
-    "not-covered": "is not covered by the policy",
-    "deferred": "will be supported once a waiting time or limit has passed",
-}
-REASON_TEXT = {
-    "second-block-required": "a second positive diagnostic block at the same joints and side is required",
-    "relief-below-threshold": "relief after the block stayed below the required threshold",
-    "duration-inconsistent-with-agent": "relief did not last as long as the anaesthetic used acts",
-    "sedation-confounded": "the most recent block was given under sedation, which confounds its result",
-    "not-confirmed-same-side": "the positive block was on the other side",
-    "not-confirmed-same-joint": "the positive block was at another joint",
-    "levels-exceed-session-limit": "more levels than one session allows",
-    "diagnostic-interval-too-short": "the diagnostic blocks are less than 14 days apart",
-    "diagnostic-session-cap": "the yearly limit of diagnostic sessions is reached",
-    "rfa-session-cap": "the yearly limit of ablation sessions is reached",
-    "therapeutic-session-cap": "the yearly limit of therapeutic sessions is reached",
-    "esi-session-cap": "the yearly limit of epidural sessions is reached",
-    "prior-relief-insufficient": "the previous ablation did not give enough lasting relief",
-    "repeat-diagnostics-required": "the pain may have a new source: new diagnostic blocks are required",
-    "no-baseline": "no pain score was recorded before the block",
-    "scale-mismatch": "the pain scores after the block use another scale than the baseline",
-    "low-baseline": "the pain score before the block was low",
-    "no-follow-up": "no pain scores were recorded in the follow-up period",
-    "pain-duration-too-short": "the pain has not lasted long enough yet",
-    "conservative-care-too-short": "conservative care is not documented for long enough",
-    "untreated-radiculopathy": "an active radiculopathy has not been treated",
-    "indication-missing": "no radicular indication is documented",
-    "rfa-alternative-undocumented": "no reason is documented why ablation is not possible",
-    "joint-not-blocked": "the joint was never blocked",
-    "relief-period-not-ended": "the relief period of the previous treatment has not ended",
-    "level-previously-ablated": "the level was ablated successfully before",
-    "not-covered-by-policy": "the policy does not cover this procedure",
-    "steroid-frequency": "steroid injections at this joint are too frequent",
-    "discordant-blocks": "the comparative blocks are discordant",
-    "prolonged-response": "the response lasted far longer than the anaesthetic acts",
 }
 
 # The definitive procedure of each pathway: the code a "do not perform" advice names when the
@@ -232,30 +180,15 @@ def evidence_refs(evidence: Iterable[Any]) -> tuple[str, ...]:
     return tuple(found)
 
 
-def target_text(target: Mapping[str, Any]) -> str:
-    joints = [str(j) for j in target.get("joints") or []]
-    side = str(target.get("side") or "")
-    if joints == ["SIJ"]:
-        place = "sacroiliac joint"
-    elif joints in (["knee"], ["hip"]):
-        place = joints[0]
-    else:
-        place = " and ".join(joints) if len(joints) <= 2 else ", ".join(joints[:-1]) + " and " + joints[-1]
-        region = target.get("region")
-        place = f"{place} ({region})" if region else place
-    return f"{side} {place}".strip()
-
-
 def describe(assessment: Mapping[str, Any]) -> str:
     """The verdict and why, in plain language (no patient identifiers)."""
     pathway = str(assessment.get("pathway"))
     verdict = str(assessment.get("verdict"))
-    what = PATHWAY_TEXT.get(pathway, pathway)
-    sentence = f"{what[:1].upper()}{what[1:]} at the {target_text(assessment.get('target') or {})} "
-    sentence += VERDICT_TEXT.get(verdict, verdict)
+    sentence = f"{pathway_text(pathway)} at the {target_text(assessment.get('target') or {})} "
+    sentence += VERDICT_SENTENCES.get(verdict, verdict)
     if verdict == "deferred" and assessment.get("earliestDate"):
         sentence += f", from {assessment['earliestDate']}"
-    reasons = [REASON_TEXT.get(str(r), str(r)) for r in assessment.get("reasons") or []]
+    reasons = [reason_text(str(r)) for r in assessment.get("reasons") or []]
     if reasons:
         sentence += ": " + "; ".join(reasons)
     sentence += "."
@@ -306,7 +239,7 @@ def _request_code(assessment: Mapping[str, Any]) -> tuple[dict[str, Any] | None,
         avoid = verdict in _AVOID and definitive is not None and coding["code"] == definitive[0]
         return {"coding": [coding], "text": coding.get("display", coding["code"])}, avoid
     if definitive is None:
-        return {"text": PATHWAY_TEXT.get(pathway, pathway)}, verdict in _AVOID
+        return {"text": pathway_text(pathway)}, verdict in _AVOID
     coding = {"system": CPT, "code": definitive[0], "display": definitive[1]}
     return {"coding": [coding], "text": definitive[1]}, verdict in _AVOID
 
@@ -351,7 +284,7 @@ def _assessment_group(patient_key: str, assessment: Mapping[str, Any], policy: P
         request["supportingInfo"] = supporting
     request = {k: v for k, v in request.items() if v not in (None, [])}
     verdict = str(assessment.get("verdict"))
-    what = PATHWAY_TEXT.get(str(assessment.get("pathway")), str(assessment.get("pathway")))
+    what = pathway_text(str(assessment.get("pathway")))
     plan: dict[str, Any] = {
         "resourceType": "CarePlan",
         "id": plan_id,
@@ -369,7 +302,7 @@ def _assessment_group(patient_key: str, assessment: Mapping[str, Any], policy: P
                 ]
             }
         ],
-        "title": f"{what[:1].upper()}{what[1:]}, {target_text(target)}: {verdict}",
+        "title": f"{what}, {target_text(target)}: {verdict}",
         "description": description,
         "subject": _patient_ref(patient_key),
         "author": PINPOINT_DEVICE,

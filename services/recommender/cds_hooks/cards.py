@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from services.recommender.cds_hooks.wording import (
+from services.recommender.engine.wording import (
     ALERTS,
     VERDICTS,
     pathway_text,

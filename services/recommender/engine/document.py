@@ -8,6 +8,7 @@ from typing import Any
 
 from services.recommender.engine.model import Assessment, OrderCheck, PatientResult
 from services.recommender.engine.policy import Policy
+from services.recommender.engine.wording import VERDICTS, pathway_text, reason_text, target_text
 
 
 def _assessment(a: Assessment) -> dict[str, Any]:
@@ -51,68 +52,6 @@ def assessment_document(results: Sequence[PatientResult], policy: Policy, now: d
     }
 
 
-PATHWAY_TEXT = {
-    "facet-diagnostic": "diagnostic facet (medial branch) block",
-    "facet-rfa": "facet radiofrequency ablation",
-    "facet-rfa-repeat": "repeat facet radiofrequency ablation",
-    "facet-therapeutic": "therapeutic facet joint injection",
-    "sij-diagnostic": "diagnostic sacroiliac joint injection",
-    "sij-therapeutic": "therapeutic sacroiliac joint injection",
-    "sij-rfa": "sacroiliac joint radiofrequency ablation",
-    "esi": "epidural steroid injection",
-    "genicular-rfa": "genicular nerve radiofrequency ablation",
-    "knee-steroid": "knee corticosteroid injection",
-}
-VERDICT_TEXT = {
-    "supported": "criteria met",
-    "partially-supported": "supported for part of the order only",
-    "not-met": "criteria not met",
-    "not-evaluable": "cannot be decided from the data",
-    "needs-review": "needs a clinician's review",
-    "not-covered": "not covered by this policy",
-    "deferred": "criteria met, but not yet",
-}
-REASON_TEXT = {
-    "second-block-required": "a second positive confirmatory block at the same joints and side is required",
-    "relief-below-threshold": "relief after the block stayed below the required threshold",
-    "duration-inconsistent-with-agent": "relief did not last as long as the local anaesthetic acts",
-    "sedation-confounded": "the block was done under IV sedation, which confounds the response",
-    "not-confirmed-same-side": "the positive blocks were on the other side",
-    "not-confirmed-same-joint": "the positive blocks were at other joints",
-    "levels-exceed-session-limit": "more joints per side than one session allows",
-    "diagnostic-interval-too-short": "the second diagnostic block comes too soon after the first",
-    "diagnostic-session-cap": "the yearly limit of diagnostic sessions is reached",
-    "rfa-session-cap": "the yearly limit of ablation sessions is reached",
-    "therapeutic-session-cap": "the yearly limit of therapeutic sessions is reached",
-    "esi-session-cap": "the yearly limit of epidural sessions is reached",
-    "prior-relief-insufficient": "the previous procedure did not give lasting relief",
-    "repeat-diagnostics-required": (
-        "the pain source is in question after 2 years: repeat the diagnostic blocks"
-    ),
-    "no-baseline": "no pain score before the procedure",
-    "scale-mismatch": "the pain scores after the block use another scale than the baseline",
-    "low-baseline": "the baseline pain score was low (mild pain)",
-    "no-follow-up": "no pain scores after the procedure",
-    "pain-duration-too-short": "the pain has not lasted long enough yet",
-    "conservative-care-too-short": "conservative care has not been tried long enough",
-    "untreated-radiculopathy": "an untreated radiculopathy must be addressed first",
-    "indication-missing": "no radicular diagnosis supports it",
-    "rfa-alternative-undocumented": "no documented reason why ablation is not possible",
-    "joint-not-blocked": "a joint in the order was never blocked",
-    "relief-period-not-ended": "the relief period after the last procedure has not ended yet",
-    "level-previously-ablated": "this joint was ablated successfully before",
-    "not-covered-by-policy": "the policy does not cover this procedure",
-    "steroid-frequency": "steroid injections into this joint are too frequent",
-    "discordant-blocks": "comparative blocks disagree",
-    "prolonged-response": "relief lasted far longer than the anaesthetic acts",
-}
-
-
-def _target_text(target: Mapping[str, Any]) -> str:
-    joints = ", ".join(j for j in target.get("joints") or [] if j not in ("knee", "hip"))
-    return f"{target.get('side')} {target.get('region')} {joints}".strip()
-
-
 def _evidence_text(e: Mapping[str, Any]) -> str:
     if "steroid-frequency" in (e.get("reasons") or []):
         return f"{e.get('procedure')} ({e.get('performed')}): corticosteroid injection into this joint"
@@ -131,7 +70,7 @@ def _evidence_text(e: Mapping[str, Any]) -> str:
 
 
 def _why(reasons: Sequence[str]) -> str:
-    return "; ".join(REASON_TEXT.get(r, r) for r in reasons)
+    return "; ".join(reason_text(r) for r in reasons)
 
 
 def render_text(document: Mapping[str, Any]) -> str:
@@ -146,22 +85,22 @@ def render_text(document: Mapping[str, Any]) -> str:
         if not (patient["assessments"] or patient["orderChecks"] or patient["alerts"]):
             lines.append("  Nothing to assess.")
         for o in patient["orderChecks"]:
-            name = PATHWAY_TEXT.get(o["pathway"], o["pathway"])
-            line = f"  Order {o['order']} ({name}): {VERDICT_TEXT.get(o['verdict'], o['verdict'])}"
+            name = pathway_text(o["pathway"]).lower()
+            line = f"  Order {o['order']} ({name}): {VERDICTS.get(o['verdict'], o['verdict'])}"
             if o.get("earliestDate"):
                 line += f" until {o['earliestDate']}"
             lines.append(line + ".")
             if o["reasons"]:
                 lines.append(f"    Why: {_why(o['reasons'])}.")
             if o["verdict"] == "partially-supported":
-                targets = "; ".join(_target_text(t) for t in o["supportedTargets"])
+                targets = "; ".join(target_text(t) for t in o["supportedTargets"])
                 lines.append(f"    Supported: {targets}.")
             for e in o["evidence"]:
                 lines.append(f"    Evidence: {_evidence_text(e)}.")
         for a in patient["assessments"]:
-            name = PATHWAY_TEXT.get(a["pathway"], a["pathway"])
-            verdict = VERDICT_TEXT.get(a["verdict"], a["verdict"])
-            line = f"  Next step {name}, {_target_text(a['target'])}: {verdict}"
+            name = pathway_text(a["pathway"]).lower()
+            verdict = VERDICTS.get(a["verdict"], a["verdict"])
+            line = f"  Next step {name}, {target_text(a['target'])}: {verdict}"
             lines.append(line + ".")
             if a["reasons"]:
                 lines.append(f"    Why: {_why(a['reasons'])}.")

@@ -15,7 +15,9 @@ from typing import Any
 
 from sqlmodel import Session, col, select
 
-from services.recommender.cds_hooks.wording import (
+from services.recommender.engine import Policy
+from services.recommender.engine.relief import PatientContext
+from services.recommender.engine.wording import (
     ALERTS,
     VERDICTS,
     pathway_text,
@@ -23,8 +25,6 @@ from services.recommender.cds_hooks.wording import (
     sentence,
     target_text,
 )
-from services.recommender.engine import Policy
-from services.recommender.engine.relief import PatientContext
 from services.recommender.evaluation import Evaluator
 from services.recommender.evidence import chart
 from services.recommender.evidence.checklist import Row, checklist

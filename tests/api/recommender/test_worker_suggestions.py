@@ -36,7 +36,7 @@ DEVICE = {
     "display": "Pinpoint clinical decision support",
 }
 SUPPORTED_TEXT = (
-    "Facet joint radiofrequency ablation at the right L4-L5 and L5-S1 (lumbar) is supported: the "
+    "Facet radiofrequency ablation at the right lumbar L4-L5, L5-S1 is supported: the "
     "policy's criteria are met. Based on 2 block(s), 2 positive. Next step: Lumbar facet "
     "radiofrequency ablation, first joint (CPT 64635)."
 )
@@ -60,7 +60,7 @@ EXPECTED_PLAN = {
             ]
         }
     ],
-    "title": "Facet joint radiofrequency ablation, right L4-L5 and L5-S1 (lumbar): supported",
+    "title": "Facet radiofrequency ablation, right lumbar L4-L5, L5-S1: supported",
     "description": SUPPORTED_TEXT,
     "subject": {"reference": "Patient/P-001"},
     "author": DEVICE,
@@ -249,7 +249,7 @@ async def test_later_block_updates_then_performed_rfa_revokes(
     assert plan["id"] == PLAN_ID
     assert plan["meta"]["versionId"] == "1"
     assert plan["title"].endswith(": not-met")
-    assert "second positive diagnostic block" in plan["description"]
+    assert "a second positive confirmatory block at the same joints is required" in plan["description"]
     (request,) = await search(client, "ServiceRequest")
     assert "doNotPerform" not in request
     assert request["code"]["coding"][0]["code"] == "64493"  # the next step: a confirmatory block

@@ -1,19 +1,20 @@
-"""Plain words for the §3 vocabularies (pathways, verdicts, reasons, alerts)."""
+"""Plain words for the §3 vocabularies (pathways, verdicts, reasons, alerts) and targets: the
+one wording of cards, the evidence page, CarePlan suggestions and ``pinpoint evaluate --text``."""
 
 from __future__ import annotations
 
 from typing import Any
 
 PATHWAYS = {
-    "facet-diagnostic": "Diagnostic facet block",
+    "facet-diagnostic": "Diagnostic facet (medial branch) block",
     "facet-rfa": "Facet radiofrequency ablation",
     "facet-rfa-repeat": "Repeat facet radiofrequency ablation",
-    "facet-therapeutic": "Therapeutic facet injection",
+    "facet-therapeutic": "Therapeutic facet joint injection",
     "sij-diagnostic": "Diagnostic sacroiliac joint block",
     "sij-therapeutic": "Therapeutic sacroiliac joint injection",
     "sij-rfa": "Sacroiliac joint radiofrequency ablation",
     "esi": "Epidural steroid injection",
-    "genicular-rfa": "Genicular radiofrequency ablation",
+    "genicular-rfa": "Genicular nerve radiofrequency ablation",
     "knee-steroid": "Knee corticosteroid injection",
 }
 
@@ -25,6 +26,17 @@ VERDICTS = {
     "needs-review": "needs review by a clinician",
     "not-covered": "not covered by the policy",
     "deferred": "criteria met, but not yet",
+}
+
+#: The verdict as the predicate of a sentence about the procedure (CarePlan descriptions).
+VERDICT_SENTENCES = {
+    "supported": "is supported: the policy's criteria are met",
+    "partially-supported": "is supported for part of the joints only",
+    "not-met": "is not supported: the policy's criteria are not met",
+    "not-evaluable": "cannot be judged from the data available",
+    "needs-review": "needs a clinician's review before it is done",
+    "not-covered": "is not covered by the policy",
+    "deferred": "will be supported once a waiting time or limit has passed",
 }
 
 REASONS = {
