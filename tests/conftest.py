@@ -135,6 +135,8 @@ async def client(app) -> AsyncIterator[httpx.AsyncClient]:  # type: ignore[no-un
     transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
     async with httpx.AsyncClient(transport=transport, base_url="http://pinpoint.test") as c:
         yield c
+    for hook in app.state.runtime.on_shutdown:  # as the lifespan's shutdown: flush, close clients
+        await hook()
 
 
 @pytest.fixture(autouse=True)
