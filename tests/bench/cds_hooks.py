@@ -1,6 +1,7 @@
 """Benchmark: CDS Hooks patient-view under load, beside a bare FastAPI no-op (not a test).
 
-Run: ``.venv/bin/python tests/bench/cds_hooks.py [SECONDS]`` (default 8 s per target).
+Run: ``.venv/bin/python tests/bench/cds_hooks.py [SECONDS] [--postgres]`` (default 8 s per
+target; ``--postgres``: Pinpoint on a throw-away PostgreSQL database instead of SQLite).
 
 Starts, on 127.0.0.1 (free ports), ONE ``pinpoint serve --role recommender`` process (SQLite,
 JSON logs to /dev/null, as in production) and ONE uvicorn process serving a bare FastAPI app whose
@@ -257,9 +258,16 @@ def load(
 
 
 def main() -> None:
-    seconds = float(sys.argv[1]) if len(sys.argv) > 1 else 8.0
+    args = [a for a in sys.argv[1:] if not a.startswith("--")]
+    seconds = float(args[0]) if args else 8.0
     body = json.dumps(request_body()).encode()
     tmp = tempfile.mkdtemp(prefix="pinpoint-bench-")
+    pg_name = None
+    database_url = f"sqlite:///{tmp}/bench.db"
+    if "--postgres" in sys.argv:
+        from tests.bench._pg import fresh_db
+
+        pg_name, database_url = fresh_db()
     p_port, n_port = free_port(), free_port()
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("PINPOINT_")}, "PYTHONPATH": str(ROOT)}
     here = str(Path(__file__).resolve())
@@ -268,7 +276,7 @@ def main() -> None:
             [str(Path(sys.executable).parent / "pinpoint"), "serve", "--role", "recommender"],
             env={
                 **env,
-                "PINPOINT_DATABASE_URL": f"sqlite:///{tmp}/bench.db",
+                "PINPOINT_DATABASE_URL": database_url,
                 "PINPOINT_PORT": str(p_port),
                 "PINPOINT_LOG_FORMAT": "json",
             },
@@ -313,7 +321,15 @@ def main() -> None:
             s.terminate()
         for s in servers:
             s.wait(timeout=10)
-    print(f"32 connections ({CLIENT_PROCS} client processes), {seconds:.0f} s each, 80-resource prefetch")
+        if pg_name is not None:
+            from tests.bench._pg import drop_db
+
+            drop_db(pg_name)
+    store = "PostgreSQL" if pg_name else "SQLite"
+    print(
+        f"32 connections ({CLIENT_PROCS} client processes), {seconds:.0f} s each, 80-resource prefetch,"
+        f" Pinpoint on {store}"
+    )
     print("  saturation (each connection sends as soon as its answer arrives):")
     for name, r in (("no-op FastAPI", noop), ("pinpoint patient-view", cds)):
         print(
