@@ -182,7 +182,9 @@ _STORED = sa.select(_RESOURCE.c.raw).where(
 
 def stored_resources(engine: Engine, space: str, patient_id: str) -> list[dict[str, Any]]:
     """The raw resources stored for ``{space}:{patient_id}`` (deleted ones excluded)."""
-    with engine.connect() as conn:
+    # One statement, no transaction to end: autocommit spares PostgreSQL the ROLLBACK round trip
+    # the pool would send when the connection is returned.
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
         rows = conn.execute(_STORED, {"key": f"{space}:{patient_id}"}).scalars().all()
     return [r for r in rows if isinstance(r, dict)]
 
