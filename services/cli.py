@@ -72,7 +72,7 @@ def worker(
         raise typer.Exit(code=2) from None
     tune_gc()
     try:
-        stats = run_cli(settings, engine, once=once)
+        stats, delivered = run_cli(settings, engine, once=once)
     except ConfigError as exc:
         typer.echo(f"pinpoint: {exc}", err=True)
         raise typer.Exit(code=2) from None
@@ -80,6 +80,13 @@ def worker(
         engine.dispose()
     if once:
         typer.echo(f"evaluated {stats.evaluated} patient(s): {stats.stored} stored, {stats.failed} failed")
+        if settings.config.writeback is None:
+            typer.echo("write-back not configured: suggestions kept locally")
+        else:
+            typer.echo(
+                f"delivered {delivered.handled} outbox entr{'y' if delivered.handled == 1 else 'ies'}:"
+                f" {delivered.sent} sent, {delivered.retry} to retry, {delivered.parked} parked"
+            )
 
 
 @db_app.command("upgrade")

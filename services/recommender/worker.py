@@ -28,6 +28,7 @@ from prometheus_client import Counter, Histogram
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col
 
+from services.recommender.delivery import DeliveryStats, deliver_once, run_delivery
 from services.recommender.evaluation import Evaluator
 from services.recommender.store import apply_entry, load_patient_resources, load_resources, preload
 from shared.db.models import AuditLog, EvaluationQueue, utcnow
@@ -425,15 +426,13 @@ def install_worker(runtime: Runtime) -> None:
     COLLECTOR.engine = runtime.engine
 
 
-def run_cli(settings: Settings, engine: Engine, *, once: bool) -> DrainStats:
+def run_cli(settings: Settings, engine: Engine, *, once: bool) -> tuple[DrainStats, DeliveryStats]:
     """``pinpoint worker [--once]``: drain and exit, or loop until interrupted."""
-    from services.recommender.delivery import deliver_once, run_delivery
-
     worker = Worker(engine, settings, Evaluator.from_settings(settings))
     if once:
         stats = worker.drain()
-        asyncio.run(deliver_once(engine, settings))  # CONTRACT §1: "delivers the outbox once"
-        return stats
+        delivered = asyncio.run(deliver_once(engine, settings))  # CONTRACT §1: "delivers the outbox once"
+        return stats, delivered
     stop = threading.Event()
 
     async def both() -> None:
@@ -446,4 +445,4 @@ def run_cli(settings: Settings, engine: Engine, *, once: bool) -> DrainStats:
         asyncio.run(both())
     except KeyboardInterrupt:
         stop.set()
-    return DrainStats()
+    return DrainStats(), DeliveryStats()

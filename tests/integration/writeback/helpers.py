@@ -16,6 +16,7 @@ from sqlmodel import Session, select
 from services.recommender.delivery import Delivery, DeliveryStats, http_client_for, writeback_client
 from services.recommender.evaluation import Evaluator
 from services.recommender.worker import DrainStats, Worker
+from services.server import Role, build_app
 from shared.db.models import Outbox, Suggestion, utcnow
 from shared.settings import ConfigFile, Settings, Source, Writeback
 from tests.api.recommender.helpers import VIGNETTES
@@ -50,6 +51,14 @@ def vignette(name: str) -> dict[str, Any]:
 
 def vignette_now(name: str) -> datetime:
     return datetime.fromisoformat(json.loads((VIGNETTES / name / "expected.json").read_text())["now"])
+
+
+async def app_client(settings: Settings, engine: Engine) -> httpx.AsyncClient:
+    """The whole app (Role.all) in process, for pushes and admin calls."""
+    app = build_app(settings, Role.all, engine)
+    return httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app, raise_app_exceptions=False), base_url="http://pinpoint"
+    )
 
 
 async def push(client: httpx.AsyncClient, body: dict[str, Any]) -> None:

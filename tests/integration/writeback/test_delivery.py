@@ -8,12 +8,10 @@ import asyncio
 from datetime import timedelta
 from typing import Any
 
-import httpx
 import orjson
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
-from services.server import Role, build_app
 from shared.db.models import DeadLetter, Outbox
 from shared.fhir.resources import validate_r5
 from shared.settings import Settings
@@ -26,6 +24,7 @@ from tests.integration.writeback.helpers import (
     V01,
     V02,
     Clock,
+    app_client,
     by_identifier,
     deliver,
     evaluate,
@@ -41,15 +40,8 @@ from tests.integration.writeback.helpers import (
 ADMIN = {"authorization": "Bearer admin-token"}
 
 
-async def _app_client(settings: Settings, engine: Engine) -> httpx.AsyncClient:
-    app = build_app(settings, Role.all, engine)
-    return httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=app, raise_app_exceptions=False), base_url="http://pinpoint"
-    )
-
-
 async def _evaluated(settings: Settings, engine: Engine, name: str = V02) -> None:
-    async with await _app_client(settings, engine) as client:
+    async with await app_client(settings, engine) as client:
         await push(client, vignette(name))
     evaluate(engine, settings, vignette_now(V02))
 
@@ -118,7 +110,7 @@ async def test_update_uses_if_match_and_a_revoked_suggestion_reaches_the_server_
     assert plan2["title"].endswith(": supported")
     assert suggestion(engine, "CarePlan", KEY).remote_version == "2"
 
-    async with await _app_client(settings, engine) as client:
+    async with await app_client(settings, engine) as client:
         await push(client, {"resourceType": "Bundle", "type": "batch", "entry": [{"resource": RFA}]})
     evaluate(engine, settings, vignette_now(V02) + timedelta(days=10))
     await deliver(engine, settings)
@@ -244,7 +236,7 @@ async def test_parked_after_max_attempts_then_replayed_and_delivered(
     clock.advance(3600)
     assert (await deliver(engine, settings, clock)).handled == 0  # parked stays parked
 
-    async with await _app_client(settings, engine) as client:
+    async with await app_client(settings, engine) as client:
         r = await client.post(f"/admin/dead-letters/{dead.id}/replay", headers=ADMIN)
     assert r.status_code == 200, r.text
     assert r.json()["status"] == "replayed"
