@@ -103,22 +103,26 @@ class GroupCommit:
                     batch.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
-            self._write(batch)
+            try:
+                error = self._write(batch)
+            except Exception as exc:  # never a dead thread with callers waiting on it
+                error = exc
+            _wake(batch, error)
 
     def _insert(self, rows: list[dict[str, Any]]) -> None:
         with self._engine.begin() as conn:
             for start in range(0, len(rows), MAX_ROWS):
                 conn.execute(sa.insert(self._table), rows[start : start + MAX_ROWS])
 
-    def _write(self, batch: list[_Item]) -> None:
+    def _write(self, batch: list[_Item]) -> Exception | None:
+        """Insert the batch's rows in one transaction (retrying transient errors); the error, if any."""
         rows = [row for rows, _ in batch for row in rows]
         error: Exception | None = None
         for delay in (*RETRY_DELAYS, None):
             try:
                 if rows:
                     self._insert(rows)
-                error = None
-                break
+                return None
             except sa.exc.IntegrityError as exc:  # the rows themselves are wrong: no retry helps
                 error = exc
                 break
@@ -126,17 +130,19 @@ class GroupCommit:
                 error = exc
                 if delay is not None:
                     time.sleep(delay)
-        if error is not None:
-            FAILED_ROWS.labels(self._table.name).inc(len(rows))
-            log.error(
-                "group_commit.failed", table=self._table.name, rows=len(rows), error=type(error).__name__
-            )
-        by_loop: dict[asyncio.AbstractEventLoop, list[asyncio.Future[None]]] = {}
-        for _, done in batch:
-            by_loop.setdefault(done.get_loop(), []).append(done)
-        for loop, futures in by_loop.items():
-            with contextlib.suppress(RuntimeError):  # a closed event loop: nobody is waiting any more
-                loop.call_soon_threadsafe(_settle, futures, error)
+        FAILED_ROWS.labels(self._table.name).inc(len(rows))
+        log.error("group_commit.failed", table=self._table.name, rows=len(rows), error=type(error).__name__)
+        return error
+
+
+def _wake(batch: list[_Item], error: Exception | None) -> None:
+    """Settle each caller's future on its own event loop."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[asyncio.Future[None]]] = {}
+    for _, done in batch:
+        by_loop.setdefault(done.get_loop(), []).append(done)
+    for loop, futures in by_loop.items():
+        with contextlib.suppress(RuntimeError):  # a closed event loop: nobody is waiting any more
+            loop.call_soon_threadsafe(_settle, futures, error)
 
 
 def _settle(futures: list[asyncio.Future[None]], error: Exception | None) -> None:
