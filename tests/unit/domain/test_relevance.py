@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from shared.domain import terminology as t
 from shared.domain.normalize import normalize
 from shared.domain.relevance import classify, patient_reference
 from shared.fhir.bundle import flatten, resolve
@@ -198,3 +199,9 @@ def test_real_data_never_reads_ablation_or_labour_epidural_as_pain_interventions
         for facts in normalize(kept).values():
             interventions += len(facts.interventions)
     assert interventions == 0  # the corpus has no spinal injections, blocks or ablations
+
+
+def test_each_rxnorm_code_names_one_agent_of_one_class() -> None:
+    tables = (t.LOCAL_ANAESTHETICS, t.STEROIDS, t.SEDATIVES, t.NSAIDS)
+    assert len(t.RXNORM_NAMES) == sum(map(len, tables))  # no code in two classes
+    assert all(t.RXNORM_NAMES[code] == name for table in tables for code, name in table.items())
