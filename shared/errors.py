@@ -86,6 +86,11 @@ class PreconditionFailed(PinpointError):
         super().__init__(diagnostics, 412, "processing")
 
 
+class TooLarge(PinpointError):
+    def __init__(self, diagnostics: str) -> None:
+        super().__init__(diagnostics, 413, "too-costly")
+
+
 class UnsupportedMediaType(PinpointError):
     def __init__(self, diagnostics: str) -> None:
         super().__init__(diagnostics, 415, "not-supported")

@@ -27,7 +27,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shared.db.session import migrations_at_head
-from shared.errors import Forbidden, Issue, PinpointError, Unauthorized, operation_outcome
+from shared.errors import Forbidden, Issue, PinpointError, TooLarge, Unauthorized, operation_outcome
 from shared.logging import get_logger, new_request_id, request_id_var
 from shared.settings import Settings
 
@@ -205,6 +205,22 @@ def ops_router(runtime: Runtime) -> APIRouter:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     return router
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, or 413 (an OperationOutcome) past ``limit`` bytes — refused on the
+    declared Content-Length before reading, else as soon as the stream passes it."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise TooLarge(f"The body ({int(declared):,} bytes) is over this endpoint's limit of {limit:,} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise TooLarge(f"The body is over this endpoint's limit of {limit:,} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 async def get_runtime(request: Request) -> Runtime:

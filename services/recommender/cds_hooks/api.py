@@ -21,7 +21,7 @@ from services.recommender.cds_hooks.service import (
     record_call,
 )
 from shared.errors import NotFound, PinpointError
-from shared.web import RuntimeDep
+from shared.web import RuntimeDep, read_body
 
 
 class CdsJson(Response):
@@ -36,6 +36,11 @@ def _service(service_id: str) -> CdsService:
     if service is None:
         raise NotFound(f"No CDS service {service_id!r}; see GET /cds-services")
     return service
+
+
+#: A prefetch of thousands of resources is a few MB; beyond this a call is refused with 413 before
+#: it is read whole (an EHR bug or an attack, not a chart).
+MAX_BODY_BYTES = 32 * 1024 * 1024
 
 
 def router() -> APIRouter:
@@ -55,7 +60,7 @@ def router() -> APIRouter:
         status = 500
         try:
             caller = await authenticate(request, runtime)
-            await handle_call(runtime, service, await request.body(), outcome)
+            await handle_call(runtime, service, await read_body(request, MAX_BODY_BYTES), outcome)
             status = 200
             return CdsJson(outcome.response)
         except PinpointError as exc:
@@ -71,7 +76,8 @@ def router() -> APIRouter:
         service = _service(service_id)
         await authenticate(request, runtime)
         await cds_state(runtime).audit.flush()  # the cards' audit rows tell their pathways
-        await asyncio.to_thread(handle_feedback, runtime, service, await request.body())
+        body = await read_body(request, MAX_BODY_BYTES)
+        await asyncio.to_thread(handle_feedback, runtime, service, body)
         return CdsJson({})
 
     return r

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 import respx
+import sqlalchemy as sa
 
 from tests.api.cds.conftest import CdsApp, assert_valid_response, request_with_context, vector
 
@@ -44,6 +45,37 @@ async def test_unknown_service_is_404_operation_outcome(cds: CdsApp) -> None:
     r = await cds.client.post("/cds-services/nope", json={})
     assert r.status_code == 404
     assert r.json()["resourceType"] == "OperationOutcome"
+
+
+async def test_an_oversized_call_is_413_operation_outcome_and_audited(cds: CdsApp) -> None:
+    from services.recommender.cds_hooks.api import MAX_BODY_BYTES
+    from services.recommender.cds_hooks.service import cds_state
+    from shared.db.models import AuditLog
+
+    body = b'{"hook": "patient-view", "pad": "' + b"x" * MAX_BODY_BYTES + b'"}'
+    r = await cds.client.post(
+        "/cds-services/pinpoint-patient-view", content=body, headers={"content-type": "application/json"}
+    )
+    assert r.status_code == 413
+    assert r.json()["issue"][0]["code"] == "too-costly"
+    await cds_state(cds.runtime).audit.flush()
+    audit = AuditLog.__table__  # type: ignore[attr-defined]
+    with cds.engine.connect() as conn:
+        details = conn.execute(sa.select(audit.c.detail).where(audit.c.action == "cds.call")).scalars().all()
+    assert [d["status"] for d in details] == [413]
+
+
+async def test_a_streamed_body_is_cut_at_the_limit(cds: CdsApp, monkeypatch: pytest.MonkeyPatch) -> None:
+    from services.recommender.cds_hooks import api
+
+    monkeypatch.setattr(api, "MAX_BODY_BYTES", 1000)
+
+    async def chunks() -> Any:
+        for _ in range(20):
+            yield b"x" * 100  # no Content-Length: chunked
+
+    r = await cds.client.post("/cds-services/pinpoint-patient-view/feedback", content=chunks())
+    assert r.status_code == 413 and r.json()["resourceType"] == "OperationOutcome"
 
 
 @pytest.mark.parametrize(
