@@ -25,6 +25,7 @@ from services.ingest.intake.bundles import flatten
 from services.ingest.intake.pipeline import Candidate, Decision, Tally, check, prepare
 from services.ingest.intake.references import ReferenceResolver
 from services.ingest.store import store_resources
+from shared.db.deadletters import add_dead_letters
 from shared.db.models import DeadLetter, utcnow
 from shared.db.session import session_scope
 from shared.errors import Issue, operation_outcome
@@ -121,7 +122,7 @@ class Importer:
                 decisions.append(decision)
             kept = [d.prepared for d in decisions if d.prepared is not None]
             store_resources(session, self.source.id, kept)
-            session.add_all(dead)
+            add_dead_letters(session, dead)
             resolver.session = None
         self.report.resources += len(items)
         self.report.dead_letters += len(dead)

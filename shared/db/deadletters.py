@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from typing import Any
 
@@ -10,6 +11,41 @@ from sqlmodel import Session, col, select
 
 from shared.db.models import DeadLetter, utcnow
 from shared.db.session import session_scope
+
+
+def payload_digest(source: str, kind: str, payload: bytes) -> str:
+    """What makes two rejections "the same": source, kind and the payload's bytes."""
+    return hashlib.sha256(b"%s\0%s\0%s" % (source.encode(), kind.encode(), payload)).hexdigest()
+
+
+def add_dead_letters(session: Session, rows: list[DeadLetter]) -> list[DeadLetter]:
+    """Add rejected payloads in the caller's transaction. One already waiting (status ``new``)
+    with the same digest is counted (``occurrences``, ``last_seen_at``) instead of added again:
+    re-deliveries and re-imports leave one row to inspect and replay. Returns the rows that
+    stand for ``rows``, in order."""
+    for row in rows:
+        row.digest = row.digest or payload_digest(row.source, row.kind, row.payload)
+        row.last_seen_at = row.last_seen_at or row.created_at
+    digests = {row.digest for row in rows}
+    open_rows = {
+        r.digest: r
+        for r in session.exec(
+            select(DeadLetter).where(col(DeadLetter.digest).in_(digests), DeadLetter.status == "new")
+        )
+    }
+    out: list[DeadLetter] = []
+    for row in rows:
+        same = open_rows.get(row.digest)
+        if same is None:
+            session.add(row)
+            open_rows[row.digest] = row
+            out.append(row)
+            continue
+        same.occurrences += 1
+        same.last_seen_at = row.created_at
+        out.append(same)
+    session.flush()
+    return out
 
 
 def record_dead_letter(
@@ -23,7 +59,8 @@ def record_dead_letter(
     outcome: dict[str, Any] | None = None,
     context: dict[str, Any] | None = None,
 ) -> int:
-    """Store a rejected payload in its own transaction (the caller's may have rolled back)."""
+    """Store a rejected payload in its own transaction (the caller's may have rolled back);
+    a repeat of one still waiting is counted on it (see :func:`add_dead_letters`)."""
     with session_scope(engine) as session:
         row = DeadLetter(
             source=source,
@@ -35,10 +72,9 @@ def record_dead_letter(
             context=context,
             created_at=utcnow(),
         )
-        session.add(row)
-        session.flush()
-        assert row.id is not None
-        return row.id
+        (kept,) = add_dead_letters(session, [row])
+        assert kept.id is not None
+        return kept.id
 
 
 def list_dead_letters(session: Session, *, status: str | None = None, limit: int = 100) -> list[DeadLetter]:

@@ -91,6 +91,10 @@ class DeadLetter(SQLModel, table=True):
     replay_count: int = 0
     created_at: datetime = _ts(nullable=False, index=True)
     replayed_at: datetime | None = _ts()
+    # dl03: the same payload rejected again (a re-delivery, a re-import) counts on its open row
+    digest: str | None = Field(default=None, max_length=64, index=True)
+    occurrences: int = Field(default=1, sa_column_kwargs={"server_default": "1"})
+    last_seen_at: datetime | None = _ts()
 
 
 class EvaluationQueue(SQLModel, table=True):

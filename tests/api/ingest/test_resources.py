@@ -8,8 +8,10 @@ import hmac
 import httpx
 import pytest
 from sqlalchemy.engine import Engine
+from sqlmodel import Session
 
 from services.server import Role, build_app
+from shared.db.models import DeadLetter
 from shared.settings import ConfigFile, Settings
 from tests.api.ingest.helpers import FHIR, body, dead_letters, dirty, encounter, pain, patient, stored
 
@@ -79,6 +81,27 @@ async def test_invalid_single_resource_is_400_and_a_dead_letter(
     assert r.json()["resourceType"] == "OperationOutcome"
     [dl] = dead_letters(engine)
     assert dl.payload == raw
+
+
+async def test_a_rejected_payload_sent_again_is_counted_on_its_dead_letter(
+    client: httpx.AsyncClient, engine: Engine
+) -> None:
+    broken = pain()
+    broken["effectiveDateTime"] = "yesterday"
+    raw = body(broken)
+    for _ in range(3):  # a sender retrying its rejected push
+        assert (await client.post("/fhir", content=raw, headers=FHIR)).status_code == 400
+    [dl] = dead_letters(engine)
+    assert (dl.payload, dl.occurrences) == (raw, 3)
+    assert dl.last_seen_at is not None and dl.last_seen_at >= dl.created_at
+    with Session(engine) as s:  # once dealt with (replayed or failed), a new rejection is news
+        row = s.get(DeadLetter, dl.id)
+        assert row is not None
+        row.status = "failed"
+        s.add(row)
+        s.commit()
+    assert (await client.post("/fhir", content=raw, headers=FHIR)).status_code == 400
+    assert sorted((d.status, d.occurrences) for d in dead_letters(engine)) == [("failed", 3), ("new", 1)]
 
 
 @pytest.mark.parametrize(

@@ -50,6 +50,10 @@ def test_import_ndjson_folder_keeps_pain_scores_and_dead_letters_bad_lines(engin
     assert again.exit_code == 0, again.output
     assert set(stored(engine)) == set(rows)
 
+    # the bad lines imported again are counted on their dead letters, not recorded twice
+    assert runner.invoke(app, ["import", str(NDJSON / "log.ndjson")]).exit_code == 0
+    assert sorted((d.id, d.occurrences) for d in dead_letters(engine)) == [(d.id, 2) for d in bad]
+
 
 def test_import_bundle_file_and_a_missing_path(engine: Engine) -> None:
     bundle = FIXTURES / "ingest" / "realdata" / "candle-transaction-01.json"
@@ -85,3 +89,11 @@ def test_dead_letters_list_show_replay(engine: Engine) -> None:
     statuses = {d.id: d.status for d in dead_letters(engine)}
     assert statuses == {1: "replayed", 2: "failed"}
     assert runner.invoke(app, ["dead-letters", "show", "99"]).exit_code == 1
+
+
+def test_the_same_bad_line_twice_in_one_file_is_one_dead_letter(engine: Engine, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    path = tmp_path / "twice.ndjson"
+    path.write_bytes(b'{"not": "fhir"}\n{"not": "fhir"}\n')
+    assert runner.invoke(app, ["import", str(path)]).exit_code == 0
+    [dl] = dead_letters(engine)
+    assert (dl.payload, dl.occurrences) == (b'{"not": "fhir"}', 2)
