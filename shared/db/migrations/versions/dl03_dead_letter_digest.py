@@ -1,5 +1,4 @@
-"""dead_letter: payload digest, occurrences and last_seen_at — a re-delivered rejection counts on
-its open row instead of adding one
+"""dead_letter: payload digest, occurrences and last_seen_at (a repeated rejection is counted)
 
 Revision ID: dl03
 Revises: audit02
