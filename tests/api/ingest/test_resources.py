@@ -70,12 +70,16 @@ async def test_delete_then_read_is_410(client: httpx.AsyncClient, engine: Engine
     assert (await client.get("/fhir/Observation/obs-1")).status_code == 410
 
 
+def _invalid_pain() -> bytes:
+    broken = pain()
+    broken["effectiveDateTime"] = "yesterday"
+    return body(broken)
+
+
 async def test_invalid_single_resource_is_400_and_a_dead_letter(
     client: httpx.AsyncClient, engine: Engine
 ) -> None:
-    broken = pain()
-    broken["effectiveDateTime"] = "yesterday"
-    raw = body(broken)
+    raw = _invalid_pain()
     r = await client.post("/fhir", content=raw, headers=FHIR)
     assert r.status_code == 400
     assert r.json()["resourceType"] == "OperationOutcome"
@@ -86,9 +90,7 @@ async def test_invalid_single_resource_is_400_and_a_dead_letter(
 async def test_a_rejected_payload_sent_again_is_counted_on_its_dead_letter(
     client: httpx.AsyncClient, engine: Engine
 ) -> None:
-    broken = pain()
-    broken["effectiveDateTime"] = "yesterday"
-    raw = body(broken)
+    raw = _invalid_pain()
     for _ in range(3):  # a sender retrying its rejected push
         assert (await client.post("/fhir", content=raw, headers=FHIR)).status_code == 400
     [dl] = dead_letters(engine)
