@@ -7,6 +7,7 @@ from fastapi import FastAPI
 from services.recommender import delivery  # registers the replayer of parked deliveries
 from services.recommender.api import install_reads
 from services.recommender.cds_hooks import api as cds_hooks_api
+from services.recommender.cds_hooks.service import cds_state
 from services.recommender.worker import install_worker as install_loop
 from shared.web import Runtime
 
@@ -14,6 +15,8 @@ from shared.web import Runtime
 def install(app: FastAPI, runtime: Runtime) -> None:
     """Routes: CDS Hooks; /suggestions/fhir, /patients/{id}/assessment, /admin/reevaluate."""
     app.include_router(cds_hooks_api.router())
+    # A replica that cannot record what it answers is taken out of rotation.
+    runtime.checks.setdefault("audit", lambda: cds_state(runtime).audit.health())
     install_reads(app, runtime)
     from services.recommender.evidence import api as evidence_api
 

@@ -58,6 +58,8 @@ class GroupCommit:
         self._queue: queue.SimpleQueue[_Item] = queue.SimpleQueue()
         self._lock = threading.Lock()  # a put and the thread's decision to stop never interleave
         self._thread: threading.Thread | None = None
+        self._failing_since: float | None = None  # monotonic time of the first failed batch in a row
+        self._failed_rows = 0
 
     async def write(self, rows: list[dict[str, Any]], *, wait: bool = True) -> None:
         """Insert ``rows``: committed on return with ``wait``, else queued (see the module)."""
@@ -76,6 +78,18 @@ class GroupCommit:
                 await self._submit([])  # written after everything queued before it
 
     close = flush  # shutdown: nothing handed over is left unwritten
+
+    def health(self) -> str:
+        """For /readyz: ``ok``; ``failing: …`` while every batch since the last success failed;
+        ``behind: …`` past the back-pressure mark."""
+        since = self._failing_since
+        if since is not None:
+            seconds = int(time.monotonic() - since)
+            return f"failing: {self._failed_rows} row(s) not written in the last {seconds}s"
+        queued = self._queue.qsize()
+        if queued > BACKPRESSURE_ITEMS:
+            return f"behind: {queued} writes queued"
+        return "ok"
 
     def _submit(self, rows: list[dict[str, Any]]) -> asyncio.Future[None]:
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -107,6 +121,12 @@ class GroupCommit:
                 error = self._write(batch)
             except Exception as exc:  # never a dead thread with callers waiting on it
                 error = exc
+            written = sum(len(rows) for rows, _ in batch)
+            if written and error is None:
+                self._failing_since, self._failed_rows = None, 0
+            elif written:
+                self._failing_since = self._failing_since or time.monotonic()
+                self._failed_rows += written
             _wake(batch, error)
 
     def _insert(self, rows: list[dict[str, Any]]) -> None:

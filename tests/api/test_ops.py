@@ -24,6 +24,7 @@ async def test_readyz_reports_each_check(client: httpx.AsyncClient) -> None:
     assert body["status"] == "ok"
     assert body["checks"]["database"] == "ok"
     assert body["checks"]["migrations"] == "ok"
+    assert body["checks"]["audit"] == "ok"  # the CDS audit writer (shared/db/group_commit.py)
 
 
 async def test_readyz_fails_when_migrations_missing(tmp_path) -> None:  # type: ignore[no-untyped-def]

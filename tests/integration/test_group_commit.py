@@ -148,3 +148,26 @@ def test_an_unawaited_failure_is_counted_not_raised(engine: Engine) -> None:
 
 def _failed_rows() -> float:
     return REGISTRY.get_sample_value("pinpoint_group_commit_failed_rows_total", {"table": "audit_log"}) or 0.0
+
+
+def test_health_reports_failing_writes_until_one_succeeds(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(group_commit, "RETRY_DELAYS", ())
+    writer = GroupCommit(engine, AUDIT)
+    real = writer._insert
+
+    def down(rows: list[dict[str, Any]]) -> None:
+        raise sa.exc.OperationalError("INSERT", {}, Exception("server closed the connection"))
+
+    async def main() -> None:
+        assert writer.health() == "ok"
+        monkeypatch.setattr(writer, "_insert", down)
+        await writer.write([_row("a"), _row("b")], wait=False)
+        await writer.flush()
+        assert writer.health().startswith("failing: 2 row(s) not written")
+        monkeypatch.setattr(writer, "_insert", real)
+        await writer.write([_row("c")])
+        assert writer.health() == "ok"
+
+    asyncio.run(main())
