@@ -25,6 +25,12 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc): a server's own cost under load."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def clean_env(**settings: str) -> dict[str, str]:
     """The process environment without the developer's PINPOINT_ variables, plus ``settings``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PINPOINT_")}

@@ -21,7 +21,6 @@ import asyncio
 import json
 import multiprocessing as mp
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -36,17 +35,12 @@ from fastapi import FastAPI, Request  # module level: the no-op's annotations mu
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from tests.serving import cpu_seconds, free_port  # noqa: E402
+
 CLIENT_PROCS = 4
 STARTUP_S = 3.0  # client processes start, import and connect before the measured window
 CONNS_PER_PROC = 8
 V02 = ROOT / "tests" / "fixtures" / "vignettes" / "v02-two-concordant-blocks"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def request_body() -> dict[str, Any]:
@@ -209,12 +203,6 @@ def _client(
         return latencies, errors
 
     out.put(asyncio.run(run()))
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def load(

@@ -24,7 +24,6 @@ import asyncio
 import hashlib
 import hmac
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -42,6 +41,7 @@ SECRET = "bench-secret"
 
 from tests.bench._pg import admin as _admin  # noqa: E402
 from tests.bench._pg import fresh_db as _fresh_db  # noqa: E402
+from tests.serving import cpu_seconds, free_port  # noqa: E402
 
 
 def _summary(
@@ -71,18 +71,6 @@ def _summary(
         "mean_ms": statistics.fmean(latencies) * 1000 if latencies else float("nan"),
         "achieved_per_s": len(latencies) / (max(done_at) - window_start) if done_at else 0.0,
     }
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process (Linux /proc), to tell our cost from a busy machine."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def observation(i: int) -> dict[str, Any]:
@@ -273,7 +261,7 @@ def main() -> None:
     args = parser.parse_args()
 
     name, url = _fresh_db(args.pg)
-    port = _free_port()
+    port = free_port()
     workdir = Path(tempfile.mkdtemp(prefix="pinpoint-bench-"))
     config = workdir / "pinpoint.yaml"
     config.write_text(
@@ -308,7 +296,7 @@ def main() -> None:
             time.sleep(0.1)
         else:
             raise SystemExit("the server did not become ready")
-        cpu_before = _cpu_seconds(server.pid)
+        cpu_before = cpu_seconds(server.pid)
         if args.client == "raw":
             run = load_raw(
                 "127.0.0.1", port, args.shape, args.rate, args.seconds, args.warmup, args.connections
@@ -316,7 +304,7 @@ def main() -> None:
         else:
             run = load(base, args.shape, args.rate, args.seconds, args.warmup)
         result = asyncio.run(run)
-        server_cpu = _cpu_seconds(server.pid) - cpu_before
+        server_cpu = cpu_seconds(server.pid) - cpu_before
         result["server_cpu_ms"] = server_cpu * 1000 / result["total"]
     finally:
         server.terminate()

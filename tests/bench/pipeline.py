@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import os
 import random
-import socket
 import subprocess
 import sys
 import time
@@ -41,17 +40,11 @@ from tests.bench.evaluate import patient  # noqa: E402
 
 BIN = Path(sys.executable).parent
 from tests.bench._pg import ADMIN_URL, admin  # noqa: E402
+from tests.serving import free_port  # noqa: E402
 
 
 def _admin(sql: str) -> None:
     admin(ADMIN_URL, sql)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def _spawn(url: str, *args: str, **env: str) -> subprocess.Popen[bytes]:
@@ -74,7 +67,7 @@ def run(n: int, workers: int, bodies: list[bytes]) -> dict[str, float]:
     procs: list[subprocess.Popen[bytes]] = []
     try:
         upgrade(engine)
-        port = _free_port()
+        port = free_port()
         procs.append(_spawn(url, "serve", "--role", "ingest", "--port", str(port)))
         procs += [_spawn(url, "worker", PINPOINT_WORKER_POLL_INTERVAL="1s") for _ in range(workers)]
         base = f"http://127.0.0.1:{port}"

@@ -41,6 +41,7 @@ from shared.settings import ConfigFile, Settings, Source, Writeback  # noqa: E40
 from tests.bench._pg import ADMIN_URL, admin  # noqa: E402
 from tests.fakes.fhir_server import FakeFhirServer, serve_in_thread  # noqa: E402
 from tests.integration.worker.helpers import seed_store, synthetic  # noqa: E402
+from tests.serving import free_port  # noqa: E402
 
 
 def _admin(sql: str) -> None:
@@ -82,9 +83,7 @@ uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning", a
 @contextmanager
 def _sink() -> Iterator[str]:
     """A minimal transaction sink in a child process; yields its FHIR base URL."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     proc = subprocess.Popen([sys.executable, "-c", SINK, str(port)])
     try:
         deadline = time.monotonic() + 15
