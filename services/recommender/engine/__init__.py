@@ -11,7 +11,7 @@ from datetime import datetime
 from services.recommender.engine import alerts as _alerts
 from services.recommender.engine.document import assessment_document, render_text
 from services.recommender.engine.model import Alert, Assessment, OrderCheck, PatientResult, Target
-from services.recommender.engine.pathways import facet, others
+from services.recommender.engine.pathways import dispatch, facet, steroid
 from services.recommender.engine.policy import Policy, PolicyError, load_policy
 from services.recommender.engine.relief import PatientContext
 from shared.domain import terminology as t
@@ -23,13 +23,13 @@ _FACET_KINDS = frozenset({t.FACET_BLOCK, t.FACET_BLOCK_US, t.FACET_RFA})
 def evaluate(facts: PatientFacts, policy: Policy, *, now: datetime) -> PatientResult:
     """Assessments, order checks and alerts for one patient at ``now`` (CONTRACT §3, §6)."""
     ctx = PatientContext(facts, policy)
-    assessments: list[Assessment] = facet.assessments(ctx, now) + others.assessments(ctx, now)
+    assessments: list[Assessment] = facet.assessments(ctx, now) + dispatch.assessments(ctx, now)
     checks: list[OrderCheck] = []
     for order in facts.orders:
         check = (
             facet.order_check(ctx, order, now)
             if order.kind in _FACET_KINDS
-            else others.order_check(ctx, order, now)
+            else dispatch.order_check(ctx, order, now)
         )
         if check is not None:
             checks.append(check)
@@ -37,7 +37,7 @@ def evaluate(facts: PatientFacts, policy: Policy, *, now: datetime) -> PatientRe
     freq = _alerts.steroid_frequency_alert(ctx, now)
     if freq is not None:
         alert_list.append(freq)
-    cumulative = others.cumulative_steroid_alert(ctx, now)
+    cumulative = steroid.cumulative_steroid_alert(ctx, now)
     if cumulative is not None:
         alert_list.append(cumulative)
     return PatientResult(facts.patient, tuple(assessments), tuple(checks), tuple(alert_list))

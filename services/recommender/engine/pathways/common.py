@@ -11,6 +11,7 @@ from typing import Any
 
 from services.recommender.engine.model import (
     NEEDS_REVIEW,
+    NOT_COVERED,
     NOT_EVALUABLE,
     NOT_MET,
     PARTIAL,
@@ -210,3 +211,26 @@ def group_assessments(
 
 def negative_reason_sources(statuses: Iterable[str]) -> bool:
     return any(s == NEGATIVE for s in statuses)
+
+
+def covered_finding(ctx: PatientContext, pathway: str, e: JointEval) -> None:
+    if not ctx.policy.covered(pathway):
+        e.add(Finding(NOT_COVERED, "not-covered-by-policy"))
+
+
+def repeat_finding(
+    ctx: PatientContext, pathway: str, prior: Intervention, side: str | None, e: JointEval
+) -> None:
+    """A repeat needs >= ``repeat_threshold`` % for ``repeat_months`` on the same scale after the
+    prior one (SIJ [S18], ESI [S19]; CRITERIA §9.2 long-term relief)."""
+    p = ctx.policy
+    status, reason, until, evidence = ctx.long_term(
+        prior, p.num(pathway, "repeat_threshold"), int(p.num(pathway, "repeat_months")), side
+    )
+    e.evidence.append(evidence)
+    if status == "failed":
+        e.add(Finding(NOT_MET, "prior-relief-insufficient"))
+    elif status in ("no-baseline", "no-follow-up"):
+        e.add(Finding(NOT_EVALUABLE, reason or status))
+    elif status == "pending":
+        e.add(Finding("deferred", "relief-period-not-ended", until))

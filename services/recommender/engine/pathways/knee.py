@@ -1,0 +1,94 @@
+"""Knee pathways: genicular nerve blocks and RFA, intra-articular corticosteroid.
+
+Sources: CRITERIA §4 (knee [S20]-[S22]), §9.1 P5, P6; CONTRACT §6. Every number comes from the
+policy's ``genicular-rfa`` and ``knee-steroid`` pathways.
+"""
+
+from __future__ import annotations
+
+from datetime import date
+
+from services.recommender.engine.model import (
+    NOT_MET,
+    Finding,
+)
+from services.recommender.engine.pathways.common import (
+    JointEval,
+    blocks_at,
+    confirming_flags,
+    covered_finding,
+    judge_history,
+)
+from services.recommender.engine.relief import PatientContext
+from services.recommender.engine.sessions import (
+    pain_duration_finding,
+)
+from shared.domain import terminology as t
+from shared.domain.facts import Intervention
+
+
+def is_genicular_block(iv: Intervention) -> bool:
+    return iv.kind == t.GENICULAR_BLOCK
+
+
+def is_knee_steroid(iv: Intervention) -> bool:
+    return iv.kind == t.JOINT_INJECTION and iv.region == "knee" and iv.injectate.steroid is not None
+
+
+def genicular(ctx: PatientContext, side: str, on: date) -> JointEval:
+    """Genicular RFA (CRITERIA §4.1, §9.1 P5): ``blocks_required`` genicular nerve block(s) with
+    >= ``threshold`` % for the agent's minimum; pain >= ``pain_months``. Under ``cms-lcd`` judged on
+    these defaults (no Medicare LCD) unless a policy sets ``covered: false``."""
+    pathway = "genicular-rfa"
+    p = ctx.policy
+    e = JointEval("knee", side, pathway=pathway)
+    covered_finding(ctx, pathway, e)
+    history = blocks_at(ctx, is_genicular_block, "knee", side, on)
+    if not history:
+        e.add(Finding(NOT_MET, "joint-not-blocked"))
+    else:
+        results = [ctx.block(iv, p.num(pathway, "threshold")) for iv in history]
+        e.evidence += [ctx.evidence(r) for r in results]
+        findings, confirming = judge_history(results, int(p.num(pathway, "blocks_required")))
+        for f in findings:
+            e.add(f)
+        for f in confirming_flags(confirming, None):
+            e.add(f)
+    e.add(pain_duration_finding(ctx.facts, "knee", on, p.opt(pathway, "pain_months"), None))
+    return e
+
+
+def knee_steroid(ctx: PatientContext, side: str, on: date) -> JointEval:
+    """Knee intra-articular corticosteroid (CRITERIA §4.2, §9.1 P6; McAlindon 2017 [S21], expert
+    opinion [S22]): a harm criterion — another injection when ``max_injections`` were given in the
+    last ``window_days`` or under ``min_interval_days`` after the last is ``not-met``,
+    ``steroid-frequency``; the suggestion is to avoid it."""
+    pathway = "knee-steroid"
+    p = ctx.policy
+    e = JointEval("knee", side, pathway=pathway)
+    covered_finding(ctx, pathway, e)
+    window = p.num(pathway, "window_days")
+    prior = [
+        iv for iv in blocks_at(ctx, is_knee_steroid, "knee", side, on) if (on - iv.end.date()).days <= window
+    ]
+    for iv in prior:
+        e.evidence.append(
+            {
+                "procedure": iv.ref,
+                "performed": iv.end.isoformat(),
+                "agent": iv.injectate.agent,
+                "scale": None,
+                "baseline": None,
+                "peakReliefPercent": None,
+                "sustainedMinutes": None,
+                "positive": False,
+                "reasons": ["steroid-frequency"],
+            }
+        )
+    cap = p.opt(pathway, "max_injections")
+    gap = p.opt(pathway, "min_interval_days")
+    too_many = cap is not None and len(prior) >= cap
+    too_soon = gap is not None and bool(prior) and (on - prior[-1].end.date()).days < gap
+    if too_many or too_soon:
+        e.add(Finding(NOT_MET, "steroid-frequency"))
+    return e
