@@ -1,14 +1,26 @@
-"""The ``pinpoint`` command (CONTRACT §1)."""
+"""The ``pinpoint`` command (CONTRACT §1): the command line's composition root.
+
+Each command imports what it uses when it runs: ``pinpoint --help`` and ``pinpoint evaluate``
+never load the web server, the database layer or the delivery loop (the imports inside the
+commands below are that deliberate lazy loading).
+"""
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from services.ingest import cli as ingest_cli
+from services.recommender import cli as recommender_cli
 from shared.errors import ConfigError
-from shared.logging import configure_logging
-from shared.settings import Settings, load_settings
+
+if TYPE_CHECKING:
+    from services.recommender.worker import DrainStats
+    from services.recommender.writeback import DeliveryStats
+    from shared.db.deadletters import Replayer
+    from shared.settings import Settings
 
 app = typer.Typer(
     no_args_is_help=True, add_completion=False, help="Pinpoint: confirm pain generators from FHIR data."
@@ -17,7 +29,21 @@ db_app = typer.Typer(no_args_is_help=True, help="Database schema.")
 app.add_typer(db_app, name="db")
 
 
+def _replayers() -> Mapping[str, Replayer]:
+    from services.server import replayers  # lazy: only a replay of another service's kind needs it
+
+    return replayers()
+
+
+@app.callback()
+def main(ctx: typer.Context) -> None:
+    """Pinpoint: confirm pain generators from FHIR data."""
+    ctx.obj = ingest_cli.CliParts(replayers=_replayers)
+
+
 def settings_or_exit(**overrides: object) -> Settings:
+    from shared.settings import load_settings  # lazy: --help needs no settings
+
     try:
         return load_settings(**overrides)
     except ConfigError as exc:
@@ -32,9 +58,11 @@ def serve(
     port: Annotated[int | None, typer.Option(help="port (default PINPOINT_PORT)")] = None,
 ) -> None:
     """Serve the HTTP roles (and the worker) in one process."""
-    import uvicorn
+    import uvicorn  # lazy, as every import of a command: only `serve` needs the server
 
-    from services.server import Role, build_app, prepare_database, tune_gc
+    from services.server import Role, build_app, tune_gc
+    from shared.db.session import prepare_database
+    from shared.logging import configure_logging
 
     overrides = {k: v for k, v in {"host": host, "port": port}.items() if v is not None}
     settings = settings_or_exit(**overrides)
@@ -46,7 +74,7 @@ def serve(
     configure_logging(settings.log_level, settings.log_format)
     try:
         settings.check_bind()
-        engine = prepare_database(settings)
+        engine = prepare_database(settings.database_url, embedded=settings.is_sqlite)
     except ConfigError as exc:
         typer.echo(f"pinpoint: {exc}", err=True)
         raise typer.Exit(code=2) from None
@@ -60,39 +88,61 @@ def worker(
     once: Annotated[bool, typer.Option("--once", help="evaluate every dirty patient, then exit")] = False,
 ) -> None:
     """Evaluate dirty patients: drain once and exit, or keep running."""
-    from services.recommender.worker import run_cli
-    from services.server import prepare_database, tune_gc
+    import asyncio
+
+    from services.server import build_evaluation, tune_gc
+    from shared.db.session import prepare_database
+    from shared.logging import configure_logging
 
     settings = settings_or_exit()
     configure_logging(settings.log_level, settings.log_format)
     try:
-        engine = prepare_database(settings)
+        engine = prepare_database(settings.database_url, embedded=settings.is_sqlite)
     except ConfigError as exc:
+        typer.echo(f"pinpoint: {exc}", err=True)
+        raise typer.Exit(code=2) from None
+    try:
+        evaluation = build_evaluation(settings, engine)
+    except ConfigError as exc:
+        engine.dispose()
         typer.echo(f"pinpoint: {exc}", err=True)
         raise typer.Exit(code=2) from None
     tune_gc()
+
+    async def run() -> None:
+        try:
+            if once:
+                stats, delivered = await evaluation.once()
+                _report_once(settings, stats, delivered)
+            else:
+                await evaluation.run()
+        finally:
+            await evaluation.aclose()
+
     try:
-        stats, delivered = run_cli(settings, engine, once=once)
-    except ConfigError as exc:
-        typer.echo(f"pinpoint: {exc}", err=True)
-        raise typer.Exit(code=2) from None
+        asyncio.run(run())
+    except KeyboardInterrupt:
+        evaluation.request_stop()
     finally:
         engine.dispose()
-    if once:
-        typer.echo(f"evaluated {stats.evaluated} patient(s): {stats.stored} stored, {stats.failed} failed")
-        if settings.config.writeback is None:
-            typer.echo("write-back not configured: suggestions kept locally")
-        else:
-            typer.echo(
-                f"delivered {delivered.handled} outbox entr{'y' if delivered.handled == 1 else 'ies'}:"
-                f" {delivered.sent} sent, {delivered.retry} to retry, {delivered.parked} parked"
-            )
+
+
+def _report_once(settings: Settings, stats: DrainStats, delivered: DeliveryStats) -> None:
+    typer.echo(f"evaluated {stats.evaluated} patient(s): {stats.stored} stored, {stats.failed} failed")
+    if settings.config.writeback is None:
+        typer.echo("write-back not configured: suggestions kept locally")
+        return
+    typer.echo(
+        f"delivered {delivered.handled} outbox entr{'y' if delivered.handled == 1 else 'ies'}:"
+        f" {delivered.sent} sent, {delivered.retry} to retry, {delivered.parked} parked"
+    )
 
 
 @db_app.command("upgrade")
 def db_upgrade() -> None:
     """Apply pending migrations."""
     from shared.db.session import current_revision, make_engine, upgrade
+    from shared.logging import configure_logging
 
     settings = settings_or_exit()
     configure_logging(settings.log_level, settings.log_format)
@@ -105,9 +155,5 @@ def db_upgrade() -> None:
 
 
 # Commands owned by the services, registered here so `pinpoint` is one command.
-from services.ingest import cli as _ingest_cli  # noqa: E402
-from services.recommender import delivery as _delivery  # noqa: E402,F401  (replays parked deliveries)
-from services.recommender.evaluate import evaluate_command  # noqa: E402
-
-app.command("evaluate")(evaluate_command)
-_ingest_cli.register(app)
+app.command("evaluate")(recommender_cli.evaluate_command)
+ingest_cli.register(app)

@@ -1,17 +1,41 @@
-"""The composition root: builds the process for a role from settings."""
+"""The composition root: builds each process of Pinpoint from settings.
+
+- :func:`build_app` — an HTTP process for a role (``pinpoint serve --role …``): the runtime
+  (settings, database engine, readiness checks, background tasks, shutdown hooks, the metrics
+  registry), the ingest parts (:class:`~services.ingest.container.Ingest`) and the recommender
+  parts (:class:`~services.recommender.container.Recommender`,
+  :class:`~services.recommender.container.Evaluation`), their routers, checks, gauges and loops.
+- :func:`build_evaluation` — the worker process (``pinpoint worker``).
+- :func:`replayers` — the dead-letter replayers of the recommender's kinds, handed to ingest.
+
+Nothing else creates a long-lived part: routes receive them through FastAPI dependencies
+(``IngestDep``, ``RecommenderDep``), loops through their constructors.
+"""
 
 from __future__ import annotations
 
 import gc
+from collections.abc import Mapping
 from enum import StrEnum
 
 from fastapi import FastAPI
 from sqlalchemy.engine import Engine
 
-from services.ingest import app as ingest
-from services.recommender import app as recommender
-from shared.db.session import make_engine, migrations_at_head, upgrade
-from shared.errors import ConfigError
+from services.ingest.container import Ingest
+from services.ingest.deadletters import api as deadletters_api
+from services.ingest.intake import api as intake_api
+from services.recommender.assessor import Assessor
+from services.recommender.cds_hooks import api as cds_api
+from services.recommender.container import Evaluation, Recommender
+from services.recommender.evidence import api as evidence_api
+from services.recommender.metrics import QueueCollector
+from services.recommender.patients import api as patients_api
+from services.recommender.suggestions import api as suggestions_api
+from services.recommender.worker import queue_check
+from services.recommender.writeback import outbox_check, replay_delivery
+from shared.db.deadletters import Replayer
+from shared.db.session import make_engine
+from shared.fhir.sources import SourceClients
 from shared.settings import Settings
 from shared.web import Runtime, create_app
 
@@ -39,24 +63,47 @@ def tune_gc() -> None:
     gc.set_threshold(*GC_THRESHOLDS)
 
 
-def prepare_database(settings: Settings) -> Engine:
-    """SQLite is migrated at start (embedded); PostgreSQL must already be at head (a deploy job)."""
-    engine = make_engine(settings.database_url)
-    if settings.is_sqlite:
-        upgrade(engine)
-    elif not migrations_at_head(engine):
-        engine.dispose()
-        raise ConfigError("database migrations are not at head: run `pinpoint db upgrade` first")
-    return engine
+def replayers() -> Mapping[str, Replayer]:
+    """Dead-letter kinds that ingest does not replay itself, by kind."""
+    return {"delivery": replay_delivery}
+
+
+def build_evaluation(settings: Settings, engine: Engine, assessor: Assessor | None = None) -> Evaluation:
+    """The worker process's parts (an invalid policy fails here, before any loop starts)."""
+    return Evaluation.build(settings, engine, assessor)
 
 
 def build_app(settings: Settings, role: Role = Role.all, engine: Engine | None = None) -> FastAPI:
     runtime = Runtime(settings=settings, engine=engine or make_engine(settings.database_url))
     app = create_app(runtime, title=f"Pinpoint ({role.value})")
+    sources = SourceClients()
+    runtime.on_shutdown.append(sources.aclose)
+    assessor = Assessor.configured(settings.policy) if role != Role.ingest else None
     if role in (Role.all, Role.ingest):
-        ingest.install(app, runtime)
+        ingest = Ingest.build(settings, runtime.engine, sources, replayers())
+        app.state.ingest = ingest
+        app.include_router(intake_api.router)
+        app.include_router(deadletters_api.router)
+        runtime.checks.setdefault("inbox", ingest.inbox_check)
+        if ingest.subscribes:
+            runtime.background.append(("subscriptions", ingest.subscriptions.run_forever))
     if role in (Role.all, Role.recommender):
-        recommender.install(app, runtime)
+        recommender = Recommender.build(settings, runtime.engine, assessor)
+        app.state.recommender = recommender
+        for router in (cds_api.router, suggestions_api.router, patients_api.router, evidence_api.router):
+            app.include_router(router)
+        # A replica that cannot record what it answers is taken out of rotation.
+        runtime.checks.setdefault("audit", recommender.cds.audit.health)
+        runtime.on_shutdown.append(recommender.aclose)
+    if role in (Role.all, Role.recommender, Role.worker):
+        runtime.checks.setdefault("queue", queue_check(runtime.engine, settings.ready_max_queue_age))
+        runtime.metrics.register(QueueCollector(runtime.engine))
     if role in (Role.all, Role.worker):
-        recommender.install_worker(runtime)
+        evaluation = build_evaluation(settings, runtime.engine, assessor)
+        app.state.evaluation = evaluation
+        runtime.background.append(("worker", evaluation.run_worker))
+        runtime.checks.setdefault("outbox", outbox_check(runtime.engine, settings.ready_max_outbox_age))
+        if settings.config.writeback is not None:
+            runtime.background.append(("writeback", evaluation.run_writeback))
+        runtime.on_shutdown.append(evaluation.aclose)
     return app

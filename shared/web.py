@@ -1,8 +1,8 @@
 """What every Pinpoint HTTP role shares: the runtime, errors as OperationOutcome, request ids,
 metrics, the operations endpoints and token checks.
 
-Each service contributes routers, readiness checks and background tasks to a :class:`Runtime`;
-``services/server.py`` composes the roles.
+``services/server.py`` (the composition root) builds one :class:`Runtime` per process and adds the
+services' routers, readiness checks, background tasks, shutdown hooks and metrics collectors.
 """
 
 from __future__ import annotations
@@ -21,7 +21,14 @@ from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+)
 from sqlalchemy.engine import Engine
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -51,14 +58,16 @@ BackgroundTask = Callable[[], Coroutine[Any, Any, None]]
 
 @dataclass
 class Runtime:
-    """The composition root's products, shared by every route and task of one process."""
+    """One process's lifecycle: settings, database engine, readiness checks, background tasks,
+    shutdown hooks and the registry of its scrape-time collectors (``/metrics`` serves it with
+    the global counters). The services' parts live in their own typed containers."""
 
     settings: Settings
     engine: Engine
     checks: dict[str, Check] = field(default_factory=dict)
     background: list[tuple[str, BackgroundTask]] = field(default_factory=list)
     on_shutdown: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
-    state: dict[str, Any] = field(default_factory=dict)
+    metrics: CollectorRegistry = field(default_factory=lambda: CollectorRegistry(auto_describe=True))
 
 
 class FhirResponse(Response):
@@ -202,7 +211,8 @@ def ops_router(runtime: Runtime) -> APIRouter:
 
     @router.get("/metrics")
     def metrics() -> Response:
-        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+        body = generate_latest(REGISTRY) + generate_latest(runtime.metrics)
+        return Response(body, media_type=CONTENT_TYPE_LATEST)
 
     return router
 
@@ -248,11 +258,10 @@ def token_matches(token: str | None, allowed: list[str]) -> bool:
     return found
 
 
-def check_api_token(request: Request, runtime: Runtime) -> None:
+def check_api_token(request: Request, settings: Settings) -> None:
     """Patient-data reads need an API (or admin) token once any credential is configured (with
     none, only loopback binding is allowed and everything is open — CONTRACT §2). A deployment
     with source or CDS credentials but no API tokens has its reads closed, not open."""
-    settings = runtime.settings
     allowed = [*settings.api_tokens, *settings.admin_tokens]
     if not allowed and not settings.auth_configured:
         return
@@ -262,7 +271,7 @@ def check_api_token(request: Request, runtime: Runtime) -> None:
 
 async def require_api_token(request: Request, runtime: RuntimeDep) -> None:
     """Dependency form of :func:`check_api_token` (async: no thread-pool hop)."""
-    check_api_token(request, runtime)
+    check_api_token(request, runtime.settings)
 
 
 async def require_admin_token(request: Request, runtime: RuntimeDep) -> None:

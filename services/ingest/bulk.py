@@ -24,7 +24,7 @@ from sqlalchemy.engine import Engine
 from services.ingest.intake.bundles import flatten
 from services.ingest.intake.pipeline import Candidate, Decision, Tally, check, prepare
 from services.ingest.intake.references import ReferenceResolver
-from services.ingest.store import store_resources
+from services.ingest.intake.repository import store_resources
 from shared.db.deadletters import add_dead_letters
 from shared.db.models import DeadLetter, utcnow
 from shared.db.session import session_scope

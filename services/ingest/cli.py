@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
+from shared.db.deadletters import Replayer
+from shared.db.session import prepare_database
 from shared.errors import ConfigError, PinpointError
 from shared.logging import configure_logging
 from shared.settings import Settings, load_settings
@@ -27,11 +34,9 @@ def _settings() -> Settings:
     return settings
 
 
-def _engine(settings: Settings):  # type: ignore[no-untyped-def]
-    from services.server import prepare_database
-
+def _engine(settings: Settings) -> Engine:
     try:
-        return prepare_database(settings)
+        return prepare_database(settings.database_url, embedded=settings.is_sqlite)
     except ConfigError as exc:
         typer.echo(f"pinpoint: {exc}", err=True)
         raise typer.Exit(code=2) from None
@@ -143,16 +148,27 @@ def dl_show(dead_letter_id: Annotated[int, typer.Argument(help="dead letter id")
     sys.stdout.buffer.write(b"\n")
 
 
-def dl_replay(dead_letter_id: Annotated[int, typer.Argument(help="dead letter id")]) -> None:
+@dataclass(frozen=True)
+class CliParts:
+    """What the command's composition root (``services/cli.py``) hands ingest's commands: the
+    replayers of other services' dead-letter kinds (loaded only when a replay needs them)."""
+
+    replayers: Callable[[], Mapping[str, Replayer]] = dict
+
+
+def dl_replay(
+    ctx: typer.Context, dead_letter_id: Annotated[int, typer.Argument(help="dead letter id")]
+) -> None:
     """Run a dead letter through intake again; exit 1 when it still fails."""
     import orjson
 
-    from services.ingest.intake.replay import replay
+    from services.ingest.deadletters.replay import replay
 
     settings = _settings()
     engine = _engine(settings)
     try:
-        outcome = replay(engine, settings, dead_letter_id)
+        parts = ctx.find_object(CliParts) or CliParts()
+        outcome = replay(engine, settings, dead_letter_id, parts.replayers())
     except PinpointError as exc:
         typer.echo(f"pinpoint: {exc.diagnostics}", err=True)
         raise typer.Exit(code=1) from None
@@ -164,6 +180,7 @@ def dl_replay(dead_letter_id: Annotated[int, typer.Argument(help="dead letter id
 
 
 def register(app: typer.Typer) -> None:
+    """Add ingest's commands to ``app`` (whose callback puts a :class:`CliParts` in ``ctx.obj``)."""
     app.command("import")(import_command)
     dead_letters_app.command("list")(dl_list)
     dead_letters_app.command("show")(dl_show)

@@ -1,5 +1,6 @@
 """Queue and outbox gauges for ``/metrics``, read from the database at scrape time.
 
+The composition root registers one :class:`QueueCollector` per process on the runtime's registry.
 Counters of evaluations live in ``worker.py``; rates are ``rate(pinpoint_evaluations_total[1m])``.
 Labels never carry patient data.
 """
@@ -9,10 +10,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import sqlalchemy as sa
-from prometheus_client.core import REGISTRY, GaugeMetricFamily
+from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy.engine import Engine
 
+from services.recommender.worker import queue_state
+from services.recommender.writeback import outbox_state
 from shared.db.models import Outbox, utcnow
 from shared.db.session import session_scope
 
@@ -23,15 +26,10 @@ class QueueCollector(Collector):
     """Depth and oldest-mark age of the evaluation queue; outbox depth by status and the age of
     its oldest undelivered entry."""
 
-    def __init__(self) -> None:
-        self.engine: Engine | None = None
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        if self.engine is None:
-            return
-        from services.recommender.delivery import outbox_state
-        from services.recommender.worker import queue_state
-
         try:
             depth, oldest, active = queue_state(self.engine)
             _, oldest_outbox = outbox_state(self.engine)
@@ -56,7 +54,3 @@ class QueueCollector(Collector):
         yield GaugeMetricFamily(
             "pinpoint_outbox_oldest_age_seconds", "Age of the oldest undelivered outbox entry", value=age
         )
-
-
-COLLECTOR = QueueCollector()
-REGISTRY.register(COLLECTOR)

@@ -20,7 +20,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -28,14 +28,14 @@ from prometheus_client import Counter, Histogram
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col
 
-from services.recommender.delivery import DeliveryStats, deliver_once, run_delivery
-from services.recommender.evaluation import Evaluator
-from services.recommender.store import apply_entry, load_patient_resources, load_resources, preload
+from services.recommender.assessor import Assessor
+from services.recommender.patients.ids import patient_ref
+from services.recommender.patients.repository import load_patient_resources, load_resources
+from services.recommender.suggestions.repository import apply_entry, preload
 from shared.db.models import AuditLog, EvaluationQueue, utcnow
 from shared.db.session import session_scope
 from shared.logging import get_logger
 from shared.settings import Settings
-from shared.web import Runtime
 
 log = get_logger("pinpoint.worker")
 
@@ -74,10 +74,6 @@ class DrainStats:
         return self.stored + self.superseded + self.lost
 
 
-def _patient_ref(patient_key: str) -> str:
-    return f"Patient/{patient_key.partition(':')[2]}"
-
-
 def worker_id() -> str:
     return f"{socket.gethostname()[:40]}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 
@@ -88,7 +84,7 @@ class Worker:
 
     engine: Engine
     settings: Settings
-    evaluator: Evaluator
+    assessor: Assessor
     ident: str = field(default_factory=worker_id)
     batch: int = 16
     clock: Callable[[], datetime] = utcnow
@@ -153,7 +149,7 @@ class Worker:
         key = claim.patient_key
         with session_scope(self.engine) as session:
             resources = load_patient_resources(session, key)
-        entry = self.evaluator.patient_entry(resources, _patient_ref(key), now)
+        entry = self.assessor.patient_entry(resources, patient_ref(key), now)
         with session_scope(self.engine) as session:
             return self._store(session, [(claim, entry)])[key]
 
@@ -185,7 +181,7 @@ class Worker:
         pre = preload(session, sorted(current))
         outcomes: dict[str, str] = {}
         written_at = utcnow()
-        ref = self.evaluator.ref
+        ref = self.assessor.ref
         for claim, entry in results:
             key = claim.patient_key
             if key not in current:
@@ -237,8 +233,8 @@ class Worker:
         results: list[tuple[Claim, dict[str, Any]]] = []
         for c in claims:
             try:
-                entry = self.evaluator.patient_entry(
-                    resources[c.patient_key], _patient_ref(c.patient_key), when
+                entry = self.assessor.patient_entry(
+                    resources[c.patient_key], patient_ref(c.patient_key), when
                 )
             except Exception as exc:
                 self._failed(c, exc)
@@ -310,7 +306,7 @@ class DirtyListener:
         self._closed = False
 
     def wait(self, timeout: float) -> bool:
-        import psycopg
+        import psycopg  # lazy on purpose: only a PostgreSQL deployment loads the driver
 
         with self._lock:
             if self._closed:
@@ -380,8 +376,6 @@ def queue_state(engine: Engine) -> tuple[int, datetime | None, int]:
             sa.select(sa.func.count()).where(col(EvaluationQueue.claimed_until) > now)
         ).scalar_one()
     if oldest is not None and oldest.tzinfo is None:
-        from datetime import UTC
-
         oldest = oldest.replace(tzinfo=UTC)
     return int(depth), oldest, int(active)
 
@@ -402,47 +396,3 @@ def queue_check(engine: Engine, max_age: timedelta) -> Callable[[], str]:
         return "ok"
 
     return check
-
-
-def install_worker(runtime: Runtime) -> None:
-    """Register the worker loop, the queue readiness check and the queue gauges on a runtime."""
-    from services.recommender.api.suggestions import evaluator_of
-    from services.recommender.metrics import COLLECTOR
-
-    stop = threading.Event()
-    evaluator = evaluator_of(runtime)  # an invalid policy fails the start, not the loop later
-
-    async def loop() -> None:
-        worker = Worker(runtime.engine, runtime.settings, evaluator)
-        runtime.state["worker"] = worker
-        await run_forever(worker, stop)
-
-    async def shutdown() -> None:
-        stop.set()
-
-    runtime.background.append(("worker", loop))
-    runtime.on_shutdown.append(shutdown)
-    runtime.checks.setdefault("queue", queue_check(runtime.engine, runtime.settings.ready_max_queue_age))
-    COLLECTOR.engine = runtime.engine
-
-
-def run_cli(settings: Settings, engine: Engine, *, once: bool) -> tuple[DrainStats, DeliveryStats]:
-    """``pinpoint worker [--once]``: drain and exit, or loop until interrupted."""
-    worker = Worker(engine, settings, Evaluator.from_settings(settings))
-    if once:
-        stats = worker.drain()
-        delivered = asyncio.run(deliver_once(engine, settings))  # CONTRACT §1: "delivers the outbox once"
-        return stats, delivered
-    stop = threading.Event()
-
-    async def both() -> None:
-        loops = [run_forever(worker, stop)]
-        if settings.config.writeback is not None:
-            loops.append(run_delivery(engine, settings, stop))
-        await asyncio.gather(*loops)
-
-    try:
-        asyncio.run(both())
-    except KeyboardInterrupt:
-        stop.set()
-    return DrainStats(), DeliveryStats()

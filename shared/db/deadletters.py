@@ -86,16 +86,7 @@ def list_dead_letters(session: Session, *, status: str | None = None, limit: int
 
 #: Replays a dead letter of one ``kind``: ``(engine, settings, dead letter id) -> {"status":
 #: "replayed" | "failed", "reason": str | None}``. Ingest replays its own kinds (push,
-#: notification, import); other services register theirs here (the recommender: ``delivery``), so
-#: ``pinpoint dead-letters replay`` and ``POST /admin/dead-letters/{id}/replay`` dispatch by kind
-#: without one service importing another.
+#: notification, import); the composition root hands it the replayers of other services' kinds
+#: (the recommender's ``delivery``), so ``pinpoint dead-letters replay`` and ``POST
+#: /admin/dead-letters/{id}/replay`` dispatch by kind without one service importing another.
 Replayer = Callable[[Engine, Any, int], dict[str, Any]]
-_REPLAYERS: dict[str, Replayer] = {}
-
-
-def register_replayer(kind: str, replayer: Replayer) -> None:
-    _REPLAYERS[kind] = replayer
-
-
-def replayer_for(kind: str) -> Replayer | None:
-    return _REPLAYERS.get(kind)

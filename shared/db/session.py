@@ -18,6 +18,8 @@ from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
+from shared.errors import ConfigError
+
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
@@ -89,3 +91,16 @@ def current_revision(engine: Engine) -> str | None:
 
 def migrations_at_head(engine: Engine) -> bool:
     return current_revision(engine) == head_revision()
+
+
+def prepare_database(url: str, *, embedded: bool) -> Engine:
+    """The engine of a process. The embedded database (SQLite) is migrated at start; a server
+    database (PostgreSQL) must already be at head — a deploy job runs ``pinpoint db upgrade`` —
+    else :class:`~shared.errors.ConfigError`."""
+    engine = make_engine(url)
+    if embedded:
+        upgrade(engine)
+    elif not migrations_at_head(engine):
+        engine.dispose()
+        raise ConfigError("database migrations are not at head: run `pinpoint db upgrade` first")
+    return engine

@@ -3,10 +3,9 @@
     http = source_http_client()                     # one httpx.AsyncClient per source
     fhir = client_for(source, http)                 # FhirClient bound to source.fhir_base_url
 
-or, in a process, :class:`SourceClients` (one per :class:`~shared.web.Runtime`, created lazily,
-closed on shutdown)::
+or, in a process, one :class:`SourceClients` (built by the composition root, closed on shutdown)::
 
-    clients = source_clients(runtime)               # registers its close on runtime.on_shutdown
+    clients = SourceClients()
     fhir = clients.get(source)
 
 ``outbound.smart`` becomes :class:`~shared.fhir.smart.SmartBackendAuth` (client_credentials with a
@@ -27,7 +26,7 @@ from shared.fhir.smart import SmartBackendAuth, SmartCredentials
 from shared.logging import current_request_id
 from shared.settings import Source
 
-__all__ = ["SourceClients", "auth_for", "client_for", "source_clients", "source_http_client"]
+__all__ = ["SourceClients", "auth_for", "client_for", "source_http_client"]
 
 #: Timeouts for calls to a hospital's FHIR server.
 SOURCE_TIMEOUT = httpx.Timeout(30.0, connect=5.0)
@@ -128,15 +127,3 @@ class SourceClients:
         retired, self._retired = self._retired, []
         for http in [*(h[1] for h in held), *retired]:
             await http.aclose()
-
-
-def source_clients(runtime: Any) -> SourceClients:
-    """The :class:`SourceClients` of a runtime (``runtime.state["source_clients"]``), created once
-    and closed by ``runtime.on_shutdown``. A test may put its own there first."""
-    clients = runtime.state.get("source_clients")
-    if clients is None:
-        clients = SourceClients()
-        runtime.state["source_clients"] = clients
-        runtime.on_shutdown.append(clients.aclose)
-    assert isinstance(clients, SourceClients)
-    return clients

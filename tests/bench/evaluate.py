@@ -18,7 +18,8 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from services.recommender.engine import evaluate, load_policy
+from services.recommender.engine import evaluate
+from services.recommender.policies import load_policy
 from shared.domain.normalize import normalize
 
 CPT = "http://www.ama-assn.org/go/cpt"

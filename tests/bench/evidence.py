@@ -22,8 +22,7 @@ import httpx
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from services.recommender.evaluation import Evaluator  # noqa: E402
-from services.recommender.evidence.links import signed_evidence_url  # noqa: E402
+from services.recommender.assessor import Assessor  # noqa: E402
 from services.recommender.evidence.page import build  # noqa: E402
 from services.recommender.evidence.render import render_page  # noqa: E402
 from services.server import Role, build_app  # noqa: E402
@@ -44,7 +43,7 @@ def _ms(samples: list[float]) -> str:
 def render_only(n: int) -> None:
     data = json.loads((V02 / "bundle.json").read_text())
     resources = list(resolve((None, e["resource"]) for e in data["entry"]))
-    evaluator = Evaluator.load("cms-lcd")
+    evaluator = Assessor.load("cms-lcd")
     samples = []
     html = ""
     for _ in range(n):
@@ -69,7 +68,7 @@ async def over_http(n: int) -> None:
                 headers={"content-type": "application/fhir+json"},
             )
             assert pushed.status_code == 200, pushed.text
-            link = signed_evidence_url(app.state.runtime, "P-001", now=datetime.now(UTC))
+            link = app.state.recommender.links.url("P-001", now=datetime.now(UTC))
             path = link.split("http://127.0.0.1:8080", 1)[1] + "&now=2025-03-10T08:00:00-05:00"
             samples = []
             for _ in range(n):

@@ -32,9 +32,9 @@ import sqlalchemy as sa
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from services.recommender.delivery import deliver_once  # noqa: E402
-from services.recommender.evaluation import Evaluator  # noqa: E402
+from services.recommender.assessor import Assessor  # noqa: E402
 from services.recommender.worker import Worker  # noqa: E402
+from services.recommender.writeback import deliver_once  # noqa: E402
 from shared.db.models import utcnow  # noqa: E402
 from shared.db.session import make_engine, upgrade  # noqa: E402
 from shared.settings import ConfigFile, Settings, Source, Writeback  # noqa: E402
@@ -123,7 +123,7 @@ def main() -> None:
                 _env_file=None,  # type: ignore[call-arg]
             )
             seed_store(engine, synthetic(args.n))
-            Worker(engine, settings, Evaluator.load("cms-lcd")).drain(now=utcnow())
+            Worker(engine, settings, Assessor.load("cms-lcd")).drain(now=utcnow())
             with engine.connect() as conn:
                 entries = conn.execute(
                     sa.text("SELECT count(*) FROM outbox WHERE status='pending'")

@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from services.recommender.engine import assessment_document, evaluate, load_policy
+from services.recommender.engine import assessment_document, evaluate
+from services.recommender.policies import load_policy
 from shared.domain.normalize import normalize
 from shared.fhir.bundle import resolve
 

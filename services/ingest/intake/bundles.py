@@ -23,7 +23,7 @@ from sqlmodel import Session
 from services.ingest.intake import notifications
 from services.ingest.intake.pipeline import Candidate, Decision, Tally, check, informational, prepare
 from services.ingest.intake.references import ReferenceResolver
-from services.ingest.store import StoreResult, delete_resource, store_resources
+from services.ingest.intake.repository import StoreResult, delete_resource, store_resources
 from shared.errors import Issue, operation_outcome
 from shared.fhir.bundle import local_reference
 from shared.logging import get_logger

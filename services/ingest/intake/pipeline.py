@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from services.ingest.intake.references import ReferenceResolver
-from services.ingest.store import Prepared
+from services.ingest.intake.repository import Prepared
 from shared.domain.normalize import normalize_resource
 from shared.domain.relevance import classify, patient_reference
 from shared.errors import Issue

@@ -12,7 +12,7 @@ from sqlmodel import Session
 
 from services.ingest.intake.bundles import Rejection, Result, process_payload, process_resource
 from services.ingest.intake.pipeline import Tally, informational
-from services.ingest.store import delete_resource
+from services.ingest.intake.repository import delete_resource
 from services.ingest.subscriptions.intake import book_ping, note_classic
 from shared.db.deadletters import record_dead_letter
 from shared.db.session import session_scope

@@ -6,7 +6,7 @@ from typing import Any
 
 from sqlalchemy.engine import Engine
 
-from services.ingest.store import read_resource, search_by_patient
+from services.ingest.intake.repository import read_resource, search_by_patient
 from shared.db.session import session_scope
 from shared.domain.relevance import KEPT_TYPES
 from shared.errors import Gone, InvalidInput, NotFound

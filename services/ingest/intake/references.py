@@ -16,7 +16,7 @@ from urllib.parse import parse_qsl
 
 from sqlmodel import Session
 
-from services.ingest.store import find_patients_by_identifier
+from services.ingest.intake.repository import find_patients_by_identifier
 from shared.fhir.bundle import local_reference, resource_id
 from shared.settings import Source
 

@@ -24,7 +24,7 @@ from typing import Any
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
-from services.ingest.store import parse_instant
+from services.ingest.intake.repository import parse_instant
 from services.ingest.subscriptions import state
 from shared.db.models import Inbox, utcnow
 from shared.db.session import session_scope

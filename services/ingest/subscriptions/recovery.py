@@ -33,7 +33,7 @@ from sqlmodel import Session, col, select
 
 from services.ingest.intake.bundles import Rejection, explode, process_entries
 from services.ingest.intake.push import keep_rejections
-from services.ingest.store import delete_resource, parse_instant
+from services.ingest.intake.repository import delete_resource, parse_instant
 from services.ingest.subscriptions import state
 from services.ingest.subscriptions.status import carried_resources, listed_without_resource, read_status
 from shared.db.deadletters import record_dead_letter

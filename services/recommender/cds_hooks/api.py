@@ -15,13 +15,13 @@ from services.recommender.cds_hooks.discovery import SERVICES, CdsService, disco
 from services.recommender.cds_hooks.service import (
     CallOutcome,
     authenticate,
-    cds_state,
     handle_call,
     handle_feedback,
     record_call,
 )
+from services.recommender.container import RecommenderDep
 from shared.errors import NotFound, PinpointError
-from shared.web import RuntimeDep, read_body
+from shared.web import read_body
 
 
 class CdsJson(Response):
@@ -43,41 +43,41 @@ def _service(service_id: str) -> CdsService:
 MAX_BODY_BYTES = 32 * 1024 * 1024
 
 
-def router() -> APIRouter:
-    r = APIRouter(tags=["cds-hooks"])
+router = APIRouter(tags=["cds-hooks"])
 
-    @r.get("/cds-services")
-    async def discovery(request: Request, runtime: RuntimeDep) -> CdsJson:
-        await authenticate(request, runtime)
-        return CdsJson(discovery_document())
 
-    @r.post("/cds-services/{service_id}")
-    async def call(service_id: str, request: Request, runtime: RuntimeDep) -> CdsJson:
-        service = _service(service_id)
-        started = time.perf_counter()
-        caller: Caller | None = None
-        outcome = CallOutcome({"cards": []})
-        status = 500
-        try:
-            caller = await authenticate(request, runtime)
-            await handle_call(runtime, service, await read_body(request, MAX_BODY_BYTES), outcome)
-            status = 200
-            return CdsJson(outcome.response)
-        except PinpointError as exc:
-            status = exc.status
-            raise
-        finally:
-            await record_call(
-                runtime, service=service, caller=caller, status=status, started=started, outcome=outcome
-            )
+@router.get("/cds-services")
+async def discovery(request: Request, parts: RecommenderDep) -> CdsJson:
+    await authenticate(request, parts.cds)
+    return CdsJson(discovery_document())
 
-    @r.post("/cds-services/{service_id}/feedback")
-    async def feedback(service_id: str, request: Request, runtime: RuntimeDep) -> CdsJson:
-        service = _service(service_id)
-        await authenticate(request, runtime)
-        await cds_state(runtime).audit.flush()  # the cards' audit rows tell their pathways
-        body = await read_body(request, MAX_BODY_BYTES)
-        await asyncio.to_thread(handle_feedback, runtime, service, body)
-        return CdsJson({})
 
-    return r
+@router.post("/cds-services/{service_id}")
+async def call(service_id: str, request: Request, parts: RecommenderDep) -> CdsJson:
+    service = _service(service_id)
+    started = time.perf_counter()
+    caller: Caller | None = None
+    outcome = CallOutcome({"cards": []})
+    status = 500
+    try:
+        caller = await authenticate(request, parts.cds)
+        await handle_call(parts.cds, service, await read_body(request, MAX_BODY_BYTES), outcome)
+        status = 200
+        return CdsJson(outcome.response)
+    except PinpointError as exc:
+        status = exc.status
+        raise
+    finally:
+        await record_call(
+            parts.cds, service=service, caller=caller, status=status, started=started, outcome=outcome
+        )
+
+
+@router.post("/cds-services/{service_id}/feedback")
+async def feedback(service_id: str, request: Request, parts: RecommenderDep) -> CdsJson:
+    service = _service(service_id)
+    await authenticate(request, parts.cds)
+    await parts.cds.audit.flush()  # the cards' audit rows tell their pathways
+    body = await read_body(request, MAX_BODY_BYTES)
+    await asyncio.to_thread(handle_feedback, parts.cds, service, body)
+    return CdsJson({})

@@ -4,15 +4,13 @@ Order hooks: one card per order check — ``supported`` an ``info`` card with wh
 authorisation reviewer needs; every other verdict a ``warning`` card with the principal reason,
 override reasons and one suggestion (``at-most-one``) that deletes the draft order and creates
 the right next step. patient-view: one card per assessment (``warning`` for ``needs-review``)
-and one ``warning`` card per alert. Every card links to the evidence page (:func:`evidence_link`).
+and one ``warning`` card per alert. Every card links to the evidence page (``CardContext.evidence_url``).
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 from services.recommender.engine.wording import (
@@ -24,8 +22,6 @@ from services.recommender.engine.wording import (
     summary,
     target_text,
 )
-from services.recommender.evidence.links import signed_evidence_url
-from shared.web import Runtime
 
 SPINAL_JOINT = "urn:pinpoint:spinal-joint"
 CPT = "http://www.ama-assn.org/go/cpt"
@@ -93,18 +89,6 @@ class RenderedCard:
     card: dict[str, Any]
     pathway: str
     verdict: str
-
-
-EvidenceLink = Callable[[str, str], str]
-
-
-def evidence_link(runtime: Runtime, patient: str) -> str:
-    """THE place card links are made: a signed link to the evidence page, valid for
-    ``cds.evidence_link_ttl`` from now (wall clock).
-
-    ``patient`` is the /patients/{id} id: the default source's patient id or ``source:id``.
-    """
-    return signed_evidence_url(runtime, patient, now=datetime.now(UTC))
 
 
 def _uuid() -> str:

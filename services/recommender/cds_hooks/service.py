@@ -12,20 +12,22 @@ from typing import Any
 import httpx
 from fastapi import Request
 from prometheus_client import Counter
+from sqlalchemy.engine import Engine
 
-from services.recommender.cds_hooks.assess import Assessor, assess
+from services.recommender.assessor import Assessor
 from services.recommender.cds_hooks.auth import Caller, JwksStore, verify_client_jwt
-from services.recommender.cds_hooks.cards import CardContext, RenderedCard, cards_for, evidence_link
+from services.recommender.cds_hooks.cards import CardContext, RenderedCard, cards_for
 from services.recommender.cds_hooks.data import as_draft_orders, gather
 from services.recommender.cds_hooks.discovery import CdsService
 from services.recommender.cds_hooks.feedback import count_feedback, store_feedback
 from services.recommender.cds_hooks.models import HookCall, parse_feedback, parse_hook_request
+from services.recommender.evidence.links import EvidenceLinks
 from shared.db.group_commit import GroupCommit
 from shared.db.models import AuditLog
 from shared.db.session import session_scope
 from shared.errors import PreconditionFailed
 from shared.logging import get_logger
-from shared.web import Runtime
+from shared.settings import Settings
 
 log = get_logger("pinpoint.cds")
 AUDIT = AuditLog.__table__  # type: ignore[attr-defined]
@@ -35,59 +37,48 @@ CALLS = Counter("pinpoint_cds_calls_total", "CDS service calls", ["service", "ou
 
 
 @dataclass
-class CdsState:
-    """Per-process CDS state kept in ``runtime.state["cds"]``; tests may replace the seams."""
+class Cds:
+    """The CDS Hooks parts of a process, built once by the composition root
+    (:mod:`services.recommender.container`). Tests replace the seams (``assessor``, ``clock``)."""
 
-    jwks: JwksStore
+    settings: Settings
+    engine: Engine
+    assessor: Assessor
+    links: EvidenceLinks
     audit: GroupCommit
+    http: httpx.AsyncClient  # fhirServer reads and JWKS fetches
+    jwks: JwksStore = field(init=False)
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
-    assessor: Assessor = assess
-    http: httpx.AsyncClient | None = None
+
+    def __post_init__(self) -> None:
+        self.jwks = JwksStore(http=lambda: self.http)
+
+    @classmethod
+    def build(cls, settings: Settings, engine: Engine, assessor: Assessor, links: EvidenceLinks) -> Cds:
+        return cls(
+            settings,
+            engine,
+            assessor,
+            links,
+            GroupCommit(engine, AUDIT),
+            httpx.AsyncClient(timeout=httpx.Timeout(5.0), follow_redirects=False),
+        )
+
+    async def aclose(self) -> None:
+        """Commit the queued audit rows, close the outbound client (graceful stop)."""
+        await self.audit.close()
+        await self.http.aclose()
 
 
-def cds_state(runtime: Runtime) -> CdsState:
-    state = runtime.state.get("cds")
-    if state is None:
-        holder: dict[str, httpx.AsyncClient] = {}
-
-        def http() -> httpx.AsyncClient:
-            if "client" not in holder:
-                holder["client"] = httpx.AsyncClient(timeout=httpx.Timeout(5.0), follow_redirects=False)
-            return holder["client"]
-
-        state = CdsState(jwks=JwksStore(http=http), audit=GroupCommit(runtime.engine, AUDIT))
-        state.http = None
-        runtime.state["cds"] = state
-        runtime.state["cds.http"] = http
-
-        async def _close() -> None:
-            await state.audit.close()
-            if "client" in holder:
-                await holder["client"].aclose()
-
-        runtime.on_shutdown.append(_close)
-    assert isinstance(state, CdsState)
-    return state
-
-
-def _http(runtime: Runtime) -> httpx.AsyncClient:
-    state = cds_state(runtime)
-    if state.http is not None:
-        return state.http
-    factory: Callable[[], httpx.AsyncClient] = runtime.state["cds.http"]
-    return factory()
-
-
-async def authenticate(request: Request, runtime: Runtime) -> Caller:
+async def authenticate(request: Request, cds: Cds) -> Caller:
     """The JWT check for the URL called (``aud`` = public base URL + path)."""
-    state = cds_state(runtime)
     return await verify_client_jwt(
         request.headers.get("authorization"),
-        audience=runtime.settings.base_url + request.url.path,
-        cds=runtime.settings.config.cds,
-        jwks=state.jwks,
-        engine=runtime.engine,
-        now=state.clock(),
+        audience=cds.settings.base_url + request.url.path,
+        cds=cds.settings.config.cds,
+        jwks=cds.jwks,
+        engine=cds.engine,
+        now=cds.clock(),
     )
 
 
@@ -104,24 +95,24 @@ class CallOutcome:
     used: list[str] = field(default_factory=list)
 
 
-async def handle_call(runtime: Runtime, service: CdsService, body: bytes, outcome: CallOutcome) -> None:
+async def handle_call(cds: Cds, service: CdsService, body: bytes, outcome: CallOutcome) -> None:
     """Validate, gather, assess and render into ``outcome`` (filled as far as the call got, for
     the audit); 412 only when no data source was available."""
-    settings = runtime.settings
-    state = cds_state(runtime)
+    settings = cds.settings
     call = parse_hook_request(body, service.id, service.hook)
     outcome.call = call
-    data = await gather(call, settings, runtime.engine, _http(runtime))
+    data = await gather(call, settings, cds.engine, cds.http)
     outcome.patient_key, outcome.used = data.patient_key, data.used
     if not data.available:
         raise PreconditionFailed(
             "No data for this patient: the prefetch has none of this service's keys, fhirServer is not a "
             "configured source (or could not be read), and Pinpoint stores nothing for the patient"
         )
-    document = state.assessor(data.resources, settings.policy, state.clock())
+    now = cds.clock()
+    document = cds.assessor.document(data.resources, now)
     drafts = {f"ServiceRequest/{o['id']}": o for o in as_draft_orders(call.draft_orders, call.patient_id)}
     ctx = CardContext(
-        evidence_url=evidence_link(runtime, _patient_path_id(data.id_space, call.patient_id)),
+        evidence_url=cds.links.url(_patient_path_id(data.id_space, call.patient_id), now=datetime.now(UTC)),
         policy={"id": settings.policy},
         order_hook=service.hook != "patient-view",
     )
@@ -138,7 +129,7 @@ async def handle_call(runtime: Runtime, service: CdsService, body: bytes, outcom
 
 
 async def record_call(
-    runtime: Runtime,
+    cds: Cds,
     *,
     service: CdsService,
     caller: Caller | None,
@@ -149,8 +140,7 @@ async def record_call(
     """The audit log row of a call (ids, counts, timing) plus one row per card for feedback,
     queued for the group commit before the answer leaves and committed right after it (see
     shared/db/group_commit.py; the feedback route flushes first)."""
-    state = cds_state(runtime)
-    now = state.clock()
+    now = cds.clock()
     ms = round((time.perf_counter() - started) * 1000, 1)
     call = outcome.call if outcome else None
     rendered = outcome.rendered if outcome else []
@@ -190,7 +180,7 @@ async def record_call(
         }
         for r in rendered
     ]
-    await state.audit.write(rows, wait=False)
+    await cds.audit.write(rows, wait=False)
     CALLS.labels(service.id, str(status)).inc()
     for r in rendered:
         CARDS.labels(service.id, r.pathway, r.card["indicator"]).inc()
@@ -204,10 +194,10 @@ async def record_call(
     )
 
 
-def handle_feedback(runtime: Runtime, service: CdsService, body: bytes) -> int:
+def handle_feedback(cds: Cds, service: CdsService, body: bytes) -> int:
     request = parse_feedback(body)
-    now = cds_state(runtime).clock()
-    with session_scope(runtime.engine) as session:
+    now = cds.clock()
+    with session_scope(cds.engine) as session:
         new = store_feedback(session, service.id, request, now)
     count_feedback(service.id, new)
     log.info("cds.feedback", service=service.id, items=len(request.feedback), new=len(new))

@@ -1,7 +1,8 @@
 """Pinpoint's criteria engine: pure rules from facts to verdicts (no I/O, no logging, no clock).
 
 Public API: :func:`evaluate` (one patient), :func:`assessment_document` (CONTRACT §3),
-:func:`render_text`, :func:`load_policy` / :class:`Policy` / :class:`PolicyError`.
+:func:`render_text`, :class:`Policy` / :class:`PolicyError` (policies are read by
+``services/recommender/policies``).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from services.recommender.engine import alerts as _alerts
 from services.recommender.engine.document import assessment_document, render_text
 from services.recommender.engine.model import Alert, Assessment, OrderCheck, PatientResult, Target
 from services.recommender.engine.pathways import dispatch, facet, steroid
-from services.recommender.engine.policy import Policy, PolicyError, load_policy
+from services.recommender.engine.policy import Policy, PolicyError
 from services.recommender.engine.relief import PatientContext
 from shared.domain import terminology as t
 from shared.domain.facts import PatientFacts
@@ -53,6 +54,5 @@ __all__ = [
     "Target",
     "assessment_document",
     "evaluate",
-    "load_policy",
     "render_text",
 ]

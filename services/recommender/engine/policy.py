@@ -1,6 +1,7 @@
 """Policy profiles: every threshold, count, window and cap the rules use (CONTRACT §1 ``--policy``).
 
-A policy is a YAML file with ``id``, ``version``, optional ``extends`` (a built-in name) and the
+A policy is a mapping (read from YAML by ``services/recommender/policies``) with ``id``,
+``version``, optional ``extends`` (a built-in name) and the
 sections ``general``, ``agents``, ``steroid`` and ``pathways: {<pathway>: {covered, <param>...}}``.
 The built-in ``cms-lcd`` defines every known key; a custom file may only set keys that exist
 there, with a value of the same type (a number where a number is expected, ``null`` to switch a
@@ -12,12 +13,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from fractions import Fraction
-from pathlib import Path
 from typing import Any
 
-import yaml
-
-POLICY_DIR = Path(__file__).resolve().parent.parent / "policies"
 BUILTIN = ("cms-lcd", "consensus-2020")
 PATHWAYS = (
     "facet-diagnostic",
@@ -59,6 +56,18 @@ class Agent:
 
 
 @dataclass(frozen=True, slots=True)
+class PolicyRef:
+    """A policy's identity as written into suggestions and audit rows."""
+
+    id: str
+    version: str
+
+    @property
+    def uri(self) -> str:
+        return f"urn:pinpoint:policy:{self.id}|{self.version}"
+
+
+@dataclass(frozen=True, slots=True)
 class Policy:
     id: str
     version: str
@@ -67,6 +76,10 @@ class Policy:
     steroid_factors: Mapping[str, float]
     steroid: Mapping[str, float]
     pathways: Mapping[str, Mapping[str, Any]]
+
+    @property
+    def ref(self) -> PolicyRef:
+        return PolicyRef(self.id, self.version)
 
     def covered(self, pathway: str) -> bool:
         return bool(self.pathways.get(pathway, {}).get("covered", False))
@@ -96,18 +109,6 @@ class Policy:
             if known:
                 return max(known, key=lambda a: a.minimum_minutes)
         return self.agents["lidocaine"]
-
-
-def _load_yaml(path: Path) -> dict[str, Any]:
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise PolicyError(f"{path}: cannot read the policy file ({exc.strerror or exc})") from exc
-    except yaml.YAMLError as exc:
-        raise PolicyError(f"{path}: not valid YAML ({exc})") from exc
-    if not isinstance(data, dict):
-        raise PolicyError(f"{path}: a policy must be a mapping with id, version and pathways")
-    return data
 
 
 def _is_number(value: Any) -> bool:
@@ -194,21 +195,19 @@ def _build(data: Mapping[str, Any], source: str) -> Policy:
     )
 
 
-def _raw(name: str) -> dict[str, Any]:
-    return _load_yaml(POLICY_DIR / f"{name}.yaml")
-
-
-def _resolve(data: dict[str, Any], source: str, seen: tuple[str, ...] = ()) -> dict[str, Any]:
+def _resolve(
+    data: Mapping[str, Any], source: str, bases: Mapping[str, Mapping[str, Any]], seen: tuple[str, ...] = ()
+) -> dict[str, Any]:
     parent = data.get("extends")
     if parent is None:
-        return data
+        return dict(data)
     if parent not in BUILTIN:
         raise PolicyError(
             f"{source}: extends: must name a built-in policy ({', '.join(BUILTIN)}), got {parent!r}"
         )
     if parent in seen:
         raise PolicyError(f"{source}: extends: cycle through {parent}")
-    base = _resolve(_raw(parent), parent, (*seen, parent))
+    base = _resolve(bases[parent], parent, bases, (*seen, parent))
     for key in data:
         if key not in (*_SECTIONS, "id", "version", "extends", "description"):
             raise PolicyError(f"{source}: {key}: unknown key")
@@ -227,14 +226,8 @@ def _resolve(data: dict[str, Any], source: str, seen: tuple[str, ...] = ()) -> d
     return merged
 
 
-def load_policy(name_or_path: str) -> Policy:
-    """A built-in profile by name, or a YAML file (``extends`` a built-in; see module doc)."""
-    if name_or_path in BUILTIN:
-        return _build(_resolve(_raw(name_or_path), name_or_path, (name_or_path,)), name_or_path)
-    path = Path(name_or_path)
-    if not path.exists():
-        raise PolicyError(f"{name_or_path}: no such built-in policy ({', '.join(BUILTIN)}) or file")
-    data = _load_yaml(path)
-    if "extends" not in data:
-        data = {**data, "extends": "cms-lcd"}
-    return _build(_resolve(data, str(path)), str(path))
+def build_policy(data: Mapping[str, Any], source: str, bases: Mapping[str, Mapping[str, Any]]) -> Policy:
+    """The :class:`Policy` of parsed policy ``data`` (named ``source`` in messages). ``bases`` holds
+    the parsed built-in profiles by name; ``extends`` resolves against them. Pure: reading the
+    files is the loader's job (``services/recommender/policies``)."""
+    return _build(_resolve(data, source, bases), source)

@@ -12,15 +12,15 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse
 
-from services.recommender.api.suggestions import _parse_now, evaluator_of, patient_key
-from services.recommender.evidence.links import link_valid
+from services.recommender.container import Recommender, RecommenderDep
 from services.recommender.evidence.page import build, stored_records
 from services.recommender.evidence.render import render_page
-from services.recommender.store import load_patient_resources, patient_known
+from services.recommender.patients.ids import parse_now, patient_key
+from services.recommender.patients.repository import load_patient_resources, patient_known
 from shared.db.models import utcnow
 from shared.db.session import session_scope
 from shared.errors import NotFound, Unauthorized
-from shared.web import Runtime, RuntimeDep, check_api_token
+from shared.web import check_api_token
 
 _HEADERS = {
     "Cache-Control": "no-store",
@@ -30,13 +30,15 @@ _HEADERS = {
     "X-Content-Type-Options": "nosniff",
 }
 
+router = APIRouter(tags=["recommender"])
 
-def authorize(request: Request, runtime: Runtime, key: str, exp: str | None, sig: str | None) -> None:
+
+def authorize(request: Request, parts: Recommender, key: str, exp: str | None, sig: str | None) -> None:
     """A valid signed link, else the API token rule (open when no tokens are configured)."""
-    if (exp is not None or sig is not None) and link_valid(runtime, key, exp, sig, now=utcnow()):
+    if (exp is not None or sig is not None) and parts.links.valid(key, exp, sig, now=utcnow()):
         return
     try:
-        check_api_token(request, runtime)
+        check_api_token(request, parts.settings)
     except Unauthorized:
         if exp is not None or sig is not None:
             raise Unauthorized(
@@ -45,27 +47,22 @@ def authorize(request: Request, runtime: Runtime, key: str, exp: str | None, sig
         raise
 
 
-def router() -> APIRouter:
-    r = APIRouter(tags=["recommender"])
-
-    @r.get("/patients/{pid}/evidence", response_class=HTMLResponse)
-    def evidence(
-        pid: str,
-        request: Request,
-        runtime: RuntimeDep,
-        exp: Annotated[str | None, Query()] = None,
-        sig: Annotated[str | None, Query()] = None,
-        now: Annotated[str | None, Query()] = None,
-    ) -> HTMLResponse:
-        key = patient_key(pid)
-        authorize(request, runtime, key, exp, sig)
-        when = _parse_now(now)
-        with session_scope(runtime.engine) as session:
-            if not patient_known(session, key):
-                raise NotFound(f"No data is stored for patient {pid}")
-            resources = load_patient_resources(session, key)
-            records = stored_records(session, key)
-        view = build(resources, key, evaluator_of(runtime), runtime.settings.policy, when, records)
-        return HTMLResponse(render_page(view), headers=_HEADERS)
-
-    return r
+@router.get("/patients/{pid}/evidence", response_class=HTMLResponse)
+def evidence(
+    pid: str,
+    request: Request,
+    parts: RecommenderDep,
+    exp: Annotated[str | None, Query()] = None,
+    sig: Annotated[str | None, Query()] = None,
+    now: Annotated[str | None, Query()] = None,
+) -> HTMLResponse:
+    key = patient_key(pid)
+    authorize(request, parts, key, exp, sig)
+    when = parse_now(now)
+    with session_scope(parts.engine) as session:
+        if not patient_known(session, key):
+            raise NotFound(f"No data is stored for patient {pid}")
+        resources = load_patient_resources(session, key)
+        records = stored_records(session, key)
+    view = build(resources, key, parts.assessor, parts.settings.policy, when, records)
+    return HTMLResponse(render_page(view), headers=_HEADERS)

@@ -20,8 +20,8 @@ from typing import Any
 import yaml
 
 from services.recommender.engine import Policy
-from services.recommender.engine.policy import BUILTIN, POLICY_DIR
 from services.recommender.engine.wording import reason_text, sentence
+from services.recommender.policies import BUILTIN, POLICY_DIR
 
 MET, NOT_MET, MISSING, NOT_ASSESSED = "met", "not-met", "missing-data", "not-assessed"
 NOT_YET = "not-yet"  # a deferral: met once time has passed (CONTRACT §6 "deferred")

@@ -1,6 +1,6 @@
 """The evidence page's view model: per target the timeline, the checklist and the suggestion.
 
-The verdicts are the engine's (the §3 entry of :class:`~services.recommender.evaluation.Evaluator`
+The verdicts are the engine's (the §3 entry of :class:`~services.recommender.assessor.Assessor`
 at ``now``); the readings drawn are the ones the engine used for each block — baseline and
 post-block readings assigned by :class:`~services.recommender.engine.relief.PatientContext` — so
 the picture and the verdict cannot disagree.
@@ -15,6 +15,7 @@ from typing import Any
 
 from sqlmodel import Session, col, select
 
+from services.recommender.assessor import Assessor
 from services.recommender.engine import Policy
 from services.recommender.engine.relief import PatientContext
 from services.recommender.engine.wording import (
@@ -25,13 +26,11 @@ from services.recommender.engine.wording import (
     sentence,
     target_text,
 )
-from services.recommender.evaluation import Evaluator
 from services.recommender.evidence import chart
 from services.recommender.evidence.checklist import Row, checklist
-from services.recommender.suggestions import assessment_key, resource_id
+from services.recommender.suggestions.builders import assessment_key, resource_id
 from shared.db.models import Assessment
 from shared.domain.facts import Intervention, PainReading, PatientFacts
-from shared.domain.normalize import normalize
 
 _DEFINITIVE_LOOK_MONTHS = 7  # how far after a definitive procedure its readings are drawn
 
@@ -247,7 +246,7 @@ def _evidence_set(item: Mapping[str, Any]) -> frozenset[str]:
 def build(
     resources: Iterable[Mapping[str, Any]],
     patient_key: str,
-    evaluator: Evaluator,
+    assessor: Assessor,
     policy_setting: str,
     now: datetime,
     records: Mapping[str, Record] | None = None,
@@ -256,9 +255,10 @@ def build(
     resources = list(resources)
     pid = patient_key.partition(":")[2]
     ref = f"Patient/{pid}"
-    policy = evaluator.policy
-    entry = evaluator.patient_entry(resources, ref, now)
-    facts = normalize(resources).get(ref) or PatientFacts(ref)
+    policy = assessor.policy
+    found = assessor.facts(resources).get(ref)
+    entry = assessor.entry(found, ref, now)
+    facts = found or PatientFacts(ref)
     ctx = PatientContext(facts, policy)
     records = records or {}
     targets: list[TargetView] = []

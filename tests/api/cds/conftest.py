@@ -20,7 +20,7 @@ import jwt
 import pytest
 from sqlalchemy.engine import Engine
 
-from services.recommender.cds_hooks.service import cds_state
+from services.recommender.container import Recommender
 from shared.settings import CdsConfig, ConfigFile, Settings, Source, TrustedIssuer
 from tests.conftest import FIXTURES
 
@@ -96,10 +96,10 @@ class FakeAssessor:
     patients: list[dict[str, Any]] = field(default_factory=list)
     seen: list[list[dict[str, Any]]] = field(default_factory=list)
 
-    def __call__(self, resources: Sequence[dict[str, Any]], policy: str, now: datetime) -> dict[str, Any]:
+    def document(self, resources: Sequence[dict[str, Any]], now: datetime) -> dict[str, Any]:
         self.seen.append([dict(r) for r in resources])
         return {
-            "policy": {"id": policy, "version": "test"},
+            "policy": {"id": "cms-lcd", "version": "test"},
             "evaluatedAt": now.isoformat(),
             "patients": self.patients,
         }
@@ -132,6 +132,7 @@ class CdsApp:
     engine: Engine
     settings: Settings
     runtime: Any
+    parts: Recommender
 
     def signer(self, **kw: Any) -> CdsClient:
         return CdsClient(self.client, **kw)
@@ -143,13 +144,13 @@ async def _app(db_url: str, engine: Engine, **kw: Any) -> AsyncIterator[CdsApp]:
     settings = make_settings(db_url, **kw)
     app = build_app(settings, Role.all, engine)
     runtime = app.state.runtime
-    state = cds_state(runtime)
-    state.clock = lambda: NOW
+    parts: Recommender = app.state.recommender
+    parts.cds.clock = lambda: NOW
     assessor = FakeAssessor()
-    state.assessor = assessor
+    parts.cds.assessor = assessor  # type: ignore[assignment]
     transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
     async with httpx.AsyncClient(transport=transport, base_url=BASE) as client:
-        yield CdsApp(client, assessor, engine, settings, runtime)
+        yield CdsApp(client, assessor, engine, settings, runtime, parts)
     for hook in runtime.on_shutdown:
         await hook()
 

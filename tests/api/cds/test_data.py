@@ -11,8 +11,7 @@ import pytest
 import respx
 import sqlalchemy as sa
 
-from services.ingest.store import Prepared, store_resources
-from services.recommender.cds_hooks.service import cds_state
+from services.ingest.intake.repository import Prepared, store_resources
 from shared.db.models import AuditLog
 from shared.db.session import session_scope
 from tests.api.cds.conftest import SOURCE_BASE, CdsApp
@@ -325,7 +324,7 @@ async def test_every_call_is_audited_with_ids_and_counts(cds: CdsApp) -> None:
     body = call(prefetch={"procedures": None})
     assert (await cds.client.post(PV, json=body)).status_code == 200
     assert (await cds.client.post(PV, json=call())).status_code == 412
-    await cds_state(cds.runtime).audit.flush()  # answers leave before their audit commit
+    await cds.parts.cds.audit.flush()  # answers leave before their audit commit
     with cds.engine.connect() as conn:
         rows = conn.execute(sa.select(AuditLog.__table__).order_by(AuditLog.__table__.c.id)).mappings().all()  # type: ignore[attr-defined]
     calls = [r for r in rows if r["action"] == "cds.call"]

@@ -49,7 +49,6 @@ async def test_unknown_service_is_404_operation_outcome(cds: CdsApp) -> None:
 
 async def test_an_oversized_call_is_413_operation_outcome_and_audited(cds: CdsApp) -> None:
     from services.recommender.cds_hooks.api import MAX_BODY_BYTES
-    from services.recommender.cds_hooks.service import cds_state
     from shared.db.models import AuditLog
 
     body = b'{"hook": "patient-view", "pad": "' + b"x" * MAX_BODY_BYTES + b'"}'
@@ -58,7 +57,7 @@ async def test_an_oversized_call_is_413_operation_outcome_and_audited(cds: CdsAp
     )
     assert r.status_code == 413
     assert r.json()["issue"][0]["code"] == "too-costly"
-    await cds_state(cds.runtime).audit.flush()
+    await cds.parts.cds.audit.flush()
     audit = AuditLog.__table__  # type: ignore[attr-defined]
     with cds.engine.connect() as conn:
         details = conn.execute(sa.select(audit.c.detail).where(audit.c.action == "cds.call")).scalars().all()

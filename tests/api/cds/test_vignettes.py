@@ -10,9 +10,8 @@ from typing import Any
 
 import pytest
 
-from services.ingest.store import Prepared, store_resources
-from services.recommender.cds_hooks import assess as seam
-from services.recommender.cds_hooks.service import cds_state
+from services.ingest.intake.repository import Prepared, store_resources
+from services.recommender.assessor import Assessor
 from shared.db.session import session_scope
 from tests.api.cds.conftest import CdsApp, assert_valid_response
 from tests.conftest import FIXTURES
@@ -77,9 +76,8 @@ def hook_request(
 
 
 def use_engine(app: CdsApp, now: str) -> None:
-    state = cds_state(app.runtime)
-    state.assessor = seam.assess
-    state.clock = lambda: datetime.fromisoformat(now)
+    app.parts.cds.assessor = Assessor.load(app.settings.policy)
+    app.parts.cds.clock = lambda: datetime.fromisoformat(now)
 
 
 async def sign(

@@ -13,8 +13,6 @@ from fastapi import FastAPI
 from fastapi.routing import APIRoute
 from sqlalchemy.engine import Engine
 
-from services.recommender.cds_hooks.cards import evidence_link
-from services.recommender.evidence.links import signed_evidence_url
 from services.server import Role, build_app
 from shared.settings import CdsConfig, ConfigFile, Settings
 from shared.web import Runtime
@@ -54,6 +52,12 @@ def _runtime(app: FastAPI) -> Runtime:
     return runtime
 
 
+def signed_evidence_url(app: FastAPI, patient: str, *, now: datetime) -> str:
+    """The link the app's CDS cards carry (its one :class:`EvidenceLinks`)."""
+    url: str = app.state.recommender.links.url(patient, now=now)
+    return url
+
+
 def _relative(url: str) -> str:
     parts = urlsplit(url)
     return f"{parts.path}?{parts.query}"
@@ -82,7 +86,7 @@ async def test_evidence_page_with_token_or_signed_link(
         assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
         assert "<svg" in r.text and "Facet radiofrequency ablation" in r.text
         assert r.headers["cache-control"] == "no-store"
-    link = signed_evidence_url(runtime, "P-001", now=datetime.now(UTC))
+    link = signed_evidence_url(secured, "P-001", now=datetime.now(UTC))
     assert link.startswith("https://pinpoint.example/patients/P-001/evidence?exp=")
     r = await sclient.get(_relative(link))
     assert r.status_code == 200 and 'class="block-marker"' in r.text
@@ -97,11 +101,11 @@ async def test_expired_tampered_or_foreign_links_are_refused(
     runtime = _runtime(secured)
     await _load_v02(sclient, engine, runtime.settings)
     now = datetime.now(UTC)
-    good = signed_evidence_url(runtime, "P-001", now=now)
+    good = signed_evidence_url(secured, "P-001", now=now)
     q = {k: v[0] for k, v in parse_qs(urlsplit(good).query).items()}
-    expired = signed_evidence_url(runtime, "P-001", now=now - timedelta(minutes=6))
+    expired = signed_evidence_url(secured, "P-001", now=now - timedelta(minutes=6))
     flipped = q["sig"][:-1] + ("A" if q["sig"][-1] != "A" else "B")
-    other_patient = signed_evidence_url(runtime, "P-999", now=now)
+    other_patient = signed_evidence_url(secured, "P-999", now=now)
     other_q = parse_qs(urlsplit(other_patient).query)
     for url in (
         _relative(expired),
@@ -117,16 +121,15 @@ async def test_expired_tampered_or_foreign_links_are_refused(
     # a link signed by another process's key does not open the page
     other = _settings(str(runtime.settings.database_url), api_tokens=["reader"], link_secret="another")
     other_app = build_app(other, Role.all, engine)
-    foreign = signed_evidence_url(_runtime(other_app), "P-001", now=now)
+    foreign = signed_evidence_url(other_app, "P-001", now=now)
     _outcome_401(await sclient.get(_relative(foreign)))
     # the link opens the evidence page only, not the other patient-data reads
     _outcome_401(await sclient.get(f"/patients/P-001/assessment?exp={q['exp']}&sig={q['sig']}"))
 
 
 async def test_link_ttl_is_the_configured_evidence_link_ttl(secured: FastAPI) -> None:
-    runtime = _runtime(secured)
     before = datetime.now(UTC).timestamp()
-    url = evidence_link(runtime, "hospital-b:p1")  # the CDS cards' one link function
+    url = signed_evidence_url(secured, "hospital-b:p1", now=datetime.now(UTC))  # the cards' one link maker
     assert url.startswith("https://pinpoint.example/patients/hospital-b:p1/evidence?")
     exp = int(parse_qs(urlsplit(url).query)["exp"][0])
     assert before + 300 - 2 <= exp <= before + 300 + 2  # cds.evidence_link_ttl = 5 min

@@ -12,7 +12,7 @@ import httpx
 import jsonschema
 from sqlalchemy.engine import Engine
 
-from services.recommender.evaluation import Evaluator
+from services.recommender.assessor import Assessor
 from services.recommender.worker import DrainStats, Worker
 from shared.fhir.resources import validate_r4b
 from shared.settings import Settings
@@ -89,7 +89,7 @@ async def push(client: httpx.AsyncClient, body: dict[str, Any] | bytes) -> None:
 
 
 def run_worker(engine: Engine, settings: Settings, now: datetime) -> DrainStats:
-    return Worker(engine, settings, Evaluator.load("cms-lcd")).drain(now=now)
+    return Worker(engine, settings, Assessor.load("cms-lcd")).drain(now=now)
 
 
 async def search(client: httpx.AsyncClient, rtype: str, patient: str = "P-001") -> list[dict[str, Any]]:

@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
-from services.recommender.evaluate import run
+from services.recommender.offline import run
 from services.server import Role, build_app
 from shared.db.models import EvaluationQueue, utcnow
 from shared.db.queue import mark_dirty

@@ -8,8 +8,9 @@ from typing import Any
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
-from services.recommender.store import apply_entry
-from services.recommender.suggestions import PolicyRef, resource_id
+from services.recommender.engine.policy import PolicyRef
+from services.recommender.suggestions.builders import resource_id
+from services.recommender.suggestions.repository import apply_entry
 from shared.db.models import Outbox, Suggestion
 from shared.db.session import session_scope
 from tests.api.recommender.helpers import assert_valid_r4

@@ -314,11 +314,11 @@ async def test_alert_becomes_detected_issue_with_evidence(
 async def test_mark_during_evaluation_is_not_lost(
     client: httpx.AsyncClient, engine: Engine, settings: Settings
 ) -> None:
-    from services.recommender.evaluation import Evaluator
+    from services.recommender.assessor import Assessor
     from services.recommender.worker import Worker
 
     await push(client, bundle("v01-one-block-only"))
-    worker = Worker(engine, settings, Evaluator.load("cms-lcd"))
+    worker = Worker(engine, settings, Assessor.load("cms-lcd"))
     (claim,) = worker.claim()
     with session_scope(engine) as s:  # new data for the patient arrives mid-evaluation
         mark_dirty(s, ["default:P-001"])
@@ -333,12 +333,12 @@ async def test_mark_during_evaluation_is_not_lost(
 
 
 async def test_claimed_patient_is_not_taken_until_claim_expires(engine: Engine, settings: Settings) -> None:
-    from services.recommender.evaluation import Evaluator
+    from services.recommender.assessor import Assessor
     from services.recommender.worker import Worker
 
     with session_scope(engine) as s:
         mark_dirty(s, ["default:A", "default:B"])
-    evaluator = Evaluator.load("cms-lcd")
+    evaluator = Assessor.load("cms-lcd")
     first = Worker(engine, settings, evaluator, ident="w1")
     second = Worker(engine, settings, evaluator, ident="w2")
     assert [c.patient_key for c in first.claim()] == ["default:A", "default:B"]
@@ -374,10 +374,10 @@ async def test_writeback_configured_outbox_pending(
 
 
 async def test_a_failing_patient_backs_off_alone(engine: Engine, settings: Settings) -> None:
-    from services.recommender.evaluation import Evaluator
+    from services.recommender.assessor import Assessor
     from services.recommender.worker import Worker
 
-    class Flaky(Evaluator):
+    class Flaky(Assessor):
         def patient_entry(self, resources: Any, patient_ref: str, now: datetime) -> dict[str, Any]:
             if patient_ref == "Patient/bad":
                 raise ValueError("cannot evaluate")
@@ -385,7 +385,7 @@ async def test_a_failing_patient_backs_off_alone(engine: Engine, settings: Setti
 
     with session_scope(engine) as s:
         mark_dirty(s, ["default:bad", "default:good"])
-    worker = Worker(engine, settings, Flaky(Evaluator.load("cms-lcd").policy))
+    worker = Worker(engine, settings, Flaky(Assessor.load("cms-lcd").policy))
     stats = worker.drain()
     assert (stats.stored, stats.failed) == (1, 1)
     with Session(engine) as s:

@@ -245,9 +245,9 @@ async def test_a_fetch_that_keeps_failing_becomes_a_dead_letter(
     [dl] = dead_letters(engine)
     assert dl.kind == "fetch" and dl.source == "hosp"
     # the operator replays it once the server is fixed: queued again, then fetched
-    from services.ingest.intake.replay import replay
+    from services.ingest.deadletters.replay import replay
 
-    assert replay(engine, worker.settings, dl.id).status == "replayed"
+    assert replay(engine, worker.settings, dl.id, {}).status == "replayed"
     await worker.run_once(reconcile=False)
     assert stored_versions(engine) == upstream_state(fake)
 

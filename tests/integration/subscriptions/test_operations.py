@@ -146,7 +146,7 @@ async def test_id_only_fetches_use_smart_backend_services(
     settings = Settings(database_url=db_url, config=ConfigFile.model_validate(config), _env_file=None)  # type: ignore[call-arg]
     app = build_app(settings, Role.ingest, engine)
     runtime = app.state.runtime
-    worker: SubscriptionWorker = runtime.state["subscription_worker"]
+    worker: SubscriptionWorker = app.state.ingest.subscriptions
     secured.put(patient())
     secured.put(mbb("proc-1"))
     transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)

@@ -12,7 +12,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from services.recommender.suggestions import content_hash
+from services.recommender.suggestions.builders import content_hash
 from shared.db.models import Resource, utcnow
 from shared.db.queue import mark_dirty
 from shared.db.session import session_scope

@@ -13,9 +13,9 @@ import httpx
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
-from services.recommender.delivery import Delivery, DeliveryStats, http_client_for, writeback_client
-from services.recommender.evaluation import Evaluator
+from services.recommender.assessor import Assessor
 from services.recommender.worker import DrainStats, Worker
+from services.recommender.writeback import Delivery, DeliveryStats, http_client_for, writeback_client
 from services.server import Role, build_app
 from shared.db.models import Outbox, Suggestion, utcnow
 from shared.settings import ConfigFile, Settings, Source, Writeback
@@ -67,7 +67,7 @@ async def push(client: httpx.AsyncClient, body: dict[str, Any]) -> None:
 
 
 def evaluate(engine: Engine, settings: Settings, now: datetime) -> DrainStats:
-    return Worker(engine, settings, Evaluator.load("cms-lcd")).drain(now=now)
+    return Worker(engine, settings, Assessor.load("cms-lcd")).drain(now=now)
 
 
 @dataclass

@@ -21,7 +21,7 @@ import yaml
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
-from services.recommender.delivery import WRITEBACK_SCOPES, run_delivery
+from services.recommender.writeback import WRITEBACK_SCOPES, run_delivery
 from services.server import Role, build_app
 from shared.db.models import EvaluationQueue, Outbox, Resource, utcnow
 from shared.db.session import session_scope

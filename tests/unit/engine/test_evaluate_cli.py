@@ -10,7 +10,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from services.recommender.evaluate import evaluate_command
+from services.recommender.cli import evaluate_command
 from tests.unit.fhirfactory import base_l, rfa_order, v2_pair
 
 V02 = (

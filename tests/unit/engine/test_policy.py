@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from services.recommender.engine.policy import POLICY_DIR, PolicyError, load_policy
+from services.recommender.policies import POLICY_DIR, PolicyError, load_policy
 
 
 def test_builtins_load_with_id_and_version() -> None:

@@ -8,9 +8,9 @@ from datetime import UTC, date, datetime, timedelta
 import pytest
 
 from services.recommender.engine.model import Finding, combine
-from services.recommender.engine.policy import load_policy
 from services.recommender.engine.relief import relief_percent, sustained_minutes
 from services.recommender.engine.sessions import cap_finding
+from services.recommender.policies import load_policy
 from shared.domain._json import add_months
 from shared.domain.facts import PainReading
 

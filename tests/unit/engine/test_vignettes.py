@@ -12,7 +12,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from services.recommender.evaluate import evaluate_command
+from services.recommender.cli import evaluate_command
 
 ROOT = Path(__file__).resolve().parents[3]
 LOCAL = ROOT / "tests" / "fixtures" / "vignettes"

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from services.recommender.evaluation import Evaluator
+from services.recommender.assessor import Assessor
 from services.recommender.evidence import chart
 from services.recommender.evidence.page import PageView, build
 from services.recommender.evidence.render import render_page
@@ -26,7 +26,7 @@ def _view(name: str, policy: str = "cms-lcd") -> PageView:
     resources = list(resolve((None, e["resource"]) for e in data["entry"]))
     patient = expected["assessments"][0]["patient"] if expected.get("assessments") else "Patient/P-001"
     key = "default:" + patient.removeprefix("Patient/")
-    return build(resources, key, Evaluator.load(policy), policy, datetime.fromisoformat(expected["now"]))
+    return build(resources, key, Assessor.load(policy), policy, datetime.fromisoformat(expected["now"]))
 
 
 @pytest.fixture(scope="module")
@@ -241,7 +241,7 @@ def test_every_vignette_renders_one_section_per_assessment(name: str) -> None:
     data = json.loads((VIGNETTES / name / "bundle.json").read_text())
     expected = json.loads((VIGNETTES / name / "expected.json").read_text())
     resources = list(resolve((None, e["resource"]) for e in data["entry"]))
-    evaluator = Evaluator.load(expected.get("policy", "cms-lcd"))
+    evaluator = Assessor.load(expected.get("policy", "cms-lcd"))
     now = datetime.fromisoformat(expected["now"])
     for pid in _patients(name):
         view = build(resources, f"default:{pid}", evaluator, evaluator.policy.id, now)

@@ -46,7 +46,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlencode
 
@@ -56,9 +56,8 @@ import sqlalchemy as sa
 from prometheus_client import Counter, Histogram
 from sqlalchemy.engine import Engine
 
-from services.recommender.metrics import COLLECTOR
-from services.recommender.suggestions import SYSTEM, split_patient_key
-from shared.db.deadletters import record_dead_letter, register_replayer
+from services.recommender.suggestions.builders import SYSTEM, split_patient_key
+from shared.db.deadletters import record_dead_letter
 from shared.db.models import DeadLetter, Outbox, Suggestion, utcnow
 from shared.db.session import session_scope
 from shared.errors import Issue, PinpointError, operation_outcome
@@ -76,7 +75,7 @@ from shared.fhir.resources import ResourceInvalid, validate_r5
 from shared.fhir.sources import client_for, source_http_client
 from shared.logging import get_logger
 from shared.settings import Settings, Source, Writeback
-from shared.web import Check, Runtime
+from shared.web import Check
 
 log = get_logger("pinpoint.writeback")
 
@@ -708,8 +707,6 @@ def outbox_state(engine: Engine) -> tuple[int, datetime | None]:
             sa.select(sa.func.count(), sa.func.min(_OUTBOX.c.created_at)).where(_OUTBOX.c.status == "pending")
         ).one()
     if oldest is not None and oldest.tzinfo is None:
-        from datetime import UTC
-
         oldest = oldest.replace(tzinfo=UTC)
     return int(depth), oldest
 
@@ -730,25 +727,6 @@ def outbox_check(engine: Engine, max_age: timedelta) -> Check:
         return "ok"
 
     return check
-
-
-def install_delivery(runtime: Runtime) -> None:
-    """Register the delivery loop (when write-back is configured), its readiness check, gauges."""
-    runtime.checks.setdefault("outbox", outbox_check(runtime.engine, runtime.settings.ready_max_outbox_age))
-    COLLECTOR.engine = runtime.engine
-    if runtime.settings.config.writeback is None:
-        return
-    stop = threading.Event()
-
-    async def loop() -> None:
-        http = runtime.state.get("writeback_http")  # a test may inject its transport here
-        await run_delivery(runtime.engine, runtime.settings, stop, http)
-
-    async def shutdown() -> None:
-        stop.set()
-
-    runtime.background.append(("writeback", loop))
-    runtime.on_shutdown.append(shutdown)
 
 
 # ----------------------------------------------------------------------------- replay
@@ -782,6 +760,3 @@ def replay_delivery(engine: Engine, settings: Settings, dead_letter_id: int) -> 
         session.add(dead)
     log.info("writeback.replayed", dead_letter=dead_letter_id, requeued=failure is None)
     return {"status": "failed" if failure else "replayed", "reason": failure}
-
-
-register_replayer("delivery", replay_delivery)

@@ -6,7 +6,6 @@ credential; reads need the API token.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request, Response
@@ -20,7 +19,8 @@ from services.ingest.subscriptions.state import CLASSIC_ROW
 from shared.settings import Source
 from shared.web import FhirResponse, RuntimeDep, require_api_token
 
-BASES = ("/fhir", "/sources/{source_id}/fhir")
+DEFAULT = "/fhir"  # the default source's FHIR base
+SOURCE = "/sources/{source_id}/fhir"  # a configured source's FHIR base
 
 
 async def get_source(request: Request, runtime: RuntimeDep) -> Source:
@@ -29,6 +29,9 @@ async def get_source(request: Request, runtime: RuntimeDep) -> Source:
 
 SourceDep = Annotated[Source, Depends(get_source)]
 ReadAccess = [Depends(require_api_token)]
+
+#: Every route is served on both bases: the default source's and a configured source's.
+router = APIRouter(tags=["ingest"], default_response_class=FhirResponse)
 
 
 def _ctype(request: Request) -> str | None:
@@ -55,6 +58,10 @@ def _answer(result: Result) -> Response:
     return FhirResponse(result.body, status_code=result.status, headers=result.headers or None)
 
 
+@router.post(DEFAULT)
+@router.post(SOURCE)
+@router.post(DEFAULT + "/", include_in_schema=False)
+@router.post(SOURCE + "/", include_in_schema=False)
 async def post_base(request: Request, runtime: RuntimeDep, source: SourceDep) -> Response:
     """A Bundle, a single resource, an empty ping, or a Medplum rest-hook (``X-Medplum-*``)."""
     medplum = medplum_delivery(request.headers)
@@ -68,10 +75,14 @@ async def post_base(request: Request, runtime: RuntimeDep, source: SourceDep) ->
     return _answer(await _receive(request, runtime, source, subscription=medplum.subscription))
 
 
+@router.post(DEFAULT + "/{rtype}")
+@router.post(SOURCE + "/{rtype}")
 async def post_type(rtype: str, request: Request, runtime: RuntimeDep, source: SourceDep) -> Response:
     return _answer(await _receive(request, runtime, source, push.post_type_handler(source, rtype)))
 
 
+@router.put(DEFAULT + "/{rtype}/{rid}")
+@router.put(SOURCE + "/{rtype}/{rid}")
 async def put_resource(
     rtype: str, rid: str, request: Request, runtime: RuntimeDep, source: SourceDep
 ) -> Response:
@@ -80,6 +91,8 @@ async def put_resource(
     return _answer(await _receive(request, runtime, source, handler, subscription=CLASSIC_ROW))
 
 
+@router.put(DEFAULT + "/{rtype}/{rid}/_history/{vid}")
+@router.put(SOURCE + "/{rtype}/{rid}/_history/{vid}")
 async def put_version(
     rtype: str, rid: str, vid: str, request: Request, runtime: RuntimeDep, source: SourceDep
 ) -> Response:
@@ -87,6 +100,8 @@ async def put_version(
     return await put_resource(rtype, rid, request, runtime, source)
 
 
+@router.delete(DEFAULT + "/{rtype}/{rid}")
+@router.delete(SOURCE + "/{rtype}/{rid}")
 async def delete_resource(
     rtype: str, rid: str, request: Request, runtime: RuntimeDep, source: SourceDep
 ) -> FhirResponse:
@@ -95,14 +110,20 @@ async def delete_resource(
     return FhirResponse(await run_in_threadpool(push.delete, runtime.engine, source, rtype, rid, CLASSIC_ROW))
 
 
+@router.get(DEFAULT + "/metadata", dependencies=ReadAccess)
+@router.get(SOURCE + "/metadata", dependencies=ReadAccess)
 def metadata(runtime: RuntimeDep, source: SourceDep) -> FhirResponse:
     return FhirResponse(reads.capability_statement(runtime.settings, source))
 
 
+@router.get(DEFAULT + "/{rtype}/{rid}", dependencies=ReadAccess)
+@router.get(SOURCE + "/{rtype}/{rid}", dependencies=ReadAccess)
 def read(rtype: str, rid: str, runtime: RuntimeDep, source: SourceDep) -> FhirResponse:
     return FhirResponse(reads.read(runtime.engine, source, rtype, rid))
 
 
+@router.get(DEFAULT + "/{rtype}", dependencies=ReadAccess)
+@router.get(SOURCE + "/{rtype}", dependencies=ReadAccess)
 def search(
     rtype: str,
     runtime: RuntimeDep,
@@ -111,29 +132,3 @@ def search(
     count: Annotated[int, Query(alias="_count", ge=1, le=1000)] = 1000,
 ) -> FhirResponse:
     return FhirResponse(reads.search(runtime.engine, source, rtype, patient, count))
-
-
-def router() -> APIRouter:
-    r = APIRouter(tags=["ingest"])
-    routes: list[tuple[str, str, Callable[..., Any], list[Any]]] = [
-        ("GET", "/metadata", metadata, ReadAccess),
-        ("POST", "", post_base, []),
-        ("POST", "/", post_base, []),
-        ("POST", "/{rtype}", post_type, []),
-        ("PUT", "/{rtype}/{rid}", put_resource, []),
-        ("PUT", "/{rtype}/{rid}/_history/{vid}", put_version, []),
-        ("DELETE", "/{rtype}/{rid}", delete_resource, []),
-        ("GET", "/{rtype}/{rid}", read, ReadAccess),
-        ("GET", "/{rtype}", search, ReadAccess),
-    ]
-    for base in BASES:
-        for method, path, endpoint, deps in routes:
-            r.add_api_route(
-                base + path,
-                endpoint,
-                methods=[method],
-                dependencies=deps,
-                response_class=FhirResponse,
-                include_in_schema=path != "/",
-            )
-    return r

@@ -6,6 +6,7 @@ context) and creates no new dead letter; one that succeeds marks it ``replayed``
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,7 +16,7 @@ from sqlmodel import Session
 
 from services.ingest.intake.bundles import Rejection, Result, process_payload
 from services.ingest.intake.push import PayloadError, parse_body
-from shared.db.deadletters import replayer_for
+from shared.db.deadletters import Replayer
 from shared.db.models import DeadLetter, utcnow
 from shared.db.session import session_scope
 from shared.errors import Conflict, NotFound
@@ -47,7 +48,10 @@ class ReplayOutcome:
         }
 
 
-def replay(engine: Engine, settings: Settings, dead_letter_id: int) -> ReplayOutcome:
+def replay(
+    engine: Engine, settings: Settings, dead_letter_id: int, others: Mapping[str, Replayer]
+) -> ReplayOutcome:
+    """Replay a dead letter: ingest's own kinds here, any other kind through ``others``."""
     with session_scope(engine) as session:
         row = session.get(DeadLetter, dead_letter_id)
         if row is None:
@@ -56,7 +60,7 @@ def replay(engine: Engine, settings: Settings, dead_letter_id: int) -> ReplayOut
             return requeue_fetch(session, row)
         payload, source_id, kind = row.payload, row.source, row.kind
     if kind not in REPLAYABLE:  # another service's kind (e.g. a parked delivery): its replayer
-        other = replayer_for(kind)
+        other = others.get(kind)
         if other is None:
             raise Conflict(f"Dead letter {dead_letter_id} is a {kind!r}; replay it with its own service")
         done = other(engine, settings, dead_letter_id)

@@ -23,6 +23,7 @@ from typing import Any
 
 import orjson
 
+from services.recommender.engine.policy import PolicyRef
 from services.recommender.engine.wording import VERDICT_SENTENCES, pathway_text, reason_text, target_text
 
 SYSTEM = "urn:pinpoint:recommendation"
@@ -78,16 +79,6 @@ DEFINITIVE: dict[str, dict[str, tuple[str, str]]] = {
 DEFINITIVE["facet-rfa-repeat"] = DEFINITIVE["facet-rfa"]
 _AVOID = frozenset({"not-met", "not-covered"})
 _SEVERITY = {"info": "low", "information": "low", "warning": "moderate", "critical": "high", "error": "high"}
-
-
-@dataclass(frozen=True)
-class PolicyRef:
-    id: str
-    version: str
-
-    @property
-    def uri(self) -> str:
-        return f"urn:pinpoint:policy:{self.id}|{self.version}"
 
 
 @dataclass(frozen=True)

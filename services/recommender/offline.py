@@ -1,4 +1,4 @@
-"""``pinpoint evaluate``: the I/O around the pure engine (CONTRACT §1).
+"""Offline evaluation (``pinpoint evaluate``): the file I/O around the one door to the engine.
 
 Reads FHIR R4 Bundles (any type), single resources and NDJSON files (folders: every ``*.json``
 and ``*.ndjson`` inside), applies the relevance filter of ingest (CONTRACT §2), validates kept
@@ -14,15 +14,15 @@ import sys
 from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import orjson
-import typer
 
-from services.recommender.engine import PolicyError, assessment_document, evaluate, load_policy, render_text
-from shared.domain.normalize import normalize
+from services.recommender.assessor import Assessor
+from services.recommender.engine import render_text
 from shared.domain.relevance import classify
 from shared.fhir.bundle import flatten, resolve
+from shared.fhir.resources import ResourceInvalid, validate_r4b
 
 
 class InputError(Exception):
@@ -72,19 +72,18 @@ def _documents(path: Path) -> Iterator[tuple[Mapping[str, Any], str]]:
 
 
 def _valid(resource: Mapping[str, Any], label: str) -> bool:
-    from fhir.resources.R4B import get_fhir_model_class
-
+    """Validated with the R4B models; an invalid resource is named on stderr with its first
+    problem (field and message) and skipped."""
     try:
-        get_fhir_model_class(str(resource["resourceType"])).model_validate(dict(resource))
-    except KeyError:
-        print(f"{label}: {resource.get('resourceType')} is not an R4 resource type; skipped", file=sys.stderr)
-        return False
-    except Exception as exc:  # pydantic ValidationError and model errors
-        first = str(exc).splitlines()
-        detail = first[0] if first else type(exc).__name__
-        rid = resource.get("id")
+        validate_r4b(resource)
+    except ResourceInvalid as exc:
+        rtype = resource.get("resourceType")
+        if exc.issues and exc.issues[0][0] == "resourceType":
+            print(f"{label}: {rtype} is not an R4 resource type; skipped", file=sys.stderr)
+            return False
+        where, what = exc.issues[0] if exc.issues else ("", "invalid")
         print(
-            f"{label}: {resource.get('resourceType')}/{rid} fails validation, skipped ({detail})",
+            f"{label}: {rtype}/{resource.get('id')} fails validation, skipped ({where}: {what})",
             file=sys.stderr,
         )
         return False
@@ -130,30 +129,9 @@ def run(paths: list[Path], policy: str, now: str | None, fmt: str) -> str:
     """Evaluate ``paths`` and return the rendered document (raises InputError / PolicyError)."""
     if fmt not in ("json", "text"):
         raise InputError(f"--format: must be json or text, got {fmt!r}")
-    pol = load_policy(policy)
+    assessor = Assessor.load(policy)
     when = parse_now(now)
-    facts = normalize(load_resources(paths))
-    results = [evaluate(f, pol, now=when) for f in facts.values()]
-    document = assessment_document(results, pol, when)
+    document = assessor.document(load_resources(paths), when)
     if fmt == "text":
         return render_text(document)
     return orjson.dumps(document, option=orjson.OPT_INDENT_2).decode() + "\n"
-
-
-def evaluate_command(
-    paths: Annotated[list[Path], typer.Argument(help="FHIR Bundles, resources or NDJSON files (or folders)")],
-    policy: Annotated[
-        str, typer.Option("--policy", help="cms-lcd, consensus-2020 or a YAML file")
-    ] = "cms-lcd",
-    now: Annotated[
-        str | None, typer.Option("--now", help="evaluation instant (ISO 8601); default: now")
-    ] = None,
-    format: Annotated[str, typer.Option("--format", help="json or text")] = "json",
-) -> None:
-    """Evaluate FHIR data offline and print the assessment document (CONTRACT §1, §3)."""
-    try:
-        out = run(paths, policy, now, format)
-    except (InputError, PolicyError) as exc:
-        typer.echo(f"pinpoint evaluate: {exc}", err=True)
-        raise typer.Exit(code=2) from exc
-    typer.echo(out, nl=False)

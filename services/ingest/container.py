@@ -1,0 +1,71 @@
+"""The ingest service's parts, built once per process from settings.
+
+:class:`Ingest` holds the subscription worker (drains the inbox of id-only notifications, keeps
+the sources' subscriptions in shape) and the replayers of other services' dead-letter kinds,
+handed in by the process's composition root (``services/server.py``), which also registers the
+routes, the ``inbox`` readiness check and the background task. Routes receive it through
+:data:`IngestDep`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Annotated
+
+from fastapi import Depends, Request
+from sqlalchemy.engine import Engine
+from sqlmodel import Session
+
+from services.ingest.subscriptions import state
+from services.ingest.subscriptions.recovery import SubscriptionWorker
+from shared.db.deadletters import Replayer
+from shared.db.models import utcnow
+from shared.fhir.sources import SourceClients
+from shared.settings import Settings
+
+
+@dataclass
+class Ingest:
+    settings: Settings
+    engine: Engine
+    sources: SourceClients
+    subscriptions: SubscriptionWorker
+    replayers: Mapping[str, Replayer] = field(default_factory=dict)
+
+    @classmethod
+    def build(
+        cls,
+        settings: Settings,
+        engine: Engine,
+        sources: SourceClients,
+        replayers: Mapping[str, Replayer] | None = None,
+    ) -> Ingest:
+        worker = SubscriptionWorker(settings, engine, sources)
+        return cls(settings, engine, sources, worker, dict(replayers or {}))
+
+    @property
+    def subscribes(self) -> bool:
+        """Whether any source has a FHIR server to subscribe to (else no background task)."""
+        return any(s.fhir_base_url is not None for s in self.settings.config.sources)
+
+    def inbox_check(self) -> str:
+        """``ok`` unless a notification has waited longer than ``ready_max_queue_age`` for its fetch."""
+        try:
+            with Session(self.engine) as session:
+                oldest = state.oldest_pending(session)
+        except Exception as exc:
+            return f"unknown: {type(exc).__name__}"
+        limit = self.settings.ready_max_queue_age
+        if oldest is not None and utcnow() - oldest > limit:
+            return f"stuck: a notification has waited more than {int(limit.total_seconds())} s for its fetch"
+        return "ok"
+
+
+async def ingest_of(request: Request) -> Ingest:
+    """Async on purpose: FastAPI runs a sync dependency in its thread pool, a hop per request."""
+    parts: Ingest = request.app.state.ingest
+    return parts
+
+
+IngestDep = Annotated[Ingest, Depends(ingest_of)]

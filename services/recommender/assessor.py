@@ -1,0 +1,89 @@
+"""The one door to the criteria engine.
+
+Every caller — the worker, the read API (``/patients/{id}/assessment``), the evidence page, CDS
+Hooks and ``pinpoint evaluate`` — turns raw FHIR resources into the assessment document (CONTRACT
+§3) through an :class:`Assessor`: normalise (which applies the relevance filter) → evaluate →
+document. The policy comes from :func:`services.recommender.policies.load_policy`, the one policy
+cache of the process. Pure: no I/O beyond reading the policy once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from services.recommender.engine import PatientResult, Policy, PolicyError, assessment_document, evaluate
+from services.recommender.engine.policy import PolicyRef
+from services.recommender.policies import load_policy
+from shared.domain.facts import PatientFacts
+from shared.domain.normalize import normalize
+from shared.errors import ConfigError
+
+Resources = Iterable[Mapping[str, Any]]
+
+
+def empty_entry(patient_ref: str) -> dict[str, Any]:
+    return {"patient": patient_ref, "assessments": [], "orderChecks": [], "alerts": []}
+
+
+@dataclass(frozen=True)
+class Assessor:
+    policy: Policy
+
+    @classmethod
+    def load(cls, name_or_path: str) -> Assessor:
+        """A policy by built-in name or file (:class:`PolicyError` when invalid)."""
+        return cls(load_policy(name_or_path))
+
+    @classmethod
+    def configured(cls, policy_setting: str) -> Assessor:
+        """The configured policy (``PINPOINT_POLICY``); an invalid one is a :class:`ConfigError`."""
+        try:
+            return cls.load(policy_setting)
+        except PolicyError as exc:
+            raise ConfigError(f"PINPOINT_POLICY: {exc}") from None
+
+    @property
+    def ref(self) -> PolicyRef:
+        return self.policy.ref
+
+    def facts(self, resources: Resources) -> dict[str, PatientFacts]:
+        """Facts per patient (``Patient/<id>``) of reference-resolved raw resources."""
+        return normalize(resources)
+
+    def results(self, resources: Resources, now: datetime) -> list[PatientResult]:
+        return [evaluate(f, self.policy, now=now) for f in self.facts(resources).values()]
+
+    def document(self, resources: Resources, now: datetime) -> dict[str, Any]:
+        """The §3 document of every patient the resources name (CDS Hooks, ``pinpoint evaluate``)."""
+        document: dict[str, Any] = assessment_document(self.results(resources, now), self.policy, now)
+        return document
+
+    def patient_entry(self, resources: Resources, patient_ref: str, now: datetime) -> dict[str, Any]:
+        """The §3 entry of ``patient_ref`` (``Patient/<id>``), each alert with its evidence references
+        (``alerts[].evidence``, for the DetectedIssues); empty lists when nothing applies."""
+        return self.entry(self.facts(resources).get(patient_ref), patient_ref, now)
+
+    def entry(self, facts: PatientFacts | None, patient_ref: str, now: datetime) -> dict[str, Any]:
+        """:meth:`patient_entry` from facts already normalised (the evidence page draws them too)."""
+        if facts is None:
+            return empty_entry(patient_ref)
+        result = evaluate(facts, self.policy, now=now)
+        entry: dict[str, Any] = assessment_document([result], self.policy, now)["patients"][0]
+        for doc_alert, alert in zip(entry["alerts"], result.alerts, strict=True):
+            if alert.evidence:
+                doc_alert["evidence"] = list(alert.evidence)
+        return entry
+
+    def patient_document(self, resources: Resources, patient_ref: str, now: datetime) -> dict[str, Any]:
+        """The whole §3 document for one patient (alerts exactly as §3: code, severity, text)."""
+        entry = self.patient_entry(resources, patient_ref, now)
+        for alert in entry["alerts"]:
+            alert.pop("evidence", None)
+        return {
+            "policy": {"id": self.policy.id, "version": str(self.policy.version)},
+            "evaluatedAt": now.isoformat(),
+            "patients": [entry],
+        }
