@@ -14,7 +14,8 @@ import orjson
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
-from services.ingest.intake.bundles import Rejection, Result, process_payload
+from services.ingest.intake.bundles import process_payload
+from services.ingest.intake.pipeline import Rejection, Result
 from services.ingest.intake.push import PayloadError, parse_body
 from shared.db.deadletters import Replayer
 from shared.db.models import DeadLetter, utcnow

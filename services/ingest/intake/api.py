@@ -13,7 +13,7 @@ from starlette.concurrency import run_in_threadpool
 
 from services.ingest.intake import push, reads
 from services.ingest.intake.auth import verify_inbound
-from services.ingest.intake.bundles import Result
+from services.ingest.intake.pipeline import Result
 from services.ingest.subscriptions.medplum import medplum_delivery
 from services.ingest.subscriptions.state import CLASSIC_ROW
 from shared.settings import Source

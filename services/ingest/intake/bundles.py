@@ -21,7 +21,16 @@ import orjson
 from sqlmodel import Session
 
 from services.ingest.intake import notifications
-from services.ingest.intake.pipeline import Candidate, Decision, Tally, check, informational, prepare
+from services.ingest.intake.pipeline import (
+    Candidate,
+    Decision,
+    Rejection,
+    Result,
+    Tally,
+    check,
+    informational,
+    prepare,
+)
 from services.ingest.intake.references import ReferenceResolver
 from services.ingest.intake.repository import StoreResult, delete_resource, store_resources
 from shared.errors import Issue, operation_outcome
@@ -32,29 +41,6 @@ from shared.settings import Source
 log = get_logger("pinpoint.ingest")
 
 NOTIFICATION_TYPES = frozenset({"history", "subscription-notification"})
-
-
-@dataclass(frozen=True)
-class Rejection:
-    """A rejected payload (or part of one) to keep verbatim as a dead letter."""
-
-    payload: bytes
-    reason: str
-    outcome: dict[str, Any]
-    context: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class Result:
-    """What a payload did: the HTTP answer, counts, and rejections to dead-letter."""
-
-    status: int
-    body: dict[str, Any]
-    tally: Tally
-    rejections: list[Rejection] = field(default_factory=list)
-    headers: dict[str, str] = field(default_factory=dict)
-    stored: list[StoreResult] = field(default_factory=list)
-    empty: bool = False  # answer with no body (what notification senders expect)
 
 
 @dataclass

@@ -10,17 +10,14 @@ an empty 200 (STANDARDS §2.4: senders want a fast, empty 2xx).
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sqlmodel import Session
 
-from services.ingest.intake.pipeline import Tally, informational
+from services.ingest.intake.pipeline import Result, Tally, informational
 from services.ingest.subscriptions.intake import book_topic_notification
 from services.ingest.subscriptions.status import carried_resources, first_resource, read_status
 from shared.settings import Source
-
-if TYPE_CHECKING:
-    from services.ingest.intake.bundles import Result
 
 STATUS_TYPES = frozenset({"Parameters", "SubscriptionStatus"})
 
@@ -51,8 +48,6 @@ def handle(
     bundle: Mapping[str, Any],
     store_entries: Callable[[Mapping[str, Any]], Result],
 ) -> Result:
-    from services.ingest.intake.bundles import Result
-
     # Carried resources first, the subscription's row last: the row (locked per subscription
     # on PostgreSQL) is then held only for the end of the transaction. Replays store nothing new.
     if carried_resources(bundle):

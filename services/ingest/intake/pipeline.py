@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from services.ingest.intake.references import ReferenceResolver
-from services.ingest.intake.repository import Prepared
+from services.ingest.intake.repository import Prepared, StoreResult
 from shared.domain.normalize import normalize_resource
 from shared.domain.relevance import classify, patient_reference
 from shared.errors import Issue
@@ -128,3 +128,26 @@ def informational(text: str) -> dict[str, Any]:
         "resourceType": "OperationOutcome",
         "issue": [{"severity": "information", "code": "informational", "diagnostics": text}],
     }
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """A rejected payload (or part of one) to keep verbatim as a dead letter."""
+
+    payload: bytes
+    reason: str
+    outcome: dict[str, Any]
+    context: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Result:
+    """What a payload did: the HTTP answer, counts, and rejections to dead-letter."""
+
+    status: int
+    body: dict[str, Any]
+    tally: Tally
+    rejections: list[Rejection] = field(default_factory=list)
+    headers: dict[str, str] = field(default_factory=dict)
+    stored: list[StoreResult] = field(default_factory=list)
+    empty: bool = False  # answer with no body (what notification senders expect)

@@ -10,8 +10,8 @@ import orjson
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
-from services.ingest.intake.bundles import Rejection, Result, process_payload, process_resource
-from services.ingest.intake.pipeline import Tally, informational
+from services.ingest.intake.bundles import process_payload, process_resource
+from services.ingest.intake.pipeline import Rejection, Result, Tally, informational
 from services.ingest.intake.repository import delete_resource
 from services.ingest.subscriptions.intake import book_ping, note_classic
 from shared.db.deadletters import record_dead_letter

@@ -31,7 +31,8 @@ from prometheus_client import Counter, Gauge
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
-from services.ingest.intake.bundles import Rejection, explode, process_entries
+from services.ingest.intake.bundles import explode, process_entries
+from services.ingest.intake.pipeline import Rejection
 from services.ingest.intake.push import keep_rejections
 from services.ingest.intake.repository import delete_resource, parse_instant
 from services.ingest.subscriptions import state
