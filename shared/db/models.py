@@ -70,7 +70,6 @@ class Resource(SQLModel, table=True):
     content_hash: str = Field(max_length=64)
     deleted: bool = False
     raw: dict[str, Any] | None = _json()
-    facts: dict[str, Any] | None = _json()
     received_at: datetime = _ts(nullable=False)
 
 

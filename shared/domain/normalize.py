@@ -13,7 +13,7 @@ import json
 import re
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
-from datetime import UTC, date, datetime
+from datetime import date
 from functools import lru_cache
 from typing import Any
 
@@ -763,34 +763,3 @@ def normalize(resources: Iterable[Mapping[str, Any]]) -> dict[str, PatientFacts]
         elif rtype == "ServiceRequest":
             b.requests.append(res)
     return {key: b.build() for key, b in sorted(builders.items())}
-
-
-def normalize_resource(resource: Mapping[str, Any]) -> dict[str, Any] | None:
-    """A JSON-serialisable fact summary of one raw resource (kind, patient, date, codes), or None
-    when Pinpoint does not keep it. Stored by the ingest service beside the raw resource."""
-    rel = classify(resource)
-    if not rel.kept:
-        return None
-    when: datetime | None = None
-    for prefix in ("performed", "effective", "occurrence", "onset"):
-        start, end = j.period_start_end(resource, prefix)
-        if start:
-            when = end or start
-            break
-    if when is None:
-        when = j.parse_datetime(
-            resource.get("authoredOn") or resource.get("recordedDate") or resource.get("birthDate")
-        )
-    codes = sorted(
-        f"{c.get('system')}|{c.get('code')}"
-        for key in ("code", "medicationCodeableConcept", "usedCode", "location")
-        for c in j.codings(resource.get(key))
-    )
-    return {
-        "kind": rel.category,
-        "resourceType": resource.get("resourceType"),
-        "patient": _patient_key(resource),
-        "status": resource.get("status"),
-        "date": when.astimezone(UTC).isoformat() if when else None,
-        "codes": codes,
-    }

@@ -1,5 +1,5 @@
 """One resource through intake: relevance on the raw dict, then validation, identity, references,
-patient and facts (CONTRACT §2 "Minimum necessary", "Identity").
+and patient (CONTRACT §2 "Minimum necessary", "Identity").
 
 Two phases so that rejected input can be kept verbatim: :func:`check` looks without touching
 the resource (relevance first — model validation is paid only for what is kept); :func:`prepare`
@@ -15,7 +15,6 @@ from typing import Any
 
 from services.ingest.intake.references import ReferenceResolver
 from services.ingest.intake.repository import Prepared, StoreResult
-from shared.domain.normalize import normalize_resource
 from shared.domain.relevance import classify, patient_reference
 from shared.errors import Issue
 from shared.fhir.resources import ResourceInvalid, validate_r4b
@@ -106,7 +105,7 @@ def patient_key_of(source_id: str, resource: Mapping[str, Any]) -> str | None:
 
 
 def prepare(decision: Decision, resolver: ReferenceResolver) -> Decision:
-    """Give a checked, kept resource its identity, resolved references, patient and facts."""
+    """Give a checked, kept resource its identity, resolved references and patient."""
     if decision.status != "kept":
         return decision
     candidate = decision.candidate
@@ -118,8 +117,7 @@ def prepare(decision: Decision, resolver: ReferenceResolver) -> Decision:
     pkey = patient_key_of(resolver.source.id, resource)
     if pkey is None and rtype not in NO_PATIENT_TYPES:
         return Decision(candidate, "unresolved", "the patient of this resource cannot be resolved")
-    facts = normalize_resource(resource)
-    decision.prepared = Prepared(rtype, rid, resource, facts, pkey)
+    decision.prepared = Prepared(rtype, rid, resource, pkey)
     return decision
 
 

@@ -1,6 +1,6 @@
-"""The ingest repository: kept resources (raw + facts) and the patients' dirty marks.
+"""The ingest repository: kept resources (raw JSON) and the patients' dirty marks.
 
-Everything here runs in the caller's transaction and never commits, so a push's resources, facts
+Everything here runs in the caller's transaction and never commits, so a push's resources
 and dirty marks land together or not at all. Writes are batched: one SELECT of the identities
 already stored and one multi-row upsert per batch, whatever the number of resources.
 """
@@ -45,12 +45,11 @@ def parse_instant(value: Any) -> datetime | None:
 
 @dataclass(frozen=True, slots=True)
 class Prepared:
-    """A kept resource ready to store: identity, raw JSON (references resolved), facts, patient."""
+    """A kept resource ready to store: identity, raw JSON (references resolved), patient."""
 
     resource_type: str
     resource_id: str
     raw: dict[str, Any]
-    facts: dict[str, Any] | None
     patient_key: str | None
 
     @property
@@ -161,7 +160,6 @@ def _build_upsert(dialect: str) -> Any:
             "content_hash",
             "deleted",
             "raw",
-            "facts",
             "received_at",
         )
     }
@@ -211,7 +209,6 @@ def store_resources(session: Session, source: str, items: Sequence[Prepared]) ->
             "content_hash": digest,
             "deleted": False,
             "raw": item.raw,
-            "facts": item.facts,
             "received_at": now,
         }
     if pending:
@@ -249,7 +246,6 @@ def delete_resource(session: Session, source: str, rtype: str, rid: str) -> bool
         mark_dirty(session, [row.patient_key])
     row.deleted = True
     row.raw = None
-    row.facts = None
     row.content_hash = ""
     row.version_id = None
     row.last_updated = now

@@ -19,7 +19,7 @@ from tests.conftest import FIXTURES
 
 def _prepared(resource: dict[str, Any], patient_key: str) -> Prepared:
     """A resource as ingest stores it (tests seed the store without the HTTP path)."""
-    return Prepared(resource["resourceType"], resource["id"], resource, None, patient_key)
+    return Prepared(resource["resourceType"], resource["id"], resource, patient_key)
 
 
 pytest.importorskip("services.recommender.engine")

@@ -10,7 +10,6 @@ import pytest
 from shared.domain.facts import PatientFacts
 from shared.domain.normalize import (
     normalize,
-    normalize_resource,
     parse_levels,
     side_from_codings,
     side_from_text,
@@ -365,12 +364,3 @@ def test_urn_uuid_references_resolve_through_the_bundle() -> None:
     facts = normalize(resolve(flatten(bundle)))
     assert list(facts) == ["Patient/11111111-1111-1111-1111-111111111111"]
     assert facts["Patient/11111111-1111-1111-1111-111111111111"].sex == "female"
-
-
-def test_normalize_resource_summary() -> None:
-    summary = normalize_resource(block("b", "2025-02-03 09:00"))
-    assert summary is not None
-    assert summary["kind"] == "intervention"
-    assert summary["patient"] == "Patient/P-1"
-    assert "http://www.ama-assn.org/go/cpt|64493" in summary["codes"]
-    assert normalize_resource({"resourceType": "Encounter", "id": "e"}) is None
