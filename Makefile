@@ -10,8 +10,15 @@ $(UV):
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check uv
 
-install: $(UV)
-	$(UV) sync --frozen --inexact
+# Bytecode is compiled at install (dependencies by uv when the lock changes, the project by
+# compileall, which only recompiles what changed): every command starts from bytecode, also on
+# hosts that set PYTHONDONTWRITEBYTECODE.
+$(VENV)/.synced: uv.lock pyproject.toml | $(UV)
+	$(UV) sync --frozen --inexact --compile-bytecode
+	@touch $@
+
+install: $(VENV)/.synced
+	$(BIN)/python -m compileall -q -j 0 services shared
 	@test -x $(BIN)/pinpoint
 
 run: install

@@ -14,6 +14,7 @@ import typer
 
 from services.ingest import cli as ingest_cli
 from services.recommender import cli as recommender_cli
+from shared.cli import engine_or_exit, fail, settings_or_exit
 from shared.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -23,9 +24,13 @@ if TYPE_CHECKING:
     from shared.settings import Settings
 
 app = typer.Typer(
-    no_args_is_help=True, add_completion=False, help="Pinpoint: confirm pain generators from FHIR data."
+    no_args_is_help=True,
+    add_completion=False,
+    help="Pinpoint: confirm pain generators from FHIR data.",
+    rich_markup_mode=None,  # plain help: rendering it with rich costs half a second of imports
+    pretty_exceptions_enable=False,
 )
-db_app = typer.Typer(no_args_is_help=True, help="Database schema.")
+db_app = typer.Typer(no_args_is_help=True, help="Database schema.", rich_markup_mode=None)
 app.add_typer(db_app, name="db")
 
 
@@ -41,16 +46,6 @@ def main(ctx: typer.Context) -> None:
     ctx.obj = ingest_cli.CliParts(replayers=_replayers)
 
 
-def settings_or_exit(**overrides: object) -> Settings:
-    from shared.settings import load_settings  # lazy: --help needs no settings
-
-    try:
-        return load_settings(**overrides)
-    except ConfigError as exc:
-        typer.echo(f"pinpoint: {exc}", err=True)
-        raise typer.Exit(code=2) from None
-
-
 @app.command()
 def serve(
     role: Annotated[str, typer.Option(help="all | ingest | recommender | worker")] = "all",
@@ -58,27 +53,26 @@ def serve(
     port: Annotated[int | None, typer.Option(help="port (default PINPOINT_PORT)")] = None,
 ) -> None:
     """Serve the HTTP roles (and the worker) in one process."""
-    import uvicorn  # lazy, as every import of a command: only `serve` needs the server
+    import uvicorn  # lazy
 
-    from services.server import Role, build_app, tune_gc
-    from shared.db.session import prepare_database
-    from shared.logging import configure_logging
+    from services.server import Role, build_app, tune_gc  # lazy
 
     overrides = {k: v for k, v in {"host": host, "port": port}.items() if v is not None}
     settings = settings_or_exit(**overrides)
     try:
         chosen = Role(role)
     except ValueError:
-        typer.echo(f"pinpoint: --role must be one of {', '.join(r.value for r in Role)}", err=True)
-        raise typer.Exit(code=2) from None
-    configure_logging(settings.log_level, settings.log_format)
+        raise fail(f"--role must be one of {', '.join(r.value for r in Role)}") from None
     try:
         settings.check_bind()
-        engine = prepare_database(settings.database_url, embedded=settings.is_sqlite)
     except ConfigError as exc:
-        typer.echo(f"pinpoint: {exc}", err=True)
-        raise typer.Exit(code=2) from None
-    application = build_app(settings, chosen, engine)
+        raise fail(str(exc)) from None
+    engine = engine_or_exit(settings)
+    try:
+        application = build_app(settings, chosen, engine)
+    except ConfigError as exc:
+        engine.dispose()
+        raise fail(str(exc)) from None
     tune_gc()
     uvicorn.run(application, host=settings.host, port=settings.port, log_config=None, proxy_headers=False)
 
@@ -88,25 +82,17 @@ def worker(
     once: Annotated[bool, typer.Option("--once", help="evaluate every dirty patient, then exit")] = False,
 ) -> None:
     """Evaluate dirty patients: drain once and exit, or keep running."""
-    import asyncio
+    import asyncio  # lazy
 
-    from services.server import build_evaluation, tune_gc
-    from shared.db.session import prepare_database
-    from shared.logging import configure_logging
+    from services.server import build_evaluation, tune_gc  # lazy
 
     settings = settings_or_exit()
-    configure_logging(settings.log_level, settings.log_format)
-    try:
-        engine = prepare_database(settings.database_url, embedded=settings.is_sqlite)
-    except ConfigError as exc:
-        typer.echo(f"pinpoint: {exc}", err=True)
-        raise typer.Exit(code=2) from None
+    engine = engine_or_exit(settings)
     try:
         evaluation = build_evaluation(settings, engine)
     except ConfigError as exc:
         engine.dispose()
-        typer.echo(f"pinpoint: {exc}", err=True)
-        raise typer.Exit(code=2) from None
+        raise fail(str(exc)) from None
     tune_gc()
 
     async def run() -> None:
@@ -141,11 +127,9 @@ def _report_once(settings: Settings, stats: DrainStats, delivered: DeliveryStats
 @db_app.command("upgrade")
 def db_upgrade() -> None:
     """Apply pending migrations."""
-    from shared.db.session import current_revision, make_engine, upgrade
-    from shared.logging import configure_logging
+    from shared.db.session import current_revision, make_engine, upgrade  # lazy
 
     settings = settings_or_exit()
-    configure_logging(settings.log_level, settings.log_format)
     engine = make_engine(settings.database_url)
     try:
         upgrade(engine)

@@ -1,4 +1,9 @@
-"""Ingest commands of ``pinpoint``: ``import PATH...`` and ``dead-letters list|show|replay``."""
+"""Ingest commands of ``pinpoint``: ``import PATH...``, ``dead-letters list|show|replay`` and
+``subscriptions sync|status``.
+
+Each command imports what it uses when it runs (the ``# lazy`` imports): ``pinpoint --help`` and the
+other commands do not pay for the database layer, the bulk loader or the subscription manager.
+"""
 
 from __future__ import annotations
 
@@ -8,38 +13,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
-if TYPE_CHECKING:
-    from sqlalchemy.engine import Engine
-
 import typer
-from rich.console import Console
-from rich.table import Table
 
-from shared.db.deadletters import Replayer
-from shared.db.session import prepare_database
-from shared.errors import ConfigError, PinpointError
-from shared.logging import configure_logging
-from shared.settings import Settings, load_settings
+from shared.cli import engine_or_exit, settings_or_exit
+from shared.errors import PinpointError
 
-dead_letters_app = typer.Typer(no_args_is_help=True, help="Inspect and replay rejected payloads.")
+if TYPE_CHECKING:
+    from shared.db.deadletters import Replayer
+    from shared.settings import Settings
 
-
-def _settings() -> Settings:
-    try:
-        settings = load_settings()
-    except ConfigError as exc:
-        typer.echo(f"pinpoint: {exc}", err=True)
-        raise typer.Exit(code=2) from None
-    configure_logging("warning" if settings.log_level == "info" else settings.log_level, settings.log_format)
-    return settings
-
-
-def _engine(settings: Settings) -> Engine:
-    try:
-        return prepare_database(settings.database_url, embedded=settings.is_sqlite)
-    except ConfigError as exc:
-        typer.echo(f"pinpoint: {exc}", err=True)
-        raise typer.Exit(code=2) from None
+dead_letters_app = typer.Typer(
+    no_args_is_help=True, help="Inspect and replay rejected payloads.", rich_markup_mode=None
+)
 
 
 def import_command(
@@ -48,21 +33,29 @@ def import_command(
     batch_size: Annotated[int, typer.Option(min=1, max=10000, help="resources per transaction")] = 1000,
 ) -> None:
     """Load FHIR Bundles and Bulk Data NDJSON into the store; prints kept / dropped / rejected."""
-    from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
+    from rich.console import Console  # lazy
+    from rich.progress import (  # lazy
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+    from rich.table import Table  # lazy
 
-    from services.ingest.bulk import expand, import_paths
+    from services.ingest.bulk import expand, import_paths  # lazy
 
     missing = [p for p in paths if not p.exists()]
     if missing:
         typer.echo(f"pinpoint: no such file or folder: {missing[0]}", err=True)
         raise typer.Exit(code=2)
-    settings = _settings()
+    settings = settings_or_exit(quiet=True)
     try:
         src = settings.config.source(source)
     except KeyError:
         typer.echo(f"pinpoint: source {source!r} is not configured", err=True)
         raise typer.Exit(code=2) from None
-    engine = _engine(settings)
+    engine = engine_or_exit(settings)
     console = Console(stderr=True)
     files = expand(paths)
     total = sum(f.stat().st_size for f in files)
@@ -101,11 +94,14 @@ def dl_list(
     limit: Annotated[int, typer.Option(min=1)] = 50,
 ) -> None:
     """The most recent dead letters."""
-    from shared.db.deadletters import list_dead_letters
-    from shared.db.session import session_scope
+    from rich.console import Console  # lazy
+    from rich.table import Table  # lazy
 
-    settings = _settings()
-    engine = _engine(settings)
+    from shared.db.deadletters import list_dead_letters  # lazy
+    from shared.db.session import session_scope  # lazy
+
+    settings = settings_or_exit(quiet=True)
+    engine = engine_or_exit(settings)
     with session_scope(engine) as session:
         rows = list_dead_letters(session, status=status, limit=limit)
     table = Table()
@@ -127,13 +123,13 @@ def dl_list(
 
 def dl_show(dead_letter_id: Annotated[int, typer.Argument(help="dead letter id")]) -> None:
     """One dead letter: reason, context and the payload verbatim."""
-    import orjson
+    import orjson  # lazy
 
-    from shared.db.models import DeadLetter
-    from shared.db.session import session_scope
+    from shared.db.models import DeadLetter  # lazy
+    from shared.db.session import session_scope  # lazy
 
-    settings = _settings()
-    engine = _engine(settings)
+    settings = settings_or_exit(quiet=True)
+    engine = engine_or_exit(settings)
     with session_scope(engine) as session:
         row = session.get(DeadLetter, dead_letter_id)
     engine.dispose()
@@ -160,12 +156,12 @@ def dl_replay(
     ctx: typer.Context, dead_letter_id: Annotated[int, typer.Argument(help="dead letter id")]
 ) -> None:
     """Run a dead letter through intake again; exit 1 when it still fails."""
-    import orjson
+    import orjson  # lazy
 
-    from services.ingest.deadletters.replay import replay
+    from services.ingest.deadletters.replay import replay  # lazy
 
-    settings = _settings()
-    engine = _engine(settings)
+    settings = settings_or_exit(quiet=True)
+    engine = engine_or_exit(settings)
     try:
         parts = ctx.find_object(CliParts) or CliParts()
         outcome = replay(engine, settings, dead_letter_id, parts.replayers())
@@ -193,7 +189,9 @@ def register(app: typer.Typer) -> None:
 
 # ---------------------------------------------------------------- subscriptions (issue 6)
 
-subscriptions_app = typer.Typer(no_args_is_help=True, help="Pinpoint's FHIR Subscriptions on its sources.")
+subscriptions_app = typer.Typer(
+    no_args_is_help=True, help="Pinpoint's FHIR Subscriptions on its sources.", rich_markup_mode=None
+)
 
 
 def _subscription_sources(settings: Settings, source: str | None) -> list[object]:
@@ -210,15 +208,15 @@ def subscriptions_sync(
     source: Annotated[str | None, typer.Option(help="only this source")] = None,
 ) -> None:
     """Create or repair Pinpoint's Subscriptions on each source (idempotent)."""
-    import asyncio
+    import asyncio  # lazy
 
-    from services.ingest.subscriptions.manage import sync
-    from shared.fhir.sources import SourceClients
-    from shared.settings import Source
+    from services.ingest.subscriptions.manage import sync  # lazy
+    from shared.fhir.sources import SourceClients  # lazy
+    from shared.settings import Source  # lazy
 
-    settings = _settings()
+    settings = settings_or_exit(quiet=True)
     chosen = [s for s in _subscription_sources(settings, source) if isinstance(s, Source)]
-    engine = _engine(settings)
+    engine = engine_or_exit(settings)
 
     async def run() -> int:
         clients = SourceClients()
@@ -252,10 +250,13 @@ def subscriptions_status(
     source: Annotated[str | None, typer.Option(help="only this source")] = None,
 ) -> None:
     """Report each subscription's state and lag (seconds since it was last heard from)."""
-    from services.ingest.subscriptions.manage import status
+    from rich.console import Console  # lazy
+    from rich.table import Table  # lazy
 
-    settings = _settings()
-    engine = _engine(settings)
+    from services.ingest.subscriptions.manage import status  # lazy
+
+    settings = settings_or_exit(quiet=True)
+    engine = engine_or_exit(settings)
     try:
         rows, counts = status(engine, source)
     finally:

@@ -18,9 +18,9 @@ def evaluate_command(
     ] = None,
     format: Annotated[str, typer.Option("--format", help="json or text")] = "json",
 ) -> None:
-    """Evaluate FHIR data offline and print the assessment document (CONTRACT §1, §3)."""
-    from services.recommender.offline import InputError, run  # lazy: `pinpoint --help` skips the engine
-    from services.recommender.policies import PolicyError
+    """Evaluate FHIR data offline and print the assessment document."""
+    from services.recommender.offline import InputError, run  # lazy
+    from services.recommender.policies import PolicyError  # lazy
 
     try:
         out = run(paths, policy, now, format)

@@ -18,13 +18,16 @@ from services.recommender.engine.policy import BUILTIN, Policy, PolicyError, bui
 
 POLICY_DIR = Path(__file__).resolve().parent
 
+#: libyaml's safe loader when the wheel has it (about ten times faster than the pure-Python one).
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
 __all__ = ["BUILTIN", "POLICY_DIR", "Policy", "PolicyError", "load_policy", "read_policy_file"]
 
 
 def read_policy_file(path: Path) -> dict[str, Any]:
     """A policy file's mapping, or :class:`PolicyError` naming the file and what is wrong."""
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_LOADER)
     except OSError as exc:
         raise PolicyError(f"{path}: cannot read the policy file ({exc.strerror or exc})") from exc
     except yaml.YAMLError as exc:
