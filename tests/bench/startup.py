@@ -28,7 +28,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from tests.serving import PINPOINT, ROOT, clean_env, free_port  # noqa: E402
+from tests.serving import PINPOINT, ROOT, clean_env, free_port
 
 VIGNETTE = ROOT / "tests/fixtures/vignettes/v02-two-concordant-blocks/bundle.json"
 TARGETS = {"pinpoint --help": 0.3, "pinpoint evaluate (one vignette)": 0.6, "pinpoint serve until ready": 2.0}
