@@ -57,8 +57,8 @@ def serve(
 
     from services.server import Role, build_app, tune_gc  # lazy
 
-    overrides = {k: v for k, v in {"host": host, "port": port}.items() if v is not None}
-    settings = settings_or_exit(**overrides)
+    overrides: dict[str, object] = {k: v for k, v in {"host": host, "port": port}.items() if v is not None}
+    settings = settings_or_exit(overrides)
     try:
         chosen = Role(role)
     except ValueError:

@@ -7,6 +7,7 @@ that deliberate lazy loading).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 import typer
@@ -26,7 +27,7 @@ def fail(message: str, code: int = EXIT_CONFIG) -> typer.Exit:
     return typer.Exit(code=code)
 
 
-def settings_or_exit(*, quiet: bool = False, **overrides: object) -> Settings:
+def settings_or_exit(overrides: Mapping[str, object] | None = None, *, quiet: bool = False) -> Settings:
     """The settings with logging configured (``quiet``: info becomes warning, for commands whose
     output is the point); invalid configuration exits 2 with the reason."""
     from shared.errors import ConfigError  # lazy
@@ -34,7 +35,7 @@ def settings_or_exit(*, quiet: bool = False, **overrides: object) -> Settings:
     from shared.settings import load_settings  # lazy
 
     try:
-        settings = load_settings(**overrides)
+        settings = load_settings(**(overrides or {}))
     except ConfigError as exc:
         raise fail(str(exc)) from None
     level = "warning" if quiet and settings.log_level == "info" else settings.log_level
