@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from sqlalchemy import text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlmodel import Session
@@ -33,7 +34,5 @@ def mark_dirty(session: Session, patient_keys: Iterable[str]) -> int:
     )
     session.execute(stmt)
     if dialect == "postgresql":
-        from sqlalchemy import text
-
         session.execute(text("SELECT pg_notify('pinpoint_dirty', '')"))
     return len(keys)

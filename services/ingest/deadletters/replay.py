@@ -17,6 +17,7 @@ from sqlmodel import Session
 from services.ingest.intake.bundles import process_payload
 from services.ingest.intake.pipeline import Rejection, Result
 from services.ingest.intake.push import PayloadError, parse_body
+from services.ingest.subscriptions import state
 from shared.db.deadletters import Replayer
 from shared.db.models import DeadLetter, utcnow
 from shared.db.session import session_scope
@@ -112,8 +113,6 @@ def replay(
 def requeue_fetch(session: Session, row: DeadLetter) -> ReplayOutcome:
     """A ``fetch`` dead letter (id-only / catch-up / gap work that exhausted its retries) goes back
     to the inbox; the subscription worker does it again."""
-    from services.ingest.subscriptions import state
-
     assert row.id is not None
     try:
         work = orjson.loads(row.payload)

@@ -16,7 +16,7 @@ from services.ingest.intake.repository import delete_resource
 from services.ingest.subscriptions.intake import book_ping, note_classic
 from shared.db.deadletters import record_dead_letter
 from shared.db.session import session_scope
-from shared.errors import InvalidInput, Issue, UnsupportedMediaType
+from shared.errors import InvalidInput, Issue, NotFound, UnsupportedMediaType
 from shared.logging import get_logger
 from shared.settings import Settings, Source
 
@@ -45,8 +45,6 @@ def parse_body(body: bytes) -> dict[str, Any] | None:
 
 
 def resolve_source(settings: Settings, source_id: str) -> Source:
-    from shared.errors import NotFound
-
     try:
         return settings.config.source(source_id)
     except KeyError:

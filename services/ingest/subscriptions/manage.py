@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy.engine import Engine
-from sqlmodel import Session
+from sqlmodel import Session, func, select
 
 from services.ingest.intake.repository import parse_instant
 from services.ingest.subscriptions import state
@@ -254,8 +254,6 @@ def status(engine: Engine, source_id: str | None = None) -> tuple[list[StatusRow
 
 
 def _inbox_counts(session: Session, source_id: str) -> dict[str, int]:
-    from sqlmodel import func, select
-
     result = session.exec(
         select(Inbox.status, func.count()).where(Inbox.source == source_id).group_by(Inbox.status)
     )
