@@ -7,7 +7,6 @@ import random
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -25,17 +24,15 @@ from shared.fhir.errors import (
     SmartAuthError,
 )
 from shared.fhir.smart import CLIENT_ASSERTION_TYPE, SmartBackendAuth, SmartCredentials
+from tests.conftest import FIXTURES, SHARED_COPIES
 from tests.fakes.fhir_server import FakeFhirServer, FakeSmartAuth, Fault, LiveServer, serve_in_thread
 
-VECTORS = Path(__file__).resolve().parents[3] / "shared" / "vectors"
+VECTORS = SHARED_COPIES / "vectors"
 SYSTEM = "urn:pinpoint:test"
 
 
 def vector(name: str) -> str:
-    path = VECTORS / name
-    if not path.exists():
-        pytest.skip(f"{path} not present")
-    return path.read_text()
+    return (VECTORS / name).read_text()
 
 
 class NoSleep:
@@ -585,9 +582,7 @@ async def test_delivery_only_goes_to_loopback_or_test_hosts() -> None:
 
 
 async def test_a_vignette_bundle_can_be_served(fake: FakeFhirServer, client: FhirClient) -> None:
-    path = VECTORS.parent / "clinical" / "vignettes" / "v01-one-block-only" / "bundle.json"
-    if not path.exists():
-        pytest.skip(f"{path} not present")
+    path = FIXTURES / "vignettes" / "v01-one-block-only" / "bundle.json"
     bundle = json.loads(path.read_text())
     loaded = fake.load_bundle(bundle)
     procedures = [e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "Procedure"]

@@ -7,7 +7,6 @@ import base64
 import hashlib
 import json
 import random
-from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -21,19 +20,17 @@ from shared.errors import ConfigError
 from shared.fhir.client import FhirClient, RetryPolicy
 from shared.fhir.errors import FhirAuthError, SmartAuthError
 from shared.fhir.smart import CLIENT_ASSERTION_TYPE, SmartBackendAuth, SmartCredentials, load_signing_key
+from tests.conftest import SHARED_COPIES
 from tests.unit.fhir.conftest import BASE, TOKEN_URL, RecordingSleep
 
-VECTORS = Path(__file__).resolve().parents[4] / "shared" / "vectors"
+VECTORS = SHARED_COPIES / "vectors"
 ALGS = ["RS384", "ES384"]
 PATIENT = {"resourceType": "Patient", "id": "p1"}
 SCOPES = "system/Patient.r system/Observation.rs"
 
 
 def vector(name: str) -> str:
-    path = VECTORS / name
-    if not path.exists():
-        pytest.skip(f"{path} not present")
-    return path.read_text()
+    return (VECTORS / name).read_text()
 
 
 def private_jwks(alg: str) -> str:
