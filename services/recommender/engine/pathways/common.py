@@ -224,9 +224,18 @@ def repeat_finding(
     """A repeat needs >= ``repeat_threshold`` % for ``repeat_months`` on the same scale after the
     prior one (SIJ [S18], ESI [S19]; CRITERIA §9.2 long-term relief)."""
     p = ctx.policy
-    status, reason, until, evidence = ctx.long_term(
-        prior, p.num(pathway, "repeat_threshold"), int(p.num(pathway, "repeat_months")), side
+    long_term_finding(
+        ctx, prior, p.num(pathway, "repeat_threshold"), int(p.num(pathway, "repeat_months")), side, e
     )
+
+
+def long_term_finding(
+    ctx: PatientContext, prior: Intervention, threshold: float, months: int, side: str | None, e: JointEval
+) -> None:
+    """The prior procedure's relief: >= ``threshold`` % sustained for ``months`` on the same scale
+    (CRITERIA §9.2); a shortfall is ``not-met``, missing data ``not-evaluable``, a period still
+    running ``deferred`` to its end."""
+    status, reason, until, evidence = ctx.long_term(prior, threshold, months, side)
     e.evidence.append(evidence)
     if status == "failed":
         e.add(Finding(NOT_MET, "prior-relief-insufficient"))
@@ -234,3 +243,29 @@ def repeat_finding(
         e.add(Finding(NOT_EVALUABLE, reason or status))
     elif status == "pending":
         e.add(Finding("deferred", "relief-period-not-ended", until))
+
+
+def block_history_findings(
+    ctx: PatientContext,
+    is_block: Callable[[Intervention], bool],
+    joint: str,
+    side: str,
+    on: date,
+    params: str,
+    e: JointEval,
+) -> None:
+    """The diagnostic blocks of ``joint`` × ``side`` before ``on``: none is ``joint-not-blocked``;
+    else each judged against the ``params`` pathway's ``threshold`` and together against its
+    ``blocks_required`` (with the confirming block's flags)."""
+    p = ctx.policy
+    history = blocks_at(ctx, is_block, joint, side, on)
+    if not history:
+        e.add(Finding(NOT_MET, "joint-not-blocked"))
+        return
+    results = [ctx.block(iv, p.num(params, "threshold")) for iv in history]
+    e.evidence += [ctx.evidence(r) for r in results]
+    findings, confirming = judge_history(results, int(p.num(params, "blocks_required")))
+    for f in findings:
+        e.add(f)
+    for f in confirming_flags(confirming, None):
+        e.add(f)

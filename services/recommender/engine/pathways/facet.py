@@ -29,6 +29,7 @@ from services.recommender.engine.pathways.common import (
     confirming_flags,
     group_assessments,
     judge_history,
+    long_term_finding,
     order_sides,
     sides_of,
 )
@@ -166,16 +167,7 @@ def repeat_rfa(ctx: PatientContext, region: str, joint: str, side: str, on: date
     e = JointEval(joint, side, pathway=pathway)
     rfa = _prior_rfa(ctx, joint, side, on)
     assert rfa is not None
-    status, reason, until, evidence = ctx.long_term(
-        rfa, p.num(pathway, "threshold"), int(p.num(pathway, "relief_months")), side
-    )
-    e.evidence.append(evidence)
-    if status == "failed":
-        e.add(Finding(NOT_MET, "prior-relief-insufficient"))
-    elif status in ("no-baseline", "no-follow-up"):
-        e.add(Finding(NOT_EVALUABLE, reason or status))
-    elif status == "pending":
-        e.add(Finding("deferred", "relief-period-not-ended", until))
+    long_term_finding(ctx, rfa, p.num(pathway, "threshold"), int(p.num(pathway, "relief_months")), side, e)
     years = p.opt(pathway, "repeat_diagnostics_after_years")
     if (
         years is not None

@@ -14,10 +14,9 @@ from services.recommender.engine.model import (
 )
 from services.recommender.engine.pathways.common import (
     JointEval,
+    block_history_findings,
     blocks_at,
-    confirming_flags,
     covered_finding,
-    judge_history,
 )
 from services.recommender.engine.relief import PatientContext
 from services.recommender.engine.sessions import (
@@ -43,17 +42,7 @@ def genicular(ctx: PatientContext, side: str, on: date) -> JointEval:
     p = ctx.policy
     e = JointEval("knee", side, pathway=pathway)
     covered_finding(ctx, pathway, e)
-    history = blocks_at(ctx, is_genicular_block, "knee", side, on)
-    if not history:
-        e.add(Finding(NOT_MET, "joint-not-blocked"))
-    else:
-        results = [ctx.block(iv, p.num(pathway, "threshold")) for iv in history]
-        e.evidence += [ctx.evidence(r) for r in results]
-        findings, confirming = judge_history(results, int(p.num(pathway, "blocks_required")))
-        for f in findings:
-            e.add(f)
-        for f in confirming_flags(confirming, None):
-            e.add(f)
+    block_history_findings(ctx, is_genicular_block, "knee", side, on, pathway, e)
     e.add(pain_duration_finding(ctx.facts, "knee", on, p.opt(pathway, "pain_months"), None))
     return e
 

@@ -8,16 +8,11 @@ from __future__ import annotations
 
 from datetime import date
 
-from services.recommender.engine.model import (
-    NOT_MET,
-    Finding,
-)
 from services.recommender.engine.pathways.common import (
     JointEval,
+    block_history_findings,
     blocks_at,
-    confirming_flags,
     covered_finding,
-    judge_history,
     repeat_finding,
 )
 from services.recommender.engine.relief import PatientContext
@@ -52,18 +47,7 @@ def sij(ctx: PatientContext, pathway: str, side: str, on: date) -> JointEval:
     e = JointEval("SIJ", side, pathway=pathway)
     covered_finding(ctx, pathway, e)
     if pathway in ("sij-therapeutic", "sij-rfa"):
-        params = "sij-therapeutic"
-        history = blocks_at(ctx, is_sij_diagnostic, "SIJ", side, on)
-        if not history:
-            e.add(Finding(NOT_MET, "joint-not-blocked"))
-        else:
-            results = [ctx.block(iv, p.num(params, "threshold")) for iv in history]
-            e.evidence += [ctx.evidence(r) for r in results]
-            findings, confirming = judge_history(results, int(p.num(params, "blocks_required")))
-            for f in findings:
-                e.add(f)
-            for f in confirming_flags(confirming, None):
-                e.add(f)
+        block_history_findings(ctx, is_sij_diagnostic, "SIJ", side, on, "sij-therapeutic", e)
         prior = blocks_at(ctx, is_sij_therapeutic, "SIJ", side, on)
         if prior and pathway == "sij-therapeutic":
             repeat_finding(ctx, pathway, prior[-1], side, e)
