@@ -7,6 +7,7 @@ module's own imports (STYLE.md "Rules that keep it honest", README "Architecture
 - The two services reach each other only through the composition roots (``services/server.py``,
   ``services/cli.py``), which nothing imports.
 - Route modules (``api.py``) are imported only by the composition root.
+- Ingest's intake depends on its subscriptions, never the other way.
 - No import circles.
 - FHIR models are imported only by ``shared/fhir/resources.py``.
 - Imports sit at module top, except deliberate lazy loading marked ``# lazy``.
@@ -258,6 +259,12 @@ def test_the_services_reach_each_other_only_through_the_composition_roots(graph:
     assert climbing(graph, graph.under("services.recommender"), "services.ingest") == []
     importers = [m for m in graph.modules if ROOTS & graph.edges(m)]
     assert sorted(set(importers) - ROOTS) == [], "the composition roots are imported by nothing"
+
+
+def test_intake_and_subscriptions_depend_one_way(graph: Graph) -> None:
+    """Intake routes notifications to the subscription bookkeeping; the subscription worker stores
+    what it fetches through the store the composition root hands it."""
+    assert climbing(graph, graph.under("services.ingest.subscriptions"), "services.ingest.intake") == []
 
 
 def test_route_modules_are_imported_only_by_the_composition_root(graph: Graph) -> None:

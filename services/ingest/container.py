@@ -17,6 +17,7 @@ from fastapi import Depends, Request
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
+from services.ingest.intake.fetched import IntakeStore
 from services.ingest.subscriptions import state
 from services.ingest.subscriptions.recovery import SubscriptionWorker
 from shared.db.deadletters import Replayer
@@ -41,7 +42,7 @@ class Ingest:
         sources: SourceClients,
         replayers: Mapping[str, Replayer] | None = None,
     ) -> Ingest:
-        worker = SubscriptionWorker(settings, engine, sources)
+        worker = SubscriptionWorker(settings, engine, sources, IntakeStore(engine))
         return cls(settings, engine, sources, worker, dict(replayers or {}))
 
     @property

@@ -106,6 +106,17 @@ def references(value: Any) -> list[str]:
 _DATE_ONLY = re.compile(r"^(\d{4})(?:-(\d{2})(?:-(\d{2}))?)?$")
 
 
+def parse_instant(value: Any) -> datetime | None:
+    """A FHIR ``instant`` (``meta.lastUpdated``): a full date-time with its zone, else ``None``."""
+    if not isinstance(value, str):
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else None
+
+
 def parse_datetime(value: Any) -> datetime | None:
     """FHIR dateTime/instant/date → aware datetime; date-only values are midnight UTC of that date.
 

@@ -21,6 +21,7 @@ from sqlmodel import Session, col, select
 
 from shared.db.models import Resource, utcnow
 from shared.db.queue import mark_dirty
+from shared.domain._json import parse_instant
 
 RESOURCE = Resource.__table__  # type: ignore[attr-defined]
 _CHUNK = 500
@@ -31,16 +32,6 @@ def content_hash(resource: dict[str, Any]) -> str:
     """Hash of a resource's content, ignoring ``meta`` (a re-delivery with new meta is the same)."""
     body = {k: v for k, v in resource.items() if k != "meta"}
     return hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()
-
-
-def parse_instant(value: Any) -> datetime | None:
-    if not isinstance(value, str):
-        return None
-    try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo else None
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,11 +24,11 @@ from typing import Any
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, func, select
 
-from services.ingest.intake.repository import parse_instant
 from services.ingest.subscriptions import state
 from shared.db.models import Inbox, utcnow
 from shared.db.session import session_scope
 from shared.domain import terminology as t
+from shared.domain._json import parse_instant
 from shared.fhir.client import FhirClient
 from shared.settings import Settings, Source
 

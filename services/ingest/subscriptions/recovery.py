@@ -24,22 +24,19 @@ import random
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 from prometheus_client import Counter, Gauge
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
-from services.ingest.intake.bundles import explode, process_entries
-from services.ingest.intake.pipeline import Rejection
-from services.ingest.intake.push import keep_rejections
-from services.ingest.intake.repository import delete_resource, parse_instant
 from services.ingest.subscriptions import state
 from services.ingest.subscriptions.status import carried_resources, listed_without_resource, read_status
 from shared.db.deadletters import record_dead_letter
 from shared.db.models import Inbox, Resource, SubscriptionState, utcnow
 from shared.db.session import session_scope
+from shared.domain._json import parse_instant
 from shared.domain.relevance import KEPT_TYPES
 from shared.fhir.client import FhirClient
 from shared.fhir.errors import FhirClientError, FhirHttpError, FhirNotFound
@@ -102,6 +99,19 @@ def _error_text(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"[:500]
 
 
+class FetchedStore(Protocol):
+    """How the worker stores what it read from a source: intake's pipeline, handed in by the
+    composition root (``services/ingest/container.py``), so subscriptions never import intake."""
+
+    def store_fetched(self, source: Source, resources: Iterable[dict[str, Any]]) -> int:
+        """Store like a batch; rejections become dead letters; returns created + updated."""
+        ...
+
+    def delete_gone(self, source: Source, keys: list[tuple[str, str]]) -> None:
+        """Mark resources deleted upstream as deleted."""
+        ...
+
+
 class SubscriptionWorker:
     """Drains the inbox, reconciles sources and watches heartbeats; :meth:`run_once` for tests."""
 
@@ -110,6 +120,7 @@ class SubscriptionWorker:
         settings: Settings,
         engine: Engine,
         clients: SourceClients,
+        intake: FetchedStore,
         *,
         options: Options | None = None,
         clock: Callable[[], datetime] = utcnow,
@@ -119,6 +130,7 @@ class SubscriptionWorker:
         self.settings = settings
         self.engine = engine
         self.clients = clients
+        self.intake = intake
         self.options = options or Options()
         self.clock = clock
         self.sleep = sleep
@@ -433,25 +445,11 @@ class SubscriptionWorker:
     # ------------------------------------------------------------------ database helpers (threads)
 
     def store(self, source: Source, resources: Iterable[dict[str, Any]]) -> int:
-        """Store resources read from the source like a batch; rejections become dead letters."""
-        bundle = {
-            "resourceType": "Bundle",
-            "type": "collection",
-            "entry": [{"resource": r} for r in resources],
-        }
-        with session_scope(self.engine) as session:
-            result = process_entries(session, source, explode(bundle))
-        rejections = [
-            Rejection(r.payload, r.reason, r.outcome, {**r.context, "fetched": True})
-            for r in result.rejections
-        ]
-        keep_rejections(self.engine, source, "notification", rejections, "application/fhir+json")
-        return sum(1 for s in result.stored if s.outcome in ("created", "updated"))
+        """Store resources read from the source like a batch (rejections become dead letters)."""
+        return self.intake.store_fetched(source, resources)
 
     def _delete(self, source: Source, keys: list[tuple[str, str]]) -> None:
-        with session_scope(self.engine) as session:
-            for rtype, rid in keys:
-                delete_resource(session, source.id, rtype, rid)
+        self.intake.delete_gone(source, keys)
         log.info("subscriptions.deleted_upstream", source=source.id, count=len(keys))
 
     def _stored_ids(self, source: Source) -> dict[str, list[str]]:

@@ -16,6 +16,7 @@ import pytest
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
+from services.ingest.intake.fetched import IntakeStore
 from services.ingest.subscriptions.recovery import Options, SubscriptionWorker
 from shared.db.models import Inbox, Resource, SubscriptionState, utcnow
 from shared.fhir.client import RetryPolicy
@@ -90,7 +91,9 @@ async def worker(
         retry=RetryPolicy(max_attempts=2, base_delay=0.0, max_delay=0.0),
     )
     options = Options(base_delay=1.0, max_delay=5.0, max_attempts=3)
-    w = SubscriptionWorker(settings, engine, clients, options=options, clock=clock, sleep=_no_sleep)
+    w = SubscriptionWorker(
+        settings, engine, clients, IntakeStore(engine), options=options, clock=clock, sleep=_no_sleep
+    )
     try:
         yield w
     finally:
