@@ -34,19 +34,30 @@ IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 SHARED_COPIES = FIXTURES / "shared"
 
 
+def _missing(what: str) -> None:
+    if IN_CI:
+        pytest.fail(what)
+    pytest.skip(what)
+
+
 def shared_path(*parts: str) -> Path:
-    """A file or folder of ../shared: its copy under tests/fixtures/shared when the suite keeps one
-    (a clone without ../shared passes), else ../shared itself (the large corpora). Missing: a
-    failure under CI=true, a skip on a developer's machine."""
+    """A file of ../shared from its copy under tests/fixtures/shared (a clone without ../shared
+    passes), else from ../shared. A folder lists the copies. Missing: a failure under CI=true, a
+    skip on a developer's machine."""
     copy = SHARED_COPIES.joinpath(*parts)
     if copy.exists():
         return copy
     path = SHARED.joinpath(*parts)
     if not path.exists():
-        missing = f"../shared/{'/'.join(parts)} is not present (and has no copy in tests/fixtures/shared)"
-        if IN_CI:
-            pytest.fail(missing)
-        pytest.skip(missing)
+        _missing(f"../shared/{'/'.join(parts)} is not present (and has no copy in tests/fixtures/shared)")
+    return path
+
+
+def shared_corpus(*parts: str) -> Path:
+    """A large corpus folder of ../shared (not copied: the ``corpus`` tests read it in place)."""
+    path = SHARED.joinpath(*parts)
+    if not path.is_dir():
+        _missing(f"the corpus ../shared/{'/'.join(parts)} is not beside this clone")
     return path
 
 

@@ -14,7 +14,7 @@ from sqlalchemy.engine import Engine
 from services.ingest.bulk import import_paths
 from shared.settings import Source
 from tests.api.ingest.helpers import FHIR, stored
-from tests.conftest import shared_path
+from tests.conftest import shared_corpus
 
 pytestmark = pytest.mark.corpus
 PAIN = {"72514-3", "38208-5"}
@@ -40,7 +40,7 @@ def _is_pain(r: dict[str, Any]) -> bool:
 
 
 async def test_realdata_corpus(client: httpx.AsyncClient, engine: Engine) -> None:
-    root: Path = shared_path("realdata")
+    root: Path = shared_corpus("realdata")
     expected_pain: set[str] = set()
     for path in sorted(root.rglob("*.json")):
         raw = path.read_bytes()

@@ -12,9 +12,8 @@ from shared.domain import terminology as t
 from shared.domain.normalize import normalize
 from shared.domain.relevance import classify, patient_reference
 from shared.fhir.bundle import flatten, resolve
+from tests.conftest import shared_corpus
 from tests.unit.fhirfactory import CPT, RX, SCT, block, patient, reading, subj
-
-REALDATA = Path(__file__).resolve().parents[4] / "shared" / "realdata"
 
 
 def proc(code: str, system: str = CPT, **extra: Any) -> dict[str, Any]:
@@ -159,9 +158,8 @@ def test_identity_rule_id_then_urn_uuid_then_hash() -> None:
 
 
 def _corpus_files() -> list[Path]:
-    if not REALDATA.is_dir():
-        return []
-    return sorted(p for p in REALDATA.rglob("*") if p.suffix in (".json", ".ndjson") and p.is_file())
+    root = shared_corpus("realdata")
+    return sorted(p for p in root.rglob("*") if p.suffix in (".json", ".ndjson") and p.is_file())
 
 
 def _load(path: Path) -> list[dict[str, Any]]:
@@ -185,8 +183,7 @@ def _load(path: Path) -> list[dict[str, Any]]:
 @pytest.mark.corpus
 def test_real_data_never_reads_ablation_or_labour_epidural_as_pain_interventions() -> None:
     files = _corpus_files()
-    if not files:
-        pytest.skip("../shared/realdata is not present")
+    assert files
     interventions = 0
     for path in files:
         resources = _load(path)
