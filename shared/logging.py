@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import traceback
 import uuid
 from contextvars import ContextVar
 from typing import Any
@@ -46,13 +47,81 @@ class _StderrLogger:
     log = debug = info = warn = warning = error = critical = exception = fatal = failure = msg
 
 
-# Until configure_logging runs (tests, library use): structlog's defaults, but to stderr — stdout
-# belongs to the CLI's output (JSON assessments, tables).
-structlog.configure(logger_factory=_StderrLogger)
-
-
 def _json(obj: Any, **_: Any) -> str:
     return orjson.dumps(obj, default=str).decode()
+
+
+def sqlstate_of(exc: BaseException) -> str | None:
+    """The SQLSTATE of a database error (psycopg), or SQLite's error name; else ``None``."""
+    orig = getattr(exc, "orig", None) or exc
+    code = getattr(orig, "sqlstate", None) or getattr(orig, "sqlite_errorname", None)
+    return code if isinstance(code, str) else None
+
+
+def describe_exception(exc: BaseException) -> str:
+    """``module.Class`` and, for a database error, its SQLSTATE: what may be logged of an error.
+    Its message is never logged: a driver quotes the offending value (a patient's address line
+    around a NUL, a duplicate key) and the code that raised it may quote its input."""
+    cls = type(exc)
+    name = cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+    code = sqlstate_of(exc)
+    return f"{name} [SQLSTATE {code}]" if code else name
+
+
+def render_exception(exc: BaseException, limit: int = 8) -> str:
+    """A traceback without messages: each exception of the chain as :func:`describe_exception`
+    and the frames (file, line, function, source line) that raised it."""
+    chain: list[tuple[BaseException, str]] = []
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    link = ""
+    while current is not None and id(current) not in seen and len(chain) < limit:
+        seen.add(id(current))
+        chain.append((current, link))
+        if current.__cause__ is not None:
+            current, link = current.__cause__, "The above exception was the direct cause of the following:"
+        elif current.__context__ is not None and not current.__suppress_context__:
+            current, link = current.__context__, "During handling of the above, another exception occurred:"
+        else:
+            current = None
+    parts: list[str] = []
+    for i, (item, _) in enumerate(reversed(chain)):
+        if i:
+            parts.append(chain[len(chain) - i][1])
+        frames = "".join(traceback.format_list(traceback.extract_tb(item.__traceback__)))
+        parts.append(
+            f"Traceback (most recent call last):\n{frames}{describe_exception(item)} (message not logged)"
+        )
+    return "\n\n".join(parts)
+
+
+def _exception_without_messages(
+    _: object, __: str, event_dict: structlog.types.EventDict
+) -> structlog.types.EventDict:
+    """Replaces structlog's ``format_exc_info``: the traceback is rendered by
+    :func:`render_exception`, so no exception text (which may quote patient data) is logged."""
+    exc_info = event_dict.pop("exc_info", None)
+    if not exc_info:
+        return event_dict
+    if exc_info is True:
+        exc_info = sys.exc_info()
+    exc = exc_info if isinstance(exc_info, BaseException) else exc_info[1]
+    if exc is not None:
+        event_dict["exception"] = render_exception(exc)
+    return event_dict
+
+
+# Until configure_logging runs (tests, library use): close to structlog's defaults, but to stderr
+# — stdout belongs to the CLI's output (JSON assessments, tables) — and without exception text.
+structlog.configure(
+    processors=[
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="%Y-%m-%d %H:%M:%S", utc=False),
+        _exception_without_messages,
+        structlog.dev.ConsoleRenderer(colors=False),
+    ],
+    logger_factory=_StderrLogger,
+)
 
 
 def configure_logging(level: str = "info", fmt: str = "console") -> None:
@@ -71,7 +140,7 @@ def configure_logging(level: str = "info", fmt: str = "console") -> None:
         _add_request_id,
     ]
     structlog.configure(
-        processors=[*shared, structlog.processors.format_exc_info, renderer],
+        processors=[*shared, _exception_without_messages, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping()[level.upper()]),
         logger_factory=_StderrLogger,
         cache_logger_on_first_use=True,
@@ -82,7 +151,7 @@ def configure_logging(level: str = "info", fmt: str = "console") -> None:
             foreign_pre_chain=shared,
             processors=[
                 structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-                structlog.processors.format_exc_info,
+                _exception_without_messages,
                 renderer,
             ],
         )

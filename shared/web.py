@@ -35,7 +35,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shared.db.session import migrations_at_head
 from shared.errors import Forbidden, Issue, PinpointError, TooLarge, Unauthorized, operation_outcome
-from shared.logging import get_logger, new_request_id, request_id_var
+from shared.logging import describe_exception, get_logger, new_request_id, request_id_var
 from shared.settings import Settings
 
 log = get_logger("pinpoint.http")
@@ -124,7 +124,8 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> Response:
-        log.exception("http.unhandled", method=request.method, error=type(exc).__name__)
+        # Class and SQLSTATE only; the traceback is rendered without messages (shared.logging).
+        log.exception("http.unhandled", method=request.method, error=describe_exception(exc))
         return outcome_response(
             500,
             [Issue(code="exception", diagnostics="Internal error; see the server log for this request id")],

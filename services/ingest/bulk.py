@@ -29,6 +29,7 @@ from shared.db.deadletters import add_dead_letters
 from shared.db.models import DeadLetter, utcnow
 from shared.db.session import session_scope
 from shared.errors import Issue, operation_outcome
+from shared.fhir.text import unstorable_in_body, unstorable_message
 from shared.logging import get_logger
 from shared.settings import Source
 
@@ -174,6 +175,10 @@ class Importer:
                             line.rstrip(b"\r\n"), "line is not a FHIR resource (no resourceType)", context
                         )
                         continue
+                    bad = unstorable_in_body(line, data)
+                    if bad is not None:
+                        yield _Bad(line.rstrip(b"\r\n"), unstorable_message(*bad), context)
+                        continue
                     yield Candidate(number, data, None, context)
 
         self._batches(lines(), ReferenceResolver(None, self.source, ()))
@@ -193,6 +198,12 @@ class Importer:
         if not isinstance(data, dict) or not isinstance(data.get("resourceType"), str):
             self._flush(
                 [_Bad(raw, "file is not a FHIR resource", context)], ReferenceResolver(None, self.source, ())
+            )
+            return
+        bad = unstorable_in_body(raw, data)
+        if bad is not None:
+            self._flush(
+                [_Bad(raw, unstorable_message(*bad), context)], ReferenceResolver(None, self.source, ())
             )
             return
         del raw

@@ -11,6 +11,10 @@ from sqlmodel import Session, col, select
 
 from shared.db.models import DeadLetter, utcnow
 from shared.db.session import session_scope
+from shared.fhir.text import storable_copy
+
+#: ``content_type`` is a header we were sent: kept up to the column's width.
+CONTENT_TYPE_CHARS = 200
 
 
 def payload_digest(source: str, kind: str, payload: bytes) -> str:
@@ -24,6 +28,12 @@ def add_dead_letters(session: Session, rows: list[DeadLetter]) -> list[DeadLette
     re-deliveries and re-imports leave one row to inspect and replay. Returns the rows that
     stand for ``rows``, in order."""
     for row in rows:
+        # The payload is bytes (any bytes are kept); the text beside it may quote the payload
+        # and must be storable on PostgreSQL too (no NUL, no lone surrogate).
+        row.reason = storable_copy(row.reason)
+        row.content_type = storable_copy(row.content_type[:CONTENT_TYPE_CHARS]) if row.content_type else None
+        row.outcome = storable_copy(row.outcome)
+        row.context = storable_copy(row.context)
         row.digest = row.digest or payload_digest(row.source, row.kind, row.payload)
         row.last_seen_at = row.last_seen_at or row.created_at
     digests = {row.digest for row in rows}

@@ -24,7 +24,11 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 
 
 def make_engine(url: str, **kwargs: Any) -> Engine:
-    """An engine tuned per backend: SQLite in WAL mode with a busy timeout; PostgreSQL pooled."""
+    """An engine tuned per backend: SQLite in WAL mode with a busy timeout; PostgreSQL pooled.
+
+    Bound parameters (patient data) never appear in a database error's text or SQLAlchemy's
+    logs (``hide_parameters``)."""
+    kwargs.setdefault("hide_parameters", True)
     if url.startswith("sqlite"):
         path = url.split("///", 1)[1] if "///" in url else ""
         if path and path != ":memory:":

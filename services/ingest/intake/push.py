@@ -17,6 +17,7 @@ from services.ingest.subscriptions.intake import book_ping, note_classic
 from shared.db.deadletters import record_dead_letter
 from shared.db.session import session_scope
 from shared.errors import InvalidInput, Issue, NotFound, UnsupportedMediaType
+from shared.fhir.text import unstorable_in_body, unstorable_message
 from shared.logging import get_logger
 from shared.settings import Settings, Source
 
@@ -26,7 +27,12 @@ BOM = b"\xef\xbb\xbf"
 
 
 class PayloadError(ValueError):
-    """The body is not JSON or not FHIR."""
+    """The body is not JSON, not FHIR, or holds text that cannot be stored (``expression``:
+    where, FHIRPath-like)."""
+
+    def __init__(self, message: str, expression: str | None = None) -> None:
+        super().__init__(message)
+        self.expression = expression
 
 
 def parse_body(body: bytes) -> dict[str, Any] | None:
@@ -41,6 +47,9 @@ def parse_body(body: bytes) -> dict[str, Any] | None:
         raise PayloadError(f"Body is not valid JSON: {exc.msg} at position {exc.pos}") from None
     if not isinstance(data, dict) or not isinstance(data.get("resourceType"), str):
         raise PayloadError("Body is JSON but not a FHIR resource (no resourceType)")
+    bad = unstorable_in_body(body, data)
+    if bad is not None:
+        raise PayloadError(unstorable_message(*bad), expression=bad[0])
     return data
 
 
@@ -71,7 +80,10 @@ def keep_rejections(
 def _reject_unparsable(
     engine: Engine, source: Source, body: bytes, ctype: str | None, exc: PayloadError
 ) -> None:
-    err = InvalidInput(str(exc), code="structure")
+    if exc.expression is None:
+        err = InvalidInput(str(exc), code="structure")
+    else:
+        err = InvalidInput(str(exc), issues=[Issue("invalid", str(exc), expression=(exc.expression,))])
     keep_rejections(engine, source, "push", [Rejection(body, str(exc), err.outcome())], ctype)
     raise err
 
