@@ -87,8 +87,17 @@ class PreconditionFailed(PinpointError):
 
 
 class TooLarge(PinpointError):
-    def __init__(self, diagnostics: str) -> None:
+    """413. A request body over the limit carries what was read of it: its first bytes
+    (``head``) and its size (``size``; a lower bound when ``size_exact`` is false: reading stopped
+    at the limit)."""
+
+    def __init__(
+        self, diagnostics: str, *, head: bytes = b"", size: int = 0, size_exact: bool = True
+    ) -> None:
         super().__init__(diagnostics, 413, "too-costly")
+        self.head = head
+        self.size = size
+        self.size_exact = size_exact
 
 
 class UnsupportedMediaType(PinpointError):

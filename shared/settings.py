@@ -206,6 +206,8 @@ class Settings(BaseSettings):
     api_tokens: CsvList = []
     admin_tokens: CsvList = []
     link_secret: Secret | None = None  # signs evidence links; set it when several replicas serve
+    # The largest request body any write path reads (413 beyond; CDS calls keep their own, lower cap).
+    max_body_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
     # Operational knobs (not in the contract table; documented in the README).
     worker_poll_interval: Duration = timedelta(seconds=2)
     claim_ttl: Duration = timedelta(minutes=5)

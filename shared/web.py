@@ -13,7 +13,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import orjson
 import sqlalchemy as sa
@@ -29,6 +29,7 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from pydantic import BaseModel, ValidationError
 from sqlalchemy.engine import Engine
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -39,6 +40,8 @@ from shared.logging import describe_exception, get_logger, new_request_id, reque
 from shared.settings import Settings
 
 log = get_logger("pinpoint.http")
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
 
 FHIR_JSON = "application/fhir+json"
 
@@ -218,20 +221,67 @@ def ops_router(runtime: Runtime) -> APIRouter:
     return router
 
 
+#: What a body refused for its size leaves to look at (its dead letter's payload): its first bytes.
+HEAD_BYTES = 64 * 1024
+
+
 async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, or 413 (an OperationOutcome) past ``limit`` bytes — refused on the
-    declared Content-Length before reading, else as soon as the stream passes it."""
+    """The request body, or 413 (:class:`TooLarge`, an OperationOutcome) past ``limit`` bytes —
+    refused on the declared Content-Length after reading only its first :data:`HEAD_BYTES`,
+    else as soon as the stream passes the limit. Memory stays within ``limit``; the error
+    carries the body's first bytes and its size. The one way Pinpoint reads a request body."""
     declared = request.headers.get("content-length", "")
+    head = bytearray()
     if declared.isdigit() and int(declared) > limit:
-        raise TooLarge(f"The body ({int(declared):,} bytes) is over this endpoint's limit of {limit:,} bytes")
+        async for chunk in request.stream():
+            head += chunk[: HEAD_BYTES - len(head)]
+            if len(head) >= HEAD_BYTES:
+                break
+        raise TooLarge(
+            f"The body ({int(declared):,} bytes) is over this endpoint's limit of {limit:,} bytes",
+            head=bytes(head),
+            size=int(declared),
+        )
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            raise TooLarge(f"The body is over this endpoint's limit of {limit:,} bytes")
+            for part in (*chunks, chunk):
+                head += part[: HEAD_BYTES - len(head)]
+                if len(head) >= HEAD_BYTES:
+                    break
+            raise TooLarge(
+                f"The body is over this endpoint's limit of {limit:,} bytes",
+                head=bytes(head),
+                size=size,
+                size_exact=False,
+            )
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+async def read_json(request: Request, model: type[ModelT], limit: int) -> ModelT | None:
+    """A small JSON body (an admin command) read by :func:`read_body` and validated by ``model``;
+    ``None`` when empty. Routes use this instead of a FastAPI ``Body`` parameter, which would read
+    the body without a limit."""
+    raw = await read_body(request, limit)
+    if not raw.strip():
+        return None
+    try:
+        return model.model_validate_json(raw)
+    except ValidationError as exc:
+        raise RequestValidationError(exc.errors(include_url=False, include_input=False)) from None
+
+
+def json_request_body(model: type[BaseModel]) -> dict[str, Any]:
+    """``openapi_extra`` describing the optional JSON body a route reads with :func:`read_json`."""
+    return {
+        "requestBody": {
+            "required": False,
+            "content": {"application/json": {"schema": model.model_json_schema()}},
+        }
+    }
 
 
 async def get_runtime(request: Request) -> Runtime:

@@ -60,6 +60,11 @@ def replay(
             raise NotFound(f"No dead letter {dead_letter_id}")
         if row.kind == "fetch":  # a notification's fetch that gave up: queue it again
             return requeue_fetch(session, row)
+        if (row.context or {}).get("truncated"):
+            raise Conflict(
+                f"Dead letter {dead_letter_id} holds only the first bytes of a body refused as too large; "
+                "the sender must send it again"
+            )
         payload, source_id, kind = row.payload, row.source, row.kind
     if kind not in REPLAYABLE:  # another service's kind (e.g. a parked delivery): its replayer
         other = others.get(kind)

@@ -16,8 +16,9 @@ from services.ingest.intake.auth import verify_inbound
 from services.ingest.intake.pipeline import Result
 from services.ingest.subscriptions.medplum import medplum_delivery
 from services.ingest.subscriptions.state import CLASSIC_ROW
+from shared.errors import TooLarge, Unauthorized
 from shared.settings import Source
-from shared.web import FhirResponse, RuntimeDep, require_api_token
+from shared.web import FhirResponse, RuntimeDep, read_body, require_api_token
 
 DEFAULT = "/fhir"  # the default source's FHIR base
 SOURCE = "/sources/{source_id}/fhir"  # a configured source's FHIR base
@@ -38,6 +39,24 @@ def _ctype(request: Request) -> str | None:
     return request.headers.get("content-type", "").split(";")[0].strip().lower() or None
 
 
+async def _body(request: Request, runtime: RuntimeDep, source: Source) -> bytes:
+    """The body within ``PINPOINT_MAX_BODY_BYTES``, its credential checked. One over the limit is
+    a 413 and, when the credential checks out without the rest of the body (a bearer token, an
+    open source), a dead letter of its first bytes and its size; an HMAC signature covers the
+    whole body, which is not read: such a sender is not known and nothing is kept."""
+    try:
+        body = await read_body(request, runtime.settings.max_body_bytes)
+    except TooLarge as exc:
+        try:
+            verify_inbound(source, request.headers, exc.head)
+        except Unauthorized:
+            raise exc from None
+        await run_in_threadpool(push.keep_too_large, runtime.engine, source, exc, _ctype(request))
+        raise
+    verify_inbound(source, request.headers, body)
+    return body
+
+
 async def _receive(
     request: Request,
     runtime: RuntimeDep,
@@ -45,8 +64,7 @@ async def _receive(
     handler: Any = None,
     subscription: str | None = None,
 ) -> Result:
-    body = await request.body()
-    verify_inbound(source, request.headers, body)
+    body = await _body(request, runtime, source)
     return await run_in_threadpool(
         push.receive, runtime.engine, source, body, _ctype(request), handler, subscription
     )
@@ -66,8 +84,7 @@ async def post_base(request: Request, runtime: RuntimeDep, source: SourceDep) ->
     """A Bundle, a single resource, an empty ping, or a Medplum rest-hook (``X-Medplum-*``)."""
     medplum = medplum_delivery(request.headers)
     if medplum.deleted is not None:
-        body = await request.body()
-        verify_inbound(source, request.headers, body)  # Medplum signs the resource, not "{}": refused
+        await _body(request, runtime, source)  # Medplum signs the resource, not "{}": refused
         rtype, rid = medplum.deleted
         return FhirResponse(
             await run_in_threadpool(push.delete, runtime.engine, source, rtype, rid, medplum.subscription)
@@ -105,8 +122,7 @@ async def put_version(
 async def delete_resource(
     rtype: str, rid: str, request: Request, runtime: RuntimeDep, source: SourceDep
 ) -> FhirResponse:
-    body = await request.body()
-    verify_inbound(source, request.headers, body)
+    await _body(request, runtime, source)
     return FhirResponse(await run_in_threadpool(push.delete, runtime.engine, source, rtype, rid, CLASSIC_ROW))
 
 

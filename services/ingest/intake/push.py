@@ -16,7 +16,15 @@ from services.ingest.intake.repository import delete_resource
 from services.ingest.subscriptions.intake import book_ping, note_classic
 from shared.db.deadletters import record_dead_letter
 from shared.db.session import session_scope
-from shared.errors import InvalidInput, Issue, NotFound, UnsupportedMediaType
+from shared.errors import (
+    InvalidInput,
+    Issue,
+    NotFound,
+    PinpointError,
+    TooLarge,
+    UnsupportedMediaType,
+    operation_outcome,
+)
 from shared.fhir.text import unstorable_in_body, unstorable_message
 from shared.logging import get_logger
 from shared.settings import Settings, Source
@@ -77,6 +85,29 @@ def keep_rejections(
         log.info("ingest.dead_letter.recorded", source=source.id, kind=kind, dead_letter=dl)
 
 
+def keep_refusal(
+    engine: Engine,
+    source: Source,
+    payload: bytes,
+    ctype: str | None,
+    err: PinpointError,
+    context: dict[str, Any] | None = None,
+) -> None:
+    """A payload refused before intake (content type, size) kept as a dead letter, with why."""
+    keep_rejections(
+        engine, source, "push", [Rejection(payload, err.diagnostics, err.outcome(), context or {})], ctype
+    )
+
+
+def keep_too_large(engine: Engine, source: Source, err: TooLarge, ctype: str | None) -> None:
+    """A body over the limit: its first bytes and its size (a lower bound when it was streamed
+    without a Content-Length). Not replayable: the sender must send it again, smaller."""
+    size = f"{err.size:,} bytes" if err.size_exact else f"more than {err.size - 1:,} bytes"
+    reason = f"body too large ({size}); its first {len(err.head):,} bytes are kept"
+    context = {"truncated": True, "size": err.size, "size_exact": err.size_exact}
+    keep_rejections(engine, source, "push", [Rejection(err.head, reason, err.outcome(), context)], ctype)
+
+
 def _reject_unparsable(
     engine: Engine, source: Source, body: bytes, ctype: str | None, exc: PayloadError
 ) -> None:
@@ -102,7 +133,9 @@ def receive(
     :class:`InvalidInput` (400) after its dead letter is stored.
     """
     if body.strip() and ctype and "json" not in ctype:
-        raise UnsupportedMediaType(f"Content-Type {ctype} is not supported; send application/fhir+json")
+        err = UnsupportedMediaType(f"Content-Type {ctype} is not supported; send application/fhir+json")
+        keep_refusal(engine, source, body, ctype, err)
+        raise err
     try:
         data = parse_body(body)
     except PayloadError as exc:
@@ -125,11 +158,22 @@ def receive(
     keep_rejections(engine, source, "push", result.rejections, ctype)
     if result.status >= 400:
         issues = [
-            Issue(i["code"], i.get("diagnostics", ""), i.get("severity", "error"))
+            Issue(
+                i["code"],
+                i.get("diagnostics", ""),
+                i.get("severity", "error"),
+                tuple(i.get("expression", ())),
+            )
             for i in result.body["issue"]
         ]
         raise InvalidInput(issues[0].diagnostics, issues=issues)
     return result
+
+
+def refused(body: bytes, reason: str, expression: str | None = None) -> Result:
+    """A body that does not fit its URL: 400, kept as a dead letter by :func:`receive`."""
+    outcome = operation_outcome([Issue("invalid", reason, expression=(expression,) if expression else ())])
+    return Result(400, outcome, Tally(), [Rejection(body, reason, outcome)])
 
 
 def put_handler(source: Source, rtype: str, rid: str) -> Callable[[Session, dict[str, Any], bytes], Result]:
@@ -137,9 +181,9 @@ def put_handler(source: Source, rtype: str, rid: str) -> Callable[[Session, dict
 
     def handle(session: Session, data: dict[str, Any], body: bytes) -> Result:
         if data.get("resourceType") != rtype:
-            raise InvalidInput(f"Body is a {data.get('resourceType')}, the URL names {rtype}")
+            return refused(body, f"Body is a {data.get('resourceType')}, the URL names {rtype}")
         if data.get("id") not in (None, rid):
-            raise InvalidInput(f"Body id {data.get('id')!r} differs from the URL id {rid!r}")
+            return refused(body, f"Body id {data.get('id')!r} differs from the URL id {rid!r}", f"{rtype}.id")
         data["id"] = rid
         return process_resource(session, source, data, body)
 
@@ -151,7 +195,7 @@ def post_type_handler(source: Source, rtype: str) -> Callable[[Session, dict[str
 
     def handle(session: Session, data: dict[str, Any], body: bytes) -> Result:
         if data.get("resourceType") != rtype:
-            raise InvalidInput(f"Body is a {data.get('resourceType')}, the URL names {rtype}")
+            return refused(body, f"Body is a {data.get('resourceType')}, the URL names {rtype}")
         return process_resource(session, source, data, body)
 
     return handle

@@ -19,7 +19,7 @@ from services.recommender.cds_hooks.service import (
     handle_feedback,
     record_call,
 )
-from services.recommender.container import RecommenderDep
+from services.recommender.container import Recommender, RecommenderDep
 from shared.errors import NotFound, PinpointError
 from shared.web import read_body
 
@@ -43,6 +43,10 @@ def _service(service_id: str) -> CdsService:
 MAX_BODY_BYTES = 32 * 1024 * 1024
 
 
+def _limit(parts: Recommender) -> int:
+    return min(MAX_BODY_BYTES, parts.settings.max_body_bytes)
+
+
 router = APIRouter(tags=["cds-hooks"])
 
 
@@ -61,7 +65,7 @@ async def call(service_id: str, request: Request, parts: RecommenderDep) -> CdsJ
     status = 500
     try:
         caller = await authenticate(request, parts.cds)
-        await handle_call(parts.cds, service, await read_body(request, MAX_BODY_BYTES), outcome)
+        await handle_call(parts.cds, service, await read_body(request, _limit(parts)), outcome)
         status = 200
         return CdsJson(outcome.response)
     except PinpointError as exc:
@@ -78,6 +82,6 @@ async def feedback(service_id: str, request: Request, parts: RecommenderDep) -> 
     service = _service(service_id)
     await authenticate(request, parts.cds)
     await parts.cds.audit.flush()  # the cards' audit rows tell their pathways
-    body = await read_body(request, MAX_BODY_BYTES)
+    body = await read_body(request, _limit(parts))
     await asyncio.to_thread(handle_feedback, parts.cds, service, body)
     return CdsJson({})

@@ -7,10 +7,11 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Body, Depends, Query
+from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, ConfigDict
+from starlette.concurrency import run_in_threadpool
 
-from services.recommender.container import RecommenderDep
+from services.recommender.container import Recommender, RecommenderDep
 from services.recommender.patients.ids import parse_now, patient_key, patient_ref
 from services.recommender.patients.repository import (
     load_patient_resources,
@@ -21,7 +22,7 @@ from shared.db.models import AuditLog, utcnow
 from shared.db.queue import mark_dirty
 from shared.db.session import session_scope
 from shared.errors import NotFound
-from shared.web import FhirResponse, require_admin_token, require_api_token
+from shared.web import FhirResponse, json_request_body, read_json, require_admin_token, require_api_token
 
 router = APIRouter(tags=["recommender"])
 reader = [Depends(require_api_token)]
@@ -44,8 +45,18 @@ def assessment(pid: str, parts: RecommenderDep, now: Annotated[str | None, Query
     return FhirResponse(document)
 
 
-@router.post("/admin/reevaluate", dependencies=[Depends(require_admin_token)], status_code=202)
-def reevaluate(parts: RecommenderDep, body: Annotated[Reevaluate | None, Body()] = None) -> FhirResponse:
+@router.post(
+    "/admin/reevaluate",
+    dependencies=[Depends(require_admin_token)],
+    status_code=202,
+    openapi_extra=json_request_body(Reevaluate),
+)
+async def reevaluate(request: Request, parts: RecommenderDep) -> FhirResponse:
+    body = await read_json(request, Reevaluate, parts.settings.max_body_bytes)
+    return await run_in_threadpool(_reevaluate, parts, body)
+
+
+def _reevaluate(parts: Recommender, body: Reevaluate | None) -> FhirResponse:
     with session_scope(parts.engine) as session:
         if body is not None and body.patient is not None:
             key = patient_key(body.patient)
