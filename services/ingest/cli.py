@@ -121,7 +121,9 @@ def dl_list(
     engine.dispose()
 
 
-def dl_show(dead_letter_id: Annotated[int, typer.Argument(help="dead letter id")]) -> None:
+def dl_show(
+    dead_letter_id: Annotated[int, typer.Argument(help="dead letter id", min=1, max=2**63 - 1)],
+) -> None:
     """One dead letter: reason, context and the payload verbatim."""
     import orjson  # lazy
 
@@ -153,7 +155,8 @@ class CliParts:
 
 
 def dl_replay(
-    ctx: typer.Context, dead_letter_id: Annotated[int, typer.Argument(help="dead letter id")]
+    ctx: typer.Context,
+    dead_letter_id: Annotated[int, typer.Argument(help="dead letter id", min=1, max=2**63 - 1)],
 ) -> None:
     """Run a dead letter through intake again; exit 1 when it still fails."""
     import orjson  # lazy

@@ -29,6 +29,9 @@ log = get_logger("pinpoint.ingest")
 
 REPLAYABLE = frozenset({"push", "notification", "import"})
 
+#: Row ids are 64-bit signed integers on both backends: a larger one names no row.
+MAX_ROW_ID = 2**63 - 1
+
 
 @dataclass(frozen=True)
 class ReplayOutcome:
@@ -54,6 +57,8 @@ def replay(
     engine: Engine, settings: Settings, dead_letter_id: int, others: Mapping[str, Replayer]
 ) -> ReplayOutcome:
     """Replay a dead letter: ingest's own kinds here, any other kind through ``others``."""
+    if not 1 <= dead_letter_id <= MAX_ROW_ID:
+        raise NotFound(f"No dead letter {dead_letter_id}")
     with session_scope(engine) as session:
         row = session.get(DeadLetter, dead_letter_id)
         if row is None:

@@ -32,6 +32,7 @@ from sqlalchemy.engine import Engine
 
 from shared.db.models import SeenJti
 from shared.errors import Unauthorized
+from shared.fhir.text import is_storable
 from shared.logging import get_logger
 from shared.settings import CdsConfig, TrustedIssuer
 
@@ -171,20 +172,36 @@ async def verify_client_jwt(
     except jwt.PyJWTError as exc:
         raise _reject(f"invalid ({type(exc).__name__})", iss=issuer.iss) from None
     skew = cds.clock_skew
-    exp, iat = claims["exp"], claims["iat"]
-    if not isinstance(exp, int | float) or not isinstance(iat, int | float):
-        raise _reject("exp and iat must be numbers", iss=issuer.iss)
-    expires = datetime.fromtimestamp(exp, UTC)
+    expires, issued = _instant(claims["exp"]), _instant(claims["iat"])
+    if expires is None or issued is None:
+        raise _reject("exp and iat must be finite NumericDates within years 1000–9000", iss=issuer.iss)
     if expires + skew <= now:
         raise _reject("expired", iss=issuer.iss)
-    if datetime.fromtimestamp(iat, UTC) - skew > now:
+    if issued - skew > now:
         raise _reject("issued in the future", iss=issuer.iss)
     jti = claims["jti"]
-    if not isinstance(jti, str) or not jti or len(jti) > 200:
+    if not isinstance(jti, str) or not jti or len(jti) > 200 or not is_storable(jti):
         raise _reject("jti must be a string of at most 200 characters", iss=issuer.iss)
     await asyncio.to_thread(remember_jti, engine, issuer.iss, jti, expires + skew, now)
     tenant = claims.get("tenant")
     return Caller(issuer.iss, jti, tenant if isinstance(tenant, str) else None)
+
+
+def _instant(value: Any) -> datetime | None:
+    """A JWT NumericDate as a UTC datetime; ``None`` for a non-number (booleans included), a
+    non-finite one, or one outside years 1000–9000 (so the clock skew cannot overflow)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        instant = datetime.fromtimestamp(value, UTC)
+    except (OverflowError, OSError, ValueError):
+        return None
+    return instant if _EARLIEST < instant < _LATEST else None
+
+
+#: NumericDates Pinpoint accepts: years 1000–9000, so that adding the clock skew cannot overflow.
+_EARLIEST = datetime(1000, 1, 1, tzinfo=UTC)
+_LATEST = datetime(9000, 1, 1, tzinfo=UTC)
 
 
 _last_purge: dict[str, float] = {}

@@ -72,9 +72,23 @@ class HookRequest(_Envelope):
     @field_validator("fhirServer")
     @classmethod
     def _absolute_url(cls, value: str | None) -> str | None:
-        if value is not None and not re.match(r"^https?://[^/\s?#]+(/[^\s?#]*)?$", value):
-            raise ValueError("fhirServer must be an absolute http(s) base URL")
+        if value is None:
+            return None
+        found = _BASE_URL.fullmatch(value)
+        if found is None or not 0 < int(found["port"] or 80) < 65536:
+            raise ValueError(
+                "fhirServer must be an absolute http(s) base URL: scheme://host[:port][/path], "
+                "no user-info, backslash, query or fragment"
+            )
         return value
+
+
+#: An http(s) base URL whose authority every URL parser reads alike: a host name or IP literal
+#: and an optional port — no user-info (``user:pw@``), no backslash, nothing ambiguous.
+_BASE_URL = re.compile(
+    r"https?://(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?)(?::(?P<port>[0-9]{1,5}))?"
+    r"(?:/[A-Za-z0-9._~!$&'()*+,;=:@%/-]*)?"
+)
 
 
 def _user_types(*types: str) -> re.Pattern[str]:
