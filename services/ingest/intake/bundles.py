@@ -13,6 +13,7 @@ Rejected parts come back as :class:`Rejection` for the caller to keep as dead le
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -150,10 +151,70 @@ def _deletes(session: Session, source: Source, slots: list[Slot]) -> None:
             delete_resource(session, source.id, *slot.delete)
 
 
+def _explicit_identity(slot: Slot, candidate: Candidate, resolver: ReferenceResolver) -> str | None:
+    """``Type/id`` an entry writes when the sender named it: ``resource.id``, a ``urn:uuid:``
+    fullUrl, or a conditional update/create (``request.url``/``ifNoneExist``) resolved against the
+    payload and the store. ``None`` for a content-hash identity (nothing named, nothing to clash)."""
+    rtype = candidate.resource.get("resourceType")
+    if not isinstance(rtype, str):
+        return None
+    rid = candidate.resource.get("id")
+    if isinstance(rid, str) and rid:
+        return f"{rtype}/{rid}"
+    if candidate.full_url and candidate.full_url.startswith("urn:uuid:"):
+        return f"{rtype}/{candidate.full_url[len('urn:uuid:') :]}"
+    request = slot.entry.get("request")
+    if isinstance(request, Mapping):
+        url, if_none = request.get("url"), request.get("ifNoneExist")
+        for conditional in (url, f"{rtype}?{if_none}" if isinstance(if_none, str) else None):
+            if isinstance(conditional, str) and "?" in conditional:
+                resolved = resolver.conditional_identity(conditional, candidate.resource, candidate.full_url)
+                if resolved is not None:
+                    return resolved
+    return None
+
+
+def overlaps(slots: list[Slot], resolver: ReferenceResolver) -> list[Issue]:
+    """FHIR transaction rules: a resource appears in a transaction once — no two entries with
+    the same fullUrl, none writing or deleting the same ``Type/id`` (conditional identities
+    resolved). One issue per clash, naming the entries."""
+    by_url: dict[str, list[int]] = defaultdict(list)
+    by_identity: dict[str, list[int]] = defaultdict(list)
+    for slot in slots:
+        url = slot.entry.get("fullUrl")
+        if isinstance(url, str) and url:
+            by_url[url].append(slot.index)
+        if slot.delete:
+            by_identity["/".join(slot.delete)].append(slot.index)
+        for candidate in slot.candidates:
+            identity = _explicit_identity(slot, candidate, resolver)
+            if identity is not None:
+                by_identity[identity].append(slot.index)
+    issues: list[Issue] = []
+    for what, groups in (("have the same fullUrl", by_url), ("write", by_identity)):
+        for key, indexes in groups.items():
+            if len(indexes) < 2:
+                continue
+            where = tuple(f"Bundle.entry[{i}]" for i in indexes)
+            names = ", ".join(where[:-1]) + f" and {where[-1]}"
+            text = f"{names} {what} {key}"
+            issues.append(
+                Issue("invalid", f"{text}: a transaction names each resource once", expression=where)
+            )
+    return issues
+
+
 def process_transaction(session: Session, source: Source, bundle: Mapping[str, Any], raw: bytes) -> Result:
-    """All-or-nothing for the kept resources (deletes first, then the writes, as FHIR orders them)."""
+    """All-or-nothing for the kept resources (deletes first, then the writes, as FHIR orders them).
+    Overlapping identities fail it whole (:func:`overlaps`)."""
     tally = Tally()
     slots = explode(bundle)
+    resolver = _resolver(session, source, slots)
+    clashes = overlaps(slots, resolver)
+    if clashes:
+        outcome = operation_outcome([Issue("invalid", "transaction rejected: nothing was stored"), *clashes])
+        reason = f"transaction rejected: {clashes[0].diagnostics}"
+        return Result(400, outcome, tally, [Rejection(raw, reason, outcome, {"bundle": "transaction"})])
     for slot in slots:
         slot.decisions = [check(c) for c in slot.candidates]
     rejected = [d for s in slots for d in s.decisions if d.status == "rejected"]
@@ -163,7 +224,6 @@ def process_transaction(session: Session, source: Source, bundle: Mapping[str, A
         outcome = operation_outcome([Issue("invalid", "transaction rejected: nothing was stored"), *issues])
         reason = f"transaction rejected: {rejected[0].reason}"
         return Result(400, outcome, tally, [Rejection(raw, reason, outcome, {"bundle": "transaction"})])
-    resolver = _resolver(session, source, slots)
     for slot in slots:
         slot.decisions = [prepare(d, resolver) for d in slot.decisions]
         _count(tally, slot.decisions)

@@ -68,7 +68,10 @@ class ReferenceResolver:
             return self._conditional(ref) or ref
         return local_reference(ref)
 
-    def _conditional(self, ref: str) -> str | None:
+    def _conditional(self, ref: str, exclude: str | None = None) -> str | None:
+        """``Type/id`` of the one resource a conditional URL matches (in the payload, else the
+        source's stored Patients), or None. ``exclude``: an id of the payload not to count (the
+        resource a conditional update carries matches its own search)."""
         rtype, _, query = ref.partition("?")
         params = dict(parse_qsl(query, keep_blank_values=True))
         token = params.get("identifier")
@@ -82,7 +85,7 @@ class ReferenceResolver:
             system, value = None, token
         if system is None and rtype == "Patient":
             system = self.source.patient_identifier_system
-        ids = self.by_identifier.get((rtype, system, value), set())
+        ids = self.by_identifier.get((rtype, system, value), set()) - {exclude}
         if len(ids) == 1:
             return f"{rtype}/{next(iter(ids))}"
         if ids or rtype != "Patient" or self.session is None:
@@ -93,6 +96,10 @@ class ReferenceResolver:
             self._stored[key] = found[0] if len(found) == 1 else None
         stored = self._stored[key]
         return f"Patient/{stored}" if stored else None
+
+    def conditional_identity(self, url: str, own: Mapping[str, Any], full_url: str | None) -> str | None:
+        """What a conditional update/create (``Type?identifier=…``) of ``own`` resolves to."""
+        return self._conditional(local_reference(url), exclude=self.identity(own, full_url))
 
     def rewrite(self, node: Any) -> None:
         """Rewrite every ``reference`` in ``node`` in place (contained resources included)."""
