@@ -7,6 +7,7 @@ commands below are that deliberate lazy loading).
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Annotated
 
@@ -46,6 +47,10 @@ def main(ctx: typer.Context) -> None:
     ctx.obj = ingest_cli.CliParts(replayers=_replayers)
 
 
+def _exit_zero(signum: int, frame: object) -> None:
+    raise SystemExit(0)
+
+
 @app.command()
 def serve(
     role: Annotated[str, typer.Option(help="all | ingest | recommender | worker")] = "all",
@@ -74,6 +79,9 @@ def serve(
         engine.dispose()
         raise fail(str(exc)) from None
     tune_gc()
+    # uvicorn stops gracefully on SIGTERM, then raises the signal again with the handler it found
+    # installed: this one, so the process exits 0 after the graceful stop instead of 143.
+    signal.signal(signal.SIGTERM, _exit_zero)
     uvicorn.run(application, host=settings.host, port=settings.port, log_config=None, proxy_headers=False)
 
 
@@ -96,6 +104,9 @@ def worker(
     tune_gc()
 
     async def run() -> None:
+        if not once:  # SIGTERM/SIGINT: a graceful stop (the patient in hand finishes), exit 0
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                asyncio.get_running_loop().add_signal_handler(sig, evaluation.request_stop)
         try:
             if once:
                 stats, delivered = await evaluation.once()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from services.ingest.intake import push, reads
@@ -28,8 +28,19 @@ async def get_source(request: Request, runtime: RuntimeDep) -> Source:
     return push.resolve_source(runtime.settings, request.path_params.get("source_id", "default"))
 
 
+async def declare_source_id(
+    source_id: Annotated[str, Path(description="The id of a source configured in the config file")],
+) -> None:
+    """Declares ``/sources/{source_id}`` on the routes of that base (so the OpenAPI lists and
+    validates it); :func:`get_source`, shared with ``/fhir``, reads it."""
+
+
 SourceDep = Annotated[Source, Depends(get_source)]
+
+
 ReadAccess = [Depends(require_api_token)]
+SourceOnly = [Depends(declare_source_id)]
+SourceRead = [*SourceOnly, *ReadAccess]
 
 #: Every route is served on both bases: the default source's and a configured source's.
 router = APIRouter(tags=["ingest"], default_response_class=FhirResponse)
@@ -77,9 +88,9 @@ def _answer(result: Result) -> Response:
 
 
 @router.post(DEFAULT)
-@router.post(SOURCE)
+@router.post(SOURCE, dependencies=SourceOnly)
 @router.post(DEFAULT + "/", include_in_schema=False)
-@router.post(SOURCE + "/", include_in_schema=False)
+@router.post(SOURCE + "/", include_in_schema=False, dependencies=SourceOnly)
 async def post_base(request: Request, runtime: RuntimeDep, source: SourceDep) -> Response:
     """A Bundle, a single resource, an empty ping, or a Medplum rest-hook (``X-Medplum-*``)."""
     medplum = medplum_delivery(request.headers)
@@ -93,13 +104,13 @@ async def post_base(request: Request, runtime: RuntimeDep, source: SourceDep) ->
 
 
 @router.post(DEFAULT + "/{rtype}")
-@router.post(SOURCE + "/{rtype}")
+@router.post(SOURCE + "/{rtype}", dependencies=SourceOnly)
 async def post_type(rtype: str, request: Request, runtime: RuntimeDep, source: SourceDep) -> Response:
     return _answer(await _receive(request, runtime, source, push.post_type_handler(source, rtype)))
 
 
 @router.put(DEFAULT + "/{rtype}/{rid}")
-@router.put(SOURCE + "/{rtype}/{rid}")
+@router.put(SOURCE + "/{rtype}/{rid}", dependencies=SourceOnly)
 async def put_resource(
     rtype: str, rid: str, request: Request, runtime: RuntimeDep, source: SourceDep
 ) -> Response:
@@ -109,7 +120,7 @@ async def put_resource(
 
 
 @router.put(DEFAULT + "/{rtype}/{rid}/_history/{vid}")
-@router.put(SOURCE + "/{rtype}/{rid}/_history/{vid}")
+@router.put(SOURCE + "/{rtype}/{rid}/_history/{vid}", dependencies=SourceOnly)
 async def put_version(
     rtype: str, rid: str, vid: str, request: Request, runtime: RuntimeDep, source: SourceDep
 ) -> Response:
@@ -118,7 +129,7 @@ async def put_version(
 
 
 @router.delete(DEFAULT + "/{rtype}/{rid}")
-@router.delete(SOURCE + "/{rtype}/{rid}")
+@router.delete(SOURCE + "/{rtype}/{rid}", dependencies=SourceOnly)
 async def delete_resource(
     rtype: str, rid: str, request: Request, runtime: RuntimeDep, source: SourceDep
 ) -> FhirResponse:
@@ -127,19 +138,19 @@ async def delete_resource(
 
 
 @router.get(DEFAULT + "/metadata", dependencies=ReadAccess)
-@router.get(SOURCE + "/metadata", dependencies=ReadAccess)
+@router.get(SOURCE + "/metadata", dependencies=SourceRead)
 def metadata(runtime: RuntimeDep, source: SourceDep) -> FhirResponse:
     return FhirResponse(reads.capability_statement(runtime.settings, source))
 
 
 @router.get(DEFAULT + "/{rtype}/{rid}", dependencies=ReadAccess)
-@router.get(SOURCE + "/{rtype}/{rid}", dependencies=ReadAccess)
+@router.get(SOURCE + "/{rtype}/{rid}", dependencies=SourceRead)
 def read(rtype: str, rid: str, runtime: RuntimeDep, source: SourceDep) -> FhirResponse:
     return FhirResponse(reads.read(runtime.engine, source, rtype, rid))
 
 
 @router.get(DEFAULT + "/{rtype}", dependencies=ReadAccess)
-@router.get(SOURCE + "/{rtype}", dependencies=ReadAccess)
+@router.get(SOURCE + "/{rtype}", dependencies=SourceRead)
 def search(
     rtype: str,
     runtime: RuntimeDep,
