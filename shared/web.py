@@ -35,7 +35,15 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shared.db.session import migrations_at_head
-from shared.errors import Forbidden, Issue, PinpointError, TooLarge, Unauthorized, operation_outcome
+from shared.errors import (
+    Forbidden,
+    Issue,
+    PinpointError,
+    TooLarge,
+    Unauthorized,
+    operation_outcome,
+)
+from shared.fhir.text import refuse_unstorable_json
 from shared.logging import describe_exception, get_logger, new_request_id, request_id_var
 from shared.settings import Settings
 
@@ -176,6 +184,27 @@ class RequestContextMiddleware:
             request_id_var.reset(token)
 
 
+class UnstorableUrlGuard:
+    """A URL whose path or query holds a NUL (``%00``) is a 400 before any route sees it: a NUL
+    cannot be a FHIR id or search value, and PostgreSQL refuses it in a query parameter where
+    SQLite would not (the same answer on both backends)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and (
+            "\x00" in scope.get("path", "") or b"%00" in scope.get("query_string", b"")
+        ):
+            where = "path" if "\x00" in scope.get("path", "") else "query"
+            response = outcome_response(
+                400, [Issue("invalid", f"The URL's {where} holds a NUL character (%00)", expression=(where,))]
+            )
+            await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
 def database_check(engine: Engine) -> Check:
     def check() -> str:
         try:
@@ -268,6 +297,7 @@ async def read_json(request: Request, model: type[ModelT], limit: int) -> ModelT
     raw = await read_body(request, limit)
     if not raw.strip():
         return None
+    refuse_unstorable_json(raw)
     try:
         return model.model_validate_json(raw)
     except ValidationError as exc:
@@ -365,6 +395,7 @@ def create_app(runtime: Runtime, title: str) -> FastAPI:
             allow_methods=["GET", "POST", "PUT", "DELETE"],
             allow_headers=["*"],
         )
+    app.add_middleware(UnstorableUrlGuard)
     app.add_middleware(RequestContextMiddleware)
     app.include_router(ops_router(runtime))
     return app

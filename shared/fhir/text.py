@@ -12,6 +12,10 @@ from __future__ import annotations
 import re
 from typing import Any
 
+import orjson
+
+from shared.errors import InvalidInput, Issue
+
 #: A JSON body can only carry a NUL as this escape (a raw 0x00 byte is not JSON): when it is
 #: absent the body holds no NUL and the walk below is skipped.
 NUL_ESCAPE = b"\\u0000"
@@ -70,6 +74,21 @@ def storable_copy(value: Any) -> Any:
     if isinstance(value, list):
         return [storable_copy(v) for v in value]
     return value
+
+
+def refuse_unstorable_json(raw: bytes) -> None:
+    """:class:`~shared.errors.InvalidInput` (400, naming where) when a JSON body holds a NUL;
+    a body that is not JSON passes (its parser names that problem)."""
+    if NUL_ESCAPE not in raw:
+        return
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return
+    bad = find_unstorable(data, "$")
+    if bad is not None:
+        text = unstorable_message(*bad)
+        raise InvalidInput(text, issues=[Issue("invalid", text, expression=(bad[0],))])
 
 
 def unstorable_message(expression: str, what: str) -> str:

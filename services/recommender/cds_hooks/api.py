@@ -21,6 +21,7 @@ from services.recommender.cds_hooks.service import (
 )
 from services.recommender.container import Recommender, RecommenderDep
 from shared.errors import NotFound, PinpointError
+from shared.fhir.text import refuse_unstorable_json
 from shared.web import read_body
 
 
@@ -83,5 +84,6 @@ async def feedback(service_id: str, request: Request, parts: RecommenderDep) -> 
     await authenticate(request, parts.cds)
     await parts.cds.audit.flush()  # the cards' audit rows tell their pathways
     body = await read_body(request, _limit(parts))
+    refuse_unstorable_json(body)  # feedback is stored: no NUL (PostgreSQL refuses it)
     await asyncio.to_thread(handle_feedback, parts.cds, service, body)
     return CdsJson({})

@@ -71,3 +71,14 @@ async def test_out_of_range_numeric_claims_are_401(cds_secured: CdsApp, claims: 
     assert r.status_code == 401, r.text
     out = r.json()
     assert out["resourceType"] == "OperationOutcome" and out["issue"][0]["code"] == "login"
+
+
+async def test_feedback_holding_a_nul_is_400(cds: CdsApp) -> None:
+    feedback = {
+        "feedback": [
+            {"card": "a\u0000b", "outcome": "overridden", "outcomeTimestamp": "2025-03-10T12:00:00Z"}
+        ]
+    }
+    r = await cds.client.post(f"{PV}/feedback", json=feedback)
+    assert r.status_code == 400, r.text
+    assert r.json()["issue"][0]["expression"] == ["$.feedback[0].card"]

@@ -179,3 +179,28 @@ def test_a_database_error_is_logged_by_class_and_sqlstate_only(
     assert err.count("22P05") >= 2
     assert "22P05" in err and "DataError" in err
     assert CANARY not in err and "MRN" not in err
+
+
+@pytest.mark.parametrize(
+    ("method", "url"),
+    [
+        ("GET", "/fhir/Patient/a%00b"),
+        ("GET", "/fhir/Procedure?patient=a%00b"),
+        ("DELETE", "/fhir/Procedure/a%00b"),
+        ("PUT", "/sources/a%00b/fhir/Patient/p"),
+        ("GET", "/patients/a%00b/assessment"),
+        ("GET", "/patients/a%00b/evidence"),
+        ("GET", "/suggestions/fhir/ServiceRequest?patient=a%00b"),
+    ],
+)
+async def test_a_nul_in_the_url_is_400(client: httpx.AsyncClient, method: str, url: str) -> None:
+    r = await client.request(method, url, content=body(patient("p")), headers=FHIR)
+    assert r.status_code == 400, r.text
+    assert r.json()["resourceType"] == "OperationOutcome"
+    assert "NUL" in r.json()["issue"][0]["diagnostics"]
+
+
+async def test_a_nul_in_an_admin_command_is_400(client: httpx.AsyncClient) -> None:
+    r = await client.post("/admin/reevaluate", json={"patient": "a\u0000b"})
+    assert r.status_code == 400, r.text
+    assert r.json()["issue"][0]["expression"] == ["$.patient"]
