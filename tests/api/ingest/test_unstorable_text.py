@@ -102,9 +102,11 @@ async def test_put_with_a_nul_is_refused_like_a_post(client: httpx.AsyncClient, 
             '{"resourceType": "Patient", "name": [{"text": "\ud800"}]}'.encode("utf-8", "surrogatepass"),
             id="raw",
         ),
+        pytest.param(b'{"resourceType": "Patient", "name": [{"text": "a\x00b"}]}', id="raw-nul-byte"),
+        pytest.param(b'{"resourceType": "Patient", "name": [{"text": "\xff\xfe"}]}', id="invalid-utf8"),
     ],
 )
-async def test_a_lone_surrogate_is_refused_and_kept(
+async def test_bytes_that_are_not_storable_text_are_refused_and_kept_verbatim(
     client: httpx.AsyncClient, engine: Engine, raw: bytes
 ) -> None:
     r = await client.post("/fhir", content=raw, headers=FHIR)
