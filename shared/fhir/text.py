@@ -76,6 +76,17 @@ def storable_copy(value: Any) -> Any:
     return value
 
 
+def unstorable_in(data: Any, root: str) -> tuple[str, str] | None:
+    """:func:`find_unstorable` for parsed JSON without its bytes (a fetched resource): serialised
+    first (fast), walked only when that shows a NUL or fails (a lone surrogate)."""
+    try:
+        if NUL_ESCAPE not in orjson.dumps(data):
+            return None
+    except orjson.JSONEncodeError:  # a lone surrogate (or not JSON at all)
+        pass
+    return find_unstorable(data, root)
+
+
 def refuse_unstorable_json(raw: bytes) -> None:
     """:class:`~shared.errors.InvalidInput` (400, naming where) when a JSON body holds a NUL;
     a body that is not JSON passes (its parser names that problem)."""

@@ -18,6 +18,7 @@ from services.ingest.intake.repository import Prepared, StoreResult
 from shared.domain.relevance import classify, patient_reference
 from shared.errors import Issue
 from shared.fhir.resources import ResourceInvalid, validate_r4b
+from shared.fhir.text import unstorable_in, unstorable_message
 
 NO_PATIENT_TYPES = frozenset({"Medication", "Substance"})
 OUTCOMES = ("kept", "dropped", "unresolved", "rejected")
@@ -83,6 +84,10 @@ def check(candidate: Candidate) -> Decision:
     relevance = classify(resource)
     if not relevance.kept:
         return Decision(candidate, "dropped", relevance.reason or f"not used ({relevance.category})")
+    bad = unstorable_in(resource, candidate.resource_type)  # a fetched resource: no bytes scanned
+    if bad is not None:
+        text = unstorable_message(*bad)
+        return Decision(candidate, "rejected", text, (Issue("invalid", text, expression=(bad[0],)),))
     try:
         validate_r4b(resource)
     except ResourceInvalid as exc:

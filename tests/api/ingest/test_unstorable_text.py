@@ -206,3 +206,22 @@ async def test_a_nul_in_an_admin_command_is_400(client: httpx.AsyncClient) -> No
     r = await client.post("/admin/reevaluate", json={"patient": "a\u0000b"})
     assert r.status_code == 400, r.text
     assert r.json()["issue"][0]["expression"] == ["$.patient"]
+
+
+def test_a_fetched_resource_with_a_nul_is_rejected_not_a_database_error(engine: Engine) -> None:
+    """Resources read from a source (subscription fetches) arrive parsed, without bytes to scan:
+    intake's check refuses the one holding a NUL and stores the others, on both backends."""
+    from services.ingest.intake.bundles import explode, process_entries
+    from shared.db.session import session_scope
+
+    fetched = {
+        "resourceType": "Bundle",
+        "type": "collection",
+        "entry": [{"resource": patient()}, {"resource": _with_note(NUL)}, {"resource": pain()}],
+    }
+    with session_scope(engine) as session:
+        result = process_entries(session, Source(id="default"), explode(fetched))
+    assert set(stored(engine)) == {("Patient", "P-1"), ("Observation", "obs-1")}
+    [rejection] = result.rejections
+    assert "Procedure.note[0].text" in rejection.reason
+    assert rejection.outcome["issue"][0]["expression"] == ["Procedure.note[0].text"]
