@@ -344,6 +344,21 @@ class DirtyListener:
                 self._lock.release()
 
 
+async def _pause(stop: threading.Event, poll: float, listener: DirtyListener | None) -> None:
+    """Until a NOTIFY (PostgreSQL), the poll interval, or ``stop``: waited in slices of at most a
+    second, so a graceful stop (SIGTERM) is not held up by a long poll interval."""
+    deadline = time.monotonic() + poll
+    while not stop.is_set():
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return
+        if listener is not None:
+            if await asyncio.to_thread(listener.wait, min(left, 1.0)):
+                return
+        else:
+            await asyncio.sleep(min(left, 1.0))
+
+
 async def run_forever(worker: Worker, stop: threading.Event | None = None) -> None:
     """The background loop: drain, then wait for a NOTIFY (PostgreSQL) or the poll interval."""
     stop = stop or threading.Event()
@@ -356,10 +371,7 @@ async def run_forever(worker: Worker, stop: threading.Event | None = None) -> No
                 await asyncio.to_thread(worker.drain, stop)
             except Exception as exc:  # database down: keep trying, bounded by the poll interval
                 log.error("worker.drain_failed", error=type(exc).__name__)
-            if listener is not None:
-                await asyncio.to_thread(listener.wait, poll)
-            else:
-                await asyncio.sleep(poll)
+            await _pause(stop, poll, listener)
     finally:
         stop.set()
         if listener is not None:
