@@ -17,7 +17,7 @@ import sqlalchemy as sa
 import typer
 from fastapi import APIRouter, Depends
 from fastapi.responses import HTMLResponse, Response
-from sqlmodel import Session, select
+from sqlmodel import Session
 
 from services.recommender.engine import wording
 from shared.db.models import AuditLog, CdsFeedback
@@ -25,6 +25,9 @@ from shared.db.session import session_scope
 from shared.web import RuntimeDep, require_api_token
 
 Key = tuple[str, str, str, str]  # pathway, policy, policy version, verdict
+
+_AUDIT: Any = AuditLog.__table__  # type: ignore[attr-defined]
+_FEEDBACK: Any = CdsFeedback.__table__  # type: ignore[attr-defined]
 
 
 @dataclass
@@ -72,30 +75,29 @@ def feedback_report(session: Session) -> list[Line]:
         k: Key = (str(key[0]), str(key[1]), str(key[2]), str(key[3]))
         return lines.setdefault(k, Line(*k))
 
-    detail = AuditLog.detail
-    card_key = [_text(detail, p) for p in ("pathway", "policy", "policyVersion", "verdict")]
-    for *key, n in session.exec(
-        select(*card_key, sa.func.count()).where(AuditLog.action == "cds.card").group_by(*card_key)
-    ):
-        line(key).shown += int(n)
-    body = CdsFeedback.body
+    audit, feedback = _AUDIT.c, _FEEDBACK.c
+    card_key = [_text(audit.detail, p) for p in ("pathway", "policy", "policyVersion", "verdict")]
+    cards = sa.select(*card_key, sa.func.count()).where(audit.action == "cds.card").group_by(*card_key)
+    for row in session.execute(cards):
+        line(tuple(row[:4])).shown += int(row[4])
+    body = feedback.body
     fb_key = [_text(body, "pinpoint", p) for p in ("pathway", "policy", "policyVersion", "verdict")]
     reason = sa.func.coalesce(
         body[("overrideReason", "reason", "display")].as_string(),
         body[("overrideReason", "reason", "code")].as_string(),
         "no reason given",
     )
-    for *key, outcome, why, n in session.exec(
-        select(*fb_key, CdsFeedback.outcome, reason, sa.func.count()).group_by(
-            *fb_key, CdsFeedback.outcome, reason
-        )
-    ):
-        item = line(key)
+    answers = sa.select(*fb_key, feedback.outcome, reason, sa.func.count()).group_by(
+        *fb_key, feedback.outcome, reason
+    )
+    for row in session.execute(answers):
+        item = line(tuple(row[:4]))
+        outcome, why, n = row[4], row[5], int(row[6])
         if outcome == "accepted":
-            item.accepted += int(n)
+            item.accepted += n
         elif outcome == "overridden":
-            item.overridden += int(n)
-            item.reasons[str(why)] += int(n)
+            item.overridden += n
+            item.reasons[str(why)] += n
     return sorted(lines.values(), key=lambda x: (-x.shown, x.pathway, x.policy, x.version, x.verdict))
 
 
