@@ -21,8 +21,9 @@ install: $(VENV)/.synced
 	$(BIN)/python -m compileall -q -j 0 services shared
 	@test -x $(BIN)/pinpoint
 
+# `make run PORT=8765` serves on another port (default: PINPOINT_PORT, else 8080).
 run: install
-	$(BIN)/pinpoint serve
+	$(BIN)/pinpoint serve $(if $(PORT),--port $(PORT))
 
 test: install
 	$(BIN)/pytest

@@ -15,19 +15,30 @@ import typer
 
 from services.ingest import cli as ingest_cli
 from services.recommender import cli as recommender_cli
-from shared.cli import engine_or_exit, fail, settings_or_exit
+from shared.cli import EXIT_CODES_HELP, NOTHING_DONE, engine_or_exit, fail, plain_help_types, settings_or_exit
 from shared.errors import ConfigError
+from shared.paths import default_database_path
 
 if TYPE_CHECKING:
+    import socket
+
+    import uvicorn
+
     from services.recommender.worker import DrainStats
     from services.recommender.writeback import DeliveryStats
-    from shared.db.deadletters import Replayer
-    from shared.settings import Settings
+    from shared.db.deadletters import Replayer  # lazy
+    from shared.settings import Settings  # lazy
+
+plain_help_types()
 
 app = typer.Typer(
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     help="Pinpoint: confirm pain generators from FHIR data.",
+    epilog=(
+        f"Data: unless PINPOINT_DATABASE_URL says otherwise, the database is {default_database_path()}."
+        f" {EXIT_CODES_HELP}"
+    ),
     rich_markup_mode=None,  # plain help: rendering it with rich costs half a second of imports
     pretty_exceptions_enable=False,
 )
@@ -41,8 +52,29 @@ def _replayers() -> Mapping[str, Replayer]:
     return replayers()
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version  # lazy
+
+    try:
+        return version("pinpoint")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"pinpoint {_version()}")
+        raise typer.Exit()
+
+
 @app.callback()
-def main(ctx: typer.Context) -> None:
+def main(
+    ctx: typer.Context,
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit."),
+    ] = False,
+) -> None:
     """Pinpoint: confirm pain generators from FHIR data."""
     ctx.obj = ingest_cli.CliParts(replayers=_replayers)
 
@@ -79,10 +111,43 @@ def serve(
         engine.dispose()
         raise fail(str(exc)) from None
     tune_gc()
+    config = uvicorn.Config(
+        application, host=settings.host, port=settings.port, log_config=None, proxy_headers=False
+    )
+    server = _announcing_server(config, _open_these(settings, chosen.value))
     # uvicorn stops gracefully on SIGTERM, then raises the signal again with the handler it found
     # installed: this one, so the process exits 0 after the graceful stop instead of 143.
     signal.signal(signal.SIGTERM, _exit_zero)
-    uvicorn.run(application, host=settings.host, port=settings.port, log_config=None, proxy_headers=False)
+    server.run()
+    if not server.started:
+        raise typer.Exit(code=NOTHING_DONE)
+
+
+def _open_these(settings: Settings, role: str) -> str:
+    """What ``serve`` prints once it answers: where it listens, where its data is, what to open."""
+    from sqlalchemy.engine import make_url  # lazy
+
+    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
+    base = f"http://{host}:{settings.port}"
+    database = make_url(settings.database_url).render_as_string(hide_password=True)
+    lines = [f"pinpoint {_version()} ({role}) ready on port {settings.port}; database {database}"]
+    pages = [("landing page", "/"), ("worklist", "/patients")] if role in ("all", "recommender") else []
+    pages += [("API docs", "/docs"), ("health", "/readyz")]
+    lines += [f"  {label:<14}{base}{path}" for label, path in pages]
+    return "\n".join(lines)
+
+
+def _announcing_server(config: uvicorn.Config, message: str) -> uvicorn.Server:
+    """uvicorn's server, printing ``message`` once it is listening."""
+    import uvicorn  # lazy
+
+    class Server(uvicorn.Server):
+        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            await super().startup(sockets)
+            if self.started:
+                typer.echo(message, err=True)
+
+    return Server(config)
 
 
 @app.command()
@@ -151,4 +216,10 @@ def db_upgrade() -> None:
 
 # Commands owned by the services, registered here so `pinpoint` is one command.
 app.command("evaluate")(recommender_cli.evaluate_command)
+app.command("whatif")(recommender_cli.whatif_command)
+feedback_app = typer.Typer(
+    no_args_is_help=True, help="The clinicians' feedback on Pinpoint's cards.", rich_markup_mode=None
+)
+feedback_app.command("report")(recommender_cli.feedback_report_command)
+app.add_typer(feedback_app, name="feedback")
 ingest_cli.register(app)

@@ -24,14 +24,18 @@ from sqlalchemy.engine import Engine
 from services.ingest.container import Ingest
 from services.ingest.deadletters import api as deadletters_api
 from services.ingest.intake import api as intake_api
+from services.recommender import whatif
 from services.recommender.assessor import Assessor
 from services.recommender.cds_hooks import api as cds_api
+from services.recommender.cds_hooks import report as feedback_report
+from services.recommender.cds_hooks.feedback import OverrideRatioCollector
 from services.recommender.container import Evaluation, Recommender
 from services.recommender.evidence import api as evidence_api
 from services.recommender.metrics import QueueCollector
 from services.recommender.patients import api as patients_api
 from services.recommender.suggestions import api as suggestions_api
 from services.recommender.worker import queue_check
+from services.recommender.worklist import api as worklist_api
 from services.recommender.writeback import outbox_check, replay_delivery
 from shared.db.deadletters import Replayer
 from shared.db.session import make_engine
@@ -90,8 +94,17 @@ def build_app(settings: Settings, role: Role = Role.all, engine: Engine | None =
     if role in (Role.all, Role.recommender):
         recommender = Recommender.build(settings, runtime.engine, assessor)
         app.state.recommender = recommender
-        for router in (cds_api.router, suggestions_api.router, patients_api.router, evidence_api.router):
+        for router in (
+            cds_api.router,
+            suggestions_api.router,
+            patients_api.router,
+            evidence_api.router,
+            worklist_api.router,  # / and /patients (HTML), /patients.csv
+            feedback_report.router,  # /feedback (HTML)
+            whatif.router,  # /whatif (HTML)
+        ):
             app.include_router(router)
+        runtime.metrics.register(OverrideRatioCollector(runtime.engine))  # from the shared store
         # A replica that cannot record what it answers is taken out of rotation.
         runtime.checks.setdefault("audit", recommender.cds.audit.health)
         runtime.on_shutdown.append(recommender.aclose)

@@ -29,6 +29,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from shared.errors import ConfigError
+from shared.paths import default_database_path
 
 _DURATION = re.compile(r"^\s*(\d+)\s*(ms|s|m|h|d)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
@@ -194,7 +195,7 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="PINPOINT_", env_file=".env", extra="ignore", frozen=True)
 
-    database_url: str = "sqlite:///./var/pinpoint.db"
+    database_url: str = Field(default_factory=lambda: f"sqlite:///{default_database_path()}")
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=1, le=65535)
     public_base_url: HttpUrl | None = None

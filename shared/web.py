@@ -21,6 +21,7 @@ from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response
+from fastapi_offline import FastAPIOffline
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     REGISTRY,
@@ -366,6 +367,15 @@ async def require_admin_token(request: Request, runtime: RuntimeDep) -> None:
         raise Unauthorized("A valid admin bearer token is required")
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version  # lazy
+
+    try:
+        return version("pinpoint")
+    except PackageNotFoundError:
+        return "unknown"
+
+
 def create_app(runtime: Runtime, title: str) -> FastAPI:
     """A FastAPI app with the shared middleware, handlers, probes and lifespan."""
     runtime.checks.setdefault("database", database_check(runtime.engine))
@@ -385,7 +395,16 @@ def create_app(runtime: Runtime, title: str) -> FastAPI:
             for hook in runtime.on_shutdown:
                 await hook()
 
-    app = FastAPI(title=title, lifespan=lifespan, docs_url="/docs", redoc_url=None)
+    # API docs with Swagger UI's assets served from the fastapi-offline package: no CDN, so the
+    # page works on a hospital network without internet access (validator badge off: it calls out).
+    app: FastAPI = FastAPIOffline(
+        title=title,
+        lifespan=lifespan,
+        docs_url="/docs",
+        redoc_url=None,
+        swagger_ui_parameters={"validatorUrl": None},
+        version=_version(),
+    )
     app.state.runtime = runtime
     install_error_handlers(app)
     if runtime.settings.cors_origins:

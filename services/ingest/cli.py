@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from shared.cli import engine_or_exit, settings_or_exit
+from shared.cli import NOTHING_DONE, PARTLY, engine_or_exit, print_table, settings_or_exit
 from shared.errors import PinpointError
 
 if TYPE_CHECKING:
@@ -41,20 +41,19 @@ def import_command(
         TimeRemainingColumn,
         TransferSpeedColumn,
     )
-    from rich.table import Table  # lazy
 
     from services.ingest.bulk import expand, import_paths  # lazy
 
     missing = [p for p in paths if not p.exists()]
     if missing:
         typer.echo(f"pinpoint: no such file or folder: {missing[0]}", err=True)
-        raise typer.Exit(code=2)
+        raise typer.Exit(code=NOTHING_DONE)
     settings = settings_or_exit(quiet=True)
     try:
         src = settings.config.source(source)
     except KeyError:
         typer.echo(f"pinpoint: source {source!r} is not configured", err=True)
-        raise typer.Exit(code=2) from None
+        raise typer.Exit(code=NOTHING_DONE) from None
     engine = engine_or_exit(settings)
     console = Console(stderr=True)
     files = expand(paths)
@@ -71,32 +70,35 @@ def import_command(
             report = import_paths(engine, src, files, batch_size=batch_size)
     finally:
         engine.dispose()
-    table = Table(title=f"pinpoint import: {report.files} file(s) into source {src.id}")
-    table.add_column("type")
-    for col in ("kept", "dropped", "unresolved patient", "rejected"):
-        table.add_column(col, justify="right")
-    for rtype, row in report.tally.rows():
-        table.add_row(rtype, *(str(row[k]) for k in ("kept", "dropped", "unresolved", "rejected")))
     t = report.tally
-    table.add_row(
-        "total", *(str(t.total(k)) for k in ("kept", "dropped", "unresolved", "rejected")), style="bold"
+    counts = ("kept", "dropped", "unresolved", "rejected")
+    rows = [[rtype, *(str(row[k]) for k in counts)] for rtype, row in t.rows()]
+    rows.append(["total", *(str(t.total(k)) for k in counts)])
+    print_table(
+        f"pinpoint import: {report.files} file(s) into source {src.id}",
+        ("type", "kept", "dropped", "unresolved patient", "rejected"),
+        rows,
     )
-    out = Console()
-    out.print(table)
-    out.print(
+    rejected = t.total("rejected")
+    typer.echo(
         f"{report.resources} resources in {report.seconds:.1f} s ({report.rate:,.0f}/s); "
-        f"{report.dead_letters} dead letter(s)"
+        f"{report.dead_letters} dead letter(s)",
+        err=not sys.stdout.isatty(),
     )
+    if rejected or report.dead_letters:
+        typer.echo(
+            f"pinpoint: {rejected} resource(s) rejected, {report.dead_letters} payload(s) kept as dead "
+            "letters: see `pinpoint dead-letters list`",
+            err=True,
+        )
+        raise typer.Exit(code=PARTLY)
 
 
 def dl_list(
     status: Annotated[str | None, typer.Option(help="new | replayed | failed")] = None,
-    limit: Annotated[int, typer.Option(min=1)] = 50,
+    limit: Annotated[int, typer.Option(min=1, help="at most this many")] = 50,
 ) -> None:
-    """The most recent dead letters."""
-    from rich.console import Console  # lazy
-    from rich.table import Table  # lazy
-
+    """The most recent dead letters (tab-separated when piped)."""
     from shared.db.deadletters import list_dead_letters  # lazy
     from shared.db.session import session_scope  # lazy
 
@@ -104,21 +106,23 @@ def dl_list(
     engine = engine_or_exit(settings)
     with session_scope(engine) as session:
         rows = list_dead_letters(session, status=status, limit=limit)
-    table = Table()
-    for col in ("id", "created", "source", "kind", "status", "replays", "reason"):
-        table.add_column(col)
-    for r in rows:
-        table.add_row(
-            str(r.id),
-            r.created_at.isoformat(timespec="seconds"),
-            r.source,
-            r.kind,
-            r.status,
-            str(r.replay_count),
-            r.reason[:80],
-        )
-    Console().print(table)
     engine.dispose()
+    print_table(
+        None,
+        ("id", "created", "source", "kind", "status", "replays", "reason"),
+        [
+            [
+                str(r.id),
+                r.created_at.isoformat(timespec="seconds"),
+                r.source,
+                r.kind,
+                r.status,
+                str(r.replay_count),
+                r.reason[:80],
+            ]
+            for r in rows
+        ],
+    )
 
 
 def dl_show(
@@ -137,7 +141,7 @@ def dl_show(
     engine.dispose()
     if row is None:
         typer.echo(f"pinpoint: no dead letter {dead_letter_id}", err=True)
-        raise typer.Exit(code=1)
+        raise typer.Exit(code=PARTLY)
     meta = row.model_dump(exclude={"payload"}, mode="json")
     typer.echo(orjson.dumps(meta, option=orjson.OPT_INDENT_2).decode())
     typer.echo("--- payload ---")
@@ -170,12 +174,12 @@ def dl_replay(
         outcome = replay(engine, settings, dead_letter_id, parts.replayers())
     except PinpointError as exc:
         typer.echo(f"pinpoint: {exc.diagnostics}", err=True)
-        raise typer.Exit(code=1) from None
+        raise typer.Exit(code=PARTLY) from None
     finally:
         engine.dispose()
     typer.echo(orjson.dumps(outcome.as_json()).decode())
     if outcome.status != "replayed":
-        raise typer.Exit(code=1)
+        raise typer.Exit(code=PARTLY)
 
 
 def register(app: typer.Typer) -> None:
@@ -203,7 +207,7 @@ def _subscription_sources(settings: Settings, source: str | None) -> list[object
         sources = [s for s in sources if s.id == source]
         if not sources:
             typer.echo(f"pinpoint: source {source!r} is not configured with a fhir_base_url", err=True)
-            raise typer.Exit(code=2)
+            raise typer.Exit(code=NOTHING_DONE)
     return list(sources)
 
 
@@ -246,16 +250,13 @@ def subscriptions_sync(
     finally:
         engine.dispose()
     if failures:
-        raise typer.Exit(code=1)
+        raise typer.Exit(code=PARTLY)
 
 
 def subscriptions_status(
     source: Annotated[str | None, typer.Option(help="only this source")] = None,
 ) -> None:
     """Report each subscription's state and lag (seconds since it was last heard from)."""
-    from rich.console import Console  # lazy
-    from rich.table import Table  # lazy
-
     from services.ingest.subscriptions.manage import status  # lazy
 
     settings = settings_or_exit(quiet=True)
@@ -264,24 +265,24 @@ def subscriptions_status(
         rows, counts = status(engine, source)
     finally:
         engine.dispose()
-    table = Table(
-        "source", "subscription", "status", "last event", "lag s", "heartbeat s", "gaps", "criteria / topic"
-    )
+    table_rows = []
     for r in rows:
         criteria = (r.criteria or "")[:60]
         if r.subscription == "(source)":
             criteria = f"reconciled up to {r.watermark or 'never'}"
-        table.add_row(
-            r.source,
-            r.subscription,
-            r.status,
-            "" if r.last_event_number is None else str(r.last_event_number),
-            "" if r.last_seen_seconds is None else f"{r.last_seen_seconds:.0f}",
-            "" if r.heartbeat_period is None else str(r.heartbeat_period),
-            str(r.gaps_detected),
-            criteria,
+        table_rows.append(
+            [
+                r.source,
+                r.subscription,
+                r.status,
+                "" if r.last_event_number is None else str(r.last_event_number),
+                "" if r.last_seen_seconds is None else f"{r.last_seen_seconds:.0f}",
+                "" if r.heartbeat_period is None else str(r.heartbeat_period),
+                str(r.gaps_detected),
+                criteria,
+            ]
         )
-    console = Console(width=160)
-    console.print(table)
+    columns = ("source", "subscription", "status", "last event", "lag s", "heartbeat s", "gaps")
+    print_table(None, (*columns, "criteria / topic"), table_rows)
     pending = counts.get("pending", 0) + counts.get("working", 0)
-    console.print(f"inbox: {pending} waiting, {counts.get('failed', 0)} failed, {counts.get('done', 0)} done")
+    typer.echo(f"inbox: {pending} waiting, {counts.get('failed', 0)} failed, {counts.get('done', 0)} done")

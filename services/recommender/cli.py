@@ -1,4 +1,5 @@
-"""The recommender's commands of ``pinpoint``: ``evaluate`` (CONTRACT §1)."""
+"""The recommender's commands of ``pinpoint``: ``evaluate``, ``whatif`` and ``feedback report``
+(the command bodies live with their features: ``offline``, ``whatif``, ``cds_hooks.report``)."""
 
 from __future__ import annotations
 
@@ -14,11 +15,19 @@ def evaluate_command(
         str, typer.Option("--policy", help="cms-lcd, consensus-2020 or a YAML file")
     ] = "cms-lcd",
     now: Annotated[
-        str | None, typer.Option("--now", help="evaluation instant (ISO 8601); default: now")
+        str | None,
+        typer.Option(
+            "--now",
+            help=(
+                "the date (and time) to judge the record at, ISO 8601 such as 2025-03-10 or "
+                "2025-03-10T08:00:00Z: waiting periods, 'months of pain' and 'within 12 months' "
+                "count up to it; default: the current time (give it to replay a past record)"
+            ),
+        ),
     ] = None,
     format: Annotated[str, typer.Option("--format", help="json or text")] = "json",
 ) -> None:
-    """Evaluate FHIR data offline and print the assessment document."""
+    """Evaluate FHIR files offline (no database, no server) and print each patient's assessment."""
     from services.recommender.offline import InputError, run  # lazy
     from services.recommender.policies import PolicyError  # lazy
 
@@ -28,3 +37,31 @@ def evaluate_command(
         typer.echo(f"pinpoint evaluate: {exc}", err=True)
         raise typer.Exit(code=2) from exc
     typer.echo(out, nl=False)
+
+
+def whatif_command(
+    policy: Annotated[
+        str, typer.Option("--policy", help="the candidate policy: cms-lcd, consensus-2020 or a YAML file")
+    ],
+    baseline: Annotated[
+        str | None, typer.Option("--baseline", help="the policy to compare with (default: PINPOINT_POLICY)")
+    ] = None,
+    now: Annotated[
+        str | None, typer.Option("--now", help="judge at this date (ISO 8601); default: now")
+    ] = None,
+    format: Annotated[str, typer.Option("--format", help="text, json, or csv (one row per change)")] = "text",
+) -> None:
+    """How every stored patient's verdicts would change under another policy."""
+    from services.recommender.whatif import run_command  # lazy
+
+    run_command(policy, baseline, now, format)
+
+
+def feedback_report_command(
+    format: Annotated[str, typer.Option("--format", help="text, json or csv")] = "text",
+) -> None:
+    """Cards shown, accepted and overridden (with the reasons) per pathway, policy version and
+    verdict, counted over every replica's records in the database."""
+    from services.recommender.cds_hooks.report import run_command  # lazy
+
+    run_command(format)

@@ -8,7 +8,7 @@ Keys:
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -243,3 +243,37 @@ class AuditLog(SQLModel, table=True):
     action: str = Field(max_length=100)
     target: str | None = Field(default=None, max_length=400)
     detail: dict[str, Any] | None = _json()
+
+
+class WorklistEntry(SQLModel, table=True):
+    """The clinic's worklist: one row per current assessment (patient × pathway × target), in
+    plain words, written with the assessment by the worker. ``attention`` orders the list (0
+    needs a clinician first); ``due`` is the earliest date ``9999-12-31`` when there is none, so
+    ``(attention, due, key)`` is a total order for keyset paging."""
+
+    __tablename__ = "worklist_entry"
+    __table_args__ = (
+        sa.Index("ix_worklist_order", "attention", "due", "key"),
+        sa.Index("ix_worklist_pathway_order", "pathway", "attention", "due", "key"),
+        sa.Index("ix_worklist_verdict_order", "verdict", "attention", "due", "key"),
+        sa.Index("ix_worklist_source_order", "source", "attention", "due", "key"),
+        # search by any part of a name, identifier or id: a trigram index on PostgreSQL
+        sa.Index(
+            "ix_worklist_search", "search", postgresql_using="gin", postgresql_ops={"search": "gin_trgm_ops"}
+        ),
+    )
+
+    key: str = Field(primary_key=True, max_length=400)  # the assessment's key
+    patient_key: str = Field(max_length=200, index=True)
+    source: str = Field(max_length=64)
+    patient_id: str = Field(max_length=128)
+    name: str | None = Field(default=None, max_length=300)
+    search: str = Field(max_length=1000)  # lower-case name, identifiers and id
+    pathway: str = Field(max_length=40)
+    target: str = Field(max_length=200)
+    verdict: str = Field(max_length=40)
+    reason: str = Field(max_length=300)
+    attention: int
+    due: date
+    alerts: str = Field(default="", max_length=400)  # ",code,code," (empty: none)
+    evaluated_at: datetime = _ts(nullable=False)

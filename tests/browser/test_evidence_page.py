@@ -9,24 +9,18 @@ Screenshots go to ``tests/bench/out/`` (ignored by git) for people to look at.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import struct
-import subprocess
-import time
 from collections.abc import Iterator
-from contextlib import ExitStack
 from datetime import UTC, datetime, timedelta
 from html.parser import HTMLParser
 from pathlib import Path
-from typing import Any
 from urllib.parse import quote
 
 import httpx
 import pytest
 
 from shared.signing import LinkSigner
-from tests.conftest import FIXTURES, IN_CI, ROOT
+from tests.browser.devtools import OUT, DevTools, png_size, run_chromium
+from tests.conftest import FIXTURES
 from tests.serving import clean_env, free_port, run_pinpoint, serving
 
 pytestmark = pytest.mark.browser
@@ -34,52 +28,6 @@ pytestmark = pytest.mark.browser
 V02 = FIXTURES / "vignettes" / "v02-two-concordant-blocks"
 V02_NOW = "2025-03-10T08:00:00-05:00"
 SECRET = "browser-test-link-secret"
-OUT = ROOT / "tests" / "bench" / "out"
-FLAGS = (
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--hide-scrollbars",
-)
-
-
-def _find() -> str | None:
-    for name in ("chromium", "chromium-browser"):
-        found = shutil.which(name)
-        if found:
-            return found
-    return None
-
-
-def _unavailable(reason: str) -> None:
-    if IN_CI:
-        pytest.fail(f"headless Chromium is required in CI: {reason}")
-    pytest.skip(reason)
-
-
-@pytest.fixture(scope="module")
-def chromium() -> str:
-    found = _find()
-    if found:
-        return found
-    if not hasattr(os, "geteuid") or os.geteuid() != 0 or shutil.which("apt-get") is None:
-        _unavailable("chromium is not installed and cannot be installed here (needs root and apt-get)")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    cmd = ["apt-get", "install", "-y", "--no-install-recommends", "chromium"]
-    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900, check=False)
-    if result.returncode != 0:  # stale package lists: refresh once and retry
-        subprocess.run(["apt-get", "update"], env=env, capture_output=True, timeout=300, check=False)
-        result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900, check=False)
-    found = _find()
-    if result.returncode != 0 or found is None:
-        _unavailable(f"apt-get install chromium failed: {result.stderr[-500:]}")
-    assert found is not None
-    return found
 
 
 @pytest.fixture(scope="module")
@@ -119,17 +67,6 @@ def page_url(server: str) -> str:
     return f"{server}/patients/P-001/evidence?{query}&now={quote(V02_NOW)}"
 
 
-def _chromium(binary: str, tmp: Path, *args: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
-    profile = tmp / f"profile-{time.monotonic_ns()}"
-    return subprocess.run(
-        [binary, *FLAGS, f"--user-data-dir={profile}", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-
-
 class _Dom(HTMLParser):
     def __init__(self) -> None:
         super().__init__()
@@ -152,7 +89,7 @@ def test_the_server_refuses_the_page_without_the_link(server: str, page_url: str
 
 
 def test_rendered_dom_has_the_chart_for_the_v02_patient(chromium: str, page_url: str, tmp_path: Path) -> None:
-    result = _chromium(chromium, tmp_path, "--window-size=1280,900", "--dump-dom", page_url)
+    result = run_chromium(chromium, tmp_path, "--window-size=1280,900", "--dump-dom", page_url)
     assert result.returncode == 0, result.stderr[-2000:]
     dom = _Dom()
     dom.feed(result.stdout)
@@ -166,116 +103,6 @@ def test_rendered_dom_has_the_chart_for_the_v02_patient(chromium: str, page_url:
     assert "85.7 % relief" in text and "100 % relief" in text
     assert "Facet radiofrequency ablation — right lumbar L4-L5, L5-S1" in text
     assert "On record: CarePlan/" in text  # the worker's stored suggestion
-
-
-# --- layout and console through the DevTools protocol ----------------------------------------------
-class _DevTools:
-    """A headless Chromium with one page, driven over the DevTools websocket (bounded waits)."""
-
-    def __init__(self, binary: str, profile: Path, width: int) -> None:
-        self.binary, self.profile, self.width = binary, profile, width
-        self.next_id = 0
-        self.errors: list[str] = []
-        self._stack = ExitStack()
-
-    def __enter__(self) -> _DevTools:
-        try:
-            self._start()
-        except BaseException:
-            self._stack.close()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stack.close()
-
-    def _stop(self, proc: subprocess.Popen[bytes]) -> None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
-
-    def _start(self) -> None:
-        from websockets.sync.client import connect
-
-        binary, profile, width = self.binary, self.profile, self.width
-        profile.mkdir(parents=True, exist_ok=True)
-        proc = subprocess.Popen(
-            [
-                binary,
-                *FLAGS,
-                f"--user-data-dir={profile}",
-                f"--window-size={width},900",
-                "--remote-debugging-port=0",
-                "--remote-allow-origins=*",
-                "about:blank",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        self._stack.callback(self._stop, proc)
-        port_file = profile / "DevToolsActivePort"
-        deadline = time.monotonic() + 30
-        while not port_file.exists() or not port_file.read_text().strip():
-            if time.monotonic() > deadline or proc.poll() is not None:
-                pytest.fail("chromium did not open its DevTools port")
-            time.sleep(0.05)
-        port = int(port_file.read_text().split()[0])
-        pages: list[dict[str, Any]] = []
-        while time.monotonic() < deadline and not pages:
-            listing = httpx.get(f"http://127.0.0.1:{port}/json/list", timeout=5).json()
-            pages = [p for p in listing if p.get("type") == "page"]
-            if not pages:
-                time.sleep(0.05)
-        assert pages, "no page target"
-        self.ws = self._stack.enter_context(
-            connect(pages[0]["webSocketDebuggerUrl"], max_size=None, open_timeout=10)
-        )
-        for method in ("Runtime.enable", "Log.enable", "Page.enable"):
-            self.call(method)
-        # a headless window has a minimum width; the viewport is set exactly
-        self.call(
-            "Emulation.setDeviceMetricsOverride", width=width, height=900, deviceScaleFactor=1, mobile=False
-        )
-
-    def _event(self, message: dict[str, Any]) -> None:
-        method, params = message.get("method"), message.get("params", {})
-        if method == "Runtime.consoleAPICalled" and params.get("type") in ("error", "assert"):
-            self.errors.append(" ".join(str(a.get("value", a.get("description"))) for a in params["args"]))
-        elif method == "Runtime.exceptionThrown":
-            self.errors.append(str(params["exceptionDetails"].get("text")))
-        elif method == "Log.entryAdded" and params["entry"].get("level") == "error":
-            self.errors.append(str(params["entry"].get("text")))
-
-    def call(self, method: str, **params: Any) -> dict[str, Any]:
-        self.next_id += 1
-        ident = self.next_id
-        self.ws.send(json.dumps({"id": ident, "method": method, "params": params}))
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            message = json.loads(self.ws.recv(timeout=30))
-            if message.get("id") == ident:
-                assert "error" not in message, message
-                result: dict[str, Any] = message.get("result", {})
-                return result
-            self._event(message)
-        raise AssertionError(f"no answer to {method}")
-
-    def open(self, url: str) -> None:
-        self.call("Page.navigate", url=url)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            message = json.loads(self.ws.recv(timeout=30))
-            if message.get("method") == "Page.loadEventFired":
-                return
-            self._event(message)
-        raise AssertionError("the page did not finish loading")
-
-    def evaluate(self, expression: str) -> Any:
-        result = self.call("Runtime.evaluate", expression=expression, returnByValue=True)
-        return result["result"]["value"]
 
 
 LAYOUT = """JSON.stringify((() => {
@@ -301,7 +128,7 @@ LAYOUT = """JSON.stringify((() => {
 def test_layout_intact_and_no_console_errors(
     chromium: str, page_url: str, tmp_path: Path, width: int
 ) -> None:
-    with _DevTools(chromium, tmp_path / "profile", width) as tools:
+    with DevTools(chromium, tmp_path / "profile", width) as tools:
         # the console check can fail: a page logging an error is caught
         tools.open("data:text/html,<script>console.error('control-error')</script>")
         assert any("control-error" in e for e in tools.errors), tools.errors
@@ -324,19 +151,12 @@ def test_layout_intact_and_no_console_errors(
         assert abs(charts[0]["t"] - charts[1]["t"]) < 40  # side by side on a laptop
 
 
-def _png_size(path: Path) -> tuple[int, int]:
-    head = path.read_bytes()[:24]
-    assert head[:8] == b"\x89PNG\r\n\x1a\n"
-    width, height = struct.unpack(">II", head[16:24])
-    return width, height
-
-
 @pytest.mark.parametrize("width", [1280, 400])
 def test_screenshot(chromium: str, page_url: str, tmp_path: Path, width: int) -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     shot = OUT / f"evidence-v02-{width}.png"
     shot.unlink(missing_ok=True)
-    result = _chromium(chromium, tmp_path, f"--window-size={width},900", f"--screenshot={shot}", page_url)
+    result = run_chromium(chromium, tmp_path, f"--window-size={width},900", f"--screenshot={shot}", page_url)
     assert result.returncode == 0 and shot.exists(), result.stderr[-2000:]
-    assert _png_size(shot) == (width, 900)
+    assert png_size(shot) == (width, 900)
     assert shot.stat().st_size > 20_000  # a rendered page, not a blank one

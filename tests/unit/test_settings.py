@@ -11,9 +11,17 @@ from shared.errors import ConfigError
 from shared.settings import Settings, load_settings
 
 
-def test_defaults_are_the_embedded_mode() -> None:
+def test_defaults_are_the_embedded_mode(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The embedded database is in the user's data folder, whatever the current folder."""
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    monkeypatch.chdir(tmp_path)
     s = load_settings(_env_file=None)
-    assert s.database_url == "sqlite:///./var/pinpoint.db"
+    assert s.database_url == f"sqlite:///{tmp_path / 'data' / 'pinpoint' / 'pinpoint.db'}"
+    monkeypatch.chdir("/")
+    assert load_settings(_env_file=None).database_url == s.database_url
+    monkeypatch.setenv("PINPOINT_DATABASE_URL", "sqlite:////srv/pinpoint.db")
+    assert load_settings(_env_file=None).database_url == "sqlite:////srv/pinpoint.db"
+    monkeypatch.delenv("PINPOINT_DATABASE_URL")
     assert (s.host, s.port) == ("127.0.0.1", 8080)
     assert s.base_url == "http://127.0.0.1:8080"
     assert s.policy == "cms-lcd"

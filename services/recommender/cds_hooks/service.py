@@ -93,6 +93,7 @@ class CallOutcome:
     patient_key: str | None = None
     rendered: list[RenderedCard] = field(default_factory=list)
     used: list[str] = field(default_factory=list)
+    policy: dict[str, Any] = field(default_factory=dict)  # the assessment document's policy id, version
 
 
 async def handle_call(cds: Cds, service: CdsService, body: bytes, outcome: CallOutcome) -> None:
@@ -110,6 +111,7 @@ async def handle_call(cds: Cds, service: CdsService, body: bytes, outcome: CallO
         )
     now = cds.clock()
     document = cds.assessor.document(data.resources, now)
+    outcome.policy = dict(document.get("policy") or {"id": settings.policy})
     drafts = {f"ServiceRequest/{o['id']}": o for o in as_draft_orders(call.draft_orders, call.patient_id)}
     ctx = CardContext(
         evidence_url=cds.links.url(_patient_path_id(data.id_space, call.patient_id), now=datetime.now(UTC)),
@@ -176,6 +178,8 @@ async def record_call(
                 "pathway": r.pathway,
                 "verdict": r.verdict,
                 "indicator": r.card["indicator"],
+                "policy": str((outcome.policy if outcome else {}).get("id", "unknown")),
+                "policyVersion": str((outcome.policy if outcome else {}).get("version", "unknown")),
             },
         }
         for r in rendered

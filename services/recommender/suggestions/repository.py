@@ -13,6 +13,7 @@ from sqlmodel import Session, col, select
 
 from services.recommender.engine.policy import PolicyRef
 from services.recommender.suggestions import builders as sg
+from services.recommender.worklist.repository import sync_worklist
 from shared.db.models import Assessment, Outbox, Suggestion, utcnow
 from shared.fhir.resources import validate_r4b
 
@@ -113,6 +114,13 @@ def apply_entry(
         policy,
         at,
         pre.assessments.get(patient_key, []),
+    )
+    sync_worklist(
+        session,
+        patient_key,
+        [(g.key, g.assessment) for g in wanted if g.assessment is not None],
+        entry.get("alerts") or [],
+        at,
     )
 
     stale: dict[str, list[Suggestion]] = {}

@@ -107,4 +107,6 @@ async def test_override_rate_per_pathway_on_metrics(cds: CdsApp) -> None:
     )
     assert after - before == 1  # the re-delivery is not counted
     assert metric(text, 'pinpoint_cds_override_ratio{pathway="alert:steroid-frequency"}') == 1.0
-    assert rows(cds)[0]["body"]["pinpoint"] == {"pathway": "alert:steroid-frequency"}
+    about = rows(cds)[0]["body"]["pinpoint"]
+    assert about["pathway"] == "alert:steroid-frequency"
+    assert about["policy"] and about["policyVersion"]  # the card's policy, carried by its feedback

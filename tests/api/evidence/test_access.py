@@ -168,7 +168,14 @@ async def test_source_credentials_without_api_tokens_close_the_reads(db_url: str
 
 
 # --- every patient-data route is guarded ----------------------------------------------------------
-_READ_PREFIXES = ("/fhir", "/sources/{source_id}/fhir", "/suggestions/fhir", "/patients/")
+_READ_PREFIXES = (
+    "/fhir",
+    "/sources/{source_id}/fhir",
+    "/suggestions/fhir",
+    "/patients",
+    "/feedback",
+    "/whatif",
+)
 _NOT_PATIENT_DATA = {  # CapabilityStatements
     "/fhir/metadata",
     "/sources/{source_id}/fhir/metadata",
@@ -197,6 +204,9 @@ _OTHERWISE_GUARDED = {
     ("GET", "/livez"): "operations probe",
     ("GET", "/readyz"): "operations probe",
     ("GET", "/metrics"): "operations metrics (no patient data)",
+    ("GET", "/"): "landing page (no patient data)",
+    ("GET", "/docs"): "API documentation (no patient data)",
+    ("GET", "/docs/oauth2-redirect"): "API documentation (no patient data)",
 }
 
 
@@ -246,6 +256,10 @@ async def test_every_patient_data_and_admin_route_refuses_without_a_token(
         ("GET", "/suggestions/fhir/{rtype}/{rid}"),
         ("GET", "/fhir/{rtype}/{rid}"),
         ("GET", "/fhir/{rtype}"),
+        ("GET", "/patients"),
+        ("GET", "/patients.csv"),
+        ("GET", "/feedback"),
+        ("GET", "/whatif"),
     } <= set(reads)
     assert ("POST", "/admin/reevaluate") in admin
     for method, path in reads + admin:

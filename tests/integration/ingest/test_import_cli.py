@@ -34,8 +34,9 @@ def _pain_lines() -> set[str]:
 
 def test_import_ndjson_folder_keeps_pain_scores_and_dead_letters_bad_lines(engine: Engine) -> None:
     result = runner.invoke(app, ["import", str(NDJSON)])
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 1, result.output  # ran, but part of the input was refused
     assert "Observation" in result.output and "total" in result.output
+    assert "4 payload(s) kept as dead letters" in result.output
     rows = stored(engine)
     kept_obs = {rid for (rtype, rid) in rows if rtype == "Observation"}
     assert kept_obs == _pain_lines() and kept_obs
@@ -47,11 +48,12 @@ def test_import_ndjson_folder_keeps_pain_scores_and_dead_letters_bad_lines(engin
     assert dirty(engine)
 
     again = runner.invoke(app, ["import", str(NDJSON / "Observation.ndjson"), str(NDJSON / "Patient.ndjson")])
-    assert again.exit_code == 0, again.output
+    assert again.exit_code == 0, again.output  # nothing refused
+    assert "dead letters" not in again.output
     assert set(stored(engine)) == set(rows)
 
     # the bad lines imported again are counted on their dead letters, not recorded twice
-    assert runner.invoke(app, ["import", str(NDJSON / "log.ndjson")]).exit_code == 0
+    assert runner.invoke(app, ["import", str(NDJSON / "log.ndjson")]).exit_code == 1
     assert sorted((d.id, d.occurrences) for d in dead_letters(engine)) == [(d.id, 2) for d in bad]
 
 
@@ -94,6 +96,6 @@ def test_dead_letters_list_show_replay(engine: Engine) -> None:
 def test_the_same_bad_line_twice_in_one_file_is_one_dead_letter(engine: Engine, tmp_path) -> None:  # type: ignore[no-untyped-def]
     path = tmp_path / "twice.ndjson"
     path.write_bytes(b'{"not": "fhir"}\n{"not": "fhir"}\n')
-    assert runner.invoke(app, ["import", str(path)]).exit_code == 0
+    assert runner.invoke(app, ["import", str(path)]).exit_code == 1
     [dl] = dead_letters(engine)
     assert (dl.payload, dl.occurrences) == (b'{"not": "fhir"}', 2)

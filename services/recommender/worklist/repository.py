@@ -1,0 +1,145 @@
+"""Writing and reading the worklist rows (``worklist_entry``)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, fields
+from datetime import date, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlmodel import Session, col, select
+
+from services.recommender.worklist.rows import NO_DATE, Row, rows_for
+from shared.db.models import Resource, WorklistEntry
+
+_COLUMNS = [f.name for f in fields(Row)]
+
+
+def _patient(session: Session, patient_key: str) -> dict[str, Any] | None:
+    raw = session.exec(
+        select(Resource.raw)
+        .where(
+            Resource.patient_key == patient_key,
+            Resource.resource_type == "Patient",
+            col(Resource.deleted).is_(False),
+        )
+        .order_by(col(Resource.received_at).desc())
+        .limit(1)
+    ).first()
+    return dict(raw) if raw else None
+
+
+def sync_worklist(
+    session: Session,
+    patient_key: str,
+    assessments: Sequence[tuple[str, Mapping[str, Any]]],
+    alerts: Sequence[Mapping[str, Any]],
+    at: datetime,
+) -> None:
+    """Make the patient's worklist rows match its current assessments (same transaction)."""
+    existing = {
+        r.key: r for r in session.exec(select(WorklistEntry).where(WorklistEntry.patient_key == patient_key))
+    }
+    wanted = rows_for(
+        patient_key,
+        [k for k, _ in assessments],
+        [a for _, a in assessments],
+        alerts,
+        _patient(session, patient_key) if assessments else None,
+    )
+    for row in wanted:
+        values = {name: getattr(row, name) for name in _COLUMNS}
+        stored = existing.pop(row.key, None)
+        if stored is not None and all(getattr(stored, n) == v for n, v in values.items()):
+            continue
+        stored = stored or WorklistEntry(evaluated_at=at, **values)
+        for name, value in values.items():
+            setattr(stored, name, value)
+        stored.evaluated_at = at
+        session.add(stored)
+    for gone in existing.values():
+        session.delete(gone)
+
+
+@dataclass(frozen=True)
+class Filters:
+    pathway: str | None = None
+    verdict: str | None = None
+    alert: str | None = None  # an alert code, or "any"
+    source: str | None = None
+    due_by: date | None = None  # earliest date on or before
+    q: str | None = None  # name, identifier or id (case-insensitive, part of it)
+
+    def active(self) -> bool:
+        return any(getattr(self, f.name) for f in fields(self))
+
+
+@dataclass(frozen=True)
+class Cursor:
+    """The last row of a page: the next page starts after it."""
+
+    attention: int
+    due: date
+    key: str
+
+    def encode(self) -> str:
+        return f"{self.attention}~{self.due.isoformat()}~{self.key}"
+
+    @classmethod
+    def decode(cls, text: str) -> Cursor:
+        attention, due, key = text.split("~", 2)
+        return cls(int(attention), date.fromisoformat(due), key)
+
+
+def _where(query: Any, f: Filters) -> Any:
+    if f.pathway:
+        query = query.where(WorklistEntry.pathway == f.pathway)
+    if f.verdict:
+        query = query.where(WorklistEntry.verdict == f.verdict)
+    if f.source:
+        query = query.where(WorklistEntry.source == f.source)
+    if f.alert == "any":
+        query = query.where(WorklistEntry.alerts != "")
+    elif f.alert:
+        query = query.where(col(WorklistEntry.alerts).contains(f",{f.alert},", autoescape=True))
+    if f.due_by:
+        query = query.where(WorklistEntry.due <= f.due_by)
+    if f.q and f.q.strip():
+        query = query.where(col(WorklistEntry.search).contains(f.q.strip().lower(), autoescape=True))
+    return query
+
+
+_ORDER = (col(WorklistEntry.attention), col(WorklistEntry.due), col(WorklistEntry.key))
+
+
+def page(
+    session: Session, f: Filters, after: Cursor | None, limit: int
+) -> tuple[list[WorklistEntry], Cursor | None]:
+    """One page in attention order, and the cursor of the next page (None on the last)."""
+    query = _where(select(WorklistEntry), f)
+    if after is not None:
+        query = query.where(sa.tuple_(*_ORDER) > sa.tuple_(after.attention, after.due, after.key))
+    rows = list(session.exec(query.order_by(*_ORDER).limit(limit + 1)))
+    more = len(rows) > limit
+    rows = rows[:limit]
+    cursor = Cursor(rows[-1].attention, rows[-1].due, rows[-1].key) if more and rows else None
+    return rows, cursor
+
+
+def count(session: Session, f: Filters) -> int:
+    query = _where(select(sa.func.count()).select_from(WorklistEntry), f)
+    return int(session.exec(query).one())
+
+
+def every(session: Session, f: Filters, batch: int = 1000) -> Iterator[WorklistEntry]:
+    """Every matching row in attention order, a keyset page at a time (memory stays flat)."""
+    after: Cursor | None = None
+    while True:
+        rows, after = page(session, f, after, batch)
+        yield from rows
+        if after is None:
+            return
+
+
+__all__ = ["NO_DATE", "Cursor", "Filters", "count", "every", "page", "sync_worklist"]
