@@ -59,6 +59,31 @@ class PainReading:
 
 
 @dataclass(frozen=True, slots=True)
+class FunctionScore:
+    """One total score of a functional instrument (issue 19; :mod:`shared.domain.function`).
+
+    ``value`` is on the instrument's kept scale (``scale``): ODI and NDI percent, PROMIS T-scores,
+    PEG 0-10, KOOS JR interval score and KOOS ADL 0-100, WOMAC points 0-96. ``raw`` is the value
+    as recorded when it was converted (NDI points); ``computed`` when the total was computed from
+    a QuestionnaireResponse's items (``answered`` of them); ``code`` the LOINC code read (None for
+    a local text encoding). ``ref`` is the Observation or QuestionnaireResponse.
+    """
+
+    ref: str
+    instrument: str  # terminology.ODI, NDI, PROMIS_PI, PROMIS_PF, PEG, KOOS_JR, KOOS_ADL, WOMAC
+    value: float
+    scale: str  # percent | t-score | score | interval-score | points
+    time: datetime
+    code: str | None = None
+    raw: float | None = None
+    computed: bool = False
+    answered: int | None = None
+    unit_assumed: bool = False
+    part_of: tuple[str, ...] = ()
+    side: Side | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class ConditionFact:
     ref: str
     codes: tuple[str, ...]  # ICD-10-CM without dots, upper case; SNOMED as "SCT:<code>"
@@ -124,6 +149,7 @@ class PatientFacts:
     birth_date: date | None = None
     interventions: tuple[Intervention, ...] = ()
     readings: tuple[PainReading, ...] = ()
+    function_scores: tuple[FunctionScore, ...] = ()  # time order
     conditions: tuple[ConditionFact, ...] = ()
     conservative_care: tuple[ConservativeCare, ...] = ()
     steroids: tuple[SteroidExposure, ...] = ()

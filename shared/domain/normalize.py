@@ -13,7 +13,7 @@ import json
 import re
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
-from datetime import date
+from datetime import date, datetime
 from functools import lru_cache
 from typing import Any
 
@@ -22,6 +22,7 @@ from shared.domain import terminology as t
 from shared.domain.facts import (
     ConditionFact,
     ConservativeCare,
+    FunctionScore,
     Injectate,
     Intervention,
     Order,
@@ -30,6 +31,7 @@ from shared.domain.facts import (
     Sedation,
     SteroidExposure,
 )
+from shared.domain.function import SCALES, Total, observation_total, questionnaire_total
 from shared.domain.relevance import classify, patient_reference
 
 # types whose facts are filtered while building (a dropped one yields no fact, but its patient an entry)
@@ -374,6 +376,7 @@ class _Builder:
         self.care: list[ConservativeCare] = []
         self.admins: list[Mapping[str, Any]] = []
         self.requests: list[Mapping[str, Any]] = []
+        self.function_resources: dict[str, Mapping[str, Any]] = {}
 
     def add_procedure(self, proc: Mapping[str, Any], codes: list[str]) -> None:
         self.procedures.append(proc)
@@ -386,6 +389,59 @@ class _Builder:
         if current is None or _newer(obs, current):
             self.observations[ref] = obs
             self.scales[ref] = scale
+
+    def add_function(self, res: Mapping[str, Any]) -> None:
+        ref = _ref(res)
+        current = self.function_resources.get(ref)
+        if current is None or _newer(res, current):
+            self.function_resources[ref] = res
+
+    def function_scores(self) -> list[FunctionScore]:
+        """Function scores of kept Observations and QuestionnaireResponses; an amended one
+        replaces what it names in ``derivedFrom``; one score per instrument, time and value."""
+        replaced = {
+            r
+            for res in self.function_resources.values()
+            if _status(res) in ("amended", "corrected")
+            for r in j.references(res.get("derivedFrom"))
+        }
+        out: dict[tuple[str, datetime, float], FunctionScore] = {}
+        for ref, res in sorted(self.function_resources.items()):
+            if ref in replaced:
+                continue
+            total: Total | None
+            if res.get("resourceType") == "QuestionnaireResponse":
+                if _status(res) not in t.QR_OK_STATUS:
+                    continue
+                total = questionnaire_total(res)
+                time = j.parse_datetime(res.get("authored"))
+            else:
+                if _status(res) not in t.OBSERVATION_OK_STATUS:
+                    continue
+                total = observation_total(res)
+                time = j.period_start_end(res, "effective")[0]
+            if total is None or time is None:
+                continue
+            body = res.get("bodySite")
+            side = side_from_codings(body) or side_from_text(*j.texts(body)) if body is not None else None
+            score = FunctionScore(
+                ref=ref,
+                instrument=total.instrument,
+                value=total.value,
+                scale=SCALES[total.instrument],
+                time=time,
+                code=total.code,
+                raw=total.raw,
+                computed=total.computed,
+                answered=total.answered,
+                unit_assumed=total.unit_assumed,
+                part_of=tuple(j.references(res.get("partOf"))),
+                side=side,
+            )
+            key = (score.instrument, score.time, score.value)
+            if key not in out or (score.code is not None and out[key].code is None):
+                out[key] = score
+        return sorted(out.values(), key=lambda f: (f.time, f.ref))
 
     def readings(self) -> list[PainReading]:
         replaced: set[str] = set()
@@ -505,6 +561,7 @@ class _Builder:
             birth_date=self.birth,
             interventions=tuple(sorted(interventions, key=key_iv)),
             readings=tuple(sorted(self.readings(), key=lambda r: (r.time, r.ref))),
+            function_scores=tuple(self.function_scores()),
             conditions=tuple(sorted(self.conditions, key=lambda c: c.ref)),
             conservative_care=tuple(sorted(self.care, key=lambda c: (c.start, c.ref))),
             steroids=tuple(sorted(steroids, key=lambda s: (s.time, s.ref))),
@@ -730,8 +787,16 @@ def normalize(resources: Iterable[Mapping[str, Any]]) -> dict[str, PatientFacts]
             scale = _pain_scale(res)
             if scale is not None:
                 builder(key).add_observation(res, scale)
-            elif key not in builders and classify(res).kept:  # other observations only make an entry
+                continue
+            relevance = classify(res)
+            if relevance.category == "function-score":
+                builder(key).add_function(res)
+            elif key not in builders and relevance.kept:  # other observations only make an entry
                 builder(key)
+            continue
+        if rtype == "QuestionnaireResponse":
+            if classify(res).kept:
+                builder(key).add_function(res)
             continue
         if rtype == "Procedure":
             codes = j.procedure_codes(res.get("code"))

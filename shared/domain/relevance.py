@@ -4,7 +4,9 @@ Runs on the raw JSON dict before any model validation, so it must stay cheap. Ke
 Condition, the resources of CONTRACT §4's value sets (pain interventions, sedation and
 anaesthesia, physical therapy, pain and function scores, provocation tests, anaesthetic,
 sedative and NSAID medications, corticosteroid injections of any site or route other than
-oral, orders whose code maps to a pathway), BodyStructure and Medication. Never kept:
+oral, orders whose code maps to a pathway), BodyStructure and Medication. Function scores are
+Observations and QuestionnaireResponses of the functional instruments of
+:mod:`shared.domain.function` only (minimum necessary: any other questionnaire is dropped). Never kept:
 Pinpoint's own proposals (identifier system ``urn:pinpoint:recommendation``). SNOMED procedure
 codes are never mapped, so cardiac ablation (18286008) or a labour epidural (18946005) is dropped.
 """
@@ -18,6 +20,7 @@ from typing import Any
 
 from shared.domain import _json as j
 from shared.domain import terminology as t
+from shared.domain.function import observation_instrument, questionnaire_instrument
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +43,7 @@ KEPT_TYPES = (
     "Condition",
     "Procedure",
     "Observation",
+    "QuestionnaireResponse",
     "MedicationAdministration",
     "MedicationStatement",
     "MedicationRequest",
@@ -109,7 +113,7 @@ def _classify_observation(resource: Mapping[str, Any]) -> Relevance:
     loinc = j.code_set(resource.get("code"), t.LOINC)
     if loinc & t.PAIN_SCALES:
         return Relevance(True, "pain-score")
-    if loinc & t.FUNCTION_SCALES:
+    if loinc & t.FUNCTION_SCALES or observation_instrument(resource) is not None:
         return Relevance(True, "function-score")
     if any(_PROVOCATION.search(x) for x in j.texts(resource.get("code"))):
         return Relevance(True, "provocation-test")
@@ -133,6 +137,10 @@ def classify(resource: Mapping[str, Any]) -> Relevance:
         return _classify_procedure(resource)
     if rtype == "Observation":
         return _classify_observation(resource)
+    if rtype == "QuestionnaireResponse":
+        if questionnaire_instrument(resource) is not None:
+            return Relevance(True, "function-score")
+        return _drop("questionnaire-response", "not a functional instrument Pinpoint's rules use")
     if rtype in _MEDICATION_TYPES:
         return _classify_medication(resource)
     if rtype == "Medication":

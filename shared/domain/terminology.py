@@ -101,10 +101,84 @@ NRS_0_10: Final = "72514-3"
 SEVERITY_0_10: Final = "38208-5"
 VAS: Final = "38214-3"
 PAIN_SCALES: Final = frozenset({NRS_0_10, SEVERITY_0_10, VAS})
-# Observations kept as documentation (function, provocation, PEG); they never change a verdict.
+# Observations kept as documentation before issue 19 (PEG items, Wong-Baker faces and others);
+# the functional instruments themselves are in ``FUNCTION_INSTRUMENTS`` below.
 FUNCTION_SCALES: Final = frozenset(
     {"91147-9", "91148-7", "75893-8", "91145-3", "91146-1", "91351-7", "38221-8"}
 )
+
+# --- functional instruments (issue 19) ----------------------------------------------------------
+# LOINC codes verified against loinc.org term pages and the CMS eCQM value sets that list them
+# (CMS90 / CMS66 functional status assessment measures) and the CMS ACCESS Model / PACIO sample
+# questionnaires (which carry the panel and total codes as Questionnaire.code / item.code).
+# Each instrument: its panel code(s), the code(s) of its total score, and the display LOINC gives.
+ODI: Final = "odi"
+NDI: Final = "ndi"
+PROMIS_PI: Final = "promis-pi"
+PROMIS_PF: Final = "promis-pf"
+PEG: Final = "peg"
+KOOS_JR: Final = "koos-jr"
+KOOS_ADL: Final = "koos-adl"
+WOMAC: Final = "womac"
+
+#: instrument → {LOINC total-score code: display}
+FUNCTION_TOTALS: Final[dict[str, dict[str, str]]] = {
+    ODI: {"97909-6": "Oswestry disability index score ODI"},  # percent 0-100
+    NDI: {"82237-9": "Total score [NDI]"},  # 0-50 points (or a percent)
+    PROMIS_PI: {"71961-7": "PROMIS-29 Pain interference score T-score"},
+    PROMIS_PF: {"71959-1": "PROMIS-29 Physical function score T-score"},
+    PEG: {"91147-9": "Mean score [PEG]"},  # 0-10
+    KOOS_JR: {"82332-8": "Total interval score [KOOSJR]"},  # 0-100, 100 = no difficulty
+    KOOS_ADL: {"72100-1": "Activities of daily living score [KOOS]"},  # 0-100, 100 = no difficulty
+    WOMAC: {},  # no LOINC code verified: recognised by its name in the code text only
+}
+#: instrument → {LOINC panel code: display}. A panel carries its total as ``hasMember``, as a
+#: ``component`` or (a local shortcut) as its own value.
+FUNCTION_PANELS: Final[dict[str, dict[str, str]]] = {
+    ODI: {"97908-8": "Oswestry Disability Index"},
+    NDI: {"82226-2": "Neck Disability Index [NDI]"},
+    PROMIS_PI: {
+        "90973-9": "PROMIS Pain Interference Short Form 6a",  # CMS ACCESS Model section code
+        "89923-7": "PROMIS Pain Interference CAT",  # CMS ACCESS Model section code
+    },
+    PROMIS_PF: {
+        "76804-4": "PROMIS Physical Function Short Form 6b",  # CMS ACCESS Model section code
+        "91722-9": "PROMIS Physical Function CAT",  # CMS ACCESS Model section code
+    },
+    PEG: {"91148-7": "Pain intensity, Enjoyment of life, General activity (PEG) 3 item pain scale"},
+    KOOS_JR: {"82324-5": "Knee injury and osteoarthritis outcome score for joint replacement [KOOSJR]"},
+    KOOS_ADL: {"72091-2": "Knee injury and Osteoarthritis Outcome Score [KOOS]"},
+    WOMAC: {},
+}
+FUNCTION_NAMES: Final[dict[str, str]] = {
+    ODI: "Oswestry Disability Index",
+    NDI: "Neck Disability Index",
+    PROMIS_PI: "PROMIS Pain Interference",
+    PROMIS_PF: "PROMIS Physical Function",
+    PEG: "PEG pain, enjoyment and general activity scale",
+    KOOS_JR: "KOOS JR",
+    KOOS_ADL: "KOOS activities of daily living",
+    WOMAC: "WOMAC",
+}
+#: LOINC total / panel code → instrument
+FUNCTION_CODES: Final[dict[str, str]] = {
+    code: inst
+    for table in (FUNCTION_TOTALS, FUNCTION_PANELS)
+    for inst, codes in table.items()
+    for code in codes
+}
+FUNCTION_TOTAL_CODES: Final = frozenset(c for codes in FUNCTION_TOTALS.values() for c in codes)
+#: the three PEG items (0-10 each): average pain, interference with enjoyment of life, with general
+#: activity — a PEG panel without its mean score (as Synthea writes it) is scored as their mean
+PEG_ITEMS: Final = frozenset({"75893-8", "91145-3", "91146-1"})
+ORDINAL_VALUE_EXT: Final = frozenset(
+    {
+        "http://hl7.org/fhir/StructureDefinition/ordinalValue",
+        "http://hl7.org/fhir/StructureDefinition/itemWeight",
+        "http://hl7.org/fhir/StructureDefinition/iso21090-CO-value",
+    }
+)
+QR_OK_STATUS: Final = frozenset({"completed", "amended"})
 LOINC_ANSWERS: Final[dict[str, int]] = {
     "LA6111-4": 0,
     "LA6112-2": 1,

@@ -4,8 +4,9 @@ Keyed on the endpoint (``{PINPOINT_PUBLIC_BASE_URL}/sources/{id}/fhir``) and the
 running :func:`sync` twice changes nothing the second time. ``subscriptions.mode``:
 
 - ``classic``: R4 criteria Subscriptions (rest-hook, ``application/fhir+json`` payload) for the
-  codes of CONTRACT §4 — procedures and orders by CPT, pain scores by LOINC, medications by
-  RxNorm, and Conditions;
+  codes of CONTRACT §4 — procedures and orders by CPT, pain and function scores by LOINC,
+  medications by RxNorm, Conditions, and completed QuestionnaireResponses (functional
+  instruments; the relevance filter drops every other questionnaire);
 - ``backport``: one topic-based Subscription (``subscriptions.topic``, ``full-resource``, a
   heartbeat) when the server's CapabilityStatement offers the Backport IG, else ``classic``;
 - ``r5`` is not managed yet (configure it on the server; notifications are understood);
@@ -65,8 +66,12 @@ def classic_criteria() -> list[str]:
         f"Procedure?code={_tokens(CPT, procedures)}",
         f"ServiceRequest?code={_tokens(CPT, t.PROCEDURE_KINDS)}",
         f"Observation?code={_tokens(t.LOINC, t.PAIN_SCALES)}",
+        f"Observation?code={_tokens(t.LOINC, t.FUNCTION_CODES)}",
         f"MedicationAdministration?code={_tokens(RXNORM, RXNORM_CODES)}",
         "Condition",
+        # R4 has no code search on QuestionnaireResponse: every completed one is sent, and the
+        # relevance filter keeps only the functional instruments' (minimum necessary)
+        "QuestionnaireResponse?status=completed,amended",
     ]
 
 
