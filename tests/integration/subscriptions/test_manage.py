@@ -48,7 +48,10 @@ def test_classic_sync_creates_once_and_repairs(configured, fake: FakeFhirServer,
     result = runner.invoke(app, ["subscriptions", "sync"])
     assert result.exit_code == 0, result.output
     subs = ours(fake)
-    assert len(subs) == 5 and result.output.count("\tcreated\t") == 5
+    assert len(subs) == 7 and result.output.count("\tcreated\t") == 7
+    criteria = {s["criteria"] for s in subs}
+    assert "QuestionnaireResponse?status=completed,amended" in criteria  # functional instruments
+    assert any(c.startswith("Observation?") and "http://loinc.org|97909-6" in c for c in criteria)  # ODI
     procedures = next(s for s in subs if s["criteria"].startswith("Procedure?"))
     assert "http://www.ama-assn.org/go/cpt|64493" in procedures["criteria"]
     assert procedures["channel"]["header"] == [f"Authorization: Bearer {TOKEN}"]
@@ -56,15 +59,15 @@ def test_classic_sync_creates_once_and_repairs(configured, fake: FakeFhirServer,
     assert all(s["status"] == "active" for s in subs)
 
     again = runner.invoke(app, ["subscriptions", "sync", "--source", "hosp"])
-    assert again.exit_code == 0 and again.output.count("\tok\t") == 5
-    assert len(ours(fake)) == 5  # idempotent: keyed on the endpoint and criteria
+    assert again.exit_code == 0 and again.output.count("\tok\t") == 7
+    assert len(ours(fake)) == 7  # idempotent: keyed on the endpoint and criteria
 
     fake.put({**procedures, "status": "error"})  # the server gave up delivering
     repaired = runner.invoke(app, ["subscriptions", "sync"])
     assert repaired.output.count("\trepaired\t") == 1
     current = fake.get("Subscription", procedures["id"])
     assert current is not None and current["status"] == "active"
-    assert len(ours(fake)) == 5
+    assert len(ours(fake)) == 7
 
 
 def test_backport_sync_uses_the_topic_when_the_server_offers_it(  # type: ignore[no-untyped-def]
