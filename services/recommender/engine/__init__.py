@@ -7,9 +7,12 @@ Public API: :func:`evaluate` (one patient), :func:`assessment_document` (CONTRAC
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime
 
 from services.recommender.engine import alerts as _alerts
+from services.recommender.engine import documentation as _documentation
+from services.recommender.engine import outcomes as _outcomes
 from services.recommender.engine.document import assessment_document, render_text
 from services.recommender.engine.model import Alert, Assessment, OrderCheck, PatientResult, Target
 from services.recommender.engine.pathways import dispatch, facet, steroid
@@ -41,7 +44,33 @@ def evaluate(facts: PatientFacts, policy: Policy, *, now: datetime) -> PatientRe
     cumulative = steroid.cumulative_steroid_alert(ctx, now)
     if cumulative is not None:
         alert_list.append(cumulative)
-    return PatientResult(facts.patient, tuple(assessments), tuple(checks), tuple(alert_list))
+    on = now.date()
+    assessments = [
+        replace(a, documentation=_documentation.check(ctx, a.pathway, a.evidence, on, a.target.side))
+        for a in assessments
+    ]
+    orders = {o.ref: o for o in facts.orders}
+    checks = [
+        replace(
+            c,
+            documentation=_documentation.check(
+                ctx,
+                c.pathway,
+                c.evidence,
+                orders[c.order].requested or on,
+                orders[c.order].side,
+                orders[c.order].codes,
+            ),
+        )
+        for c in checks
+    ]
+    return PatientResult(
+        facts.patient,
+        tuple(assessments),
+        tuple(checks),
+        tuple(alert_list),
+        _outcomes.outcomes(ctx, now),
+    )
 
 
 __all__ = [

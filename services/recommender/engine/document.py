@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
 from services.recommender.engine.model import Assessment, OrderCheck, PatientResult
 from services.recommender.engine.policy import Policy
-from services.recommender.engine.wording import VERDICTS, pathway_text, reason_text, target_text
+from services.recommender.engine.wording import (
+    VERDICTS,
+    documentation_gaps,
+    pathway_text,
+    reason_text,
+    target_text,
+)
 
 
 def _assessment(a: Assessment) -> dict[str, Any]:
@@ -20,6 +26,7 @@ def _assessment(a: Assessment) -> dict[str, Any]:
         "earliestDate": a.earliest_date.isoformat() if a.earliest_date else None,
         "nextStep": dict(a.next_step) if a.next_step else None,
         "evidence": [dict(e) for e in a.evidence],
+        "documentation": [dict(d) for d in a.documentation],
     }
 
 
@@ -32,6 +39,7 @@ def _order_check(o: OrderCheck) -> dict[str, Any]:
         "earliestDate": o.earliest_date.isoformat() if o.earliest_date and o.verdict == "deferred" else None,
         "supportedTargets": [t.as_json() for t in o.supported_targets],
         "evidence": [dict(e) for e in o.evidence],
+        "documentation": [dict(d) for d in o.documentation],
     }
 
 
@@ -46,6 +54,7 @@ def assessment_document(results: Sequence[PatientResult], policy: Policy, now: d
                 "assessments": [_assessment(a) for a in r.assessments],
                 "orderChecks": [_order_check(o) for o in r.order_checks],
                 "alerts": [{"code": a.code, "severity": a.severity, "text": a.text} for a in r.alerts],
+                "outcomes": [dict(o) for o in r.outcomes],
             }
             for r in sorted(results, key=lambda r: r.patient)
         ],
@@ -69,13 +78,32 @@ def _evidence_text(e: Mapping[str, Any]) -> str:
     return ", ".join(parts)
 
 
+def _outcome_text(o: Mapping[str, Any]) -> str:
+    name = pathway_text(o.get("pathway", "")).lower()
+    parts = [f"{name} {target_text(o.get('target'))} ({o.get('procedure')}, {str(o.get('performed'))[:10]})"]
+    for m in o.get("milestones") or []:
+        pain = m.get("pain")
+        if pain is not None:
+            parts.append(f"{m['months']} mo {pain['reliefPercent']}% relief")
+    days = o.get("reliefDays")
+    if days is not None:
+        more = " and counting" if o.get("censored") else ""
+        parts.append(f"at least {o.get('reliefThresholdPercent')}% relief for {days} days{more}")
+    if o.get("daysToNextProcedure") is not None:
+        parts.append(f"next procedure on the same target after {o['daysToNextProcedure']} days")
+    return ", ".join(parts)
+
+
 def _why(reasons: Sequence[str]) -> str:
     return "; ".join(reason_text(r) for r in reasons)
 
 
-def render_text(document: Mapping[str, Any]) -> str:
-    """A short plain-language explanation of the document for a pain physician."""
+def render_text(document: Mapping[str, Any], source_title: Callable[[str], str] | None = None) -> str:
+    """A short plain-language explanation of the document for a pain physician; ``source_title``
+    names a policy source for a person (:meth:`Policy.source_title`)."""
     pol = document.get("policy", {})
+    titles = source_title or str
+
     lines = [
         f"Policy {pol.get('id')} (version {pol.get('version')}), evaluated at {document.get('evaluatedAt')}."
     ]
@@ -97,6 +125,8 @@ def render_text(document: Mapping[str, Any]) -> str:
                 lines.append(f"    Supported: {targets}.")
             for e in o["evidence"]:
                 lines.append(f"    Evidence: {_evidence_text(e)}.")
+            for gap in documentation_gaps(o.get("documentation"), titles):
+                lines.append(f"    {gap}.")
         for a in patient["assessments"]:
             name = pathway_text(a["pathway"]).lower()
             verdict = VERDICTS.get(a["verdict"], a["verdict"])
@@ -110,6 +140,10 @@ def render_text(document: Mapping[str, Any]) -> str:
                 lines.append(f"    Suggested: {step.get('display')} (CPT {step.get('code')}){when}.")
             for e in a["evidence"]:
                 lines.append(f"    Evidence: {_evidence_text(e)}.")
+            for gap in documentation_gaps(a.get("documentation"), titles):
+                lines.append(f"    {gap}.")
+        for o in patient.get("outcomes") or []:
+            lines.append(f"  Outcome: {_outcome_text(o)}.")
         for alert in patient["alerts"]:
             lines.append(f"  Alert ({alert['code']}): {alert['text']}")
     return "\n".join(lines) + "\n"

@@ -78,6 +78,7 @@ class Assessment:
     earliest_date: date | None = None
     next_step: Mapping[str, str] | None = None
     evidence: tuple[Mapping[str, Any], ...] = ()
+    documentation: tuple[Mapping[str, str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +91,7 @@ class OrderCheck:
     supported_targets: tuple[Target, ...] = ()
     evidence: tuple[Mapping[str, Any], ...] = ()
     suggestion: Mapping[str, str] | None = None
+    documentation: tuple[Mapping[str, str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +108,7 @@ class PatientResult:
     assessments: tuple[Assessment, ...] = ()
     order_checks: tuple[OrderCheck, ...] = ()
     alerts: tuple[Alert, ...] = field(default_factory=tuple)
+    outcomes: tuple[Mapping[str, Any], ...] = ()
 
 
 def dedupe_evidence(items: Sequence[Mapping[str, Any]]) -> tuple[Mapping[str, Any], ...]:

@@ -11,7 +11,7 @@ limit off where the built-in allows it). Anything else raises :class:`PolicyErro
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any
 
@@ -42,7 +42,7 @@ NULLABLE = frozenset(
         "max_injections",
     }
 )
-_SECTIONS = ("general", "agents", "steroid", "pathways")
+_SECTIONS = ("general", "agents", "steroid", "instruments", "sources", "pathways")
 
 
 class PolicyError(ValueError):
@@ -76,6 +76,13 @@ class Policy:
     steroid_factors: Mapping[str, float]
     steroid: Mapping[str, float]
     pathways: Mapping[str, Mapping[str, Any]]
+    instruments: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    sources: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+    def source_title(self, source_id: str) -> str:
+        """How a source is named to a person ("LCD L38773"); its id when the policy lists none."""
+        entry = self.sources.get(source_id)
+        return str(entry.get("short") or entry.get("title") or source_id) if entry else source_id
 
     @property
     def ref(self) -> PolicyRef:
@@ -184,6 +191,20 @@ def _build(data: Mapping[str, Any], source: str) -> Policy:
     for name in pathways:
         if name not in PATHWAYS:
             raise PolicyError(f"{source}: pathways.{name}: unknown pathway (known: {', '.join(PATHWAYS)})")
+    instruments = data.get("instruments") or {}
+    for name, spec in instruments.items():
+        if not isinstance(spec, Mapping):
+            raise PolicyError(f"{source}: instruments.{name}: must be a mapping")
+        for key in ("direction", "low", "high", "mcid"):
+            if key not in spec:
+                raise PolicyError(f"{source}: instruments.{name}.{key}: required")
+        if spec["direction"] not in ("higher-worse", "higher-better"):
+            raise PolicyError(
+                f"{source}: instruments.{name}.direction: must be higher-worse or higher-better"
+            )
+    sources = data.get("sources") or {}
+    if not isinstance(sources, Mapping):
+        raise PolicyError(f"{source}: sources: must be a mapping of source id to its description")
     return Policy(
         id=str(data["id"]),
         version=str(data["version"]),
@@ -192,6 +213,8 @@ def _build(data: Mapping[str, Any], source: str) -> Policy:
         steroid_factors=factors,
         steroid={k: float(v) for k, v in steroid.items()},
         pathways={k: dict(v) for k, v in pathways.items()},
+        instruments={str(k): dict(v) for k, v in instruments.items()},
+        sources={str(k): dict(v) for k, v in sources.items()},
     )
 
 

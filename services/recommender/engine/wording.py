@@ -70,6 +70,27 @@ REASONS = {
     "steroid-frequency": "steroid injections into this joint are too frequent",
     "discordant-blocks": "the comparative blocks are discordant",
     "prolonged-response": "the relief lasted much longer than the anaesthetic can explain",
+    "data-unavailable": "data the rule needs could not be retrieved from the EHR",
+    "function-only-improvement": (
+        "only function improved after the previous procedure, and the policy gives no percentage "
+        "for function: a clinician decides"
+    ),
+}
+
+#: A documentation requirement (issue 19) as a gap: "Documentation: <text> — required by <source>".
+DOCUMENTATION_GAPS = {
+    "baseline-pain-scale": "no baseline pain scale",
+    "same-scale-each-block": "not the same pain scale before and after each block",
+    "baseline-disability-scale": "no baseline disability scale",
+    "imaging-guidance": "no CT or fluoroscopic guidance",
+    "no-sedation": "a block was done under sedation",
+}
+
+#: LOINC pain scales by name (text a person reads never shows the code alone).
+PAIN_SCALES = {
+    "72514-3": "the 0-10 numeric pain rating scale",
+    "38208-5": "the 0-10 reported pain severity scale",
+    "38214-3": "the visual analogue pain scale",
 }
 
 ALERTS = {
@@ -79,6 +100,23 @@ ALERTS = {
     "discordant-blocks": "Comparative blocks are discordant",
     "prolonged-response": "A block's relief lasted far longer than its anaesthetic",
 }
+
+
+def documentation_gaps(items: Any, source_title: Any = None) -> list[str]:
+    """``Documentation: no baseline disability scale — required by LCD L38773`` for each missing
+    requirement of an assessment's or order check's ``documentation`` list. ``source_title``
+    names a source id for a person (the policy's); the id itself otherwise."""
+    out = []
+    for item in items or ():
+        if item.get("status") != "missing":
+            continue
+        gap = DOCUMENTATION_GAPS.get(
+            item.get("requirement", ""), str(item.get("requirement", "")).replace("-", " ")
+        )
+        source = str(item.get("source") or "")
+        named = source_title(source) if source_title and source else source
+        out.append(f"Documentation: {gap} — required by {named}" if named else f"Documentation: {gap}")
+    return out
 
 
 def reason_text(code: str) -> str:

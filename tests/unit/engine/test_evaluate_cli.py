@@ -128,7 +128,7 @@ def test_patient_with_nothing_to_assess_gets_empty_entry(tmp_path: Path) -> None
     f.write_text(json.dumps({"resourceType": "Patient", "id": "lonely"}))
     doc = json.loads(invoke(str(f), "--now", NOW).stdout)
     assert doc["patients"] == [
-        {"patient": "Patient/lonely", "assessments": [], "orderChecks": [], "alerts": []}
+        {"patient": "Patient/lonely", "assessments": [], "orderChecks": [], "alerts": [], "outcomes": []}
     ]
 
 

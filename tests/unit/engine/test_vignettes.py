@@ -66,6 +66,24 @@ def _evidence_matches(item: dict[str, Any], want: dict[str, Any]) -> bool:
     return True
 
 
+def _outcome_matches(got: Any, want: Any, where: str = "outcome") -> None:
+    """Every key given must match: numbers within ±0.05, lists item by item, mappings by key."""
+    if isinstance(want, dict):
+        assert isinstance(got, dict), (where, got, want)
+        for key, value in want.items():
+            if key == "patient":
+                continue
+            _outcome_matches(got.get(key), value, f"{where}.{key}")
+    elif isinstance(want, list):
+        assert isinstance(got, list) and len(got) >= len(want), (where, got, want)
+        for i, value in enumerate(want):
+            _outcome_matches(got[i], value, f"{where}[{i}]")
+    elif isinstance(want, float) and not isinstance(want, bool):
+        assert got is not None and abs(got - want) <= 0.05, (where, got, want)
+    else:
+        assert got == want, (where, got, want)
+
+
 def run_case(folder: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     expected = json.loads((folder / "expected.json").read_text())
     result = CliRunner().invoke(
@@ -108,6 +126,35 @@ def check(expected: dict[str, Any], doc: dict[str, Any]) -> None:
         assert _reasons_ok(got["reasons"], want.get("reasons", [])), got
     for code in expected.get("alerts", []):
         assert any(code in [a["code"] for a in p["alerts"]] for p in doc["patients"]), doc
+    for want in expected.get("functionEvidence", []):
+        items = [e.get("function") or {} for e in evidence if e["procedure"] == want["procedure"]]
+        wanted = {k: v for k, v in want.items() if k != "procedure"}
+        assert any(_evidence_matches(f, wanted) for f in items), (want, items)
+    for want in expected.get("documentation", []):
+        lists = [
+            o["documentation"]
+            for p in doc["patients"]
+            for o in p["orderChecks"]
+            if "order" in want and o["order"] == want["order"]
+        ] + [
+            a["documentation"]
+            for p in doc["patients"]
+            for a in p["assessments"]
+            if "assessment" in want and a["pathway"] == want["assessment"]
+        ]
+        assert lists, f"nothing carries documentation for {want}"
+        for items in lists:
+            got = next((d for d in items if d["requirement"] == want["requirement"]), None)
+            assert got is not None, (want, items)
+            assert got["status"] == want["status"], (want, got)
+            if "source" in want:
+                assert got["source"] == want["source"], (want, got)
+            assert got["detail"], got
+    for want in expected.get("outcomes", []):
+        patient = patients[want["patient"]]
+        got = next((o for o in patient["outcomes"] if o["procedure"] == want["procedure"]), None)
+        assert got is not None, f"no outcome for {want['procedure']}"
+        _outcome_matches(got, want)
     for want in expected.get("evidence", []):
         items = [e for e in evidence if e["procedure"] == want["procedure"]]
         assert items, f"no evidence for {want['procedure']}"

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
 
+from services.recommender.engine.functional import MET, long_term_function
 from services.recommender.engine.model import (
     NEEDS_REVIEW,
     NOT_COVERED,
@@ -222,21 +223,54 @@ def repeat_finding(
     ctx: PatientContext, pathway: str, prior: Intervention, side: str | None, e: JointEval
 ) -> None:
     """A repeat needs >= ``repeat_threshold`` % for ``repeat_months`` on the same scale after the
-    prior one (SIJ [S18], ESI [S19]; CRITERIA §9.2 long-term relief)."""
+    prior one (SIJ [S18], ESI [S19]; CRITERIA §9.2 long-term relief), in pain or in function."""
     p = ctx.policy
     long_term_finding(
-        ctx, prior, p.num(pathway, "repeat_threshold"), int(p.num(pathway, "repeat_months")), side, e
+        ctx,
+        prior,
+        p.num(pathway, "repeat_threshold"),
+        int(p.num(pathway, "repeat_months")),
+        side,
+        e,
+        pathway=pathway,
     )
 
 
 def long_term_finding(
-    ctx: PatientContext, prior: Intervention, threshold: float, months: int, side: str | None, e: JointEval
+    ctx: PatientContext,
+    prior: Intervention,
+    threshold: float,
+    months: int,
+    side: str | None,
+    e: JointEval,
+    *,
+    pathway: str | None = None,
 ) -> None:
     """The prior procedure's relief: >= ``threshold`` % sustained for ``months`` on the same scale
     (CRITERIA §9.2); a shortfall is ``not-met``, missing data ``not-evaluable``, a period still
-    running ``deferred`` to its end."""
+    running ``deferred`` to its end.
+
+    Where the ``pathway`` accepts function (its ``function_threshold``; issue 19), a functional
+    improvement on the same instrument as baseline sustained for the period meets it too; when the
+    policy marks the pathway ``function_only_review`` (repeat RFA: the LCD gives no percentage for
+    function), a repeat carried by function alone is ``needs-review``,
+    ``function-only-improvement``. Function only carries a repeat whose pain criterion is not met;
+    it never turns a met one down."""
+    p = ctx.policy
     status, reason, until, evidence = ctx.long_term(prior, threshold, months, side)
+    f_threshold = p.opt(pathway, "function_threshold") if pathway else None
+    f_status = None
+    if f_threshold is not None:
+        f_status, f_evidence = long_term_function(ctx.facts, p, prior, f_threshold, months, side)
+        if f_evidence is not None:
+            evidence["function"] = f_evidence
     e.evidence.append(evidence)
+    if status == "met":
+        return
+    if f_status == MET and pathway is not None:
+        if p.flag(pathway, "function_only_review"):
+            e.add(Finding(NEEDS_REVIEW, "function-only-improvement"))
+        return
     if status == "failed":
         e.add(Finding(NOT_MET, "prior-relief-insufficient"))
     elif status in ("no-baseline", "no-follow-up"):

@@ -31,6 +31,7 @@ from services.recommender.engine.pathways.common import (
     judge_history,
     long_term_finding,
     order_sides,
+    repeat_finding,
     sides_of,
 )
 from services.recommender.engine.relief import POSITIVE, PatientContext
@@ -167,7 +168,9 @@ def repeat_rfa(ctx: PatientContext, region: str, joint: str, side: str, on: date
     e = JointEval(joint, side, pathway=pathway)
     rfa = _prior_rfa(ctx, joint, side, on)
     assert rfa is not None
-    long_term_finding(ctx, rfa, p.num(pathway, "threshold"), int(p.num(pathway, "relief_months")), side, e)
+    long_term_finding(
+        ctx, rfa, p.num(pathway, "threshold"), int(p.num(pathway, "relief_months")), side, e, pathway=pathway
+    )
     years = p.opt(pathway, "repeat_diagnostics_after_years")
     if (
         years is not None
@@ -248,16 +251,7 @@ def therapeutic_injection(
         e.add(Finding(NEEDS_REVIEW, "rfa-alternative-undocumented"))
     prior = blocks_at(ctx, is_facet_therapeutic, joint, side, on)
     if prior:
-        status, reason, until, evidence = ctx.long_term(
-            prior[-1], p.num(pathway, "repeat_threshold"), int(p.num(pathway, "repeat_months")), side
-        )
-        e.evidence.append(evidence)
-        if status == "failed":
-            e.add(Finding(NOT_MET, "prior-relief-insufficient"))
-        elif status in ("no-baseline", "no-follow-up"):
-            e.add(Finding(NOT_EVALUABLE, reason or status))
-        elif status == "pending":
-            e.add(Finding("deferred", "relief-period-not-ended", until))
+        repeat_finding(ctx, pathway, prior[-1], side, e)
     _prerequisites(ctx, pathway, region, on, e)
     dates = session_dates(ctx.completed, pathway, region, side, on, p)
     e.add(cap_finding(dates, p.opt(pathway, "session_cap"), "therapeutic-session-cap", p))
