@@ -1,21 +1,27 @@
-"""The three CDS services and their prefetch templates — exactly CONTRACT §2."""
+"""The three CDS services and their prefetch templates — CONTRACT §2, with the functional
+instruments of issue 19 (their LOINC codes on ``observations``; ``questionnaireResponses``)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
 
+from shared.domain import terminology as t
+
+# pain scales first (CONTRACT §2), then the functional instruments' LOINC codes (issue 19)
+_OBSERVATION_CODES = ",".join(
+    f"http://loinc.org|{c}" for c in ("72514-3", "38208-5", "38214-3", *sorted(t.FUNCTION_CODES))
+)
+
 PREFETCH: dict[str, str] = {
     "patient": "Patient/{{context.patientId}}",
     "procedures": "Procedure?patient={{context.patientId}}",
-    "observations": (
-        "Observation?patient={{context.patientId}}"
-        "&code=http://loinc.org|72514-3,http://loinc.org|38208-5,http://loinc.org|38214-3"
-    ),
+    "observations": "Observation?patient={{context.patientId}}&code=" + _OBSERVATION_CODES,
     "conditions": "Condition?patient={{context.patientId}}",
     "medications": "MedicationAdministration?patient={{context.patientId}}",
     "medicationStatements": "MedicationStatement?patient={{context.patientId}}",
     "medicationRequests": "MedicationRequest?patient={{context.patientId}}",
+    "questionnaireResponses": "QuestionnaireResponse?patient={{context.patientId}}&status=completed,amended",
 }
 
 

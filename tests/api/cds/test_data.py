@@ -105,6 +105,7 @@ async def test_full_prefetch_is_used_without_any_fetch(cds: CdsApp) -> None:
         "medications": None,
         "medicationStatements": None,
         "medicationRequests": searchset(),
+        "questionnaireResponses": searchset(),
     }
     with respx.mock(assert_all_mocked=True) as mock:
         r = await cds.client.post(PV, json=call(prefetch=prefetch, server=SOURCE_BASE, token=True))
@@ -151,13 +152,16 @@ async def test_missing_and_failed_keys_are_fetched_from_an_allow_listed_server_w
         "/R4/MedicationStatement",
         "/R4/Observation",
         "/R4/Procedure",
+        "/R4/QuestionnaireResponse",
     ]
     assert all(req.headers["authorization"] == f"Bearer {TOKEN}" for req in seen)
     obs = next(req for req in seen if req.url.path.endswith("Observation"))
     assert obs.url.params["patient"] == "p1"
-    assert (
-        obs.url.params["code"] == "http://loinc.org|72514-3,http://loinc.org|38208-5,http://loinc.org|38214-3"
-    )
+    codes = obs.url.params["code"].split(",")
+    assert codes[:3] == ["http://loinc.org|72514-3", "http://loinc.org|38208-5", "http://loinc.org|38214-3"]
+    assert "http://loinc.org|97909-6" in codes  # ODI total: function scores come too (issue 19)
+    qr = next(req for req in seen if req.url.path.endswith("QuestionnaireResponse"))
+    assert qr.url.params["patient"] == "p1" and qr.url.params["status"] == "completed,amended"
     assert cds.assessor.ids() == {"Patient/p1", "Procedure/mbb-9", "Observation/o1"}
 
 
@@ -171,6 +175,7 @@ async def test_paged_prefetch_is_completed_from_the_server(cds: CdsApp) -> None:
             "medications",
             "medicationStatements",
             "medicationRequests",
+            "questionnaireResponses",
         )
     }
     prefetch["procedures"] = searchset(proc("p1", "a"), next_url=SOURCE_BASE + "/Procedure?page=2")

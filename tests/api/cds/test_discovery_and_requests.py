@@ -15,12 +15,37 @@ from tests.api.cds.conftest import CdsApp, assert_valid_response, request_with_c
 PREFETCH = {
     "patient": "Patient/{{context.patientId}}",
     "procedures": "Procedure?patient={{context.patientId}}",
-    "observations": "Observation?patient={{context.patientId}}&code=http://loinc.org|72514-3,"
-    "http://loinc.org|38208-5,http://loinc.org|38214-3",
+    # pain scales, then the functional instruments' panel and total codes (issue 19)
+    "observations": "Observation?patient={{context.patientId}}&code="
+    + ",".join(
+        f"http://loinc.org|{c}"
+        for c in (
+            "72514-3",
+            "38208-5",
+            "38214-3",
+            "71959-1",
+            "71961-7",
+            "72091-2",
+            "72100-1",
+            "76804-4",
+            "82226-2",
+            "82237-9",
+            "82324-5",
+            "82332-8",
+            "89923-7",
+            "90973-9",
+            "91147-9",
+            "91148-7",
+            "91722-9",
+            "97908-8",
+            "97909-6",
+        )
+    ),
     "conditions": "Condition?patient={{context.patientId}}",
     "medications": "MedicationAdministration?patient={{context.patientId}}",
     "medicationStatements": "MedicationStatement?patient={{context.patientId}}",
     "medicationRequests": "MedicationRequest?patient={{context.patientId}}",
+    "questionnaireResponses": "QuestionnaireResponse?patient={{context.patientId}}&status=completed,amended",
 }
 
 ALL_NULL = dict.fromkeys(PREFETCH)

@@ -31,6 +31,7 @@ KEYS = {
     "MedicationAdministration": "medications",
     "MedicationStatement": "medicationStatements",
     "MedicationRequest": "medicationRequests",
+    "QuestionnaireResponse": "questionnaireResponses",
 }
 
 
