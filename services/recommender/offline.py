@@ -133,5 +133,5 @@ def run(paths: list[Path], policy: str, now: str | None, fmt: str) -> str:
     when = parse_now(now)
     document = assessor.document(load_resources(paths), when)
     if fmt == "text":
-        return render_text(document, assessor.policy.source_title)
+        return render_text(document)
     return orjson.dumps(document, option=orjson.OPT_INDENT_2).decode() + "\n"

@@ -16,6 +16,7 @@ from typing import Any
 from services.recommender.engine.wording import (
     ALERTS,
     VERDICTS,
+    documentation_gaps,
     pathway_text,
     reason_text,
     sentence,
@@ -135,6 +136,11 @@ def evidence_table(evidence: list[Any]) -> str:
 
 def _policy_line(ctx: CardContext) -> str:
     return f"Policy: {ctx.policy.get('id', '?')} version {ctx.policy.get('version', '?')}."
+
+
+def _documentation_md(item: dict[str, Any]) -> list[str]:
+    """What the policy asks to be documented and is missing (issue 19); never a verdict."""
+    return [f"{gap}." for gap in documentation_gaps(item.get("documentation"))]
 
 
 def _reasons_md(reasons: list[str]) -> str:
@@ -323,6 +329,7 @@ def order_card(
             f"**Verdict:** {VERDICTS['supported']} for {check.get('order', 'the order')}{where}.",
             _policy_line(ctx),
         ]
+        parts += _documentation_md(check)
         if evidence:
             parts += ["**Evidence for prior authorisation:**", evidence]
         card["detail"] = "\n\n".join(parts)
@@ -338,6 +345,7 @@ def order_card(
     if check.get("earliestDate"):
         parts.append(f"**Earliest date:** {check['earliestDate']}.")
     parts.append(_policy_line(ctx))
+    parts += _documentation_md(check)
     if evidence:
         parts += ["**Evidence used:**", evidence]
     card["detail"] = "\n\n".join(parts)
@@ -382,6 +390,7 @@ def assessment_card(assessment: dict[str, Any], ctx: CardContext) -> RenderedCar
             f"**Next step:** {step.get('display') or step.get('code')} (CPT {step.get('code')}){when}."
         )
     parts.append(_policy_line(ctx))
+    parts += _documentation_md(assessment)
     table = evidence_table(list(assessment.get("evidence") or []))
     if table:
         parts += ["**Evidence:**", table]

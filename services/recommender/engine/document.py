@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -98,11 +98,9 @@ def _why(reasons: Sequence[str]) -> str:
     return "; ".join(reason_text(r) for r in reasons)
 
 
-def render_text(document: Mapping[str, Any], source_title: Callable[[str], str] | None = None) -> str:
-    """A short plain-language explanation of the document for a pain physician; ``source_title``
-    names a policy source for a person (:meth:`Policy.source_title`)."""
+def render_text(document: Mapping[str, Any]) -> str:
+    """A short plain-language explanation of the document for a pain physician."""
     pol = document.get("policy", {})
-    titles = source_title or str
 
     lines = [
         f"Policy {pol.get('id')} (version {pol.get('version')}), evaluated at {document.get('evaluatedAt')}."
@@ -125,7 +123,7 @@ def render_text(document: Mapping[str, Any], source_title: Callable[[str], str] 
                 lines.append(f"    Supported: {targets}.")
             for e in o["evidence"]:
                 lines.append(f"    Evidence: {_evidence_text(e)}.")
-            for gap in documentation_gaps(o.get("documentation"), titles):
+            for gap in documentation_gaps(o.get("documentation")):
                 lines.append(f"    {gap}.")
         for a in patient["assessments"]:
             name = pathway_text(a["pathway"]).lower()
@@ -140,7 +138,7 @@ def render_text(document: Mapping[str, Any], source_title: Callable[[str], str] 
                 lines.append(f"    Suggested: {step.get('display')} (CPT {step.get('code')}){when}.")
             for e in a["evidence"]:
                 lines.append(f"    Evidence: {_evidence_text(e)}.")
-            for gap in documentation_gaps(a.get("documentation"), titles):
+            for gap in documentation_gaps(a.get("documentation")):
                 lines.append(f"    {gap}.")
         for o in patient.get("outcomes") or []:
             lines.append(f"  Outcome: {_outcome_text(o)}.")

@@ -2,7 +2,8 @@
 
 Each requirement a policy states for a pathway (``pathways.<id>.documentation``: requirement code
 → ``{source, required}``) is checked against the procedures the verdict used and the order itself:
-``met``, ``missing`` or ``not-applicable`` (nothing to check yet, or the policy does not ask).
+``met``, ``missing`` or ``not-applicable`` (nothing to check yet, or the policy does not ask),
+with the source's id and its name for a person (``sourceTitle``, from the policy's ``sources``).
 A documentation gap never changes the verdict (CONTRACT §6 last "Verdicts" clause).
 
 Requirements (L38773 [S2], CGS "Pathway to an RFA" [S3], SIJ [S18] and ESI [S19] LCDs):
@@ -120,6 +121,16 @@ def _sedation(ctx: PatientContext, blocks: Sequence[Intervention]) -> tuple[str,
     return MET, "no block under sedation"
 
 
+def _item(ctx: PatientContext, requirement: str, status: str, source: str, detail: str) -> dict[str, str]:
+    return {
+        "requirement": requirement,
+        "status": status,
+        "source": source,
+        "sourceTitle": ctx.policy.source_title(source),
+        "detail": detail,
+    }
+
+
 def check(
     ctx: PatientContext,
     pathway: str,
@@ -137,8 +148,7 @@ def check(
     for requirement, rule in spec.items():
         source = str(rule.get("source", ""))
         if not rule.get("required", True):
-            out.append({"requirement": requirement, "status": NOT_APPLICABLE, "source": source,
-                        "detail": "not required by this policy"})  # fmt: skip
+            out.append(_item(ctx, requirement, NOT_APPLICABLE, source, "not required by this policy"))
             continue
         if requirement == "baseline-pain-scale":
             status, detail = _baseline_pain(ctx, procs, on, evidence)
@@ -152,5 +162,5 @@ def check(
             status, detail = _sedation(ctx, blocks)
         else:
             continue
-        out.append({"requirement": requirement, "status": status, "source": source, "detail": detail})
+        out.append(_item(ctx, requirement, status, source, detail))
     return tuple(out)

@@ -102,20 +102,17 @@ ALERTS = {
 }
 
 
-def documentation_gaps(items: Any, source_title: Any = None) -> list[str]:
+def documentation_gaps(items: Any) -> list[str]:
     """``Documentation: no baseline disability scale — required by LCD L38773`` for each missing
-    requirement of an assessment's or order check's ``documentation`` list. ``source_title``
-    names a source id for a person (the policy's); the id itself otherwise."""
+    requirement of an assessment's or order check's ``documentation`` list (issue 19)."""
     out = []
     for item in items or ():
-        if item.get("status") != "missing":
+        if not isinstance(item, dict) or item.get("status") != "missing":
             continue
-        gap = DOCUMENTATION_GAPS.get(
-            item.get("requirement", ""), str(item.get("requirement", "")).replace("-", " ")
-        )
-        source = str(item.get("source") or "")
-        named = source_title(source) if source_title and source else source
-        out.append(f"Documentation: {gap} — required by {named}" if named else f"Documentation: {gap}")
+        requirement = str(item.get("requirement") or "")
+        gap = DOCUMENTATION_GAPS.get(requirement, requirement.replace("-", " "))
+        who = str(item.get("sourceTitle") or item.get("source") or "")
+        out.append(f"Documentation: {gap} — required by {who}" if who else f"Documentation: {gap}")
     return out
 
 

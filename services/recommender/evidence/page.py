@@ -84,6 +84,46 @@ class TargetView:
     order: str | None = None
     procedures: tuple[ProcedureRow, ...] = ()
     strip: chart.Strip | None = None
+    documentation: tuple[DocumentationRow, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class DocumentationRow:
+    """One requirement of the policy's documentation list (issue 19): never part of the verdict."""
+
+    status: str  # met | missing | not-applicable
+    status_text: str
+    label: str
+    text: str
+    who: str
+
+
+_DOCUMENTATION_STATUS = {"met": "Documented", "missing": "Missing", "not-applicable": "Not applicable"}
+_DOCUMENTATION_LABELS = {
+    "baseline-pain-scale": "Pain scale at baseline",
+    "same-scale-each-block": "The same pain scale before and after each block",
+    "baseline-disability-scale": "Disability scale at baseline",
+    "imaging-guidance": "CT or fluoroscopic guidance",
+    "no-sedation": "No sedation for diagnostic blocks",
+}
+
+
+def _documentation_rows(item: Mapping[str, Any]) -> tuple[DocumentationRow, ...]:
+    rows = []
+    for d in item.get("documentation") or []:
+        if not isinstance(d, Mapping) or d.get("status") not in _DOCUMENTATION_STATUS:
+            continue
+        requirement = str(d.get("requirement") or "")
+        rows.append(
+            DocumentationRow(
+                status=str(d["status"]),
+                status_text=_DOCUMENTATION_STATUS[str(d["status"])],
+                label=_DOCUMENTATION_LABELS.get(requirement, sentence(requirement.replace("-", " "))),
+                text=sentence(str(d.get("detail") or "")),
+                who=f"Required by {d.get('sourceTitle') or d.get('source')}",
+            )
+        )
+    return tuple(rows)
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,6 +266,7 @@ def _target_view(
         strip=chart.strip([(p.label.split()[-1], p.end, p.positive) for p in procedures], now)
         if procedures
         else None,
+        documentation=_documentation_rows(item),
     )
 
 

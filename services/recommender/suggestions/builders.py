@@ -24,7 +24,13 @@ from typing import Any
 import orjson
 
 from services.recommender.engine.policy import PolicyRef
-from services.recommender.engine.wording import VERDICT_SENTENCES, pathway_text, reason_text, target_text
+from services.recommender.engine.wording import (
+    VERDICT_SENTENCES,
+    documentation_gaps,
+    pathway_text,
+    reason_text,
+    target_text,
+)
 
 SYSTEM = "urn:pinpoint:recommendation"
 ALERT_SYSTEM = "urn:pinpoint:alert"
@@ -190,6 +196,8 @@ def describe(assessment: Mapping[str, Any]) -> str:
     step = assessment.get("nextStep")
     if isinstance(step, Mapping) and step.get("code"):
         sentence += f" Next step: {step.get('display') or step.get('code')} (CPT {step['code']})."
+    for gap in documentation_gaps(assessment.get("documentation")):
+        sentence += f" {gap}."
     return sentence
 
 

@@ -169,3 +169,11 @@ async def test_v05_sedated_block_warns(cds: CdsApp) -> None:
     use_engine(cds, expected["now"])
     [card] = await sign(cds, body)
     assert card["indicator"] == "warning" and "sedation" in card["summary"]
+
+
+async def test_documentation_gap_is_on_the_order_card_and_the_verdict_stays(cds: CdsApp) -> None:
+    body, expected = hook_request("f02-baseline-disability-missing")
+    use_engine(cds, expected["now"])
+    [card] = await sign(cds, body)
+    assert card["indicator"] == "info" and "criteria met" in card["summary"]
+    assert "Documentation: no baseline disability scale — required by LCD L38773." in card["detail"]

@@ -115,7 +115,7 @@ def test_consensus_states_its_own_requirements(run: Run) -> None:
 
 def test_the_gap_is_said_in_words_with_who_requires_it(run: Run) -> None:
     resources, expected = case("f02-baseline-disability-missing")
-    text = render_text(run(resources, expected["now"]), load_policy("cms-lcd").source_title)
+    text = render_text(run(resources, expected["now"]))
     assert "Documentation: no baseline disability scale — required by LCD L38773." in text
     assert "None" not in text
 
