@@ -144,11 +144,12 @@ def outcome(ctx: PatientContext, iv: Intervention, pathway: str, now: datetime) 
             if point is not None and base is not None and base.value > 0
             else None
         )
-        entry["function"] = [
-            _function_point(ctx, s, bases[k])
-            for k in sorted(bases)
-            if (s := _nearest(follow[k], when, window)) is not None
-        ]
+        points = []
+        for k in sorted(bases):
+            nearest = _nearest(follow[k], when, window)
+            if nearest is not None:
+                points.append(_function_point(ctx, nearest, bases[k]))
+        entry["function"] = points
         milestones.append(entry)
     days: int | None = None
     censored = False
