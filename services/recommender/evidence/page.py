@@ -28,6 +28,7 @@ from services.recommender.engine.wording import (
 )
 from services.recommender.evidence import chart
 from services.recommender.evidence.checklist import Row, checklist
+from services.recommender.evidence.outcomes import OutcomeView, outcome_views
 from services.recommender.suggestions.builders import assessment_key, resource_id
 from shared.db.models import Assessment
 from shared.domain.facts import Intervention, PainReading, PatientFacts
@@ -144,6 +145,7 @@ class PageView:
     targets: tuple[TargetView, ...]
     alerts: tuple[AlertView, ...]
     orders: tuple[Mapping[str, Any], ...] = ()
+    outcomes: tuple[OutcomeView, ...] = ()
 
 
 def relief_threshold(policy: Policy, pathway: str) -> float | None:
@@ -335,6 +337,7 @@ def build(
         targets=tuple(targets),
         alerts=alerts,
         orders=tuple(order_summaries(entry)),
+        outcomes=outcome_views(entry.get("outcomes") or [], policy),
     )
 
 
