@@ -222,4 +222,36 @@ feedback_app = typer.Typer(
 )
 feedback_app.command("report")(recommender_cli.feedback_report_command)
 app.add_typer(feedback_app, name="feedback")
+
+
+@app.command()
+def outcomes(
+    since: Annotated[str | None, typer.Option("--since", help="only procedures on or after DATE")] = None,
+    format: Annotated[str, typer.Option("--format", help="text, json or csv")] = "text",
+) -> None:
+    """What the definitive procedures achieved across the practice, per pathway."""
+    from datetime import UTC, date, datetime  # lazy
+
+    from services.recommender.assessor import Assessor  # lazy
+    from services.recommender.practice_outcomes import collect, render, summarize  # lazy
+
+    if format not in ("text", "json", "csv"):
+        raise fail("--format must be text, json or csv")
+    try:
+        start = date.fromisoformat(since) if since else None
+    except ValueError:
+        raise fail(f"--since: not a date (YYYY-MM-DD): {since!r}") from None
+    settings = settings_or_exit()
+    engine = engine_or_exit(settings)
+    try:
+        assessor = Assessor.configured(settings.policy)
+    except ConfigError as exc:
+        raise fail(str(exc)) from None
+    try:
+        rows = collect(engine, assessor, datetime.now(UTC))
+    finally:
+        engine.dispose()
+    typer.echo(render(summarize(rows, start), format), nl=False)
+
+
 ingest_cli.register(app)

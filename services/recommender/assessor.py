@@ -25,7 +25,7 @@ Resources = Iterable[Mapping[str, Any]]
 
 
 def empty_entry(patient_ref: str) -> dict[str, Any]:
-    return {"patient": patient_ref, "assessments": [], "orderChecks": [], "alerts": []}
+    return {"patient": patient_ref, "assessments": [], "orderChecks": [], "alerts": [], "outcomes": []}
 
 
 @dataclass(frozen=True)
