@@ -233,7 +233,7 @@ def outcomes(
     from datetime import UTC, date, datetime  # lazy
 
     from services.recommender.assessor import Assessor  # lazy
-    from services.recommender.practice_outcomes import collect, render, summarize  # lazy
+    from services.recommender.outcomes.summary import collect, render, summarize  # lazy
 
     if format not in ("text", "json", "csv"):
         raise fail("--format must be text, json or csv")

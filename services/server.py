@@ -32,6 +32,7 @@ from services.recommender.cds_hooks.feedback import OverrideRatioCollector
 from services.recommender.container import Evaluation, Recommender
 from services.recommender.evidence import api as evidence_api
 from services.recommender.metrics import QueueCollector
+from services.recommender.outcomes import api as outcomes_api
 from services.recommender.patients import api as patients_api
 from services.recommender.suggestions import api as suggestions_api
 from services.recommender.worker import queue_check
@@ -102,6 +103,7 @@ def build_app(settings: Settings, role: Role = Role.all, engine: Engine | None =
             worklist_api.router,  # / and /patients (HTML), /patients.csv
             feedback_report.router,  # /feedback (HTML)
             whatif.router,  # /whatif (HTML)
+            outcomes_api.router,  # /outcomes (HTML)
         ):
             app.include_router(router)
         runtime.metrics.register(OverrideRatioCollector(runtime.engine))  # from the shared store

@@ -72,6 +72,29 @@ def test_outcome_panel_shows_both_ablations(chromium: str, outcome_url: str, tmp
 
 
 @pytest.mark.parametrize("width", [1280, 400])
+def test_practice_outcomes_page_screenshot(
+    chromium: str, outcome_url: str, tmp_path: Path, width: int
+) -> None:
+    """``/outcomes`` as served (fetched with the API token), rendered by Chromium from a file."""
+    base = outcome_url.split("/patients/")[0]
+    page = httpx.get(f"{base}/outcomes", headers={"authorization": "Bearer reader"}, timeout=60)
+    assert page.status_code == 200 and 'class="km-curve"' in page.text
+    html = tmp_path / "outcomes.html"
+    html.write_text(page.text, encoding="utf-8")
+    dom = _Dom()
+    dom.feed(_chromium(chromium, tmp_path, "--window-size=1280,900", "--dump-dom", html.as_uri()).stdout)
+    assert len(dom.having("km-curve")) == 1 and len(dom.having("pathway")) == 1  # the two RFAs of f05
+    OUT.mkdir(parents=True, exist_ok=True)
+    shot = OUT / f"outcomes-page-{width}.png"
+    shot.unlink(missing_ok=True)
+    result = _chromium(
+        chromium, tmp_path, f"--window-size={width},900", f"--screenshot={shot}", html.as_uri()
+    )
+    assert result.returncode == 0 and shot.exists(), result.stderr[-2000:]
+    assert _png_size(shot) == (width, 900)
+
+
+@pytest.mark.parametrize("width", [1280, 400])
 def test_outcome_panel_screenshot(chromium: str, outcome_url: str, tmp_path: Path, width: int) -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     shot = OUT / f"evidence-outcomes-f05-{width}.png"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from services.recommender.practice_outcomes import Row, kaplan_meier, render, summarize
+from services.recommender.outcomes.summary import Row, kaplan_meier, render, summarize
 
 
 def test_kaplan_meier_honours_censoring() -> None:

@@ -1,0 +1,1 @@
+"""Outcomes across the practice (issue 19): the summary, its page and its route."""
