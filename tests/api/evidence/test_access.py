@@ -175,6 +175,7 @@ _READ_PREFIXES = (
     "/patients",
     "/feedback",
     "/whatif",
+    "/outcomes",
 )
 _NOT_PATIENT_DATA = {  # CapabilityStatements
     "/fhir/metadata",
@@ -260,6 +261,7 @@ async def test_every_patient_data_and_admin_route_refuses_without_a_token(
         ("GET", "/patients.csv"),
         ("GET", "/feedback"),
         ("GET", "/whatif"),
+        ("GET", "/outcomes"),
     } <= set(reads)
     assert ("POST", "/admin/reevaluate") in admin
     for method, path in reads + admin:
