@@ -1,6 +1,6 @@
 """The evidence page's outcome panel (issue 19) in headless Chromium: a real ``pinpoint serve``
 loaded with the f05 case (two ablations), opened through a signed link at 1280 and 400 px;
-screenshots in ``tests/bench/out/`` (see ``test_evidence_page`` for how Chromium is found)."""
+screenshots in ``tests/bench/out/`` (``conftest.chromium`` finds or installs Chromium)."""
 
 from __future__ import annotations
 
@@ -13,12 +13,12 @@ import httpx
 import pytest
 
 from shared.signing import LinkSigner
-from tests.browser.test_evidence_page import OUT, SECRET, _chromium, _Dom, _png_size, chromium
+from tests.browser.devtools import OUT, png_size, run_chromium
+from tests.browser.test_evidence_page import SECRET, _Dom
 from tests.conftest import FIXTURES
 from tests.serving import clean_env, free_port, run_pinpoint, serving
 
 pytestmark = pytest.mark.browser
-__all__ = ["chromium"]  # the module-scoped fixture, shared with test_evidence_page
 
 F05 = FIXTURES / "vignettes" / "f05-outcomes-relief-duration-censoring"
 F05_NOW = "2025-02-01T09:00:00-05:00"
@@ -54,7 +54,7 @@ def outcome_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 def test_outcome_panel_shows_both_ablations(chromium: str, outcome_url: str, tmp_path: Path) -> None:
-    result = _chromium(chromium, tmp_path, "--window-size=1280,900", "--dump-dom", outcome_url)
+    result = run_chromium(chromium, tmp_path, "--window-size=1280,900", "--dump-dom", outcome_url)
     assert result.returncode == 0, result.stderr[-2000:]
     dom = _Dom()
     dom.feed(result.stdout)
@@ -82,16 +82,16 @@ def test_practice_outcomes_page_screenshot(
     html = tmp_path / "outcomes.html"
     html.write_text(page.text, encoding="utf-8")
     dom = _Dom()
-    dom.feed(_chromium(chromium, tmp_path, "--window-size=1280,900", "--dump-dom", html.as_uri()).stdout)
+    dom.feed(run_chromium(chromium, tmp_path, "--window-size=1280,900", "--dump-dom", html.as_uri()).stdout)
     assert len(dom.having("km-curve")) == 1 and len(dom.having("pathway")) == 1  # the two RFAs of f05
     OUT.mkdir(parents=True, exist_ok=True)
     shot = OUT / f"outcomes-page-{width}.png"
     shot.unlink(missing_ok=True)
-    result = _chromium(
+    result = run_chromium(
         chromium, tmp_path, f"--window-size={width},900", f"--screenshot={shot}", html.as_uri()
     )
     assert result.returncode == 0 and shot.exists(), result.stderr[-2000:]
-    assert _png_size(shot) == (width, 900)
+    assert png_size(shot) == (width, 900)
 
 
 @pytest.mark.parametrize("width", [1280, 400])
@@ -99,7 +99,9 @@ def test_outcome_panel_screenshot(chromium: str, outcome_url: str, tmp_path: Pat
     OUT.mkdir(parents=True, exist_ok=True)
     shot = OUT / f"evidence-outcomes-f05-{width}.png"
     shot.unlink(missing_ok=True)
-    result = _chromium(chromium, tmp_path, f"--window-size={width},3600", f"--screenshot={shot}", outcome_url)
+    result = run_chromium(
+        chromium, tmp_path, f"--window-size={width},3600", f"--screenshot={shot}", outcome_url
+    )
     assert result.returncode == 0 and shot.exists(), result.stderr[-2000:]
-    assert _png_size(shot) == (width, 3600)
+    assert png_size(shot) == (width, 3600)
     assert shot.stat().st_size > 20_000
