@@ -254,4 +254,5 @@ def outcomes(
     typer.echo(render(summarize(rows, start), format), nl=False)
 
 
+app.add_typer(recommender_cli.policy_app, name="policy")
 ingest_cli.register(app)

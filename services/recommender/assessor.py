@@ -14,7 +14,14 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from services.recommender.engine import PatientResult, Policy, PolicyError, assessment_document, evaluate
+from services.recommender.engine import (
+    PatientResult,
+    Policy,
+    PolicyError,
+    assessment_document,
+    evaluate,
+    used_sources,
+)
 from services.recommender.engine.policy import PolicyRef
 from services.recommender.policies import load_policy
 from shared.domain.facts import PatientFacts
@@ -82,8 +89,10 @@ class Assessor:
         entry = self.patient_entry(resources, patient_ref, now)
         for alert in entry["alerts"]:
             alert.pop("evidence", None)
-        return {
+        document: dict[str, Any] = {
             "policy": {"id": self.policy.id, "version": str(self.policy.version)},
             "evaluatedAt": now.isoformat(),
             "patients": [entry],
         }
+        document["sources"] = used_sources(document, self.policy)
+        return document

@@ -27,16 +27,22 @@ def evaluate_command(
     ] = None,
     format: Annotated[str, typer.Option("--format", help="json or text")] = "json",
 ) -> None:
-    """Evaluate FHIR files offline (no database, no server) and print each patient's assessment."""
+    """Evaluate FHIR files offline (no database, no server) and print each patient's assessment.
+
+    Exit 0: evaluated; 1: evaluated, but some input was ignored (named on stderr and in the
+    document's "ignored"); 2: an unreadable input or an invalid policy."""
     from services.recommender.offline import InputError, run  # lazy
     from services.recommender.policies import PolicyError  # lazy
 
     try:
-        out = run(paths, policy, now, format)
+        out, code = run(paths, policy, now, format)
     except (InputError, PolicyError) as exc:
         typer.echo(f"pinpoint evaluate: {exc}", err=True)
         raise typer.Exit(code=2) from exc
     typer.echo(out, nl=False)
+    if code:
+        typer.echo(f"pinpoint evaluate: some input was ignored (exit {code})", err=True)
+        raise typer.Exit(code=code)
 
 
 def whatif_command(
@@ -65,3 +71,44 @@ def feedback_report_command(
     from services.recommender.cds_hooks.report import run_command  # lazy
 
     run_command(format)
+
+
+policy_app = typer.Typer(
+    no_args_is_help=True, help="Policies: thresholds and their sources.", rich_markup_mode=None
+)
+
+
+@policy_app.command("show")
+def policy_show(
+    name: Annotated[str, typer.Argument(help="cms-lcd, consensus-2020 or a YAML file")],
+) -> None:
+    """Print a policy's resolved thresholds, each with the public source it cites."""
+    from services.recommender.policies import PolicyError, load_policy  # lazy
+    from services.recommender.policies.describe import describe  # lazy
+
+    try:
+        policy = load_policy(name)
+    except PolicyError as exc:
+        typer.echo(f"pinpoint policy show: {exc}", err=True)
+        raise typer.Exit(code=2) from exc
+    typer.echo(describe(policy), nl=False)
+
+
+@policy_app.command("check")
+def policy_check(
+    file: Annotated[str, typer.Argument(help="a policy YAML file (or a built-in name)")],
+) -> None:
+    """Validate a policy file: known keys (with "did you mean"), types, ranges, a public source
+    for every value. Exit 0 when valid, 2 naming the file and key when not."""
+    from services.recommender.policies import PolicyError, load_policy  # lazy
+
+    try:
+        policy = load_policy(file)
+    except PolicyError as exc:
+        typer.echo(f"pinpoint policy check: {exc}", err=True)
+        raise typer.Exit(code=2) from exc
+    cited = sum(1 for params in policy.pathways.values() for v in params.values() if v is not None)
+    typer.echo(
+        f"{file}: valid — policy {policy.id} version {policy.version}, {cited} pathway values, "
+        f"{len(policy.sources)} sources"
+    )

@@ -10,12 +10,13 @@ and one ``warning`` card per alert. Every card links to the evidence page (``Car
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
+from services.recommender.engine import explain
+from services.recommender.engine.humanize import day, listing
 from services.recommender.engine.wording import (
     ALERTS,
-    VERDICTS,
     documentation_gaps,
     pathway_text,
     reason_text,
@@ -83,6 +84,8 @@ class CardContext:
     evidence_url: str
     policy: dict[str, Any]
     order_hook: bool
+    #: the document's ``sources`` by id (docs/assessment-document.md)
+    sources: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -106,36 +109,98 @@ def _links(ctx: CardContext) -> list[dict[str, Any]]:
     return [{"label": "Evidence in Pinpoint", "url": ctx.evidence_url, "type": "absolute"}]
 
 
-def _num(value: Any, suffix: str = "") -> str:
-    if value is None:
-        return "–"
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    return f"{value}{suffix}"
+_BLOCK_PATHWAYS = frozenset(
+    {
+        "facet-diagnostic",
+        "facet-rfa",
+        "facet-rfa-repeat",
+        "facet-therapeutic",
+        "sij-diagnostic",
+        "sij-therapeutic",
+        "sij-rfa",
+        "genicular-rfa",
+    }
+)
 
 
-def evidence_table(evidence: list[Any]) -> str:
-    rows = [e for e in evidence if isinstance(e, dict)]
+def _cite_md(source_id: Any, ctx: CardContext) -> str:
+    """``[LCD L38773](https://…)``; the label alone when the source has no web address."""
+    label = explain.cite(source_id, ctx.sources)
+    url = str((ctx.sources.get(str(source_id)) or {}).get("url") or "")
+    return f"[{label}]({url})" if url.startswith("https://") else label
+
+
+def _because_md(detail: dict[str, Any], ctx: CardContext) -> str:
+    text = str(detail.get("text") or reason_text(str(detail.get("code") or "")))
+    return f"{text} ({_cite_md(detail.get('source'), ctx)})"
+
+
+def block_table(evidence: list[Any]) -> str:
+    """Blocks as a short markdown table: date, agent, pain before (scale), best relief, sustained
+    time, result — no resource ids, no raw codes."""
+    rows = explain.block_rows([e for e in evidence if isinstance(e, dict)])
     if not rows:
         return ""
     lines = [
-        "| block | performed | agent | baseline (scale) | peak relief | sustained | result |",
-        "|---|---|---|---|---|---|---|",
+        "| date | agent | pain before | best relief | sustained | result |",
+        "|---|---|---|---|---|---|",
     ]
-    for e in rows:
-        result = "positive" if e.get("positive") else "not positive"
-        if e.get("reasons"):
-            result += " (" + "; ".join(reason_text(r) for r in e["reasons"]) + ")"
-        lines.append(
-            f"| {e.get('procedure', '–')} | {e.get('performed', '–')} | {e.get('agent', '–')} "
-            f"| {_num(e.get('baseline'))} ({e.get('scale', '–')}) | {_num(e.get('peakReliefPercent'), ' %')} "
-            f"| {_num(e.get('sustainedMinutes'), ' min')} | {result} |"
-        )
+    lines += [
+        f"| {r['date']} | {r['agent']} | {r['before']} | {r['relief']} | {r['sustained']} | {r['result']} |"
+        for r in rows
+    ]
     return "\n".join(lines)
 
 
+def evidence_md(item: dict[str, Any], pathway: str, ctx: CardContext) -> list[str]:
+    """The evidence laid out for the pathway: blocks for diagnostic pathways; the injections
+    counted with their dates, the limit and the earliest allowed date for knee steroid and
+    epidural injections (from the reason's numbers)."""
+    evidence = [e for e in item.get("evidence") or [] if isinstance(e, dict)]
+    details = {str(d.get("code")): d for d in item.get("reasonDetails") or [] if isinstance(d, dict)}
+    out: list[str] = []
+    if pathway == "knee-steroid":
+        dates = explain.injection_dates(evidence)
+        freq = details.get("steroid-frequency")
+        if freq:
+            counted = listing([day(d) for d in freq.get("counted") or []])
+            earliest = f"; earliest allowed {day(freq['earliest'])}" if freq.get("earliest") else ""
+            limit = (
+                f"limit {freq['required']:g} in 12 months"
+                if freq.get("unit") == "injections"
+                else (f"at least {freq['required']:g} days apart")
+            )
+            cited = _cite_md(freq.get("source"), ctx)
+            out.append(f"**Injections counted:** {counted} — {limit}{earliest} ({cited}).")
+        elif dates:
+            out.append(f"**Injections in the window:** {listing(dates)} (within the limit).")
+        else:
+            out.append("**Injections in the window:** none.")
+        return out
+    if pathway == "esi":
+        cap = details.get("esi-session-cap")
+        if cap:
+            counted = listing([day(d) for d in cap.get("counted") or []])
+            out.append(f"**Sessions counted in 12 months:** {counted} — {_because_md(cap, ctx)}.")
+        table = block_table(evidence)
+        if table:
+            out += ["**Previous injections:**", table]
+        return out
+    table = block_table(evidence)
+    if table:
+        threshold = item.get("reliefThreshold") or {}
+        need = ""
+        if threshold.get("required") is not None:
+            need = (
+                f" (positive: ≥ {threshold['required']:g} % relief, {_cite_md(threshold.get('source'), ctx)})"
+            )
+        label = "Blocks" if pathway in _BLOCK_PATHWAYS else "Procedures"
+        out += [f"**{label}**{need}:", table]
+    return out
+
+
 def _policy_line(ctx: CardContext) -> str:
-    return f"Policy: {ctx.policy.get('id', '?')} version {ctx.policy.get('version', '?')}."
+    return f"Policy: {ctx.policy.get('id', 'unnamed')} version {ctx.policy.get('version', 'unknown')}."
 
 
 def _documentation_md(item: dict[str, Any]) -> list[str]:
@@ -143,13 +208,70 @@ def _documentation_md(item: dict[str, Any]) -> list[str]:
     return [f"{gap}." for gap in documentation_gaps(item.get("documentation"))]
 
 
-def _reasons_md(reasons: list[str]) -> str:
+def _reasons_md(item: dict[str, Any], ctx: CardContext) -> str:
+    """**Why:** the principal reason with its numbers and source; then the others."""
+    reasons = [str(r) for r in item.get("reasons") or []]
     if not reasons:
         return ""
-    text = f"**Why:** {sentence(reason_text(reasons[0]))}."
+    details = {str(d.get("code")): d for d in item.get("reasonDetails") or [] if isinstance(d, dict)}
+
+    def one(code: str) -> str:
+        d = details.get(code)
+        return _because_md(d, ctx) if d else reason_text(code)
+
+    text = f"**Why:** {sentence(one(reasons[0]))}."
     if len(reasons) > 1:
-        text += " Also: " + "; ".join(reason_text(r) for r in reasons[1:]) + "."
+        text += "\n\n**Also:** " + "; ".join(one(r) for r in reasons[1:]) + "."
     return text
+
+
+def _cautions_md(item: dict[str, Any], ctx: CardContext) -> list[str]:
+    """A standing alert the next step must be weighed against, said before anything else."""
+    out = []
+    for c in item.get("cautions") or []:
+        if isinstance(c, dict):
+            name = explain.ALERT_NAMES.get(str(c.get("code")), "alert").lower()
+            out.append(f"**Caution — {name}:** {_because_md(c, ctx)}.")
+    return out
+
+
+def _ordered_target(order: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The joints and side the draft order names (for its card's summary), if it names joints."""
+    if not order:
+        return None
+    sites = [s for s in order.get("bodySite") or [] if isinstance(s, dict)]
+    joints = [j for j in (_site_joint(s) for s in sites) if j]
+    by_code = {code: side for side, (code, _) in LATERALITY.items()}
+    if not joints:
+        named = {"72696002": "knee", "39723000": "SIJ"}
+        joints = [
+            named[str(c.get("code"))]
+            for s in sites
+            for c in s.get("coding") or []
+            if str(c.get("code")) in named
+        ]
+    sides = {
+        by_code[str(c.get("code"))]
+        for s in sites
+        for c in s.get("coding") or []
+        if isinstance(c, dict) and str(c.get("code")) in by_code
+    }
+    if not joints:
+        return None
+    side = sides.pop() if len(sides) == 1 else ("bilateral" if sides else "")
+    return {"region": "", "joints": sorted(set(joints)), "side": side}
+
+
+def _order_name(order: dict[str, Any] | None, pathway: str) -> str:
+    """The draft order as the clinician wrote it (its text or first display), else the pathway."""
+    if order:
+        code = order.get("code") or {}
+        if code.get("text"):
+            return str(code["text"])
+        for c in _codes(order):
+            if c.get("display"):
+                return str(c["display"])
+    return pathway_text(pathway).lower()
 
 
 # ------------------------------------------------------------------------------------ order checks
@@ -266,13 +388,14 @@ def next_step(
             occurrenceDateTime=check["earliestDate"],
             bodySite=order.get("bodySite"),
         )
-        return f"Reschedule on or after {check['earliestDate']}", moved
+        return f"Reschedule on or after {day(check['earliestDate'])}", moved
     ordered = {c.get("code") for c in _codes(order)}
     assessment = _matching_assessment(patient, check, order)
     if assessment is not None:
         step = assessment["nextStep"]
         if step.get("code") not in ordered:
-            n = len((assessment.get("target") or {}).get("joints") or []) or 1
+            step_targets = assessment.get("nextStepTargets") or [assessment.get("target") or {}]
+            n = max((len(t.get("joints") or []) for t in step_targets), default=0) or 1
             coding = [step]
             display = str(step.get("display") or step.get("code"))
             if reasons and reasons[0] in BLOCK_REASONS:
@@ -308,54 +431,53 @@ def order_card(
 ) -> RenderedCard:
     pathway = str(check.get("pathway") or "")
     verdict = str(check.get("verdict") or "")
-    reasons = [str(r) for r in check.get("reasons") or []]
     what = pathway_text(pathway)
-    evidence = evidence_table(list(check.get("evidence") or []))
     targets = [target_text(t) for t in check.get("supportedTargets") or []]
+    supported = list(check.get("supportedTargets") or [])
+    target = supported[0] if len(supported) == 1 and verdict == "supported" else _ordered_target(order)
+    name = _order_name(order, pathway)
     card: dict[str, Any] = {
         "uuid": _uuid(),
         "source": _source(ctx, PATHWAY_TOPIC, pathway, what),
         "links": _links(ctx),
+        "summary": explain.headline(pathway, target, check, ctx.sources),
     }
+    parts: list[str] = []
     if verdict == "supported":
-        positives = [e for e in check.get("evidence") or [] if isinstance(e, dict) and e.get("positive")]
-        where = f" for {'; '.join(targets)}" if targets else ""
         card["indicator"] = "info"
-        card["summary"] = summary(
-            f"{what} order: criteria met{where}"
-            + (f", {len(positives)} positive block(s)" if positives else "")
-        )
-        parts = [
-            f"**Verdict:** {VERDICTS['supported']} for {check.get('order', 'the order')}{where}.",
-            _policy_line(ctx),
-        ]
+        where = f" for {'; '.join(targets)}" if targets else ""
+        decisive = explain.decisive(check, ctx.sources)
+        threshold = check.get("reliefThreshold") or {}
+        cited = f" ({_cite_md(threshold.get('source'), ctx)})" if decisive and threshold.get("source") else ""
+        parts.append(f"**Supported**{where}: the {name} order meets the policy's criteria.")
+        parts += _cautions_md(check, ctx)
+        if decisive:
+            parts.append(f"**Met:** {decisive}{cited}.")
+        parts += evidence_md(check, pathway, ctx)
         parts += _documentation_md(check)
-        if evidence:
-            parts += ["**Evidence for prior authorisation:**", evidence]
+        parts.append(_policy_line(ctx))
         card["detail"] = "\n\n".join(parts)
         return RenderedCard(card, pathway, verdict)
-    principal = sentence(reason_text(reasons[0])) if reasons else sentence(VERDICTS.get(verdict, verdict))
     card["indicator"] = "warning"
-    card["summary"] = summary(f"{what} order: {VERDICTS.get(verdict, verdict)}. {principal}.")
-    parts = [f"**Verdict:** {VERDICTS.get(verdict, verdict)} for {check.get('order', 'the order')}."]
-    if reasons:
-        parts.append(_reasons_md(reasons))
+    verdict_word = sentence(explain.VERDICT_WORDS.get(verdict, verdict))
+    parts.append(f"**{verdict_word}** for the {name} order.")
+    parts += _cautions_md(check, ctx)
+    parts.append(_reasons_md(check, ctx))
     if targets:
         parts.append("**Supported part:** " + "; ".join(targets) + ".")
     if check.get("earliestDate"):
-        parts.append(f"**Earliest date:** {check['earliestDate']}.")
+        parts.append(f"**Earliest date:** {day(check['earliestDate'])}.")
+    parts += evidence_md(check, pathway, ctx)
     parts.append(_policy_line(ctx))
     parts += _documentation_md(check)
-    if evidence:
-        parts += ["**Evidence used:**", evidence]
-    card["detail"] = "\n\n".join(parts)
+    card["detail"] = "\n\n".join(p for p in parts if p)
     card["overrideReasons"] = [dict(c) for c in OVERRIDE_REASONS]
     if order is not None and order.get("id"):
         label, create = next_step(check, patient, order)
         actions: list[dict[str, Any]] = [
             {
                 "type": "delete",
-                "description": f"Remove the draft order ServiceRequest/{order['id']}",
+                "description": f"Remove the draft {name} order",
                 "resourceId": f"ServiceRequest/{order['id']}",
             }
         ]
@@ -374,31 +496,38 @@ def order_card(
 def assessment_card(assessment: dict[str, Any], ctx: CardContext) -> RenderedCard:
     pathway = str(assessment.get("pathway") or "")
     verdict = str(assessment.get("verdict") or "")
-    reasons = [str(r) for r in assessment.get("reasons") or []]
     what = pathway_text(pathway)
-    where = target_text(assessment.get("target"))
-    head = f"{what}{', ' + where if where else ''}: {VERDICTS.get(verdict, verdict)}"
-    if reasons:
-        head += f" — {reason_text(reasons[0])}"
-    parts = [f"**Verdict:** {VERDICTS.get(verdict, verdict)}."]
-    if reasons:
-        parts.append(_reasons_md(reasons))
+    verdict_word = sentence(explain.VERDICT_WORDS.get(verdict, verdict))
+    parts = [f"**{verdict_word}:** {what.lower()}, {target_text(assessment.get('target'))}."]
+    parts += _cautions_md(assessment, ctx)
+    if verdict == "supported":
+        decisive = explain.decisive(assessment, ctx.sources)
+        threshold = assessment.get("reliefThreshold") or {}
+        if decisive:
+            cited = f" ({_cite_md(threshold.get('source'), ctx)})" if threshold.get("source") else ""
+            parts.append(f"**Met:** {decisive}{cited}.")
+    parts.append(_reasons_md(assessment, ctx))
     step = assessment.get("nextStep")
     if isinstance(step, dict):
-        when = f" (earliest {assessment['earliestDate']})" if assessment.get("earliestDate") else ""
-        parts.append(
-            f"**Next step:** {step.get('display') or step.get('code')} (CPT {step.get('code')}){when}."
-        )
+        when = f", from {day(assessment['earliestDate'])}" if assessment.get("earliestDate") else ""
+        name = step.get("display") or "the next procedure"
+        where = "; ".join(target_text(t) for t in assessment.get("nextStepTargets") or [])
+        at = f" at {where}" if where and assessment.get("nextStepLimit") else ""
+        parts.append(f"**Next step:** {name} (CPT {step.get('code')}){at}{when}.")
+        limit = assessment.get("nextStepLimit")
+        if isinstance(limit, dict):
+            parts.append(f"**Per session:** {_because_md(limit, ctx)}.")
+        note = assessment.get("nextStepNote")
+        if note:
+            parts.append(f"**Note:** {note}")
+    parts += evidence_md(assessment, pathway, ctx)
     parts.append(_policy_line(ctx))
     parts += _documentation_md(assessment)
-    table = evidence_table(list(assessment.get("evidence") or []))
-    if table:
-        parts += ["**Evidence:**", table]
     card = {
         "uuid": _uuid(),
-        "summary": summary(head),
+        "summary": explain.headline(pathway, assessment.get("target"), assessment, ctx.sources),
         "indicator": "warning" if verdict == "needs-review" else "info",
-        "detail": "\n\n".join(parts),
+        "detail": "\n\n".join(p for p in parts if p),
         "source": _source(ctx, PATHWAY_TOPIC, pathway, what),
         "links": _links(ctx),
     }
@@ -409,11 +538,18 @@ def alert_card(alert: dict[str, Any], ctx: CardContext) -> RenderedCard:
     code = str(alert.get("code") or "alert")
     title = ALERTS.get(code, code.replace("-", " "))
     text = str(alert.get("text") or "")
+    detail = alert.get("detail")
+    head = title
+    numbers = ""
+    if isinstance(detail, dict):
+        numbers = f"**Why:** {sentence(_because_md(detail, ctx))}."
+        short = f"{explain.ALERT_NAMES.get(code, title)}: {detail.get('text')}"
+        head = short if len(short) <= 140 else title
     card = {
         "uuid": _uuid(),
-        "summary": summary(title),
+        "summary": summary(head),
         "indicator": "warning",
-        "detail": "\n\n".join(p for p in (text, _policy_line(ctx)) if p),
+        "detail": "\n\n".join(p for p in (numbers, text, _policy_line(ctx)) if p),
         "source": _source(ctx, ALERT_TOPIC, code, title),
         "links": _links(ctx),
     }
@@ -434,7 +570,7 @@ def cards_for(
 ) -> list[RenderedCard]:
     """The cards for one hook call from the §3 document (the patient's entry only)."""
     ctx_policy = {**ctx.policy, **(document.get("policy") or {})}
-    ctx = CardContext(ctx.evidence_url, ctx_policy, ctx.order_hook)
+    ctx = replace(ctx, policy=ctx_policy, sources={**ctx.sources, **explain.sources_of(document)})
     patient = next((p for p in document.get("patients") or [] if p.get("patient") == patient_ref), None)
     if patient is None:
         return []

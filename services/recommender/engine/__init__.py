@@ -13,7 +13,7 @@ from datetime import datetime
 from services.recommender.engine import alerts as _alerts
 from services.recommender.engine import documentation as _documentation
 from services.recommender.engine import outcomes as _outcomes
-from services.recommender.engine.document import assessment_document, render_text
+from services.recommender.engine.document import assessment_document, render_text, used_sources
 from services.recommender.engine.model import Alert, Assessment, OrderCheck, PatientResult, Target
 from services.recommender.engine.pathways import dispatch, facet, steroid
 from services.recommender.engine.policy import Policy, PolicyError
@@ -22,6 +22,9 @@ from shared.domain import terminology as t
 from shared.domain.facts import PatientFacts
 
 _FACET_KINDS = frozenset({t.FACET_BLOCK, t.FACET_BLOCK_US, t.FACET_RFA})
+#: pathways whose procedure injects a corticosteroid
+STEROID_PATHWAYS = frozenset({"knee-steroid", "esi", "sij-therapeutic", "facet-therapeutic"})
+_GOING_AHEAD = frozenset({"supported", "partially-supported", "deferred", "needs-review"})
 
 
 def evaluate(facts: PatientFacts, policy: Policy, *, now: datetime) -> PatientResult:
@@ -44,6 +47,19 @@ def evaluate(facts: PatientFacts, policy: Policy, *, now: datetime) -> PatientRe
     cumulative = steroid.cumulative_steroid_alert(ctx, now)
     if cumulative is not None:
         alert_list.append(cumulative)
+        if cumulative.detail is not None:
+            # never suggest a steroid silently beside the yearly-steroid alert: name it
+            caution = (cumulative.detail,)
+            assessments = [
+                replace(a, cautions=caution) if a.next_step and a.pathway in STEROID_PATHWAYS else a
+                for a in assessments
+            ]
+            checks = [
+                replace(c, cautions=caution)
+                if c.pathway in STEROID_PATHWAYS and c.verdict in _GOING_AHEAD
+                else c
+                for c in checks
+            ]
     on = now.date()
     assessments = [
         replace(a, documentation=_documentation.check(ctx, a.pathway, a.evidence, on, a.target.side))
@@ -84,4 +100,5 @@ __all__ = [
     "assessment_document",
     "evaluate",
     "render_text",
+    "used_sources",
 ]

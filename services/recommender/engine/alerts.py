@@ -6,7 +6,9 @@ import itertools
 from collections import defaultdict
 from datetime import datetime, timedelta
 
-from services.recommender.engine.model import Alert
+from services.recommender.engine import why
+from services.recommender.engine.humanize import day, listing, plural
+from services.recommender.engine.model import Alert, Detail
 from services.recommender.engine.relief import POSITIVE, PatientContext
 from services.recommender.engine.sessions import family
 from shared.domain import terminology as t
@@ -38,7 +40,8 @@ def block_alerts(ctx: PatientContext, now: datetime) -> list[Alert]:
         if iv.kind in _DIAGNOSTIC_KINDS and iv.diagnostic and since <= iv.end <= now
     ]
     alerts: list[Alert] = []
-    sedated = [iv.ref for iv in blocks if ctx.sedated(iv)]
+    sedated_blocks = [iv for iv in blocks if ctx.sedated(iv)]
+    sedated = [iv.ref for iv in sedated_blocks]
     if sedated:
         alerts.append(
             Alert(
@@ -47,10 +50,20 @@ def block_alerts(ctx: PatientContext, now: datetime) -> list[Alert]:
                 "IV sedation or anaesthesia during a diagnostic block: the block cannot confirm the pain "
                 "generator (moderate sedation is not reasonable and necessary for diagnostic blocks).",
                 tuple(sedated),
+                Detail(
+                    "sedation",
+                    len(sedated),
+                    0,
+                    "blocks",
+                    "rules.sedation-confounded",
+                    f"IV sedation during the block on {listing([day(iv.end) for iv in sedated_blocks])}"
+                    "; diagnostic blocks without sedation required",
+                ),
             )
         )
     results = [ctx.block(iv, _threshold(ctx, iv.kind)) for iv in blocks]
-    prolonged = [r.block.ref for r in results if r.status == POSITIVE and r.prolonged]
+    long = [r for r in results if r.status == POSITIVE and r.prolonged]
+    prolonged = [r.block.ref for r in long]
     if prolonged:
         alerts.append(
             Alert(
@@ -59,6 +72,9 @@ def block_alerts(ctx: PatientContext, now: datetime) -> list[Alert]:
                 "Relief lasted far longer than the local anaesthetic acts: possible placebo or other "
                 "response; review before relying on the block.",
                 tuple(prolonged),
+                why.block(
+                    long[-1], "prolonged-response", _THRESHOLD_PATHWAY[long[-1].block.kind], ctx.policy
+                ),
             )
         )
     by_site: dict[tuple[str, str, str | None], dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))
@@ -88,6 +104,15 @@ def block_alerts(ctx: PatientContext, now: datetime) -> list[Alert]:
                 "Comparative blocks are discordant: relief after lidocaine outlasted relief after "
                 "bupivacaine at the same joint and side (possible placebo response).",
                 tuple(discordant),
+                Detail(
+                    "discordant-blocks",
+                    "lidocaine relief longer",
+                    "bupivacaine relief longer",
+                    "",
+                    "rules.discordant-blocks",
+                    "relief after lidocaine outlasted relief after bupivacaine; the longer-acting agent "
+                    "should give the longer relief",
+                ),
             )
         )
     return alerts
@@ -120,10 +145,22 @@ def steroid_frequency_alert(ctx: PatientContext, now: datetime) -> Alert | None:
             hits.update(refs[key])
     if not hits:
         return None
+    most = max(len(times) for times in by_joint.values())
+    detail = Detail(
+        "steroid-frequency",
+        most,
+        int(p.g("steroid_alert_max_injections")),
+        "injections",
+        "general.steroid_alert_max_injections",
+        f"{plural(most, 'steroid injection')} into one joint in 12 months; alert at "
+        f"{int(p.g('steroid_alert_max_injections'))} or more, or two less than "
+        f"{int(p.g('steroid_alert_min_interval_days'))} days apart",
+    )
     return Alert(
         "steroid-frequency",
         "warning",
         "Repeated corticosteroid injections into the same joint within 12 months (4 or more, or less "
         "than 12 weeks apart): repeated injections can damage cartilage and tissue.",
         tuple(sorted(hits)),
+        detail,
     )

@@ -6,7 +6,9 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from services.recommender.engine.model import Assessment, OrderCheck, PatientResult
+from services.recommender.engine import explain
+from services.recommender.engine.humanize import day, listing
+from services.recommender.engine.model import Alert, Assessment, Detail, OrderCheck, PatientResult
 from services.recommender.engine.policy import Policy
 from services.recommender.engine.wording import (
     VERDICTS,
@@ -17,7 +19,40 @@ from services.recommender.engine.wording import (
 )
 
 
-def _assessment(a: Assessment) -> dict[str, Any]:
+def cited(detail: Detail, policy: Policy) -> dict[str, Any]:
+    """A detail's JSON with the id and short label of the source the policy names for its key."""
+    source = policy.source(detail.policy_key)
+    return detail.as_json(source.id if source else None, source.label if source else None)
+
+
+def reason_details(reasons: Sequence[str], details: Sequence[Detail], policy: Policy) -> list[dict[str, Any]]:
+    """``reasonDetails``: one per reason, in the reasons' order — measured, required, unit, the
+    policy key and the id of the source the policy names for it (docs/assessment-document.md)."""
+    by_code = {d.code: d for d in details}
+    out = []
+    for code in reasons:
+        detail = by_code.get(code) or Detail(code, None, None, "", f"rules.{code}", reason_text(code))
+        out.append(cited(detail, policy))
+    return out
+
+
+def relief_threshold(pathway: str, policy: Policy) -> dict[str, Any] | None:
+    """``reliefThreshold``: the relief a block of this pathway must give, with its source."""
+    value = policy.pathways.get(pathway, {}).get("threshold")
+    if value is None:
+        return None
+    key = f"pathways.{pathway}.threshold"
+    source = policy.source(key)
+    return {
+        "required": value,
+        "unit": "%",
+        "policyKey": key,
+        "source": source.id if source else None,
+        "sourceLabel": source.label if source else None,
+    }
+
+
+def _assessment(a: Assessment, policy: Policy) -> dict[str, Any]:
     return {
         "pathway": a.pathway,
         "target": a.target.as_json(),
@@ -27,10 +62,15 @@ def _assessment(a: Assessment) -> dict[str, Any]:
         "nextStep": dict(a.next_step) if a.next_step else None,
         "evidence": [dict(e) for e in a.evidence],
         "documentation": [dict(d) for d in a.documentation],
+        "reasonDetails": reason_details(a.reasons, a.details, policy),
+        "reliefThreshold": relief_threshold(a.pathway, policy),
+        "cautions": [cited(c, policy) for c in a.cautions],
+        "nextStepTargets": [t.as_json() for t in a.step_targets] if a.next_step else [],
+        "nextStepLimit": cited(a.step_limit, policy) if a.step_limit else None,
     }
 
 
-def _order_check(o: OrderCheck) -> dict[str, Any]:
+def _order_check(o: OrderCheck, policy: Policy) -> dict[str, Any]:
     return {
         "order": o.order,
         "pathway": o.pathway,
@@ -40,47 +80,77 @@ def _order_check(o: OrderCheck) -> dict[str, Any]:
         "supportedTargets": [t.as_json() for t in o.supported_targets],
         "evidence": [dict(e) for e in o.evidence],
         "documentation": [dict(d) for d in o.documentation],
+        "reasonDetails": reason_details(o.reasons, o.details, policy),
+        "reliefThreshold": relief_threshold(o.pathway, policy),
+        "cautions": [cited(c, policy) for c in o.cautions],
     }
 
 
+def _alert(alert: Alert, policy: Policy) -> dict[str, Any]:
+    out: dict[str, Any] = {"code": alert.code, "severity": alert.severity, "text": alert.text}
+    if alert.detail is not None:
+        out["detail"] = cited(alert.detail, policy)
+    return out
+
+
+def used_sources(document: Mapping[str, Any], policy: Policy) -> list[dict[str, str]]:
+    """The policy's sources that the document's reasons cite, in first-use order."""
+    ids: dict[str, None] = {}
+    for patient in document.get("patients", []):
+        for item in (*patient.get("assessments", []), *patient.get("orderChecks", [])):
+            for d in item.get("reasonDetails") or []:
+                if d.get("source"):
+                    ids[d["source"]] = None
+            threshold = item.get("reliefThreshold") or {}
+            if threshold.get("source"):
+                ids[threshold["source"]] = None
+            for c in item.get("cautions") or []:
+                if c.get("source"):
+                    ids[c["source"]] = None
+        for alert in patient.get("alerts", []):
+            if (alert.get("detail") or {}).get("source"):
+                ids[alert["detail"]["source"]] = None
+    return [policy.sources[i].as_json() for i in ids if i in policy.sources]
+
+
 def assessment_document(results: Sequence[PatientResult], policy: Policy, now: datetime) -> dict[str, Any]:
-    """Exactly the CONTRACT §3 JSON: policy id and version, evaluatedAt, one entry per patient."""
-    return {
+    """The CONTRACT §3 JSON (policy id and version, evaluatedAt, one entry per patient) with the
+    extensions of docs/assessment-document.md: ``reasonDetails`` per assessment and order check,
+    and ``sources``, the public sources those details cite."""
+    document: dict[str, Any] = {
         "policy": {"id": policy.id, "version": policy.version},
         "evaluatedAt": now.isoformat(),
         "patients": [
             {
                 "patient": r.patient,
-                "assessments": [_assessment(a) for a in r.assessments],
-                "orderChecks": [_order_check(o) for o in r.order_checks],
-                "alerts": [{"code": a.code, "severity": a.severity, "text": a.text} for a in r.alerts],
+                "assessments": [_assessment(a, policy) for a in r.assessments],
+                "orderChecks": [_order_check(o, policy) for o in r.order_checks],
+                "alerts": [_alert(a, policy) for a in r.alerts],
                 "outcomes": [dict(o) for o in r.outcomes],
             }
             for r in sorted(results, key=lambda r: r.patient)
         ],
     }
+    document["sources"] = used_sources(document, policy)
+    return document
 
 
-def _evidence_text(e: Mapping[str, Any]) -> str:
-    if "steroid-frequency" in (e.get("reasons") or []):
-        return f"{e.get('procedure')} ({e.get('performed')}): corticosteroid injection into this joint"
-    if e.get("baseline") is None:
-        return f"{e.get('procedure')} ({e.get('performed')}): no baseline pain score"
-    parts = [
-        f"{e.get('procedure')} ({e.get('performed')}, {e.get('agent')})",
-        f"baseline {e.get('baseline')}",
+def _evidence_lines(item: Mapping[str, Any]) -> list[str]:
+    evidence = [e for e in item.get("evidence") or [] if isinstance(e, Mapping)]
+    out = [
+        f"    Evidence: procedure on {r['date']} ({r['agent']}): pain before {r['before']}, best relief "
+        f"{r['relief']}, sustained {r['sustained']} — {r['result']}."
+        for r in explain.block_rows(evidence)
     ]
-    if e.get("peakReliefPercent") is not None:
-        parts.append(f"peak relief {e['peakReliefPercent']}%")
-    if e.get("sustainedMinutes") is not None:
-        parts.append(f"sustained {e['sustainedMinutes']} min")
-    parts.append("positive" if e.get("positive") else "not positive")
-    return ", ".join(parts)
+    injections = explain.injection_dates(evidence)
+    if injections:
+        out.append(f"    Injections counted: {listing(injections)}.")
+    return out
 
 
 def _outcome_text(o: Mapping[str, Any]) -> str:
     name = pathway_text(o.get("pathway", "")).lower()
-    parts = [f"{name} {target_text(o.get('target'))} ({o.get('procedure')}, {str(o.get('performed'))[:10]})"]
+    parts = [f"{name} {target_text(o.get('target'))} ({o.get('procedure')}, {day(o.get('performed'))})"]
     for m in o.get("milestones") or []:
         pain = m.get("pain")
         if pain is not None:
@@ -94,17 +164,13 @@ def _outcome_text(o: Mapping[str, Any]) -> str:
     return ", ".join(parts)
 
 
-def _why(reasons: Sequence[str]) -> str:
-    return "; ".join(reason_text(r) for r in reasons)
-
-
 def render_text(document: Mapping[str, Any]) -> str:
-    """A short plain-language explanation of the document for a pain physician."""
+    """A short plain-language explanation of the document for a pain physician: every reason
+    with its numbers and source (``71.4 % relief … < 80 % required (LCD L38773)``)."""
     pol = document.get("policy", {})
-
-    lines = [
-        f"Policy {pol.get('id')} (version {pol.get('version')}), evaluated at {document.get('evaluatedAt')}."
-    ]
+    sources = explain.sources_of(document)
+    when = day(document.get("evaluatedAt"))
+    lines = [f"Policy {pol.get('id')} (version {pol.get('version')}), evaluated on {when}."]
     for patient in document.get("patients", []):
         lines.append("")
         lines.append(f"{patient['patient']}")
@@ -114,15 +180,13 @@ def render_text(document: Mapping[str, Any]) -> str:
             name = pathway_text(o["pathway"]).lower()
             line = f"  Order {o['order']} ({name}): {VERDICTS.get(o['verdict'], o['verdict'])}"
             if o.get("earliestDate"):
-                line += f" until {o['earliestDate']}"
+                line += f" — earliest {day(o['earliestDate'])}"
             lines.append(line + ".")
-            if o["reasons"]:
-                lines.append(f"    Why: {_why(o['reasons'])}.")
+            lines += _why_lines(o, sources)
             if o["verdict"] == "partially-supported":
                 targets = "; ".join(target_text(t) for t in o["supportedTargets"])
                 lines.append(f"    Supported: {targets}.")
-            for e in o["evidence"]:
-                lines.append(f"    Evidence: {_evidence_text(e)}.")
+            lines += _evidence_lines(o)
             for gap in documentation_gaps(o.get("documentation")):
                 lines.append(f"    {gap}.")
         for a in patient["assessments"]:
@@ -130,18 +194,31 @@ def render_text(document: Mapping[str, Any]) -> str:
             verdict = VERDICTS.get(a["verdict"], a["verdict"])
             line = f"  Next step {name}, {target_text(a['target'])}: {verdict}"
             lines.append(line + ".")
-            if a["reasons"]:
-                lines.append(f"    Why: {_why(a['reasons'])}.")
+            lines += _why_lines(a, sources)
             if a.get("nextStep"):
                 step = a["nextStep"]
-                when = f" from {a['earliestDate']}" if a.get("earliestDate") else ""
+                when = f" from {day(a['earliestDate'])}" if a.get("earliestDate") else ""
                 lines.append(f"    Suggested: {step.get('display')} (CPT {step.get('code')}){when}.")
-            for e in a["evidence"]:
-                lines.append(f"    Evidence: {_evidence_text(e)}.")
+            lines += _evidence_lines(a)
             for gap in documentation_gaps(a.get("documentation")):
                 lines.append(f"    {gap}.")
         for o in patient.get("outcomes") or []:
             lines.append(f"  Outcome: {_outcome_text(o)}.")
         for alert in patient["alerts"]:
             lines.append(f"  Alert ({alert['code']}): {alert['text']}")
+            if isinstance(alert.get("detail"), Mapping):
+                lines.append(f"    Why: {explain.because(alert['detail'], sources)}.")
     return "\n".join(lines) + "\n"
+
+
+def _why_lines(item: Mapping[str, Any], sources: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    cautions = [f"    Caution: {c}." for c in explain.cautions(item, sources)]
+    whys = explain.reasons(item, sources)
+    if whys:
+        return [*cautions, f"    Why: {whys[0]}.", *(f"    Also: {w}." for w in whys[1:])]
+    if item.get("verdict") == "supported":
+        decisive = explain.decisive(item, sources)
+        threshold = item.get("reliefThreshold") or {}
+        if decisive and threshold.get("source"):
+            return [*cautions, f"    Met: {decisive} ({explain.cite(threshold['source'], sources)})."]
+    return cautions

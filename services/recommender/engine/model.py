@@ -21,13 +21,52 @@ _RANK = {v: i for i, v in enumerate(PRECEDENCE)}
 
 
 @dataclass(frozen=True, slots=True)
+class Detail:
+    """The numbers behind one reason: what was measured, what the policy requires, and the policy
+    key whose citation is the source (``rules.<reason>`` for a criterion without a number).
+    ``text`` says it in a line: ``71.4 % relief < 80 % required``."""
+
+    code: str
+    measured: Any
+    required: Any
+    unit: str
+    policy_key: str
+    text: str
+    #: the dates counted toward a limit (sessions, injections), oldest first
+    counted: tuple[date, ...] = ()
+    #: the first date the criterion is met again (a limit or a waiting time), if it has one
+    earliest: date | None = None
+    #: the numbers in a few words, for a card's summary ("71.4 % relief < 80 %")
+    short: str = ""
+
+    def as_json(self, source: str | None, label: str | None = None) -> dict[str, Any]:
+        out = {
+            "code": self.code,
+            "measured": self.measured,
+            "required": self.required,
+            "unit": self.unit,
+            "policyKey": self.policy_key,
+            "source": source,
+            "sourceLabel": label,
+            "text": self.text,
+        }
+        out["summary"] = self.short or self.text
+        if self.counted:
+            out["counted"] = [d.isoformat() for d in self.counted]
+        if self.earliest is not None:
+            out["earliest"] = self.earliest.isoformat()
+        return out
+
+
+@dataclass(frozen=True, slots=True)
 class Finding:
-    """One criterion that is not (yet) met: the verdict it forces, its reason, and for deferrals
-    the date it stops applying."""
+    """One criterion that is not (yet) met: the verdict it forces, its reason, for deferrals the
+    date it stops applying, and the numbers behind it."""
 
     verdict: str
     reason: str
     until: date | None = None
+    detail: Detail | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +84,17 @@ class Outcome:
     verdict: str
     reasons: tuple[str, ...]
     earliest: date | None
+    details: tuple[Detail, ...] = ()
+
+
+def details_for(reasons: Iterable[str], findings: Iterable[Finding]) -> tuple[Detail, ...]:
+    """One detail per reason (in the reasons' order): the first finding of that reason that has
+    one — the binding one for a deferral, as the findings are ordered."""
+    found: dict[str, Detail] = {}
+    for f in findings:
+        if f.detail is not None and f.reason not in found:
+            found[f.reason] = f.detail
+    return tuple(found[r] for r in reasons if r in found)
 
 
 def combine(findings: Iterable[Finding]) -> Outcome:
@@ -66,7 +116,7 @@ def combine(findings: Iterable[Finding]) -> Outcome:
     if verdict == DEFERRED:
         dates = [f.until for f in winners if f.until]
         earliest = max(dates) if dates else None
-    return Outcome(verdict, tuple(reasons), earliest)
+    return Outcome(verdict, tuple(reasons), earliest, details_for(reasons, winners + rest))
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +129,18 @@ class Assessment:
     next_step: Mapping[str, str] | None = None
     evidence: tuple[Mapping[str, Any], ...] = ()
     documentation: tuple[Mapping[str, str], ...] = ()
+    details: tuple[Detail, ...] = ()
+    #: standing alerts the next step must be weighed against (a steroid step beside the
+    #: cumulative-steroid alert)
+    cautions: tuple[Detail, ...] = ()
+    #: where the next step goes within the policy's per-session limit (empty: the whole target)
+    step_targets: tuple[Target, ...] = ()
+    #: the limit that cut the next step down, with its numbers
+    step_limit: Detail | None = None
+
+    def __post_init__(self) -> None:
+        if self.next_step and not self.step_targets:
+            object.__setattr__(self, "step_targets", (self.target,))
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +154,8 @@ class OrderCheck:
     evidence: tuple[Mapping[str, Any], ...] = ()
     suggestion: Mapping[str, str] | None = None
     documentation: tuple[Mapping[str, str], ...] = ()
+    details: tuple[Detail, ...] = ()
+    cautions: tuple[Detail, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +164,7 @@ class Alert:
     severity: str
     text: str
     evidence: tuple[str, ...] = ()
+    detail: Detail | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,7 +12,10 @@ from collections.abc import Iterable
 from datetime import date, timedelta
 from functools import lru_cache
 
-from services.recommender.engine.model import DEFERRED, NOT_MET, Finding
+from services.recommender.engine import why
+from services.recommender.engine.humanize import days as days_text
+from services.recommender.engine.humanize import plural
+from services.recommender.engine.model import DEFERRED, NOT_MET, Detail, Finding
 from services.recommender.engine.policy import Policy
 from shared.domain import terminology as t
 from shared.domain._json import add_months
@@ -79,7 +82,9 @@ def session_dates(
     return sorted(d for d in dates if 0 <= (on - d).days <= window)
 
 
-def cap_finding(dates: list[date], cap: float | None, reason: str, policy: Policy) -> Finding | None:
+def cap_finding(
+    dates: list[date], cap: float | None, reason: str, policy: Policy, pathway: str = ""
+) -> Finding | None:
     """CONTRACT §6 cap release: k counted sessions, cap c → the (k − c + 1)-th oldest + 366 days."""
     if cap is None:
         return None
@@ -87,7 +92,8 @@ def cap_finding(dates: list[date], cap: float | None, reason: str, policy: Polic
     if k < c:
         return None
     release = dates[k - c] + timedelta(days=policy.g("cap_release_days"))
-    return Finding(DEFERRED, reason, release)
+    detail = why.session_cap(reason, dates, cap, release, f"pathways.{pathway}.session_cap")
+    return Finding(DEFERRED, reason, release, detail)
 
 
 def pain_onset(facts: PatientFacts, region: str) -> date | None:
@@ -109,8 +115,18 @@ def _compute_onset(conditions: tuple[ConditionFact, ...], group: frozenset[str])
     return min(regional) if regional else None
 
 
+def _required(months: float | None, days: float | None) -> str:
+    return plural(months, "month") if months is not None else days_text(days or 0)
+
+
+def _since(
+    code: str, what: str, start: date | None, due: date | None, required: str, key: str, on: date
+) -> Detail:
+    return why.since(code, what, start, due or on, required, key, on)
+
+
 def pain_duration_finding(
-    facts: PatientFacts, region: str, on: date, months: float | None, days: float | None
+    facts: PatientFacts, region: str, on: date, months: float | None, days: float | None, pathway: str = ""
 ) -> Finding | None:
     """Facet and SIJ pain >= 3 calendar months, ESI >= 28 days from onset; unknown onset: not
     checked (CONTRACT §4, §6 "deferred")."""
@@ -121,24 +137,31 @@ def pain_duration_finding(
         return None
     due = add_months(onset, int(months)) if months is not None else onset + timedelta(days=int(days or 0))
     if on < due:
-        return Finding(DEFERRED, "pain-duration-too-short", due)
+        key = f"pathways.{pathway}.{'pain_months' if months is not None else 'pain_days'}"
+        detail = _since("pain-duration-too-short", "pain", onset, due, _required(months, days), key, on)
+        return Finding(DEFERRED, "pain-duration-too-short", due, detail)
     return None
 
 
 def conservative_care_finding(
-    facts: PatientFacts, on: date, months: float | None, days: float | None
+    facts: PatientFacts, on: date, months: float | None, days: float | None, pathway: str = ""
 ) -> Finding | None:
     """Conservative care counts from its first documented date; none at all where required is
     ``not-met`` (CONTRACT §6)."""
     if months is None and days is None:
         return None
+    code = "conservative-care-too-short"
+    key = (
+        f"pathways.{pathway}.{'conservative_care_months' if months is not None else 'conservative_care_days'}"
+    )
+    required = _required(months, days)
     starts = [c.start for c in facts.conservative_care if c.start <= on]
     if not starts:
-        return Finding(NOT_MET, "conservative-care-too-short")
+        return Finding(NOT_MET, code, None, _since(code, "conservative care", None, None, required, key, on))
     first = min(starts)
     due = add_months(first, int(months)) if months is not None else first + timedelta(days=int(days or 0))
     if on < due:
-        return Finding(DEFERRED, "conservative-care-too-short", due)
+        return Finding(DEFERRED, code, due, _since(code, "conservative care", first, due, required, key, on))
     return None
 
 
@@ -160,5 +183,14 @@ def untreated_radiculopathy(facts: PatientFacts, region: str, on: date) -> Findi
             for iv in facts.interventions
         )
         if not treated:
-            return Finding(NOT_MET, "untreated-radiculopathy")
+            detail = Detail(
+                "untreated-radiculopathy",
+                "active radiculopathy, no epidural injection since",
+                "treated first",
+                "",
+                "rules.untreated-radiculopathy",
+                "an active radiculopathy of this region has no epidural treatment since its onset; "
+                "it must be treated first",
+            )
+            return Finding(NOT_MET, "untreated-radiculopathy", None, detail)
     return None

@@ -25,7 +25,7 @@ VERDICTS = {
     "not-evaluable": "the data cannot decide",
     "needs-review": "needs review by a clinician",
     "not-covered": "not covered by the policy",
-    "deferred": "criteria met, but not yet",
+    "deferred": "not yet (a waiting time or limit applies)",
 }
 
 #: The verdict as the predicate of a sentence about the procedure (CarePlan descriptions).

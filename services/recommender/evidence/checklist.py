@@ -4,24 +4,20 @@ for it).
 
 A criterion is *not met* (or *missing data*) when the engine gave a reason that belongs to it,
 otherwise *met*; a reason no listed criterion owns gets a row of its own, so nothing the engine
-said is hidden. Citations come from the comments of the policy YAML files (each value there names
-its source), read once per policy.
+said is hidden. Citations are the policy's own (``sources`` and ``cite`` of the policy file,
+docs/policies.md): every row names the public source of its value, or of its rule when it has
+no number; a row that is not met says measured vs required.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from functools import cache
-from pathlib import Path
 from typing import Any
 
-import yaml
-
 from services.recommender.engine import Policy
+from services.recommender.engine.humanize import duration
 from services.recommender.engine.wording import reason_text, sentence
-from services.recommender.policies import BUILTIN, POLICY_DIR
 
 MET, NOT_MET, MISSING, NOT_ASSESSED = "met", "not-met", "missing-data", "not-assessed"
 NOT_YET = "not-yet"  # a deferral: met once time has passed (CONTRACT §6 "deferred")
@@ -40,9 +36,16 @@ _REPEAT_PATHWAYS = ("facet-therapeutic", "sij-therapeutic", "esi")
 
 @dataclass(frozen=True, slots=True)
 class Citation:
-    key: str  # e.g. pathways.facet-rfa.threshold
+    key: str  # e.g. pathways.facet-rfa.threshold, or rules.<reason> for a rule without a number
     value: str
-    source: str  # what the policy file says about it ("" when it says nothing)
+    source: str  # the source's short label ("LCD L38773")
+    url: str = ""
+    title: str = ""
+
+    @property
+    def link(self) -> str:
+        """The source's web address when it has one (else "": shown as text)."""
+        return self.url if self.url.startswith("https://") else ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,49 +226,27 @@ CRITERIA: tuple[_Criterion, ...] = (
 )
 
 
-# --- citations from the policy files ---------------------------------------------------------------
-_LINE = re.compile(r"^(?P<indent> *)(?P<key>[A-Za-z0-9_\-]+):(?P<rest>[^#]*)(?:#\s*(?P<comment>.*))?$")
+# --- citations from the policy ------------------------------------------------------------------
+def _cited(policy: Policy, key: str, value: str) -> Citation:
+    source = policy.source(key)
+    if source is None:
+        return Citation(key, value, "")
+    return Citation(key, value, source.label, source.url, source.title)
 
 
-def _comments(path: Path) -> dict[str, str]:
-    """``pathways.facet-rfa.threshold`` → the comment on that line of a policy YAML."""
-    out: dict[str, str] = {}
-    stack: list[tuple[int, str]] = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        m = _LINE.match(line)
-        if not m:
-            continue
-        indent = len(m["indent"])
-        while stack and stack[-1][0] >= indent:
-            stack.pop()
-        stack.append((indent, m["key"]))
-        if m["comment"]:
-            out[".".join(k for _, k in stack)] = m["comment"].strip()
-    return out
-
-
-@cache
-def policy_sources(policy_setting: str) -> Mapping[str, str]:
-    """Comments of the configured policy file, over those of the built-in it extends."""
-    path = POLICY_DIR / f"{policy_setting}.yaml" if policy_setting in BUILTIN else Path(policy_setting)
-    try:
-        own = _comments(path)
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except (OSError, yaml.YAMLError):
-        return {}
-    parent = data.get("extends") if isinstance(data, dict) else None
-    if parent is None and policy_setting not in BUILTIN:
-        parent = "cms-lcd"
-    base = dict(policy_sources(parent)) if parent in BUILTIN and parent != policy_setting else {}
-    return {**base, **own}
-
-
-def _citation(policy: Policy, sources: Mapping[str, str], pathway: str, key: str) -> Citation:
+def _citation(policy: Policy, pathway: str, key: str) -> Citation:
     dotted = f"pathways.{pathway}.{key}"
     value = policy.pathways.get(pathway, {}).get(key)
     text = "null" if value is None else str(value).lower() if isinstance(value, bool) else f"{value:g}"
-    source = sources.get(dotted) or sources.get(f"pathways.{pathway}", "")
-    return Citation(dotted, text, source)
+    return _cited(policy, dotted, text)
+
+
+def _rule_citation(policy: Policy, reasons: frozenset[str]) -> Citation | None:
+    """A criterion without a number cites the source its rule follows (``rules.<reason>``)."""
+    for reason in sorted(reasons):
+        if policy.source_id(f"rules.{reason}"):
+            return _cited(policy, f"rules.{reason}", "rule")
+    return None
 
 
 def _present(policy: Policy, pathway: str, key: str) -> str | None:
@@ -290,8 +271,9 @@ def _block_details(
         else:
             minutes = e.get("sustainedMinutes")
             need = policy.agent(str(e.get("agent") or "unknown")).minimum_minutes
-            shown = "-" if minutes is None else f"{minutes} min"
-            parts.append(f"block {i} ({e.get('agent')}): {shown} (needs {need:g} min)")
+            shown = duration(minutes, "no time")
+            agent = str(e.get("agent") or "anaesthetic not named")
+            parts.append(f"block {i} ({agent}): {shown} (needs {duration(need)})")
     return sentence("; ".join(parts))
 
 
@@ -303,7 +285,11 @@ def checklist(
     pathway = str(assessment["pathway"])
     reasons = [str(r) for r in assessment.get("reasons") or []]
     evidence = list(assessment.get("evidence") or [])
-    sources = policy_sources(policy_setting)
+    measured = {
+        str(d.get("code")): str(d.get("text") or "")
+        for d in assessment.get("reasonDetails") or []
+        if isinstance(d, Mapping)
+    }
     not_covered = assessment.get("verdict") == "not-covered"
     deferred = assessment.get("verdict") == "deferred"  # every clinical criterion met; time remains
     owned: set[str] = set()
@@ -328,7 +314,10 @@ def checklist(
             status = NOT_ASSESSED
         else:
             status = MET
-        citations = [_citation(policy, sources, pathway, k) for k in keys if k is not None]
+        citations = [_citation(policy, pathway, k) for k in keys if k is not None]
+        if not citations:
+            rule = _rule_citation(policy, crit.reasons)
+            citations = [rule] if rule else []
         label = crit.label(policy, pathway)
         if crit.agents:
             used = sorted({str(e.get("agent")) for e in evidence if e.get("agent") in policy.agents})
@@ -339,11 +328,7 @@ def checklist(
                 + ") and not far longer"
             )
             citations += [
-                Citation(
-                    f"agents.{n}.minimum_minutes",
-                    f"{policy.agents[n].minimum_minutes:g}",
-                    sources.get("agents", ""),
-                )
+                _cited(policy, f"agents.{n}.minimum_minutes", f"{policy.agents[n].minimum_minutes:g}")
                 for n in names
             ]
         detail = ""
@@ -358,6 +343,9 @@ def checklist(
             detail = f"{positives} of the {required} required {'is' if positives == 1 else 'are'} positive"
             if positives < required and status == MET:  # the failing block's reason is on its row
                 status = MISSING if assessment.get("verdict") == "not-evaluable" else NOT_MET
+        said = [measured[r] for r in mine if measured.get(r)]
+        if said:  # measured vs required, as the engine computed it, before the per-block figures
+            detail = sentence("; ".join(said)) + (f". {detail}" if detail else "")
         rows.append(
             Row(
                 label,
@@ -371,5 +359,14 @@ def checklist(
         if reason not in owned:
             owned.add(reason)
             status = MISSING if reason in _MISSING_REASONS else NOT_MET
-            rows.append(Row(sentence(reason_text(reason)), status, (), "", ()))
+            rule = _rule_citation(policy, frozenset({reason}))
+            rows.append(
+                Row(
+                    sentence(reason_text(reason)),
+                    status,
+                    (),
+                    sentence(measured.get(reason, "")),
+                    (rule,) if rule else (),
+                )
+            )
     return tuple(rows)

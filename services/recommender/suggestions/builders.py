@@ -23,12 +23,13 @@ from typing import Any
 
 import orjson
 
+from services.recommender.engine import explain
+from services.recommender.engine.humanize import day
 from services.recommender.engine.policy import PolicyRef
 from services.recommender.engine.wording import (
     VERDICT_SENTENCES,
     documentation_gaps,
     pathway_text,
-    reason_text,
     target_text,
 )
 
@@ -178,24 +179,38 @@ def evidence_refs(evidence: Iterable[Any]) -> tuple[str, ...]:
 
 
 def describe(assessment: Mapping[str, Any]) -> str:
-    """The verdict and why, in plain language (no patient identifiers)."""
+    """The verdict and why in plain language, each reason with measured vs required and its
+    source (no patient identifiers)."""
     pathway = str(assessment.get("pathway"))
     verdict = str(assessment.get("verdict"))
     sentence = f"{pathway_text(pathway)} at the {target_text(assessment.get('target') or {})} "
     sentence += VERDICT_SENTENCES.get(verdict, verdict)
     if verdict == "deferred" and assessment.get("earliestDate"):
-        sentence += f", from {assessment['earliestDate']}"
-    reasons = [reason_text(str(r)) for r in assessment.get("reasons") or []]
-    if reasons:
-        sentence += ": " + "; ".join(reasons)
+        sentence += f", from {day(assessment['earliestDate'])}"
+    whys = explain.reasons(assessment, {})
+    if whys:
+        sentence += ": " + "; ".join(w[:1].lower() + w[1:] for w in whys)
     sentence += "."
+    cautions = explain.cautions(assessment, {})
+    if cautions:
+        sentence += " Caution: " + "; ".join(cautions) + "."
     evidence = [e for e in assessment.get("evidence") or [] if isinstance(e, Mapping)]
     positive = sum(1 for e in evidence if e.get("positive") is True)
-    if evidence:
+    if verdict == "supported" and positive:
+        met = explain.decisive(assessment, {})
+        label = (assessment.get("reliefThreshold") or {}).get("sourceLabel")
+        if met:
+            sentence += f" Met: {met}{f' ({label})' if label else ''}."
+    elif evidence:
         sentence += f" Based on {len(evidence)} block(s), {positive} positive."
     step = assessment.get("nextStep")
     if isinstance(step, Mapping) and step.get("code"):
-        sentence += f" Next step: {step.get('display') or step.get('code')} (CPT {step['code']})."
+        where = "; ".join(target_text(t) for t in assessment.get("nextStepTargets") or [])
+        at = f" at the {where}" if where and assessment.get("nextStepLimit") else ""
+        sentence += f" Next step: {step.get('display') or step.get('code')} (CPT {step['code']}){at}."
+        limit = assessment.get("nextStepLimit")
+        if isinstance(limit, Mapping):
+            sentence += f" {explain.because(limit)[:1].upper()}{explain.because(limit)[1:]}."
     for gap in documentation_gaps(assessment.get("documentation")):
         sentence += f" {gap}."
     return sentence
@@ -262,6 +277,8 @@ def _assessment_group(patient_key: str, assessment: Mapping[str, Any], policy: P
     description = describe(assessment)
     code, avoid = _request_code(assessment)
     target = assessment.get("target") or {}
+    step_targets = [t for t in assessment.get("nextStepTargets") or [] if isinstance(t, Mapping)]
+    sites = [site for t in step_targets for site in body_sites(t)] if step_targets else body_sites(target)
     request: dict[str, Any] = {
         "resourceType": "ServiceRequest",
         "id": request_id,
@@ -272,7 +289,7 @@ def _assessment_group(patient_key: str, assessment: Mapping[str, Any], policy: P
         "code": code,
         "subject": _patient_ref(patient_key),
         "requester": PINPOINT_DEVICE,
-        "bodySite": body_sites(target),
+        "bodySite": sites,
         "note": [{"text": description}],
     }
     if avoid:

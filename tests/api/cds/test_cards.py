@@ -101,20 +101,22 @@ def check(verdict: str, reasons: list[str], **extra: Any) -> dict[str, Any]:
 def test_supported_order_gives_an_info_card_with_the_prior_authorisation_evidence() -> None:
     [card] = render(document(check("supported", [], evidence=EVIDENCE, supportedTargets=[TARGET])))
     assert card["indicator"] == "info"
-    assert "criteria met" in card["summary"] and "right lumbar L4-L5, L5-S1" in card["summary"]
+    assert card["summary"] == "Facet RFA, right L4–S1: supported — 2 blocks, 85.7 % and 100 % relief"
     assert "suggestions" not in card and "overrideReasons" not in card
     detail = card["detail"]
     for needle in (
-        "Procedure/mbb-1",
-        "Procedure/mbb-2",
+        "3 Feb 2025",
+        "24 Feb 2025",
         "lidocaine",
         "bupivacaine",
         "85.7 %",
-        "240 min",
-        "7 (72514-3)",
+        "4 hours",
+        "7 (NRS 0–10)",
         "cms-lcd version 2025.1",
     ):
         assert needle in detail
+    for never in ("Procedure/", "72514-3", "None", "T09:20"):
+        assert never not in detail
     assert card["source"]["topic"]["code"] == "facet-rfa"
     assert card["links"] == [{"label": "Evidence in Pinpoint", "url": CTX.evidence_url, "type": "absolute"}]
 
@@ -180,7 +182,8 @@ def test_deferred_order_is_rescheduled_to_the_earliest_date() -> None:
     moved = card["suggestions"][0]["actions"][1]["resource"]
     assert moved["occurrenceDateTime"] == "2025-06-01"
     assert moved["code"] == order()["code"]
-    assert "2025-06-01" in card["detail"]
+    assert "1 Jun 2025" in card["detail"] and "2025-06-01" not in card["detail"]
+    assert card["suggestions"][0]["label"] == "Reschedule on or after 1 Jun 2025"
 
 
 @pytest.mark.parametrize("verdict", ["not-covered", "needs-review", "not-evaluable"])
@@ -244,7 +247,9 @@ def test_patient_view_gives_one_card_per_assessment_and_per_alert() -> None:
     ]
     cards = render(document({}, assessments, alerts), hook="patient-view")
     assert [c["indicator"] for c in cards] == ["info", "warning", "warning"]
-    assert "right lumbar L4-L5, L5-S1" in cards[0]["summary"] and "64635" in cards[0]["detail"]
+    assert (
+        cards[0]["summary"].startswith("Facet RFA, right L4–S1: supported") and "64635" in cards[0]["detail"]
+    )
     assert "left SIJ" in cards[1]["summary"]
     assert cards[2]["source"]["topic"]["code"] == "cumulative-steroid" and "412 mg" in cards[2]["detail"]
     assert all("suggestions" not in c for c in cards)

@@ -276,6 +276,7 @@ async def test_order_select_cards_only_for_selected_orders(cds: CdsApp) -> None:
             "status": "draft",
             "intent": "order",
             "subject": {"reference": "Patient/p1"},
+            "code": {"text": "Epidural at L3-L4"},
         },
         {
             "resourceType": "ServiceRequest",
@@ -283,6 +284,7 @@ async def test_order_select_cards_only_for_selected_orders(cds: CdsApp) -> None:
             "status": "draft",
             "intent": "order",
             "subject": {"reference": "Patient/p1"},
+            "code": {"text": "Epidural at L4-L5"},
         },
     ]
     cds.assessor.patients = [
@@ -320,4 +322,4 @@ async def test_order_select_cards_only_for_selected_orders(cds: CdsApp) -> None:
     r = await cds.client.post("/cds-services/pinpoint-order-select", json=body)
     assert r.status_code == 200
     cards = r.json()["cards"]
-    assert len(cards) == 1 and "ServiceRequest/b" in cards[0]["detail"]
+    assert len(cards) == 1 and "Epidural at L4-L5" in cards[0]["detail"]  # named as written, no id

@@ -26,7 +26,7 @@ async def test_assessment_is_the_section3_document_from_stored_data(client: http
     now = vignette_now(V02).isoformat()
     r = await client.get("/patients/P-001/assessment", params={"now": now})
     assert r.status_code == 200
-    offline = json.loads(run([VIGNETTES / V02 / "bundle.json"], "cms-lcd", now, "json"))
+    offline = json.loads(run([VIGNETTES / V02 / "bundle.json"], "cms-lcd", now, "json")[0])
     assert r.json() == offline  # the same document `pinpoint evaluate` prints for the same data
     same = await client.get("/patients/default:P-001/assessment", params={"now": now})
     assert same.json() == offline

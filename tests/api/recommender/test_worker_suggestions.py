@@ -37,8 +37,8 @@ DEVICE = {
 }
 SUPPORTED_TEXT = (
     "Facet radiofrequency ablation at the right lumbar L4-L5, L5-S1 is supported: the "
-    "policy's criteria are met. Based on 2 block(s), 2 positive. Next step: Lumbar facet "
-    "radiofrequency ablation, first joint (CPT 64635)."
+    "policy's criteria are met. Met: 2 blocks, 85.7 % and 100 % relief (≥ 80 %) (LCD L38773). Next step: "
+    "Lumbar facet radiofrequency ablation, first joint (CPT 64635)."
 )
 EXPECTED_PLAN = {
     "resourceType": "CarePlan",

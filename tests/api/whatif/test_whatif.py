@@ -84,7 +84,10 @@ async def test_command_in_every_format_and_with_a_policy_file(
     # a custom file: the cms-lcd rules but one block at 80 % is enough
     custom = tmp_path / "one-block.yaml"
     custom.write_text(
-        'id: one-block\nversion: "1"\nextends: cms-lcd\npathways:\n  facet-rfa:\n    blocks_required: 1\n'
+        'id: one-block\nversion: "1"\nextends: cms-lcd\n'
+        "sources:\n  - {id: pain-committee-2026, title: Pain committee decision on single blocks,"
+        " publisher: Example Hospital, url: 'https://hospital.example/policies/1', date: '2026-01-15'}\n"
+        "pathways:\n  facet-rfa:\n    blocks_required: 1\n    cite: {blocks_required: pain-committee-2026}\n"
     )
     mine = runner.invoke(cli, ["whatif", "--policy", str(custom), "--now", NOW, "--format", "json"])
     assert mine.exit_code == 0, mine.output

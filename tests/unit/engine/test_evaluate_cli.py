@@ -54,7 +54,9 @@ def test_text_format_explains_in_plain_language() -> None:
     assert result.exit_code == 0
     assert "facet radiofrequency ablation" in result.stdout
     assert "criteria met" in result.stdout
-    assert "peak relief 85.7%" in result.stdout
+    assert "best relief 85.7 %" in result.stdout
+    assert "Met: 2 blocks, 85.7 % and 100 % relief (≥ 80 %) (LCD L38773)." in result.stdout
+    assert "evaluated on 10 Mar 2025" in result.stdout
 
 
 def test_ndjson_and_single_resources(tmp_path: Path) -> None:
@@ -89,8 +91,50 @@ def test_invalid_resource_is_skipped_and_named(tmp_path: Path) -> None:
         )
     )
     result = CliRunner().invoke(app(), ["evaluate", str(f), "--now", NOW])
-    assert result.exit_code == 0
-    assert "Observation/bad fails validation" in result.stderr
+    assert result.exit_code == 1  # evaluated, but an input was ignored
+    assert "Observation/bad: valueInteger fails R4 validation" in result.stderr
+    doc = json.loads(result.stdout)
+    [ignored] = doc["ignored"]
+    assert (ignored["resource"], ignored["field"]) == ("Observation/bad", "valueInteger")
+
+
+def r5_procedure() -> dict[str, Any]:
+    """A block written the R5 way: ``occurrenceDateTime`` instead of ``performedDateTime``."""
+    block = v2_pair()[0]
+    when = block.pop("performedDateTime", None) or block.pop("performedPeriod", {}).get("end")
+    block["occurrenceDateTime"] = when
+    return block
+
+
+@pytest.mark.parametrize("fmt", ["json", "text"])
+def test_r5_procedure_is_named_with_its_field_and_exit_1(tmp_path: Path, fmt: str) -> None:
+    resources = [*base_l("P-1"), r5_procedure(), *v2_pair()[1:], rfa_order()]
+    f = tmp_path / "b.json"
+    f.write_text(
+        json.dumps(
+            {"resourceType": "Bundle", "type": "collection", "entry": [{"resource": r} for r in resources]}
+        )
+    )
+    result = CliRunner().invoke(app(), ["evaluate", str(f), "--now", NOW, "--format", fmt])
+    assert result.exit_code == 1, result.output
+    ref = f"Procedure/{r5_procedure()['id']}"
+    assert f"{ref}: occurrenceDateTime fails R4 validation" in result.stderr
+    assert "R5 `occurrenceDateTime`? Pinpoint reads R4 `performedDateTime`" in result.stderr
+    if fmt == "json":
+        assert json.loads(result.stdout)["ignored"][0]["resource"] == ref
+    else:
+        assert "Ignored inputs" in result.stdout and ref in result.stdout
+
+
+def test_procedure_without_a_date_is_named(tmp_path: Path) -> None:
+    block = v2_pair()[0]
+    block.pop("performedDateTime", None)
+    block.pop("performedPeriod", None)
+    f = tmp_path / "b.json"
+    f.write_text(json.dumps({"resourceType": "Bundle", "type": "collection", "entry": [{"resource": block}]}))
+    result = CliRunner().invoke(app(), ["evaluate", str(f), "--now", NOW])
+    assert result.exit_code == 1
+    assert f"Procedure/{block['id']}: performedDateTime missing" in result.stderr
 
 
 @pytest.mark.parametrize(

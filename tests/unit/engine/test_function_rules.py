@@ -87,7 +87,10 @@ def test_function_only_review_is_a_policy_switch(run: Run, tmp_path: Path) -> No
     custom = tmp_path / "p.yaml"
     custom.write_text(
         "id: local\nversion: '1'\nextends: cms-lcd\n"
+        "sources:\n  LOCAL: {title: Local pain committee decision, publisher: Example Hospital,"
+        " url: 'https://hospital.example/p', date: '2026-01-01'}\n"
         "pathways:\n  facet-rfa-repeat:\n    function_only_review: false\n"
+        "    cite: {function_only_review: LOCAL}\n"
     )
     doc = run(resources, expected["now"], str(custom))
     assert check_of(doc, "ServiceRequest/req-repeat-rfa")["verdict"] == "supported"

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from services.recommender.engine import explain, render_text
 from tests.unit.fhirfactory import (
     CPT,
     RX,
@@ -212,6 +213,14 @@ def test_fifth_esi_session_capped_when_relief_held(run: Any) -> None:
         "esi-session-cap",
         "2025-05-21",
     )
+    # a deferral says the limit first, with the sessions counted and the earliest date
+    [cap] = [d for d in check["reasonDetails"] if d["code"] == "esi-session-cap"]
+    assert cap["text"] == "yearly limit of 4 ESI sessions reached — earliest 21 May 2025"
+    assert (cap["measured"], cap["required"], cap["source"]) == (4, 4, "ESI-LCD")
+    assert cap["counted"] == ["2024-05-20", "2024-08-05", "2024-11-04", "2025-02-03"]
+    assert explain.headline("esi", None, check, {}).startswith(
+        "Epidural steroid injection: not yet — yearly limit of 4 ESI sessions reached — earliest 21 May 2025"
+    )
 
 
 def genicular_case() -> list[dict[str, Any]]:
@@ -230,7 +239,11 @@ def test_genicular_rfa_one_block_50_percent(run: Any) -> None:
 
 def test_genicular_rfa_switched_off_by_custom_policy(run: Any, tmp_path: Path) -> None:
     f = tmp_path / "payer.yaml"
-    f.write_text("id: payer\nversion: 1\npathways:\n  genicular-rfa: {covered: false}\n")
+    f.write_text(
+        "id: payer\nversion: 1\nsources:\n  - {id: payer-2025, title: Payer policy, publisher: Payer,"
+        " url: 'https://payer.example', date: '2025-01-01'}\n"
+        "pathways:\n  genicular-rfa: {covered: false, cite: {covered: payer-2025}}\n"
+    )
     check = check_of(run(genicular_case(), "2025-03-24T09:00:00-05:00", str(f)), "ServiceRequest/req-gn")
     assert (check["verdict"], check["reasons"][0]) == ("not-covered", "not-covered-by-policy")
 
@@ -326,3 +339,24 @@ def test_intramuscular_steroid_counts_oral_does_not(run: Any) -> None:
 
 def test_unused_imports_guard() -> None:
     assert CPT
+
+
+def test_a_steroid_next_step_names_the_standing_cumulative_steroid_alert(run: Any) -> None:
+    """Protective reading: the verdict stays the policy's, but a knee steroid injection is never
+    suggested silently beside the yearly-steroid alert — the order check and the assessment
+    carry the alert's numbers and source as a caution, and the text says it first."""
+    res = [patient("P-1", "female", "1957-06-12"), condition("c", "M17.11", "2023-11-01T09:00:00-05:00")]
+    res += [knee_injection("k0", "2025-02-03 10:00", "triamcinolone 120 mg")]
+    res += [knee_injection("k1", "2025-05-05 10:00", "triamcinolone 120 mg")]
+    res.append(order("req-knee", ("20610",), "2025-09-01", site=KNEE, detail="triamcinolone 40 mg"))
+    doc = run(res, "2025-08-25T09:00:00-05:00")
+    assert "cumulative-steroid" in alerts_of(doc)
+    check = check_of(doc, "ServiceRequest/req-knee")
+    assert check["verdict"] == "supported"  # the frequency rule alone is met
+    [caution] = check["cautions"]
+    assert (caution["code"], caution["measured"], caution["required"]) == ("cumulative-steroid", 240, 200)
+    assert caution["source"] == "BROWN-BERESFORD-2022"
+    [knee] = [a for p in doc["patients"] for a in p["assessments"] if a["pathway"] == "knee-steroid"]
+    assert knee["nextStep"]["code"] == "20610" and knee["cautions"] == [caution]
+    text = render_text(doc)
+    assert "Caution: Yearly steroid over the limit: 240 mg methylprednisolone-equivalent" in text

@@ -5,6 +5,7 @@ sets, assessments, alerts, evidence numbers ±0.05)."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -176,3 +177,37 @@ def test_the_suite_runs_every_vignette_of_the_clinical_team() -> None:
     for folder in (p for p in shared.iterdir() if (p / "expected.json").is_file()):
         for name in ("bundle.json", "expected.json"):
             assert (LOCAL / folder.name / name).read_bytes() == (folder / name).read_bytes(), folder.name
+
+
+@pytest.mark.parametrize("folder", cases(LOCAL))
+def test_vignette_text_shows_measured_vs_required_with_a_source_for_every_reason(folder: Path) -> None:
+    """``evaluate --format text``: each reason of the document is said with its numbers and the
+    short label of its public source; the JSON carries the same per reason (reasonDetails)."""
+    expected, doc = run_case(folder)
+    result = CliRunner().invoke(
+        make_app(),
+        [
+            "evaluate",
+            str(folder / "bundle.json"),
+            "--now",
+            expected["now"],
+            "--policy",
+            expected["policy"],
+            "--format",
+            "text",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    text = result.stdout
+    labels = {s["id"]: s["label"] for s in doc["sources"]}
+    for patient in doc["patients"]:
+        for item in (*patient["orderChecks"], *patient["assessments"]):
+            assert [d["code"] for d in item["reasonDetails"]] == item["reasons"]
+            for d in item["reasonDetails"]:
+                assert d["source"] in labels and d["policyKey"], d
+                assert d["required"] is not None, d
+                assert f"{d['text']} ({labels[d['source']]})" in text, d["text"]
+            if item["verdict"] == "supported" and item["evidence"] and item["reliefThreshold"]:
+                assert item["reliefThreshold"]["source"] in labels
+    assert not re.search(r"\d{4}-\d{2}-\d{2}T", text)  # no ISO date-times in the text
+    assert "None" not in text

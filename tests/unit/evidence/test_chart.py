@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import replace
 from datetime import datetime
 from html.parser import HTMLParser
@@ -149,7 +150,13 @@ def test_v02_checklist_is_all_met_with_policy_citations(v02: PageView) -> None:
     assert rows and all(r.status == "met" for r in rows)
     by_key = {c.key: c for r in rows for c in r.citations}
     assert by_key["pathways.facet-rfa.threshold"].value == "80"
-    assert "relief" in by_key["pathways.facet-rfa.threshold"].source
+    threshold = by_key["pathways.facet-rfa.threshold"]
+    assert (threshold.source, threshold.link) == (
+        "LCD L38773",
+        "https://www.cms.gov/medicare-coverage-database/view/lcd.aspx?lcdid=38773",
+    )
+    assert all(r.citations for r in rows), [r.label for r in rows if not r.citations]  # every row cites
+    assert by_key["rules.untreated-radiculopathy"].source == "LCD L38773"
     assert by_key["pathways.facet-rfa.blocks_required"].value == "2"
     assert by_key["agents.lidocaine.minimum_minutes"].value == "60"
     assert by_key["agents.bupivacaine.minimum_minutes"].value == "180"
@@ -174,7 +181,10 @@ def test_second_block_below_threshold_is_not_met() -> None:
     rows = {r.label: r for r in target.checklist}
     relief = next(r for label, r in rows.items() if label.startswith("Relief of at least 80 %"))
     assert relief.status == "not-met" and relief.reasons
-    assert relief.detail == "Block 1: 85.7 %; block 2: 71.4 %"
+    assert (
+        relief.detail
+        == "71.4 % relief after the block on 24 Feb 2025 < 80 % required. Block 1: 85.7 %; block 2: 71.4 %"
+    )
     blocks = next(r for label, r in rows.items() if label.startswith("2 positive diagnostic blocks"))
     assert blocks.status == "not-met" and blocks.detail == "1 of the 2 required is positive"
     duration = next(r for label, r in rows.items() if label.startswith("Relief lasts"))
@@ -222,7 +232,11 @@ def test_v02_html_is_accessible_and_self_contained(v02: PageView) -> None:
     assert "table" in names and "caption" in names  # the chart's data table alternative
     # no script, no external asset
     assert "script" not in names and "link" not in names and "img" not in names
-    assert "http://" not in html.replace("http://www.w3.org", "") and "https://" not in html
+    # the only web addresses are links (not assets) to the policy's public sources
+    links = re.findall(r'<a href="(https://[^"]+)"', html)
+    assert "https://www.cms.gov/medicare-coverage-database/view/lcd.aspx?lcdid=38773" in links
+    bare = re.sub(r'<a href="https://[^"]+"', "", html).replace("http://www.w3.org", "")
+    assert "http://" not in bare and "https://" not in bare
 
 
 def test_patient_text_is_escaped() -> None:

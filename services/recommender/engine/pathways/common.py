@@ -9,7 +9,9 @@ from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
 
+from services.recommender.engine import why
 from services.recommender.engine.functional import MET, long_term_function
+from services.recommender.engine.humanize import day, number
 from services.recommender.engine.model import (
     NEEDS_REVIEW,
     NOT_COVERED,
@@ -17,11 +19,14 @@ from services.recommender.engine.model import (
     NOT_MET,
     PARTIAL,
     SUPPORTED,
+    Detail,
     Finding,
     Outcome,
     Target,
     combine,
+    details_for,
 )
+from services.recommender.engine.policy import Policy
 from services.recommender.engine.relief import (
     INVALID,
     NEGATIVE,
@@ -33,6 +38,7 @@ from services.recommender.engine.relief import (
     index_sides,
 )
 from services.recommender.engine.sessions import regions_of_group
+from services.recommender.engine.wording import pathway_text
 from shared.domain.facts import Intervention
 from shared.domain.normalize import joint_order
 
@@ -89,7 +95,9 @@ def blocks_at(
     ]
 
 
-def judge_history(results: Sequence[BlockResult], needed: int) -> tuple[list[Finding], list[BlockResult]]:
+def judge_history(
+    results: Sequence[BlockResult], needed: int, pathway: str, policy: Policy
+) -> tuple[list[Finding], list[BlockResult]]:
     """CONTRACT §6 "Blocks toward a procedure": confirmed when the N most recent interpretable
     blocks are all positive. Otherwise, in order: one of those N negative → ``not-met`` with its
     reason; the most recent block invalid → ``not-met``, ``sedation-confounded``; unevaluable →
@@ -101,27 +109,48 @@ def judge_history(results: Sequence[BlockResult], needed: int) -> tuple[list[Fin
         return [], recent
     negatives = [r for r in recent if r.status == NEGATIVE]
     if negatives:
-        return [Finding(NOT_MET, negatives[-1].reasons[0])], []
+        bad = negatives[-1]
+        return [Finding(NOT_MET, bad.reasons[0], None, why.block(bad, bad.reasons[0], pathway, policy))], []
     last = results[-1] if results else None
     if last is not None and last.status == INVALID:
-        return [Finding(NOT_MET, "sedation-confounded")], []
+        detail = why.block(last, "sedation-confounded", pathway, policy)
+        return [Finding(NOT_MET, "sedation-confounded", None, detail)], []
     if last is not None and last.status == UNEVALUABLE:
-        return [Finding(NOT_EVALUABLE, last.reasons[0])], []
-    return [Finding(NOT_MET, "second-block-required")], []
+        return [
+            Finding(NOT_EVALUABLE, last.reasons[0], None, why.block(last, last.reasons[0], pathway, policy))
+        ], []
+    positive = len([r for r in recent if r.status == POSITIVE])
+    detail = why.blocks_required("second-block-required", positive, needed, pathway)
+    return [Finding(NOT_MET, "second-block-required", None, detail)], []
 
 
-def confirming_flags(confirming: Sequence[BlockResult], min_interval_days: float | None) -> list[Finding]:
+def confirming_flags(
+    confirming: Sequence[BlockResult], min_interval_days: float | None, pathway: str, policy: Policy
+) -> list[Finding]:
     """Low baseline and prolonged response cap the verdict at ``needs-review``; so does a second
     block under ``min_interval_days`` after the first (CONTRACT §6)."""
     out: list[Finding] = []
-    if any(r.low_baseline for r in confirming):
-        out.append(Finding(NEEDS_REVIEW, "low-baseline"))
-    if any(r.prolonged for r in confirming):
-        out.append(Finding(NEEDS_REVIEW, "prolonged-response"))
+    low = [r for r in confirming if r.low_baseline]
+    if low:
+        out.append(
+            Finding(NEEDS_REVIEW, "low-baseline", None, why.block(low[-1], "low-baseline", pathway, policy))
+        )
+    long = [r for r in confirming if r.prolonged]
+    if long:
+        detail = why.block(long[-1], "prolonged-response", pathway, policy)
+        out.append(Finding(NEEDS_REVIEW, "prolonged-response", None, detail))
     if min_interval_days is not None:
         dates = sorted(r.block.end.date() for r in confirming)
-        if any((b - a).days < min_interval_days for a, b in itertools.pairwise(dates)):
-            out.append(Finding(NEEDS_REVIEW, "diagnostic-interval-too-short"))
+        gaps = [(b - a).days for a, b in itertools.pairwise(dates)]
+        short = [g for g in gaps if g < min_interval_days]
+        if short:
+            detail = why.interval(
+                "diagnostic-interval-too-short",
+                min(short),
+                min_interval_days,
+                f"pathways.{pathway}.min_interval_days",
+            )
+            out.append(Finding(NEEDS_REVIEW, "diagnostic-interval-too-short", None, detail))
     return out
 
 
@@ -147,9 +176,34 @@ class Combined:
     reasons: tuple[str, ...]
     earliest: date | None
     supported: tuple[Target, ...]
+    details: tuple[Detail, ...] = ()
 
 
-def combine_order(evals: Sequence[JointEval], region: str, max_per_side: float | None) -> Combined:
+def combine_order(
+    evals: Sequence[JointEval], region: str, max_per_side: float | None, limit_key: str = ""
+) -> Combined:
+    combined = _combine_order(evals, region, max_per_side)
+    findings = [f for e in evals for f in e.findings]
+    if "levels-exceed-session-limit" in combined.reasons and max_per_side is not None:
+        per_side: dict[str, set[str]] = defaultdict(set)
+        for e in evals:
+            per_side[e.side].add(e.joint)
+        count = max(len(j) for j in per_side.values())
+        findings.append(
+            Finding(NOT_MET, "levels-exceed-session-limit", None, why.levels(count, max_per_side, limit_key))
+        )
+    winners = [f for f in findings if f.verdict == combined.verdict]
+    ordered = sorted(winners, key=lambda f: -(f.until or date.min).toordinal()) + findings
+    return Combined(
+        combined.verdict,
+        combined.reasons,
+        combined.earliest,
+        combined.supported,
+        details_for(combined.reasons, ordered),
+    )
+
+
+def _combine_order(evals: Sequence[JointEval], region: str, max_per_side: float | None) -> Combined:
     """CONTRACT §6 "Verdicts": per ordered joint and side, then combined. All the same → that
     verdict; some supported → ``partially-supported`` with the supported ones (at most
     ``max_per_side`` per side, caudal first) and the others' reasons. More joints on one side than
@@ -216,7 +270,11 @@ def negative_reason_sources(statuses: Iterable[str]) -> bool:
 
 def covered_finding(ctx: PatientContext, pathway: str, e: JointEval) -> None:
     if not ctx.policy.covered(pathway):
-        e.add(Finding(NOT_COVERED, "not-covered-by-policy"))
+        e.add(Finding(NOT_COVERED, "not-covered-by-policy", None, not_covered_detail(pathway)))
+
+
+def not_covered_detail(pathway: str, key: str = "covered") -> Detail:
+    return why.not_covered(pathway_text(pathway), f"pathways.{pathway}.{key}")
 
 
 def repeat_finding(
@@ -232,6 +290,7 @@ def repeat_finding(
         int(p.num(pathway, "repeat_months")),
         side,
         e,
+        (f"pathways.{pathway}.repeat_threshold", f"pathways.{pathway}.repeat_months"),
         pathway=pathway,
     )
 
@@ -243,6 +302,7 @@ def long_term_finding(
     months: int,
     side: str | None,
     e: JointEval,
+    keys: tuple[str, str] | None = None,
     *,
     pathway: str | None = None,
 ) -> None:
@@ -269,14 +329,65 @@ def long_term_finding(
         return
     if f_status == MET and pathway is not None:
         if p.flag(pathway, "function_only_review"):
-            e.add(Finding(NEEDS_REVIEW, "function-only-improvement"))
+            detail = why.rule(
+                "function-only-improvement",
+                "the improvement was in function only, not in pain",
+                "a clinician's review (no percentage for function is published)",
+            )
+            e.add(Finding(NEEDS_REVIEW, "function-only-improvement", None, detail))
         return
+    if keys is None:
+        keys = (f"pathways.{pathway}.threshold", f"pathways.{pathway}.relief_months")
+    for f in long_term_findings(ctx, prior, status, reason, until, evidence, threshold, months, keys):
+        e.add(f)
+
+
+def long_term_findings(
+    ctx: PatientContext,
+    prior: Intervention,
+    status: str,
+    reason: str | None,
+    until: date | None,
+    evidence: dict[str, Any],
+    threshold: float,
+    months: int,
+    keys: tuple[str, str],
+) -> list[Finding]:
+    """The finding of a prior procedure's long-term relief, with its numbers."""
+    performed = prior.end.date()
+    peak = evidence.get("peakReliefPercent")
     if status == "failed":
-        e.add(Finding(NOT_MET, "prior-relief-insufficient"))
-    elif status in ("no-baseline", "no-follow-up"):
-        e.add(Finding(NOT_EVALUABLE, reason or status))
-    elif status == "pending":
-        e.add(Finding("deferred", "relief-period-not-ended", until))
+        detail = why.long_term("prior-relief-insufficient", performed, peak, threshold, months, keys)
+        return [Finding(NOT_MET, "prior-relief-insufficient", None, detail)]
+    if status in ("no-baseline", "no-follow-up"):
+        code = reason or status
+        if code == "no-baseline":
+            days_ = ctx.policy.g("long_term_baseline_days")
+            detail = Detail(
+                code,
+                None,
+                days_,
+                "days",
+                "general.long_term_baseline_days",
+                f"no pain score in the {number(days_)} days before the procedure on "
+                f"{day(performed)}; one required",
+            )
+        else:
+            start = ctx.policy.g("follow_up_start_days")
+            detail = Detail(
+                code,
+                None,
+                start,
+                "days",
+                "general.follow_up_start_days",
+                f"no pain score from {number(start)} days after the procedure on {day(performed)}; "
+                "follow-up scores required",
+            )
+        return [Finding(NOT_EVALUABLE, code, None, detail)]
+    if status == "pending":
+        detail = why.long_term("relief-period-not-ended", performed, peak, threshold, months, keys, until)
+        return [Finding("deferred", "relief-period-not-ended", until, detail)]
+    return []
 
 
 def block_history_findings(
@@ -293,13 +404,36 @@ def block_history_findings(
     ``blocks_required`` (with the confirming block's flags)."""
     p = ctx.policy
     history = blocks_at(ctx, is_block, joint, side, on)
+    needed = p.num(params, "blocks_required")
     if not history:
-        e.add(Finding(NOT_MET, "joint-not-blocked"))
+        where = f"the {side} {joint}" if joint in ("SIJ", "knee") else f"{side} {joint}"
+        e.add(Finding(NOT_MET, "joint-not-blocked", None, why.not_blocked(params, needed, where)))
         return
     results = [ctx.block(iv, p.num(params, "threshold")) for iv in history]
     e.evidence += [ctx.evidence(r) for r in results]
-    findings, confirming = judge_history(results, int(p.num(params, "blocks_required")))
+    findings, confirming = judge_history(results, int(needed), params, p)
     for f in findings:
         e.add(f)
-    for f in confirming_flags(confirming, None):
+    for f in confirming_flags(confirming, None, params, p):
         e.add(f)
+
+
+def limit_step(
+    target: Target, limit: float | None, key: str, what: str = "joints per side"
+) -> tuple[tuple[Target, ...], Detail | None]:
+    """The next step within the policy's per-session limit: at most ``limit`` joints (caudal
+    first, as an order is reduced); the rest wait for a later session."""
+    joints = list(target.joints)
+    if limit is None or len(joints) <= limit:
+        return (target,), None
+    keep = cranial_first(caudal_first(joints)[: int(limit)])
+    rest = [j for j in joints if j not in keep]
+    detail = Detail(
+        "levels-exceed-session-limit",
+        len(joints),
+        int(limit),
+        "joints",
+        key,
+        f"at most {number(limit)} {what} in one session: {', '.join(keep)} first, {', '.join(rest)} later",
+    )
+    return (Target(target.region, keep, target.side),), detail

@@ -15,12 +15,14 @@ from services.recommender.engine.model import (
     SUPPORTED,
     Assessment,
     OrderCheck,
+    Target,
     dedupe_evidence,
 )
 from services.recommender.engine.pathways.common import (
     JointEval,
     combine_order,
     group_assessments,
+    limit_step,
     order_sides,
     sides_of,
 )
@@ -83,11 +85,13 @@ def order_check(ctx: PatientContext, order: Order, now: datetime) -> OrderCheck 
     on = order.requested or now.date()
     evals: list[JointEval] = []
     limit: float | None = None
+    limit_key = ""
     region = order.region
     if pathway == "esi":
         side = order.side or "bilateral"
         key = "max_levels_transforaminal" if order.kind == t.ESI_TRANSFORAMINAL else "max_levels_interlaminar"
         limit = p.opt(pathway, key)
+        limit_key = f"pathways.{pathway}.{key}"
         levels = order.joints or ("",)
         for level in levels:
             e = esi(ctx, joint_region(level) if level else region, level, side, on)
@@ -102,7 +106,7 @@ def order_check(ctx: PatientContext, order: Order, now: datetime) -> OrderCheck 
                 evals.append(genicular(ctx, side, on))
             else:
                 evals.append(knee_steroid(ctx, side, on))
-    combined = combine_order(evals, region, limit)
+    combined = combine_order(evals, region, limit, limit_key)
     suggestion = None
     if pathway == "knee-steroid" and combined.verdict == NOT_MET:
         suggestion = {
@@ -118,6 +122,7 @@ def order_check(ctx: PatientContext, order: Order, now: datetime) -> OrderCheck 
         supported_targets=combined.supported,
         evidence=dedupe_evidence([ev for e in evals for ev in e.evidence]),
         suggestion=suggestion,
+        details=combined.details,
     )
 
 
@@ -184,6 +189,12 @@ def assessments(ctx: PatientContext, now: datetime) -> list[Assessment]:
                 step = _step("genicular-block")
             elif pw == "sij-therapeutic" and outcome.reasons[:1] == ("joint-not-blocked",):
                 step = _step("sij-diagnostic")
+            step_targets: tuple[Target, ...] = ()
+            step_limit = None
+            if step is not None and pw == "esi" and step["code"] in ("64483", "64479"):
+                key = "pathways.esi.max_levels_transforaminal"
+                limit = p.opt("esi", "max_levels_transforaminal")
+                step_targets, step_limit = limit_step(target, limit, key, "levels")
             out.append(
                 Assessment(
                     pw,
@@ -193,6 +204,9 @@ def assessments(ctx: PatientContext, now: datetime) -> list[Assessment]:
                     outcome.earliest,
                     step,
                     dedupe_evidence(evidence),
+                    details=outcome.details,
+                    step_targets=step_targets,
+                    step_limit=step_limit,
                 )
             )
     return out

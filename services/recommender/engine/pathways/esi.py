@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from datetime import date
 
+from services.recommender.engine import why
 from services.recommender.engine.model import (
     NOT_MET,
     Finding,
@@ -57,8 +58,13 @@ def esi(ctx: PatientContext, region: str, level: str, side: str, on: date) -> Jo
     e = JointEval(level, side, pathway=pathway)
     covered_finding(ctx, pathway, e)
     if not _radicular_indication(ctx, region, on):
-        e.add(Finding(NOT_MET, "indication-missing"))
-    e.add(pain_duration_finding(ctx.facts, region, on, None, p.opt(pathway, "pain_days")))
+        detail = why.rule(
+            "indication-missing",
+            "no radicular diagnosis documented",
+            "a radicular indication required (M54.1x, M51.1x, M48.06x or M96.1)",
+        )
+        e.add(Finding(NOT_MET, "indication-missing", None, detail))
+    e.add(pain_duration_finding(ctx.facts, region, on, None, p.opt(pathway, "pain_days"), pathway))
     group = regions_of_group(region)
     lookback = p.num(pathway, "episode_lookback_days")
     prior = [
@@ -69,7 +75,9 @@ def esi(ctx: PatientContext, region: str, level: str, side: str, on: date) -> Jo
     if prior:
         repeat_finding(ctx, pathway, prior[-1], side if side != "bilateral" else None, e)
     else:
-        e.add(conservative_care_finding(ctx.facts, on, None, p.opt(pathway, "conservative_care_days")))
+        e.add(
+            conservative_care_finding(ctx.facts, on, None, p.opt(pathway, "conservative_care_days"), pathway)
+        )
     dates = session_dates(ctx.completed, pathway, region, side, on, p)
-    e.add(cap_finding(dates, p.opt(pathway, "session_cap"), "esi-session-cap", p))
+    e.add(cap_finding(dates, p.opt(pathway, "session_cap"), "esi-session-cap", p, pathway))
     return e

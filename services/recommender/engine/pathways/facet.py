@@ -11,6 +11,8 @@ from collections import defaultdict
 from datetime import date, datetime, timedelta
 from typing import Any
 
+from services.recommender.engine import why
+from services.recommender.engine.humanize import day, number, plural
 from services.recommender.engine.model import (
     NEEDS_REVIEW,
     NOT_COVERED,
@@ -18,8 +20,10 @@ from services.recommender.engine.model import (
     NOT_MET,
     SUPPORTED,
     Assessment,
+    Detail,
     Finding,
     OrderCheck,
+    Target,
     dedupe_evidence,
 )
 from services.recommender.engine.pathways.common import (
@@ -29,7 +33,9 @@ from services.recommender.engine.pathways.common import (
     confirming_flags,
     group_assessments,
     judge_history,
+    limit_step,
     long_term_finding,
+    not_covered_detail,
     order_sides,
     repeat_finding,
     sides_of,
@@ -86,8 +92,8 @@ def _prerequisites(ctx: PatientContext, pathway: str, region: str, on: date, e: 
     """General facet criteria (CRITERIA §1.2 items 2-3): pain >= ``pain_months``; conservative care
     >= ``conservative_care_months`` when the policy asks; no untreated radiculopathy."""
     p = ctx.policy
-    e.add(pain_duration_finding(ctx.facts, region, on, p.opt(pathway, "pain_months"), None))
-    e.add(conservative_care_finding(ctx.facts, on, p.opt(pathway, "conservative_care_months"), None))
+    e.add(pain_duration_finding(ctx.facts, region, on, p.opt(pathway, "pain_months"), None, pathway))
+    e.add(conservative_care_finding(ctx.facts, on, p.opt(pathway, "conservative_care_months"), None, pathway))
     e.add(untreated_radiculopathy(ctx.facts, region, on))
 
 
@@ -123,22 +129,31 @@ def first_rfa(
     p = ctx.policy
     e = JointEval(joint, side, pathway=pathway)
     threshold = p.num(pathway, "threshold")
+    needed = p.num(pathway, "blocks_required")
     history = blocks_at(ctx, is_mbb, joint, side, on)
     if not history and not blocks_at(ctx, is_facet_diagnostic, joint, side, on):
-        e.add(Finding(NOT_MET, "joint-not-blocked"))
+        e.add(
+            Finding(NOT_MET, "joint-not-blocked", None, why.not_blocked(pathway, needed, f"{side} {joint}"))
+        )
         return e
     results = [ctx.block(iv, threshold) for iv in history]
     e.evidence += [ctx.evidence(r) for r in results]
-    findings, confirming = judge_history(results, int(p.num(pathway, "blocks_required")))
+    findings, confirming = judge_history(results, int(needed), pathway, p)
     for f in findings:
         if f.reason == "second-block-required":
-            f = Finding(NOT_MET, _missing_positive(ctx, joint, side, region, on, threshold))
+            code = _missing_positive(ctx, joint, side, region, on, threshold)
+            detail = f.detail
+            if code != "second-block-required" and detail is not None:
+                where = "on this side" if code == "not-confirmed-same-side" else "at this joint"
+                positive = detail.measured
+                detail = why.blocks_required(code, positive, needed, pathway, where)
+            f = Finding(NOT_MET, code, None, detail)
         e.add(f)
-    for f in confirming_flags(confirming, p.opt(pathway, "min_interval_days")):
+    for f in confirming_flags(confirming, p.opt(pathway, "min_interval_days"), pathway, p):
         e.add(f)
     _prerequisites(ctx, pathway, region, on, e)
     dates = session_dates(ctx.completed, "facet-rfa", region, side, on, p)
-    e.add(cap_finding(dates, p.opt(pathway, "session_cap"), "rfa-session-cap", p))
+    e.add(cap_finding(dates, p.opt(pathway, "session_cap"), "rfa-session-cap", p, pathway))
     return e
 
 
@@ -169,7 +184,14 @@ def repeat_rfa(ctx: PatientContext, region: str, joint: str, side: str, on: date
     rfa = _prior_rfa(ctx, joint, side, on)
     assert rfa is not None
     long_term_finding(
-        ctx, rfa, p.num(pathway, "threshold"), int(p.num(pathway, "relief_months")), side, e, pathway=pathway
+        ctx,
+        rfa,
+        p.num(pathway, "threshold"),
+        int(p.num(pathway, "relief_months")),
+        side,
+        e,
+        (f"pathways.{pathway}.threshold", f"pathways.{pathway}.relief_months"),
+        pathway=pathway,
     )
     years = p.opt(pathway, "repeat_diagnostics_after_years")
     if (
@@ -180,12 +202,22 @@ def repeat_rfa(ctx: PatientContext, region: str, joint: str, side: str, on: date
         after = [iv for iv in blocks_at(ctx, is_mbb, joint, side, on) if iv.end > rfa.end]
         results = [ctx.block(iv, p.num("facet-rfa", "threshold")) for iv in after]
         e.evidence += [ctx.evidence(r) for r in results]
-        findings, _ = judge_history(results, int(p.num("facet-rfa", "blocks_required")))
+        findings, _ = judge_history(results, int(p.num("facet-rfa", "blocks_required")), "facet-rfa", p)
         if findings:
-            e.add(Finding(NOT_MET, "repeat-diagnostics-required"))
+            elapsed = (on - rfa.end.date()).days / 365.25
+            detail = Detail(
+                "repeat-diagnostics-required",
+                round(elapsed, 1),
+                years,
+                "years",
+                f"pathways.{pathway}.repeat_diagnostics_after_years",
+                f"{number(elapsed)} years since the ablation on {day(rfa.end)} and the pain source in "
+                f"question; new positive blocks required after {plural(years, 'year')}",
+            )
+            e.add(Finding(NOT_MET, "repeat-diagnostics-required", None, detail))
     e.add(untreated_radiculopathy(ctx.facts, region, on))
     dates = session_dates(ctx.completed, "facet-rfa", region, side, on, p)
-    e.add(cap_finding(dates, p.opt(pathway, "session_cap"), "rfa-session-cap", p))
+    e.add(cap_finding(dates, p.opt(pathway, "session_cap"), "rfa-session-cap", p, pathway))
     return e
 
 
@@ -212,13 +244,22 @@ def diagnostic_block(ctx: PatientContext, region: str, joint: str, side: str, on
     e = JointEval(joint, side, pathway=pathway)
     _prerequisites(ctx, pathway, region, on, e)
     dates = session_dates(ctx.completed, pathway, region, side, on, p)
-    e.add(cap_finding(dates, p.opt(pathway, "session_cap"), "diagnostic-session-cap", p))
+    e.add(cap_finding(dates, p.opt(pathway, "session_cap"), "diagnostic-session-cap", p, pathway))
     gap = p.opt(pathway, "min_interval_days")
     prior = blocks_at(ctx, is_facet_diagnostic, joint, side, on)
     if gap is not None and prior and (on - prior[-1].end.date()).days < gap:
-        e.add(Finding(NEEDS_REVIEW, "diagnostic-interval-too-short"))
+        apart = (on - prior[-1].end.date()).days
+        detail = why.interval(
+            "diagnostic-interval-too-short", apart, gap, f"pathways.{pathway}.min_interval_days"
+        )
+        e.add(Finding(NEEDS_REVIEW, "diagnostic-interval-too-short", None, detail))
     if _previously_ablated(ctx, joint, side, on):
-        e.add(Finding(NEEDS_REVIEW, "level-previously-ablated"))
+        detail = why.rule(
+            "level-previously-ablated",
+            f"a successful ablation at {side} {joint}",
+            "a clinician's review before new diagnostic blocks",
+        )
+        e.add(Finding(NEEDS_REVIEW, "level-previously-ablated", None, detail))
     return e
 
 
@@ -233,28 +274,36 @@ def therapeutic_injection(
     p = ctx.policy
     e = JointEval(joint, side, pathway=pathway)
     threshold = p.num(pathway, "threshold")
+    needed = p.num(pathway, "blocks_required")
     history = blocks_at(ctx, is_facet_diagnostic, joint, side, on)
     if not history:
-        e.add(Finding(NOT_MET, "joint-not-blocked"))
+        e.add(
+            Finding(NOT_MET, "joint-not-blocked", None, why.not_blocked(pathway, needed, f"{side} {joint}"))
+        )
     else:
         results = [ctx.block(iv, threshold) for iv in history]
         e.evidence += [ctx.evidence(r) for r in results]
-        findings, confirming = judge_history(results, int(p.num(pathway, "blocks_required")))
+        findings, confirming = judge_history(results, int(needed), pathway, p)
         for f in findings:
             e.add(f)
-        for f in confirming_flags(confirming, None):
+        for f in confirming_flags(confirming, None, pathway, p):
             e.add(f)
     codes = {c for cond in ctx.facts.conditions if cond.active for c in cond.codes}
     if order is not None:
         codes |= set(order.reason_codes)
     if not any(c.startswith(t.RFA_NOT_POSSIBLE) for c in codes):
-        e.add(Finding(NEEDS_REVIEW, "rfa-alternative-undocumented"))
+        detail = why.rule(
+            "rfa-alternative-undocumented",
+            "no reason documented why ablation is not possible",
+            "a documented reason required (M96.0, Z95.0, Z95.810, Z96.82 or the order's reason)",
+        )
+        e.add(Finding(NEEDS_REVIEW, "rfa-alternative-undocumented", None, detail))
     prior = blocks_at(ctx, is_facet_therapeutic, joint, side, on)
     if prior:
         repeat_finding(ctx, pathway, prior[-1], side, e)
     _prerequisites(ctx, pathway, region, on, e)
     dates = session_dates(ctx.completed, pathway, region, side, on, p)
-    e.add(cap_finding(dates, p.opt(pathway, "session_cap"), "therapeutic-session-cap", p))
+    e.add(cap_finding(dates, p.opt(pathway, "session_cap"), "therapeutic-session-cap", p, pathway))
     return e
 
 
@@ -266,7 +315,7 @@ def _rfa_or_repeat(ctx: PatientContext, region: str, joint: str, side: str, on: 
 
 def _covered(ctx: PatientContext, pathway: str, e: JointEval) -> None:
     if not ctx.policy.covered(pathway):
-        e.add(Finding(NOT_COVERED, "not-covered-by-policy"))
+        e.add(Finding(NOT_COVERED, "not-covered-by-policy", None, not_covered_detail(pathway)))
 
 
 def assessments(ctx: PatientContext, now: datetime) -> list[Assessment]:
@@ -301,6 +350,15 @@ def assessments(ctx: PatientContext, now: datetime) -> list[Assessment]:
             step, earliest = _next_step(
                 ctx, pathway, region, outcome.verdict, outcome.reasons, outcome.earliest, evals
             )
+            step_targets: tuple[Target, ...] = ()
+            step_limit = None
+            if step is not None:
+                params = "facet-diagnostic" if step["code"] in ("64490", "64493") else pathway
+                step_targets, step_limit = limit_step(
+                    target,
+                    p.opt(params, "max_joints_per_side"),
+                    f"pathways.{params}.max_joints_per_side",
+                )
             out.append(
                 Assessment(
                     pathway,
@@ -310,6 +368,9 @@ def assessments(ctx: PatientContext, now: datetime) -> list[Assessment]:
                     earliest,
                     step,
                     dedupe_evidence(evidence),
+                    details=outcome.details,
+                    step_targets=step_targets,
+                    step_limit=step_limit,
                 )
             )
     return out
@@ -374,7 +435,9 @@ def order_check(ctx: PatientContext, order: Order, now: datetime) -> OrderCheck:
         for joint in order.joints or ("",):
             if not joint:
                 e = JointEval("", side, pathway=pathway)
-                e.add(Finding(NOT_MET, "joint-not-blocked"))
+                needed = p.opt(pathway, "blocks_required") or 1
+                detail = why.not_blocked(pathway, needed, f"an unnamed joint ({side})")
+                e.add(Finding(NOT_MET, "joint-not-blocked", None, detail))
             elif order.kind == t.FACET_RFA:
                 e = _rfa_or_repeat(ctx, region, joint, side, on)
             elif pathway == "facet-diagnostic":
@@ -383,10 +446,18 @@ def order_check(ctx: PatientContext, order: Order, now: datetime) -> OrderCheck:
                 e = therapeutic_injection(ctx, region, joint, side, on, order)
             _covered(ctx, pathway, e)
             if order.kind == t.FACET_BLOCK_US and not p.flag("facet-diagnostic", "ultrasound_covered"):
-                e.add(Finding(NOT_COVERED, "not-covered-by-policy"))
+                detail = Detail(
+                    "not-covered-by-policy",
+                    "ultrasound guidance",
+                    False,
+                    "",
+                    "pathways.facet-diagnostic.ultrasound_covered",
+                    "ultrasound-guided facet injection is not covered by this policy",
+                )
+                e.add(Finding(NOT_COVERED, "not-covered-by-policy", None, detail))
             evals.append(e)
     limit_key = "max_joints_per_side"
-    combined = combine_order(evals, region, p.opt(pathway, limit_key))
+    combined = combine_order(evals, region, p.opt(pathway, limit_key), f"pathways.{pathway}.{limit_key}")
     evidence: list[dict[str, Any]] = [ev for e in evals for ev in e.evidence]
     suggestion = None
     if combined.supported and combined.verdict != SUPPORTED:
@@ -400,4 +471,5 @@ def order_check(ctx: PatientContext, order: Order, now: datetime) -> OrderCheck:
         supported_targets=combined.supported,
         evidence=dedupe_evidence(evidence),
         suggestion=suggestion,
+        details=combined.details,
     )

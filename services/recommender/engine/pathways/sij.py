@@ -52,10 +52,10 @@ def sij(ctx: PatientContext, pathway: str, side: str, on: date) -> JointEval:
         if prior and pathway == "sij-therapeutic":
             repeat_finding(ctx, pathway, prior[-1], side, e)
     params = "sij-diagnostic" if pathway == "sij-diagnostic" else "sij-therapeutic"
-    e.add(pain_duration_finding(ctx.facts, "sacroiliac", on, p.opt(params, "pain_months"), None))
-    e.add(conservative_care_finding(ctx.facts, on, None, p.opt(params, "conservative_care_days")))
+    e.add(pain_duration_finding(ctx.facts, "sacroiliac", on, p.opt(params, "pain_months"), None, params))
+    e.add(conservative_care_finding(ctx.facts, on, None, p.opt(params, "conservative_care_days"), params))
     if pathway != "sij-rfa":
         reason = "diagnostic-session-cap" if pathway == "sij-diagnostic" else "therapeutic-session-cap"
         dates = session_dates(ctx.completed, pathway, "sacroiliac", side, on, p)
-        e.add(cap_finding(dates, p.opt(pathway, "session_cap"), reason, p))
+        e.add(cap_finding(dates, p.opt(pathway, "session_cap"), reason, p, pathway))
     return e

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from datetime import date, datetime, timedelta
 
+from services.recommender.engine.humanize import day, days, number
 from services.recommender.engine.model import (
     Alert,
+    Detail,
 )
 from services.recommender.engine.relief import PatientContext
 from shared.domain import terminology as t
@@ -55,19 +57,25 @@ def cumulative_steroid_alert(ctx: PatientContext, now: datetime) -> Alert | None
         mpde = mg * factors.get(exp.steroid, 1.0)
         total += mpde
         refs.append(exp.ref)
-        flag = " (dose assumed)" if exp.mg is None else ""
-        parts.append(f"{exp.ref} {exp.time.date().isoformat()} {exp.steroid} {mg:g} mg{flag} = {mpde:.1f} mg")
+        flag = " (dose not documented, assumed)" if exp.mg is None else ""
+        equivalent = "" if exp.steroid in ("methylprednisolone", "triamcinolone") else f" = {number(mpde)} mg"
+        parts.append(f"{day(exp.time)} {exp.steroid} {number(mg)} mg{flag}{equivalent}")
     high = _high_risk(ctx, now.date())
-    limit = s["threshold_mg_high_risk"] if high else s["threshold_mg_default"]
+    key = "threshold_mg_high_risk" if high else "threshold_mg_default"
+    limit = s[key]
     if total <= limit:
         return None
     who = "a post-menopausal or diabetic patient" if high else "this patient"
+    measured = (
+        f"{number(total)} mg methylprednisolone-equivalent in {days(s['window_days'])} > {number(limit)} mg "
+        f"threshold for {who}"
+    )
     text = (
-        f"Cumulative corticosteroid {total:.1f} mg methylprednisolone-equivalent in the last "
-        f"{int(s['window_days'])} days exceeds {limit:g} mg for {who}"
-        + (f" ({assumed} undocumented dose(s) assumed {s['assumed_dose_mg']:g} mg)" if assumed else "")
+        f"Cumulative corticosteroid {measured}"
+        + (f" ({assumed} undocumented dose(s) assumed {number(s['assumed_dose_mg'])} mg)" if assumed else "")
         + ": "
         + "; ".join(parts)
         + "."
     )
-    return Alert("cumulative-steroid", "warning", text, tuple(refs))
+    detail = Detail("cumulative-steroid", round(total, 1), limit, "mg", f"steroid.{key}", measured)
+    return Alert("cumulative-steroid", "warning", text, tuple(refs), detail)
