@@ -203,7 +203,7 @@ def _texts(card: dict[str, Any]) -> list[str]:
 async def test_every_vignette_card_is_readable_and_shows_measured_vs_required_with_a_source(
     cds: CdsApp, name: str
 ) -> None:
-    resources, expected = vignette(name)
+    _, expected = vignette(name)
     now = datetime.fromisoformat(expected["now"])
     assessor = Assessor.load(expected["policy"])
     use_engine(cds, expected["now"])
@@ -236,12 +236,18 @@ async def test_every_vignette_card_is_readable_and_shows_measured_vs_required_wi
                 assert not RAW_CODE.search(text), text
                 assert not RESOURCE_ID.search(text), text
                 assert not re.search(r"\b\d{4,} min", text), text  # never "272205 min"
-        # what the hook saw: the order-sign call has the draft orders, patient-view none
+        # what the hook sent: the prefetch (pain scores only, as the templates ask) and the drafts
         seen_resources = (
-            resources
-            if hook == "order-sign"
-            else [r for r in resources if r["resourceType"] != "ServiceRequest"]
+            [body["prefetch"]["patient"]]
+            + [
+                e["resource"]
+                for value in body["prefetch"].values()
+                if isinstance(value, dict) and value.get("resourceType") == "Bundle"
+                for e in value.get("entry") or []
+            ]
+            + [e["resource"] for e in body["context"].get("draftOrders", {}).get("entry", [])]
         )
+
         document = assessor.document(seen_resources, now)
         labels = {s["id"]: s["label"] for s in document["sources"]}
         details = "\n".join(c.get("detail", "") for c in cards)
