@@ -93,7 +93,7 @@ def build_app(settings: Settings, role: Role = Role.all, engine: Engine | None =
         if ingest.subscribes:
             runtime.background.append(("subscriptions", ingest.subscriptions.run_forever))
     if role in (Role.all, Role.recommender):
-        recommender = Recommender.build(settings, runtime.engine, assessor)
+        recommender = Recommender.build(settings, runtime.engine, assessor, sources)
         app.state.recommender = recommender
         for router in (
             cds_api.router,
@@ -107,6 +107,7 @@ def build_app(settings: Settings, role: Role = Role.all, engine: Engine | None =
         ):
             app.include_router(router)
         runtime.metrics.register(OverrideRatioCollector(runtime.engine))  # from the shared store
+        runtime.background.append(("evidence-snapshots", recommender.purge_snapshots))
         # A replica that cannot record what it answers is taken out of rotation.
         runtime.checks.setdefault("audit", recommender.cds.audit.health)
         runtime.on_shutdown.append(recommender.aclose)

@@ -101,6 +101,18 @@ class OutboundAuth(_Strict):
     bearer: Secret | None = None
 
 
+class SmartApp(_Strict):
+    """The evidence page registered as a SMART on FHIR app in this source's EHR (EHR launch,
+    authorization code with PKCE S256). ``redirect_uri`` defaults to
+    ``{PINPOINT_PUBLIC_BASE_URL}/smart/{source id}/callback``; a confidential client also gives
+    ``client_secret`` (sent with HTTP Basic), a public one leaves it out."""
+
+    client_id: str
+    scopes: str = "launch openid fhirUser patient/Patient.rs patient/Procedure.rs patient/Observation.rs"
+    redirect_uri: HttpUrl | None = None
+    client_secret: Secret | None = None
+
+
 class SubscriptionConfig(_Strict):
     mode: Literal["classic", "backport", "r5", "none"] = "none"
     reconcile_every: Duration = timedelta(minutes=15)
@@ -114,6 +126,15 @@ class Source(_Strict):
     outbound: OutboundAuth | None = None
     subscriptions: SubscriptionConfig = SubscriptionConfig()
     patient_identifier_system: str | None = None
+    smart_app: SmartApp | None = None
+
+    @model_validator(mode="after")
+    def _smart_app_needs_base(self) -> Source:
+        if self.smart_app is not None and self.fhir_base_url is None:
+            raise ValueError(
+                "smart_app needs the source's fhir_base_url (the EHR's FHIR server, the launch iss)"
+            )
+        return self
 
 
 class Writeback(_Strict):
@@ -142,7 +163,8 @@ class TrustedIssuer(_Strict):
 class CdsConfig(_Strict):
     source: str | None = None
     trusted_issuers: list[TrustedIssuer] = []
-    evidence_link_ttl: Duration = timedelta(minutes=15)
+    evidence_link_ttl: Duration = timedelta(hours=12)  # a clinic session: a chart left open still opens it
+    evidence_retention: Duration = timedelta(days=7)  # how long a card's evidence snapshot is kept
     clock_skew: Duration = timedelta(minutes=5)
 
 

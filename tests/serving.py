@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -14,6 +15,7 @@ from typing import IO
 
 import httpx
 import pytest
+import uvicorn
 
 ROOT = Path(__file__).resolve().parents[1]
 PINPOINT = Path(sys.executable).parent / "pinpoint"
@@ -65,3 +67,41 @@ def serving(*args: str, env: Mapping[str, str], base: str, log_path: Path) -> It
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(timeout=10)
+
+
+@contextmanager
+def serve_app(app: object, *, port: int = 0, startup_timeout: float = 30.0) -> Iterator[str]:
+    """An ASGI app (e.g. ``build_app(...)`` with a seam replaced) served by uvicorn on 127.0.0.1
+    in a background thread, lifespan included (background tasks, graceful stop); yields its
+    origin. For tests that need a real loopback server *and* an in-process seam (the clock)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", port))
+    port = sock.getsockname()[1]
+    config = uvicorn.Config(
+        app,  # type: ignore[arg-type]
+        log_config=None,
+        log_level="warning",
+        access_log=False,
+        lifespan="on",
+        loop="asyncio",
+        http="h11",
+        ws="none",
+        timeout_graceful_shutdown=5,
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(
+        target=server.run, kwargs={"sockets": [sock]}, name=f"pinpoint-{port}", daemon=True
+    )
+    thread.start()
+    try:
+        deadline = time.monotonic() + startup_timeout
+        while not server.started:
+            if not thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("pinpoint did not start in its thread")
+            time.sleep(0.01)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=startup_timeout)
+        sock.close()

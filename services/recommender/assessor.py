@@ -22,6 +22,7 @@ from services.recommender.engine import (
     evaluate,
     used_sources,
 )
+from services.recommender.engine.completeness import mark_unavailable
 from services.recommender.engine.policy import PolicyRef
 from services.recommender.policies import load_policy
 from shared.domain.facts import PatientFacts
@@ -33,6 +34,14 @@ Resources = Iterable[Mapping[str, Any]]
 
 def empty_entry(patient_ref: str) -> dict[str, Any]:
     return {"patient": patient_ref, "assessments": [], "orderChecks": [], "alerts": [], "outcomes": []}
+
+
+@dataclass(frozen=True)
+class Assessed:
+    """A CDS call's evaluation: the §3 document and the facts it was drawn from (per patient)."""
+
+    document: dict[str, Any]
+    facts: dict[str, PatientFacts]
 
 
 @dataclass(frozen=True)
@@ -67,6 +76,20 @@ class Assessor:
         """The §3 document of every patient the resources name (CDS Hooks, ``pinpoint evaluate``)."""
         document: dict[str, Any] = assessment_document(self.results(resources, now), self.policy, now)
         return document
+
+    def assess(
+        self, resources: Resources, now: datetime, unavailable: frozenset[str] = frozenset()
+    ) -> Assessed:
+        """:meth:`document` plus the facts (normalised once; CDS keeps them as the evidence
+        snapshot). ``unavailable``: kinds of data that could not be retrieved
+        (:data:`~services.recommender.engine.completeness.DATA_KINDS`); the targets that need them
+        are ``not-evaluable`` / ``data-unavailable``."""
+        facts = self.facts(resources)
+        results = [evaluate(f, self.policy, now=now) for f in facts.values()]
+        document: dict[str, Any] = assessment_document(results, self.policy, now)
+        if unavailable:
+            document["patients"] = [mark_unavailable(p, unavailable) for p in document["patients"]]
+        return Assessed(document, facts)
 
     def patient_entry(self, resources: Resources, patient_ref: str, now: datetime) -> dict[str, Any]:
         """The §3 entry of ``patient_ref`` (``Patient/<id>``), each alert with its evidence references

@@ -23,8 +23,11 @@ from sqlalchemy.engine import Engine
 from services.recommender.assessor import Assessor
 from services.recommender.cds_hooks.service import Cds
 from services.recommender.evidence.links import EvidenceLinks
+from services.recommender.evidence.smart import SmartLaunch
+from services.recommender.evidence.snapshots import purge_forever
 from services.recommender.worker import DrainStats, Worker, run_forever
 from services.recommender.writeback import DeliveryStats, deliver_once, http_client_for, run_delivery
+from shared.fhir.sources import SourceClients
 from shared.settings import Settings
 
 
@@ -38,15 +41,29 @@ class Recommender:
     links: EvidenceLinks
     cds: Cds
 
+    smart: SmartLaunch
+
     @classmethod
-    def build(cls, settings: Settings, engine: Engine, assessor: Assessor | None = None) -> Recommender:
+    def build(
+        cls,
+        settings: Settings,
+        engine: Engine,
+        assessor: Assessor | None = None,
+        sources: SourceClients | None = None,
+    ) -> Recommender:
         """From settings; an invalid ``PINPOINT_POLICY`` is a ConfigError (the start fails)."""
         assessor = assessor or Assessor.configured(settings.policy)
         links = EvidenceLinks.from_settings(settings)
-        return cls(settings, engine, assessor, links, Cds.build(settings, engine, assessor, links))
+        cds = Cds.build(settings, engine, assessor, links, sources)
+        return cls(settings, engine, assessor, links, cds, SmartLaunch.build(settings))
+
+    async def purge_snapshots(self) -> None:
+        """Background task: delete evidence snapshots past ``cds.evidence_retention``."""
+        await purge_forever(self.engine, self.cds.clock)
 
     async def aclose(self) -> None:
         await self.cds.aclose()
+        await self.smart.aclose()
 
 
 async def recommender_of(request: Request) -> Recommender:

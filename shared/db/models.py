@@ -277,3 +277,18 @@ class WorklistEntry(SQLModel, table=True):
     due: date
     alerts: str = Field(default="", max_length=400)  # ",code,code," (empty: none)
     evaluated_at: datetime = _ts(nullable=False)
+
+
+class EvidenceSnapshot(SQLModel, table=True):
+    """What a CDS card was drawn from, kept for its evidence link until ``expires_at``
+    (``cds.evidence_retention``): the §3 entry, the minimum facts it used (blocks, readings,
+    agents), the policy values and the patient's name, birth date and sex — never raw resources."""
+
+    __tablename__ = "evidence_snapshot"
+
+    card: str = Field(primary_key=True, max_length=64)  # the card's uuid
+    patient_key: str = Field(max_length=400, index=True)
+    service_id: str = Field(max_length=100)
+    created_at: datetime = _ts(nullable=False)
+    expires_at: datetime = _ts(nullable=False, index=True)
+    snapshot: dict[str, Any] | None = _json(nullable=False)

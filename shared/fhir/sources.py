@@ -108,7 +108,7 @@ class SourceClients:
     ) -> None:
         self._factory = http_factory or (lambda _source: source_http_client())
         self._retry = retry
-        self._clients: dict[str, tuple[Source, httpx.AsyncClient, FhirClient]] = {}
+        self._clients: dict[str, tuple[Source, httpx.AsyncClient, FhirClient, httpx.Auth | None]] = {}
         self._retired: list[httpx.AsyncClient] = []
 
     def get(self, source: Source) -> FhirClient:
@@ -118,9 +118,16 @@ class SourceClients:
         if held is not None:  # the source's configuration changed: close the old client later
             self._retired.append(held[1])
         http = self._factory(source)
-        fhir = client_for(source, http, retry=self._retry)
-        self._clients[source.id] = (source, http, fhir)
+        auth = auth_for(source)
+        fhir = client_for(source, http, retry=self._retry, auth=auth)
+        self._clients[source.id] = (source, http, fhir, auth)
         return fhir
+
+    def credential(self, source: Source) -> httpx.Auth | None:
+        """The source's outbound credential, sharing the token cache of :meth:`get`'s client (a
+        CDS call that reads ``fhirServer`` with the source's own credentials uses it)."""
+        self.get(source)
+        return self._clients[source.id][3]
 
     async def aclose(self) -> None:
         held, self._clients = list(self._clients.values()), {}

@@ -36,6 +36,14 @@ What it does (deliberately small, but strict where Pinpoint relies on the standa
   endpoint verifies the client assertion (registered client, ``kid``, RS384/ES384 signature,
   ``aud`` = token URL, ``iss`` = ``sub``, ``exp`` ≤ 5 min ahead, ``jti`` not replayed) and every
   resource route (not ``metadata`` / ``.well-known``) then requires a valid bearer token.
+- SMART App Launch (the EHR's authorization server): with ``ehr=FakeEhrAuth(apps={client_id:
+  [redirect_uri, ...]})`` the smart-configuration lists ``authorization_endpoint`` and
+  ``code_challenge_methods_supported: ["S256"]``; ``GET /auth/authorize`` checks the client,
+  redirect URI, ``aud`` (this FHIR base), ``state``, a launch made by
+  :meth:`FakeFhirServer.new_launch` and a PKCE S256 challenge, then redirects back with a one-time
+  code; the token endpoint exchanges it (same redirect URI, the verifier hashing to the challenge,
+  HTTP Basic for a client with a secret) for a bearer token with ``patient`` (and the launch's
+  ``appContext``); resource routes then need that token (``require_token``).
 - fault injection: :meth:`FakeFhirServer.inject` queues scripted :class:`Fault` answers for a
   method and path pattern, consumed before normal handling (even before auth).
 - a request log (:attr:`FakeFhirServer.requests`) for assertions; :meth:`FakeFhirServer.put`,
@@ -50,6 +58,7 @@ uvicorn serves from another thread.
 from __future__ import annotations
 
 import asyncio
+import base64
 import copy
 import fnmatch
 import hashlib
@@ -65,7 +74,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from email.utils import format_datetime
 from typing import Any
-from urllib.parse import parse_qsl, urlencode
+from urllib.parse import parse_qsl, unquote_plus, urlencode
 
 import httpx
 import jwt
@@ -155,7 +164,36 @@ class FakeSmartAuth:
     leeway: float = 5.0
 
 
+@dataclass
+class FakeEhrAuth:
+    """The EHR's authorization server for SMART App Launch (EHR launch, authorization code with
+    PKCE S256): registered apps (client_id → redirect URIs, and a secret for a confidential
+    client); launches made with :meth:`FakeFhirServer.new_launch` carry the patient (and the
+    card's ``appContext``) into the token response. ``require_token``: resource routes then need
+    a token this server issued (as a real EHR's FHIR server)."""
+
+    apps: dict[str, list[str]]
+    secrets: dict[str, str] = field(default_factory=dict)
+    token_lifetime: int = 3600
+    require_token: bool = True
+
+
+@dataclass
+class _Grant:
+    client_id: str
+    redirect_uri: str
+    challenge: str
+    patient: str
+    app_context: str | None
+    scope: str
+    used: bool = False
+
+
 # ---------------------------------------------------------------------------------- the store
+
+
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
 def _now_instant(ts: datetime) -> str:
@@ -437,12 +475,19 @@ class FakeFhirServer:
         base_path: str = "/fhir",
         token_path: str = "/auth/token",
         auth: FakeSmartAuth | None = None,
+        ehr: FakeEhrAuth | None = None,
+        authorize_path: str = "/auth/authorize",
         default_page_size: int = 20,
         next_link_base: str | None = None,
     ) -> None:
         self.base_path = "/" + base_path.strip("/")
         self.token_path = token_path
         self.auth = auth
+        self.ehr = ehr
+        self.authorize_path = authorize_path
+        self._launches: dict[str, tuple[str, str | None]] = {}  # launch id -> (patient, appContext)
+        self._grants: dict[str, _Grant] = {}  # authorization code -> what it grants
+        self.token_patients: dict[str, str] = {}  # access token -> patient (EHR launches)
         self.default_page_size = default_page_size
         self.next_link_base = next_link_base
         """Write ``next`` links with this base instead of the real one (to play a misconfigured proxy)."""
@@ -510,6 +555,13 @@ class FakeFhirServer:
             self._store.read("Subscription", subscription_id)
             return self._store.add_event(subscription_id, focus)
 
+    def new_launch(self, patient: str, app_context: str | None = None) -> str:
+        """An EHR launch id for ``patient`` (what the EHR puts in ``launch=`` when it opens an app)."""
+        launch = secrets.token_urlsafe(12)
+        with self._lock:
+            self._launches[launch] = (patient, app_context)
+        return launch
+
     def revoke_tokens(self) -> None:
         """Invalidate every issued bearer token (the next resource request gets 401)."""
         with self._lock:
@@ -538,7 +590,8 @@ class FakeFhirServer:
         return f"{request.url.scheme}://{request.url.netloc}{self.base_path}"
 
     def _requires_token(self, rel: str, path: str) -> bool:
-        if self.auth is None or path == self.token_path:
+        guarded = self.auth is not None or (self.ehr is not None and self.ehr.require_token)
+        if not guarded or path in (self.token_path, self.authorize_path):
             return False
         return rel not in ("metadata", ".well-known/smart-configuration") and (
             path == self.base_path or path.startswith(self.base_path + "/")
@@ -597,19 +650,26 @@ class FakeFhirServer:
         @app.get(base + "/.well-known/smart-configuration")
         async def smart_configuration(request: Request) -> Response:
             origin = f"{request.url.scheme}://{request.url.netloc}"
-            return Response(
-                orjson.dumps(
-                    {
-                        "token_endpoint": origin + self.token_path,
-                        "grant_types_supported": ["client_credentials"],
-                        "token_endpoint_auth_methods_supported": ["private_key_jwt"],
-                        "token_endpoint_auth_signing_alg_values_supported": ["RS384", "ES384"],
-                        "scopes_supported": ["system/*.cruds"],
-                        "capabilities": ["client-confidential-asymmetric", "permission-v2"],
-                    }
-                ),
-                media_type="application/json",
-            )
+            config: dict[str, Any] = {
+                "token_endpoint": origin + self.token_path,
+                "grant_types_supported": ["client_credentials"],
+                "token_endpoint_auth_methods_supported": ["private_key_jwt"],
+                "token_endpoint_auth_signing_alg_values_supported": ["RS384", "ES384"],
+                "scopes_supported": ["system/*.cruds"],
+                "capabilities": ["client-confidential-asymmetric", "permission-v2"],
+            }
+            if self.ehr is not None:
+                config["authorization_endpoint"] = origin + self.authorize_path
+                config["grant_types_supported"].append("authorization_code")
+                config["token_endpoint_auth_methods_supported"] += ["client_secret_basic", "none"]
+                config["code_challenge_methods_supported"] = ["S256"]
+                config["scopes_supported"] += ["launch", "openid", "fhirUser", "patient/*.rs"]
+                config["capabilities"] += ["launch-ehr", "client-public", "client-confidential-symmetric"]
+            return Response(orjson.dumps(config), media_type="application/json")
+
+        @app.get(self.authorize_path)
+        async def authorize(request: Request) -> Response:
+            return self._authorize(request)
 
         @app.post(self.token_path)
         async def token(request: Request) -> Response:
@@ -1066,9 +1126,11 @@ class FakeFhirServer:
             body = {"error": error, "error_description": description}
             return Response(orjson.dumps(body), status_code=status, media_type="application/json")
 
+        form = dict(parse_qsl(raw.decode("utf-8", "replace"), keep_blank_values=True))
+        if form.get("grant_type") == "authorization_code" and self.ehr is not None:
+            return self._code_token(request, form, refuse)
         if self.auth is None:
             return refuse("invalid_request", "this fake server has auth disabled")
-        form = dict(parse_qsl(raw.decode("utf-8", "replace"), keep_blank_values=True))
         if form.get("grant_type") != "client_credentials":
             return refuse("unsupported_grant_type", "only client_credentials")
         if form.get("client_assertion_type") != JWT_BEARER:
@@ -1118,6 +1180,87 @@ class FakeFhirServer:
             "expires_in": self.auth.token_lifetime,
             "scope": form.get("scope", ""),
         }
+        return Response(
+            orjson.dumps(body), media_type="application/json", headers={"Cache-Control": "no-store"}
+        )
+
+    def _authorize(self, request: Request) -> Response:
+        """The authorize endpoint of an EHR launch: checks the request (registered client and
+        redirect URI, a known launch, ``aud`` = this FHIR base, PKCE S256) and redirects back
+        with a one-time code, as an EHR does once its user is signed in."""
+        ehr = self.ehr
+        if ehr is None:
+            raise NotFound("this fake server has no EHR authorization server")
+        q = dict(parse_qsl(request.url.query, keep_blank_values=True))
+        client_id, redirect_uri = q.get("client_id", ""), q.get("redirect_uri", "")
+        if client_id not in ehr.apps or redirect_uri not in ehr.apps[client_id]:
+            raise InvalidInput("unknown client_id or redirect_uri")  # never redirect to an unknown URI
+
+        def back(**params: str) -> Response:
+            state = {"state": q["state"]} if "state" in q else {}
+            return Response(
+                status_code=302, headers={"Location": f"{redirect_uri}?{urlencode({**params, **state})}"}
+            )
+
+        if q.get("response_type") != "code":
+            return back(error="unsupported_response_type")
+        if not q.get("state"):
+            return back(error="invalid_request", error_description="state is required")
+        if q.get("aud", "").rstrip("/") != self._base_url(request):
+            return back(error="invalid_request", error_description="aud is not this FHIR server")
+        if q.get("code_challenge_method") != "S256" or len(q.get("code_challenge", "")) != 43:
+            return back(error="invalid_request", error_description="PKCE S256 is required")
+        with self._lock:
+            launch = self._launches.get(q.get("launch", ""))
+            if launch is None:
+                return back(error="invalid_request", error_description="unknown launch")
+            code = secrets.token_urlsafe(24)
+            self._grants[code] = _Grant(
+                client_id, redirect_uri, q["code_challenge"], launch[0], launch[1], q.get("scope", "")
+            )
+        return back(code=code)
+
+    def _code_token(
+        self, request: Request, form: dict[str, str], refuse: Callable[..., Response]
+    ) -> Response:
+        """The token endpoint for an authorization code: one use, same redirect URI, the PKCE
+        verifier hashing to the challenge, the client's secret (HTTP Basic) when it has one."""
+        assert self.ehr is not None
+        client_id = form.get("client_id", "")
+        basic = request.headers.get("authorization", "")
+        if basic.lower().startswith("basic "):
+            user, _, password = base64.b64decode(basic[6:]).decode().partition(":")
+            user, password = unquote_plus(user), unquote_plus(password)  # RFC 6749 §2.3.1
+            if self.ehr.secrets.get(user) != password:
+                return refuse("invalid_client", "wrong client secret", 401)
+            client_id = user
+        elif client_id in self.ehr.secrets:
+            return refuse("invalid_client", "a confidential client authenticates with HTTP Basic", 401)
+        with self._lock:
+            grant = self._grants.get(form.get("code", ""))
+            if grant is None or grant.used:
+                return refuse("invalid_grant", "unknown or used code")
+            grant.used = True
+            if grant.client_id != client_id or grant.redirect_uri != form.get("redirect_uri"):
+                return refuse(
+                    "invalid_grant", "client_id or redirect_uri differs from the authorization request"
+                )
+            verifier = form.get("code_verifier", "")
+            digest = hashlib.sha256(verifier.encode()).digest()
+            if not 43 <= len(verifier) <= 128 or _b64url(digest) != grant.challenge:
+                return refuse("invalid_grant", "code_verifier does not match the code_challenge")
+            access_token = secrets.token_urlsafe(24)
+            self._tokens[access_token] = time.time() + self.ehr.token_lifetime
+            self.token_patients[access_token] = grant.patient
+        body: dict[str, Any] = {
+            "access_token": access_token,
+            "token_type": "Bearer",
+            "expires_in": self.ehr.token_lifetime,
+            "scope": grant.scope,
+            "patient": grant.patient,
+        }
+        if grant.app_context is not None:
+            body["appContext"] = grant.app_context
         return Response(
             orjson.dumps(body), media_type="application/json", headers={"Cache-Control": "no-store"}
         )

@@ -75,6 +75,7 @@ sources:
       smart: {client_id: pinpoint, token_url: https://auth.hospital-a.example/token,
               private_key: "file:KEYFILE", alg: RS384, scopes: "system/CarePlan.cu"}
     subscriptions: {mode: backport, reconcile_every: 15m}
+    smart_app: {client_id: pinpoint-evidence, client_secret: env:HOSP_A_TOKEN}
   - id: engine
     inbound: {hmac_secret: s3cret, header: X-Signature}
 writeback: {source: hospital-a, fhir_version: R4}
@@ -83,6 +84,7 @@ cds:
   trusted_issuers:
     - {iss: https://ehr.example/cds-client, jwks_url: https://ehr.example/jwks.json}
   evidence_link_ttl: 15m
+  evidence_retention: 30d
 """
 
 
@@ -102,7 +104,18 @@ def test_config_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     assert a.subscriptions.reconcile_every == timedelta(minutes=15)
     assert s.config.writeback is not None and s.config.writeback.source == "hospital-a"
     assert s.config.cds.evidence_link_ttl == timedelta(minutes=15)
+    assert s.config.cds.evidence_retention == timedelta(days=30)
+    assert a.smart_app is not None and a.smart_app.client_id == "pinpoint-evidence"
+    assert a.smart_app.client_secret is not None and a.smart_app.client_secret.get_secret_value() == "tok"
+    assert "launch" in a.smart_app.scopes.split() and a.smart_app.redirect_uri is None
+    assert s.config.source("engine").smart_app is None
     assert s.auth_configured
+
+
+def test_evidence_defaults_cover_a_clinic_session_and_a_week() -> None:
+    cds = Settings(_env_file=None).config.cds  # type: ignore[call-arg]
+    assert cds.evidence_link_ttl == timedelta(hours=12)
+    assert cds.evidence_retention == timedelta(days=7)
 
 
 @pytest.mark.parametrize(
@@ -114,6 +127,11 @@ def test_config_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
             id="env-unset",
         ),
         pytest.param("writeback: {source: ghost}", "writeback.source", id="writeback-unknown-source"),
+        pytest.param(
+            "sources: [{id: a, smart_app: {client_id: x}}]",
+            "sources.0: smart_app needs",
+            id="smart-app-no-base",
+        ),
         pytest.param("sources: [{id: a, colour: blue}]", "sources.0.colour", id="unknown-key"),
         pytest.param(
             "sources: [{id: a, subscriptions: {reconcile_every: soon}}]", "reconcile_every", id="duration"

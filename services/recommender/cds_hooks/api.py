@@ -9,6 +9,7 @@ from typing import Any
 import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
+from starlette.background import BackgroundTask
 
 from services.recommender.cds_hooks.auth import Caller
 from services.recommender.cds_hooks.discovery import SERVICES, CdsService, discovery_document
@@ -68,7 +69,8 @@ async def call(service_id: str, request: Request, parts: RecommenderDep) -> CdsJ
         caller = await authenticate(request, parts.cds)
         await handle_call(parts.cds, service, await read_body(request, _limit(parts)), outcome)
         status = 200
-        return CdsJson(outcome.response)
+        # the evidence snapshot is built and queued after the answer has been sent
+        return CdsJson(outcome.response, background=BackgroundTask(outcome.after) if outcome.after else None)
     except PinpointError as exc:
         status = exc.status
         raise

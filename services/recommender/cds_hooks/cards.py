@@ -4,7 +4,9 @@ Order hooks: one card per order check — ``supported`` an ``info`` card with wh
 authorisation reviewer needs; every other verdict a ``warning`` card with the principal reason,
 override reasons and one suggestion (``at-most-one``) that deletes the draft order and creates
 the right next step. patient-view: one card per assessment (``warning`` for ``needs-review``)
-and one ``warning`` card per alert. Every card links to the evidence page (``CardContext.evidence_url``).
+and one ``warning`` card per alert. Every card links to the evidence page (``CardContext.evidence_url``;
+through the service, :func:`~services.recommender.cds_hooks.service.handle_call` replaces it with
+the card's own link, ``EvidenceLinks.card_link``).
 """
 
 from __future__ import annotations
@@ -472,7 +474,9 @@ def order_card(
     parts += _documentation_md(check)
     card["detail"] = "\n\n".join(p for p in parts if p)
     card["overrideReasons"] = [dict(c) for c in OVERRIDE_REASONS]
-    if order is not None and order.get("id"):
+    if (
+        order is not None and order.get("id") and reasons[:1] != ["data-unavailable"]
+    ):  # no advice without data
         label, create = next_step(check, patient, order)
         actions: list[dict[str, Any]] = [
             {

@@ -1,13 +1,19 @@
 """The data behind one hook call (CONTRACT §2 "Data for a hook", STANDARDS §1.3 Prefetch).
 
 In order: the prefetch (a ``null`` key is "no data"; an OperationOutcome is a failed key; a
-paged searchset is completed from ``fhirServer`` when allowed); for keys that are missing or
-failed, ``fhirServer`` with the user's ``fhirAuthorization`` token — only when ``fhirServer`` is
-the ``fhir_base_url`` of a configured source (no other host is ever contacted); then the
-resources stored for the patient, read in the id space of that source, else of ``cds.source``,
-else of ``default``. The same resource from the EHR wins over the stored one.
+paged searchset is completed from ``fhirServer`` when allowed); for keys that are absent or
+failed, ``fhirServer`` — only when it is the ``fhir_base_url`` of a configured source (no other
+host is ever contacted) — read with the hook's ``fhirAuthorization`` token when given, else with
+the source's own outbound credential (SMART Backend Services or bearer), else without a token
+(an open source); then the resources stored for the patient, read in the id space of that
+source, else of ``cds.source``, else of ``default``. The same resource from the EHR wins over the
+stored one.
 
-``available`` is False only when none of the three yielded anything (→ 412).
+``available`` is False only when none of the three yielded anything (→ 412, whose text says
+why each source failed: :meth:`HookData.unavailable_reason`). With nothing stored, a key that was
+neither prefetched nor fetched is data the rules lack: ``unavailable`` names its kind, and the
+targets that need it become ``not-evaluable`` / ``data-unavailable``. Every refused or failed
+fetch is logged with the reason (source id, key, error class, status; no patient data).
 The access token is used for the requests and forgotten: it is never logged or stored.
 """
 
@@ -25,12 +31,13 @@ import sqlalchemy as sa
 from pydantic import SecretStr
 from sqlalchemy.engine import Engine
 
-from services.recommender.cds_hooks.discovery import PREFETCH
+from services.recommender.cds_hooks.discovery import PREFETCH, PREFETCH_DATA
 from services.recommender.cds_hooks.models import HookCall
 from shared.db.models import Resource
 from shared.fhir.client import FhirClient, FhirClientError, FhirNotFound, RetryPolicy
+from shared.fhir.sources import SourceClients, auth_for
 from shared.logging import current_request_id, get_logger
-from shared.settings import Settings
+from shared.settings import Settings, Source
 
 log = get_logger("pinpoint.cds.data")
 
@@ -52,6 +59,16 @@ class HookData:
     used: list[str] = field(default_factory=list)  # "prefetch", "fhirServer", "store"
     fetched_keys: list[str] = field(default_factory=list)
     failed_keys: list[str] = field(default_factory=list)
+    #: Why a source gave nothing, by "prefetch" / "fhirServer" / "store" (no patient data).
+    problems: dict[str, str] = field(default_factory=dict)
+    #: Kinds of data (``engine.completeness.DATA_KINDS``) that could not be retrieved.
+    unavailable: frozenset[str] = frozenset()
+
+    def unavailable_reason(self) -> str:
+        """The 412 text: which of the three sources failed and why."""
+        order = ("prefetch", "fhirServer", "store")
+        parts = [f"{name}: {self.problems[name]}" for name in order if name in self.problems]
+        return "No data for this patient could be read. " + "; ".join(parts) + "."
 
 
 def normalise_base(url: str) -> str:
@@ -79,7 +96,7 @@ def id_space(settings: Settings, fhir_server: str | None) -> str:
     return source_for_server(settings, fhir_server) or settings.config.cds.source or "default"
 
 
-class _UserToken(httpx.Auth):
+class UserToken(httpx.Auth):
     """The hook's ``fhirAuthorization`` bearer token, applied per request, never logged."""
 
     def __init__(self, token: SecretStr) -> None:
@@ -161,11 +178,11 @@ async def _fetch_key(client: FhirClient, template: str, patient_id: str) -> list
     return await client.search_all(path, params)
 
 
-def _fhir_client(http: httpx.AsyncClient, base: str, token: SecretStr) -> FhirClient:
+def _fhir_client(http: httpx.AsyncClient, base: str, auth: httpx.Auth | None) -> FhirClient:
     return FhirClient(
         base,
         http,
-        auth=_UserToken(token),
+        auth=auth,
         retry=RetryPolicy(max_attempts=2, base_delay=0.1, max_delay=0.3, max_retry_after=1.0),
         timeout=FETCH_TIMEOUT,
         request_id=current_request_id,
@@ -222,8 +239,132 @@ def merge(*layers: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     return [*merged.values(), *anonymous]
 
 
+async def read_patient(
+    http: httpx.AsyncClient, base: str, auth: httpx.Auth | None, patient_id: str
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """Every prefetch template of the patient read from ``base`` (the SMART-launched evidence
+    page reads the EHR this way): the resources, and the keys that could not be read."""
+    client = _fhir_client(http, base, auth)
+    tasks = [asyncio.ensure_future(_fetch_key(client, t, patient_id)) for t in PREFETCH.values()]
+    done, pending = await asyncio.wait(tasks, timeout=FETCH_DEADLINE * 2)
+    for task in pending:
+        task.cancel()
+    resources: list[dict[str, Any]] = []
+    failed: list[str] = []
+    for key, task in zip(PREFETCH, tasks, strict=True):
+        error = task.exception() if task in done else TimeoutError("deadline")
+        if error is not None:
+            if not isinstance(error, FhirClientError | httpx.HTTPError | ValueError | TimeoutError):
+                raise error
+            failed.append(key)
+            log.warning(
+                "evidence.fetch.failed",
+                key=key,
+                error=type(error).__name__,
+                status=getattr(error, "upstream_status", None),
+            )
+            continue
+        resources = merge(resources, task.result())
+    return resources, failed
+
+
+def _why_failed(error: BaseException) -> str:
+    """A failed fetch in words without patient data: the error class and the server's status."""
+    status = getattr(error, "upstream_status", None)
+    if isinstance(error, TimeoutError):
+        return "no answer within the call's deadline"
+    if status is not None:
+        return f"the server answered {status}"
+    return type(error).__name__
+
+
+def _credential(
+    call: HookCall, source: Source, sources: SourceClients | None
+) -> tuple[httpx.Auth | None, str]:
+    """How to read ``fhirServer``: the hook's ``fhirAuthorization``, else the source's own
+    outbound credential, else no token (an open source)."""
+    if call.access_token is not None:
+        return UserToken(call.access_token), "fhirAuthorization"
+    if source.outbound is not None and (source.outbound.smart or source.outbound.bearer):
+        if sources is not None:
+            return sources.credential(source), "source-credential"
+        return auth_for(source), "source-credential"
+    return None, "none"
+
+
+async def _fetch_missing(
+    call: HookCall,
+    settings: Settings,
+    http: httpx.AsyncClient | None,
+    sources: SourceClients | None,
+    states: dict[str, _KeyState],
+    missing: list[str],
+    data: HookData,
+) -> str | None:
+    """Fetch ``missing`` keys from ``fhirServer`` when allowed; the reason when nothing was read."""
+    if not call.fhir_server:
+        log.info("cds.fetch.refused", reason="no-fhir-server", keys=len(missing))
+        return "the request names no fhirServer"
+    source_id = source_for_server(settings, call.fhir_server)
+    if source_id is None:
+        log.warning("cds.fetch.refused", reason="fhir-server-not-a-source", keys=len(missing))
+        return "fhirServer is not the fhir_base_url of a configured source (no other host is contacted)"
+    if http is None:
+        return "Pinpoint has no outbound HTTP client in this process"
+    source = settings.config.source(source_id)
+    auth, credential = _credential(call, source, sources)
+    client = _fhir_client(http, call.fhir_server, auth)
+    started = time.perf_counter()
+    tasks = [asyncio.ensure_future(_fetch_key(client, PREFETCH[k], call.patient_id)) for k in missing]
+    done, pending = await asyncio.wait(tasks, timeout=FETCH_DEADLINE)
+    for task in pending:  # past the deadline: answer with what we have
+        task.cancel()
+    results: list[Any] = [
+        (t.exception() or t.result()) if t in done else TimeoutError("fetch deadline") for t in tasks
+    ]
+    whys: list[str] = []
+    for key, result in zip(missing, results, strict=True):
+        if isinstance(result, FhirClientError | httpx.HTTPError | ValueError | TimeoutError):
+            data.failed_keys.append(key)
+            why = _why_failed(result)
+            whys.append(f"{key}: {why}")
+            log.warning(
+                "cds.fetch.failed",
+                source=source_id,
+                key=key,
+                credential=credential,
+                error=type(result).__name__,
+                status=getattr(result, "upstream_status", None),
+            )
+        elif isinstance(result, BaseException):
+            raise result
+        else:
+            states[key].resources = merge(states[key].resources, result)
+            states[key].satisfied = True
+            states[key].needs_fetch = False
+            data.fetched_keys.append(key)
+    if data.fetched_keys:
+        data.used.append("fhirServer")
+    log.info(
+        "cds.fetch",
+        source=source_id,
+        credential=credential,
+        fetched=len(data.fetched_keys),
+        failed=len(data.failed_keys),
+        ms=round((time.perf_counter() - started) * 1000, 1),
+    )
+    if data.fetched_keys:
+        return None
+    how = {"fhirAuthorization": "with fhirAuthorization", "source-credential": "with the source's credential"}
+    return f"reading {source_id} {how.get(credential, 'without a token')} failed ({'; '.join(whys)})"
+
+
 async def gather(
-    call: HookCall, settings: Settings, engine: Engine, http: httpx.AsyncClient | None
+    call: HookCall,
+    settings: Settings,
+    engine: Engine,
+    http: httpx.AsyncClient | None,
+    sources: SourceClients | None = None,
 ) -> HookData:
     """Prefetch, then allowed fetches, then the store; see the module docstring."""
     space = id_space(settings, call.fhir_server)
@@ -231,40 +372,17 @@ async def gather(
     data = HookData(resources=[], available=False, id_space=space, patient_key=f"{space}:{call.patient_id}")
     if any(s.satisfied for s in states.values()):
         data.used.append("prefetch")
-    missing = [k for k, s in states.items() if s.needs_fetch]
-    fetch_source = source_for_server(settings, call.fhir_server)
-    if missing and fetch_source and call.access_token is not None and http is not None:
-        assert call.fhir_server is not None
-        client = _fhir_client(http, call.fhir_server, call.access_token)
-        started = time.perf_counter()
-        tasks = [asyncio.ensure_future(_fetch_key(client, PREFETCH[k], call.patient_id)) for k in missing]
-        done, pending = await asyncio.wait(tasks, timeout=FETCH_DEADLINE)
-        for task in pending:  # past the deadline: answer with what we have
-            task.cancel()
-        results: list[Any] = [
-            (t.exception() or t.result()) if t in done else TimeoutError("fetch deadline") for t in tasks
-        ]
-        for key, result in zip(missing, results, strict=True):
-            if isinstance(result, FhirClientError | httpx.HTTPError | ValueError | TimeoutError):
-                data.failed_keys.append(key)
-                log.warning("cds.fetch.failed", source=fetch_source, key=key, error=type(result).__name__)
-            elif isinstance(result, BaseException):
-                raise result
-            else:
-                states[key].resources = merge(states[key].resources, result)
-                states[key].satisfied = True
-                data.fetched_keys.append(key)
-        if data.fetched_keys:
-            data.used.append("fhirServer")
-        log.info(
-            "cds.fetch",
-            source=fetch_source,
-            fetched=len(data.fetched_keys),
-            failed=len(data.failed_keys),
-            ms=round((time.perf_counter() - started) * 1000, 1),
+    else:
+        data.problems["prefetch"] = (
+            "the request has no prefetch"
+            if call.prefetch is None
+            else "the prefetch has none of this service's keys (or only OperationOutcomes)"
         )
-    elif missing and call.fhir_server and not fetch_source:
-        log.info("cds.fetch.refused", reason="fhirServer is not a configured source", keys=len(missing))
+    missing = [k for k, s in states.items() if s.needs_fetch]
+    if missing:
+        why = await _fetch_missing(call, settings, http, sources, states, missing, data)
+        if why is not None:
+            data.problems["fhirServer"] = why
     if engine.dialect.name == "sqlite":
         # Embedded SQLite reads in-process (WAL: readers never wait for the writer); a thread hop
         # would cost more CPU than the read itself (measured: 0.3 ms per call under load).
@@ -273,6 +391,12 @@ async def gather(
         stored = await asyncio.to_thread(stored_resources, engine, space, call.patient_id)
     if stored:
         data.used.append("store")
+    else:
+        data.problems["store"] = f"Pinpoint stores nothing for this patient (source {space})"
+        # Without a stored copy, a key neither prefetched nor fetched is data the rules lack.
+        data.unavailable = frozenset(
+            kind for k, s in states.items() if not s.satisfied or s.needs_fetch for kind in PREFETCH_DATA[k]
+        )
     ehr = [r for s in states.values() for r in s.resources]
     data.resources = merge(stored, ehr, as_draft_orders(call.draft_orders, call.patient_id))
     data.available = bool(data.used)

@@ -24,6 +24,19 @@ PREFETCH: dict[str, str] = {
     "questionnaireResponses": "QuestionnaireResponse?patient={{context.patientId}}&status=completed,amended",
 }
 
+#: The kind of data each prefetch key carries (``engine.completeness.DATA_KINDS``): what is named
+#: when a key could be neither prefetched nor fetched.
+PREFETCH_DATA: dict[str, tuple[str, ...]] = {
+    "patient": ("patient",),
+    "procedures": ("procedures",),
+    "observations": ("pain-scores", "function-scores"),  # function instruments' totals too (issue 19)
+    "conditions": ("diagnoses",),
+    "medications": ("medication-administrations",),
+    "medicationStatements": ("medication-history",),
+    "medicationRequests": ("medication-history",),
+    "questionnaireResponses": ("function-scores",),
+}
+
 
 @dataclass(frozen=True)
 class CdsService:

@@ -4,7 +4,7 @@ audit. Routes call these functions and return what they give."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -22,10 +22,12 @@ from services.recommender.cds_hooks.discovery import CdsService
 from services.recommender.cds_hooks.feedback import count_feedback, store_feedback
 from services.recommender.cds_hooks.models import HookCall, parse_feedback, parse_hook_request
 from services.recommender.evidence.links import EvidenceLinks
+from services.recommender.evidence.snapshots import SNAPSHOT, patient_header, snapshot_body, snapshot_rows
 from shared.db.group_commit import GroupCommit
 from shared.db.models import AuditLog
 from shared.db.session import session_scope
 from shared.errors import PreconditionFailed
+from shared.fhir.sources import SourceClients
 from shared.logging import get_logger
 from shared.settings import Settings
 
@@ -47,6 +49,8 @@ class Cds:
     links: EvidenceLinks
     audit: GroupCommit
     http: httpx.AsyncClient  # fhirServer reads and JWKS fetches
+    snapshots: GroupCommit  # the cards' evidence snapshots, written off the answering path
+    sources: SourceClients | None = None  # the sources' own outbound credentials (token caches)
     jwks: JwksStore = field(init=False)
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
 
@@ -54,7 +58,14 @@ class Cds:
         self.jwks = JwksStore(http=lambda: self.http)
 
     @classmethod
-    def build(cls, settings: Settings, engine: Engine, assessor: Assessor, links: EvidenceLinks) -> Cds:
+    def build(
+        cls,
+        settings: Settings,
+        engine: Engine,
+        assessor: Assessor,
+        links: EvidenceLinks,
+        sources: SourceClients | None = None,
+    ) -> Cds:
         return cls(
             settings,
             engine,
@@ -62,11 +73,14 @@ class Cds:
             links,
             GroupCommit(engine, AUDIT),
             httpx.AsyncClient(timeout=httpx.Timeout(5.0), follow_redirects=False),
+            GroupCommit(engine, SNAPSHOT),
+            sources,
         )
 
     async def aclose(self) -> None:
-        """Commit the queued audit rows, close the outbound client (graceful stop)."""
+        """Commit the queued audit rows and snapshots, close the outbound client (graceful stop)."""
         await self.audit.close()
+        await self.snapshots.close()
         await self.http.aclose()
 
 
@@ -82,10 +96,6 @@ async def authenticate(request: Request, cds: Cds) -> Caller:
     )
 
 
-def _patient_path_id(space: str, patient_id: str) -> str:
-    return patient_id if space == "default" else f"{space}:{patient_id}"
-
-
 @dataclass
 class CallOutcome:
     response: dict[str, Any]
@@ -94,40 +104,77 @@ class CallOutcome:
     rendered: list[RenderedCard] = field(default_factory=list)
     used: list[str] = field(default_factory=list)
     policy: dict[str, Any] = field(default_factory=dict)  # the assessment document's policy id, version
+    #: Work for after the answer has left: the cards' evidence snapshot (see :func:`handle_call`).
+    after: Callable[[], Awaitable[None]] | None = None
 
 
 async def handle_call(cds: Cds, service: CdsService, body: bytes, outcome: CallOutcome) -> None:
     """Validate, gather, assess and render into ``outcome`` (filled as far as the call got, for
-    the audit); 412 only when no data source was available."""
+    the audit); 412 only when no data source was available. Each card links to its evidence
+    (:meth:`EvidenceLinks.card_link`); ``outcome.after`` builds the call's evidence snapshot and
+    queues it for the cards' group commit once the answer has left (measured on v02: the snapshot
+    costs about a third of the evaluation, which the EHR no longer waits for)."""
     settings = cds.settings
     call = parse_hook_request(body, service.id, service.hook)
     outcome.call = call
-    data = await gather(call, settings, cds.engine, cds.http)
+    data = await gather(call, settings, cds.engine, cds.http, cds.sources)
     outcome.patient_key, outcome.used = data.patient_key, data.used
     if not data.available:
-        raise PreconditionFailed(
-            "No data for this patient: the prefetch has none of this service's keys, fhirServer is not a "
-            "configured source (or could not be read), and Pinpoint stores nothing for the patient"
-        )
+        log.warning("cds.no_data", service=service.id, hook_instance=call.hook_instance, **data.problems)
+        raise PreconditionFailed(data.unavailable_reason())
+    if data.unavailable:
+        log.info("cds.data_unavailable", service=service.id, kinds=sorted(data.unavailable))
     now = cds.clock()
-    document = cds.assessor.document(data.resources, now)
+    assessed = cds.assessor.assess(data.resources, now, data.unavailable)
+    document = assessed.document
     outcome.policy = dict(document.get("policy") or {"id": settings.policy})
     drafts = {f"ServiceRequest/{o['id']}": o for o in as_draft_orders(call.draft_orders, call.patient_id)}
     ctx = CardContext(
-        evidence_url=cds.links.url(_patient_path_id(data.id_space, call.patient_id), now=datetime.now(UTC)),
+        evidence_url=cds.links.base_url,  # each card's own link is set below
         policy={"id": settings.policy},
         order_hook=service.hook != "patient-view",
     )
+    patient_ref = f"Patient/{call.patient_id}"
     rendered = cards_for(
         document,
-        patient_ref=f"Patient/{call.patient_id}",
+        patient_ref=patient_ref,
         hook=service.hook,
         drafts=drafts,
         selections=call.selections,
         ctx=ctx,
     )
+    wall = datetime.now(UTC)
+    for r in rendered:
+        r.card["links"] = [cds.links.card_link(r.card["uuid"], data.id_space, now=wall)]
     outcome.rendered = rendered
     outcome.response = {"cards": [r.card for r in rendered]}
+    if not rendered:
+        return
+
+    async def keep_snapshot() -> None:
+        """Built and queued after the answer has left (a background task of the response)."""
+        entry: dict[str, Any] = next(
+            (p for p in document.get("patients") or [] if p.get("patient") == patient_ref), {}
+        )
+        snapshot = snapshot_body(
+            entry=entry,
+            facts=assessed.facts.get(patient_ref),
+            policy=cds.assessor.policy,
+            patient=patient_header(data.resources, call.patient_id),
+            now=now,
+            unavailable=data.unavailable,
+        )
+        rows = snapshot_rows(
+            (r.card["uuid"] for r in rendered),
+            patient_key=data.patient_key,
+            service_id=service.id,
+            body=snapshot,
+            now=wall,
+            retention=settings.config.cds.evidence_retention,
+        )
+        await cds.snapshots.write(rows, wait=False)
+
+    outcome.after = keep_snapshot
 
 
 async def record_call(

@@ -3,7 +3,10 @@ one wording of cards, the evidence page, CarePlan suggestions and ``pinpoint eva
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any
+
+from services.recommender.engine.completeness import unavailable_text
 
 PATHWAYS = {
     "facet-diagnostic": "Diagnostic facet (medial branch) block",
@@ -116,7 +119,11 @@ def documentation_gaps(items: Any) -> list[str]:
     return out
 
 
-def reason_text(code: str) -> str:
+def reason_text(code: str, unavailable: Collection[str] | None = None) -> str:
+    """The reason in plain words; ``data-unavailable`` names what is missing when the item says
+    (its ``unavailable`` list): "pain scores could not be retrieved from the EHR"."""
+    if code == "data-unavailable" and unavailable:
+        return unavailable_text(unavailable)
     return REASONS.get(code, code.replace("-", " "))
 
 

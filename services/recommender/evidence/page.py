@@ -10,13 +10,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta, tzinfo
 from typing import Any
 
 from sqlmodel import Session, col, select
 
 from services.recommender.assessor import Assessor
 from services.recommender.engine import Policy
+from services.recommender.engine.completeness import mark_unavailable
 from services.recommender.engine.relief import PatientContext
 from services.recommender.engine.wording import (
     ALERTS,
@@ -136,6 +137,26 @@ class AlertView:
 
 
 @dataclass(frozen=True, slots=True)
+class Person:
+    """The page header: who this is (from the Patient resource, when present)."""
+
+    name: str | None = None
+    birth_date: date | None = None
+    sex: str | None = None
+
+    @classmethod
+    def of(cls, header: Mapping[str, str] | None) -> Person | None:
+        if not header:
+            return None
+        birth = header.get("birthDate")
+        try:
+            born = date.fromisoformat(birth[:10]) if birth and len(birth) >= 10 else None
+        except ValueError:
+            born = None
+        return cls(header.get("name"), born, header.get("sex"))
+
+
+@dataclass(frozen=True, slots=True)
 class PageView:
     patient: str
     patient_key: str
@@ -146,6 +167,8 @@ class PageView:
     alerts: tuple[AlertView, ...]
     orders: tuple[Mapping[str, Any], ...] = ()
     outcomes: tuple[OutcomeView, ...] = ()
+    person: Person | None = None
+    origin: str | None = None  # a sentence saying where the data came from, when not the store
 
 
 def relief_threshold(policy: Policy, pathway: str) -> float | None:
@@ -254,7 +277,7 @@ def _target_view(
         target=where,
         verdict=verdict,
         verdict_text=sentence(VERDICTS.get(verdict, verdict)),
-        principal=sentence(reason_text(reasons[0])) if reasons else None,
+        principal=sentence(reason_text(reasons[0], item.get("unavailable"))) if reasons else None,
         other_reasons=tuple(sentence(reason_text(r)) for r in reasons[1:]),
         next_step=item.get("nextStep"),
         earliest=item.get("earliestDate"),
@@ -286,6 +309,12 @@ def _evidence_set(item: Mapping[str, Any]) -> frozenset[str]:
     return frozenset(str(e.get("procedure")) for e in item.get("evidence") or [] if isinstance(e, Mapping))
 
 
+def data_zone(facts: PatientFacts) -> tzinfo | None:
+    """The time zone the data was written in: the offset of its latest procedure or reading."""
+    times = [iv.end for iv in facts.interventions] + [r.time for r in facts.readings]
+    return max(times).tzinfo if times else None
+
+
 def build(
     resources: Iterable[Mapping[str, Any]],
     patient_key: str,
@@ -293,24 +322,55 @@ def build(
     policy_setting: str,
     now: datetime,
     records: Mapping[str, Record] | None = None,
+    *,
+    person: Person | None = None,
+    origin: str | None = None,
+    unavailable: frozenset[str] = frozenset(),
 ) -> PageView:
-    """The page for one patient at ``now``."""
+    """The page for one patient at ``now``, evaluated from ``resources`` (``unavailable``: kinds
+    of data that could not be read, as for a CDS call)."""
     resources = list(resources)
     pid = patient_key.partition(":")[2]
     ref = f"Patient/{pid}"
-    policy = assessor.policy
     found = assessor.facts(resources).get(ref)
-    entry = assessor.entry(found, ref, now)
-    facts = found or PatientFacts(ref)
+    entry = mark_unavailable(assessor.entry(found, ref, now), unavailable)
+    return view(
+        entry,
+        found or PatientFacts(ref),
+        patient_key,
+        assessor.policy,
+        policy_setting,
+        now,
+        records,
+        person=person,
+        origin=origin,
+    )
+
+
+def view(
+    entry: Mapping[str, Any],
+    facts: PatientFacts,
+    patient_key: str,
+    policy: Policy,
+    policy_setting: str,
+    now: datetime,
+    records: Mapping[str, Record] | None = None,
+    *,
+    person: Person | None = None,
+    origin: str | None = None,
+    policy_ref: tuple[str, str] | None = None,
+) -> PageView:
+    """The page of an entry already evaluated (live, or an evidence snapshot's) and its facts."""
+    pid = patient_key.partition(":")[2]
     ctx = PatientContext(facts, policy)
     records = records or {}
     targets: list[TargetView] = []
     shown: list[tuple[str, frozenset[str]]] = []
-    for a in entry["assessments"]:
+    for a in entry.get("assessments") or []:
         record = records.get(assessment_key(patient_key, a))
         targets.append(_target_view(a, facts, ctx, policy, policy_setting, len(targets) + 1, record, now))
         shown.append((str(a["pathway"]), _evidence_set(a)))
-    for o in entry["orderChecks"]:
+    for o in entry.get("orderChecks") or []:
         key = (str(o["pathway"]), _evidence_set(o))
         if key in shown:
             continue  # the same blocks are already drawn for this pathway
@@ -326,18 +386,22 @@ def build(
             ALERTS.get(str(a.get("code")), str(a.get("code"))),
             str(a.get("text") or ""),
         )
-        for a in entry["alerts"]
+        for a in entry.get("alerts") or []
     )
+    zone = data_zone(facts)
+    policy_id, policy_version = policy_ref or (policy.id, str(policy.version))
     return PageView(
         patient=pid,
         patient_key=patient_key,
-        policy_id=policy.id,
-        policy_version=str(policy.version),
-        evaluated_at=now,
+        policy_id=policy_id,
+        policy_version=policy_version,
+        evaluated_at=now.astimezone(zone) if zone is not None else now,
         targets=tuple(targets),
         alerts=alerts,
         orders=tuple(order_summaries(entry)),
         outcomes=outcome_views(entry.get("outcomes") or [], policy),
+        person=person,
+        origin=origin,
     )
 
 
@@ -351,7 +415,7 @@ def order_summaries(entry: Mapping[str, Any]) -> list[dict[str, Any]]:
                 "order": o.get("order"),
                 "pathway": pathway_text(str(o.get("pathway"))),
                 "verdict": o.get("verdict"),
-                "reason": sentence(reason_text(reasons[0])) if reasons else None,
+                "reason": sentence(reason_text(reasons[0], o.get("unavailable"))) if reasons else None,
             }
         )
     return out

@@ -63,3 +63,12 @@ def environment() -> jinja2.Environment:
 
 def render_page(view: PageView) -> str:
     return environment().get_template("evidence.html.j2").render(page=view)
+
+
+def render_error(*, status: int, title: str, detail: str, todo: str) -> str:
+    """The short HTML page a browser gets for a refused or missing evidence page."""
+    return (
+        environment()
+        .get_template("error.html.j2")
+        .render(status=status, title=title, detail=detail, todo=todo)
+    )

@@ -20,7 +20,10 @@ import jwt
 import pytest
 from sqlalchemy.engine import Engine
 
+from services.recommender.assessor import Assessed
 from services.recommender.container import Recommender
+from services.recommender.engine import Policy
+from services.recommender.policies import load_policy
 from shared.settings import CdsConfig, ConfigFile, Settings, Source, TrustedIssuer
 from tests.conftest import FIXTURES
 
@@ -95,6 +98,7 @@ class FakeAssessor:
 
     patients: list[dict[str, Any]] = field(default_factory=list)
     seen: list[list[dict[str, Any]]] = field(default_factory=list)
+    unavailable: list[frozenset[str]] = field(default_factory=list)
 
     def document(self, resources: Sequence[dict[str, Any]], now: datetime) -> dict[str, Any]:
         self.seen.append([dict(r) for r in resources])
@@ -103,6 +107,16 @@ class FakeAssessor:
             "evaluatedAt": now.isoformat(),
             "patients": self.patients,
         }
+
+    @property
+    def policy(self) -> Policy:
+        return load_policy("cms-lcd")
+
+    def assess(
+        self, resources: Sequence[dict[str, Any]], now: datetime, unavailable: frozenset[str] = frozenset()
+    ) -> Assessed:
+        self.unavailable.append(unavailable)
+        return Assessed(self.document(resources, now), {})
 
     def ids(self, call: int = -1) -> set[str]:
         return {f"{r['resourceType']}/{r.get('id')}" for r in self.seen[call]}
@@ -205,8 +219,15 @@ def assert_valid_card(card: dict[str, Any]) -> None:
     assert card["links"], "every card links to the evidence page"
     for link in card["links"]:
         assert link["type"] in ("absolute", "smart") and link["label"]
-        assert link["url"].startswith(BASE + "/patients/")
-        assert urlsplit(link["url"]).path.endswith("/evidence")  # signed links add ?exp=&sig=
+        path = urlsplit(link["url"]).path
+        if link["type"] == "absolute" and path.startswith("/patients/"):  # cards_for's own (no service)
+            assert path.endswith("/evidence")
+        elif link["type"] == "absolute":  # through the service: the card's evidence, signed
+            assert path == f"/evidence/cards/{card['uuid']}", link
+            assert link["url"].startswith(BASE + "/evidence/cards/") and "sig=" in link["url"]
+        else:  # the SMART launch of the evidence page; the card travels in appContext
+            assert re.match(re.escape(BASE) + r"/smart/[^/]+/launch$", link["url"]), link
+            assert link["appContext"] == f"card={card['uuid']}"
     for coding in card.get("overrideReasons", []):
         assert coding["display"]
     if "suggestions" in card:

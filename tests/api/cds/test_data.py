@@ -244,9 +244,12 @@ async def test_stored_facts_are_merged_and_the_ehr_version_wins(cds: CdsApp) -> 
     store(cds, "hospital-a", proc("p1", "mbb-0"))
     store(cds, "default", proc("p1", "other-space"))
     prefetch = {"procedures": searchset(proc("p1", "mbb-1", note=[{"text": "ehr"}]))}
-    with respx.mock(assert_all_mocked=True):
-        r = await cds.client.post(PV, json=call(prefetch=prefetch, server=SOURCE_BASE))  # no token: no fetch
+    seen: list[httpx.Request] = []
+    with respx.mock(assert_all_mocked=True) as mock:
+        fake_fhir(mock, {}, seen)  # an open source: the missing keys are read without a token
+        r = await cds.client.post(PV, json=call(prefetch=prefetch, server=SOURCE_BASE))
     assert r.status_code == 200
+    assert len(seen) == 6 and all("authorization" not in q.headers for q in seen)
     assert cds.assessor.ids() == {"Procedure/mbb-1", "Procedure/mbb-0"}
     mbb1 = next(r for r in cds.assessor.seen[-1] if r["id"] == "mbb-1")
     assert mbb1["note"] == [{"text": "ehr"}]
@@ -278,9 +281,14 @@ async def test_cds_source_sets_the_id_space_when_fhir_server_is_not_a_source(cds
         }
     ]
     r = await app.client.post(PV, json=call())
+    card = r.json()["cards"][0]["uuid"]
     assert r.json()["cards"][0]["links"][0]["url"].startswith(
-        "https://pinpoint.example/patients/hospital-b:p1/evidence?exp="
+        f"https://pinpoint.example/evidence/cards/{card}?exp="
     )
+    await app.parts.cds.snapshots.flush()
+    with app.engine.connect() as conn:  # ... and the card's evidence snapshot is that patient's
+        keys = conn.execute(sa.text("SELECT patient_key FROM evidence_snapshot WHERE card = :c"), {"c": card})
+        assert keys.scalars().all() == ["hospital-b:p1"]
 
 
 async def test_pinpoint_own_proposals_are_never_input(cds: CdsApp) -> None:
@@ -367,3 +375,69 @@ async def test_a_slow_server_is_cut_at_the_fetch_deadline(
     assert r.status_code == 200
     assert elapsed < 2
     assert cds.assessor.ids() == {"Procedure/fast"}
+
+
+# --- data completeness (issue 17) ------------------------------------------------------------
+
+
+async def test_absent_keys_are_read_with_the_sources_own_credential_when_no_fhir_authorization(
+    cds: CdsApp,
+) -> None:
+    from shared.settings import OutboundAuth
+
+    settings = cds.settings
+    sources = [
+        s.model_copy(update={"outbound": OutboundAuth(bearer="source-secret")}) if s.id == "hospital-a" else s  # type: ignore[arg-type]
+        for s in settings.config.sources
+    ]
+    cds.parts.cds.settings = settings.model_copy(
+        update={"config": settings.config.model_copy(update={"sources": sources})}
+    )
+    seen: list[httpx.Request] = []
+    with respx.mock(assert_all_mocked=True) as mock:
+        fake_fhir(mock, {"Procedure": [proc("p1", "x")]}, seen)
+        r = await cds.client.post(PV, json=call(server=SOURCE_BASE))  # no fhirAuthorization
+    assert r.status_code == 200
+    assert len(seen) == 7 and {q.headers["authorization"] for q in seen} == {"Bearer source-secret"}
+    assert cds.assessor.ids() == {"Procedure/x"}
+    assert cds.assessor.unavailable[-1] == frozenset()  # everything was retrieved
+
+
+async def test_the_412_says_which_source_failed_and_why_and_is_logged(
+    cds: CdsApp, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with respx.mock(assert_all_mocked=True) as mock:
+        mock.route(host="fhir.hospital-a.example").respond(503)
+        r = await cds.client.post(PV, json=call(server=SOURCE_BASE))
+    assert r.status_code == 412
+    text = r.json()["issue"][0]["diagnostics"]
+    assert "prefetch: the request has no prefetch" in text
+    assert "fhirServer: reading hospital-a without a token failed (patient: the server answered 503" in text
+    assert "store: Pinpoint stores nothing for this patient (source hospital-a)" in text
+    r2 = await cds.client.post(PV, json=call(server="https://elsewhere.example/fhir"))
+    assert r2.status_code == 412
+    assert (
+        "fhirServer is not the fhir_base_url of a configured source" in r2.json()["issue"][0]["diagnostics"]
+    )
+    logged = capsys.readouterr()
+    logs = logged.out + logged.err
+    assert "cds.fetch.failed" in logs and "status=503" in logs
+    assert "cds.fetch.refused" in logs and "fhir-server-not-a-source" in logs
+    assert logs.count("cds.no_data") == 2
+    assert "p1" not in logs  # no patient id in any line
+
+
+async def test_what_could_not_be_retrieved_is_named_to_the_engine(cds: CdsApp) -> None:
+    prefetch = {"procedures": searchset(proc("p1", "a")), "patient": None}
+    with respx.mock(assert_all_mocked=True) as mock:
+        mock.route(host="fhir.hospital-a.example", path__startswith="/R4/Observation").respond(503)
+        fake_fhir(mock, {}, [])
+        r = await cds.client.post(PV, json=call(prefetch=prefetch, server=SOURCE_BASE))
+    assert r.status_code == 200
+    assert cds.assessor.unavailable[-1] == frozenset({"pain-scores"})
+    # stored data for the patient counts as available (Pinpoint keeps the EHR's data itself)
+    store(cds, "hospital-a", proc("p1", "stored"))
+    with respx.mock(assert_all_mocked=True) as mock:
+        mock.route(host="fhir.hospital-a.example").respond(503)
+        r = await cds.client.post(PV, json=call(prefetch=prefetch, server=SOURCE_BASE))
+    assert r.status_code == 200 and cds.assessor.unavailable[-1] == frozenset()

@@ -114,7 +114,14 @@ async def test_v01_one_block_only_warns_and_proposes_the_confirmatory_block(cds:
         if c["system"] == "urn:pinpoint:spinal-joint"
     }
     assert joints == {"L4-L5", "L5-S1"}
-    assert card["links"][0]["url"].startswith("https://pinpoint.example/patients/P-001/evidence?exp=")
+    link = card["links"][0]["url"]
+    assert link.startswith(f"https://pinpoint.example/evidence/cards/{card['uuid']}?exp=")
+    # nothing is stored in Pinpoint: the link opens the card's evidence snapshot
+    await cds.parts.cds.snapshots.flush()
+    page = await cds.client.get(link, headers={"accept": "text/html"})
+    assert page.status_code == 200, page.text
+    assert "from the EHR&#39;s data" in page.text and "Pinpoint stores no data for this patient" in page.text
+    assert "Block 1" in page.text  # the block the card was drawn from, with its readings
 
 
 async def test_v02_two_concordant_blocks_give_an_info_card_with_the_evidence(cds: CdsApp) -> None:

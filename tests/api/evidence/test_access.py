@@ -176,6 +176,7 @@ _READ_PREFIXES = (
     "/feedback",
     "/whatif",
     "/outcomes",
+    "/evidence/",
 )
 _NOT_PATIENT_DATA = {  # CapabilityStatements
     "/fhir/metadata",
@@ -202,6 +203,9 @@ _OTHERWISE_GUARDED = {
     ("GET", "/fhir/metadata"): "no patient data",
     ("GET", "/sources/{source_id}/fhir/metadata"): "no patient data",
     ("GET", "/suggestions/fhir/metadata"): "no patient data",
+    ("GET", "/smart/{source}/launch"): "starts an EHR launch: no patient data, the EHR authorises",
+    ("GET", "/smart/{source}/callback"): "one-time launch state + the EHR's authorization code",
+    ("GET", "/smart/evidence"): "the SMART session (patient bound by the EHR's token response)",
     ("GET", "/livez"): "operations probe",
     ("GET", "/readyz"): "operations probe",
     ("GET", "/metrics"): "operations metrics (no patient data)",
@@ -252,6 +256,7 @@ async def test_every_patient_data_and_admin_route_refuses_without_a_token(
     # the walk is not vacuous: the known routes are among those checked
     assert {
         ("GET", "/patients/{pid}/evidence"),
+        ("GET", "/evidence/cards/{card}"),
         ("GET", "/patients/{pid}/assessment"),
         ("GET", "/suggestions/fhir/{rtype}"),
         ("GET", "/suggestions/fhir/{rtype}/{rid}"),
