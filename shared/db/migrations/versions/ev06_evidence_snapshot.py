@@ -1,7 +1,7 @@
 """evidence_snapshot: what each CDS card was drawn from, for its evidence link (issue 17)
 
-Revision ID: ev05
-Revises: res04
+Revision ID: ev06
+Revises: wl04
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from sqlalchemy.dialects import postgresql
 
 import shared.db.models
 
-revision: str = "ev05"
-down_revision: str | None = "res04"
+revision: str = "ev06"
+down_revision: str | None = "wl04"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
