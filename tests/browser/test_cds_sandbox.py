@@ -35,7 +35,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from shared.settings import CdsConfig, ConfigFile, Settings, Source, TrustedIssuer
-from tests.browser.test_evidence_page import OUT, _chromium, _Dom, _png_size, chromium  # noqa: F401
+from tests.browser.devtools import OUT, png_size, run_chromium
+from tests.browser.test_evidence_page import _Dom
 from tests.conftest import FIXTURES
 from tests.fakes.fhir_server import FakeFhirServer, Fault, LiveServer, serve_in_thread
 from tests.serving import free_port, serve_app
@@ -154,7 +155,7 @@ def _await_snapshots(engine: Engine, cards: list[str]) -> None:
 
 
 def _dom(binary: str, tmp: Path, url: str) -> _Dom:
-    result = _chromium(binary, tmp, "--window-size=1280,900", "--dump-dom", url)
+    result = run_chromium(binary, tmp, "--window-size=1280,900", "--dump-dom", url)
     assert result.returncode == 0, result.stderr[-2000:]
     dom = _Dom()
     dom.feed(result.stdout)
@@ -165,14 +166,14 @@ def _shot(binary: str, tmp: Path, url: str, name: str, height: int = 900) -> Pat
     OUT.mkdir(parents=True, exist_ok=True)
     shot = OUT / name
     shot.unlink(missing_ok=True)
-    result = _chromium(binary, tmp, f"--window-size=1280,{height}", f"--screenshot={shot}", url)
+    result = run_chromium(binary, tmp, f"--window-size=1280,{height}", f"--screenshot={shot}", url)
     assert result.returncode == 0 and shot.exists(), result.stderr[-2000:]
-    assert _png_size(shot) == (1280, height) and shot.stat().st_size > 10_000
+    assert png_size(shot) == (1280, height) and shot.stat().st_size > 10_000
     return shot
 
 
 def test_sandbox_calls_and_every_card_link_opens_a_rendered_evidence_page(
-    chromium: str,  # noqa: F811
+    chromium: str,
     ehr: LiveServer,
     db_url: str,
     engine: Engine,

@@ -139,7 +139,9 @@ def test_worklist_layout_console_and_screenshot(
         assert layout["firstRow"]["w"] <= 400 and layout["firstRow"]["h"] > 100  # a card per row
     else:
         assert layout["firstRow"]["h"] < 120  # a table row
-    assert title.startswith("Evidence for patient WL-")
+    assert title.startswith("Evidence for ") and title.endswith(
+        " · Pinpoint"
+    )  # named when the Patient is known
     outside = [u for u in tools.requests if not u.startswith((server, "data:"))]
     assert outside == []
 
