@@ -12,6 +12,7 @@ import respx
 import sqlalchemy as sa
 
 from services.ingest.intake.repository import Prepared, store_resources
+from services.recommender.cds_hooks.discovery import PREFETCH
 from shared.db.models import AuditLog
 from shared.db.session import session_scope
 from tests.api.cds.conftest import SOURCE_BASE, CdsApp
@@ -249,7 +250,7 @@ async def test_stored_facts_are_merged_and_the_ehr_version_wins(cds: CdsApp) -> 
         fake_fhir(mock, {}, seen)  # an open source: the missing keys are read without a token
         r = await cds.client.post(PV, json=call(prefetch=prefetch, server=SOURCE_BASE))
     assert r.status_code == 200
-    assert len(seen) == 6 and all("authorization" not in q.headers for q in seen)
+    assert len(seen) == len(PREFETCH) - 1 and all("authorization" not in q.headers for q in seen)
     assert cds.assessor.ids() == {"Procedure/mbb-1", "Procedure/mbb-0"}
     mbb1 = next(r for r in cds.assessor.seen[-1] if r["id"] == "mbb-1")
     assert mbb1["note"] == [{"text": "ehr"}]
@@ -398,7 +399,9 @@ async def test_absent_keys_are_read_with_the_sources_own_credential_when_no_fhir
         fake_fhir(mock, {"Procedure": [proc("p1", "x")]}, seen)
         r = await cds.client.post(PV, json=call(server=SOURCE_BASE))  # no fhirAuthorization
     assert r.status_code == 200
-    assert len(seen) == 7 and {q.headers["authorization"] for q in seen} == {"Bearer source-secret"}
+    assert len(seen) == len(PREFETCH) and {q.headers["authorization"] for q in seen} == {
+        "Bearer source-secret"
+    }
     assert cds.assessor.ids() == {"Procedure/x"}
     assert cds.assessor.unavailable[-1] == frozenset()  # everything was retrieved
 
@@ -434,7 +437,7 @@ async def test_what_could_not_be_retrieved_is_named_to_the_engine(cds: CdsApp) -
         fake_fhir(mock, {}, [])
         r = await cds.client.post(PV, json=call(prefetch=prefetch, server=SOURCE_BASE))
     assert r.status_code == 200
-    assert cds.assessor.unavailable[-1] == frozenset({"pain-scores"})
+    assert cds.assessor.unavailable[-1] == frozenset({"pain-scores", "function-scores"})
     # stored data for the patient counts as available (Pinpoint keeps the EHR's data itself)
     store(cds, "hospital-a", proc("p1", "stored"))
     with respx.mock(assert_all_mocked=True) as mock:
