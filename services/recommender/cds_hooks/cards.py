@@ -474,9 +474,8 @@ def order_card(
     parts += _documentation_md(check)
     card["detail"] = "\n\n".join(p for p in parts if p)
     card["overrideReasons"] = [dict(c) for c in OVERRIDE_REASONS]
-    if (
-        order is not None and order.get("id") and reasons[:1] != ["data-unavailable"]
-    ):  # no advice without data
+    no_data = (check.get("reasons") or [None])[0] == "data-unavailable"
+    if order is not None and order.get("id") and not no_data:  # no advice on the order without its data
         label, create = next_step(check, patient, order)
         actions: list[dict[str, Any]] = [
             {
