@@ -214,7 +214,7 @@ def test_sandbox_calls_and_every_card_link_opens_a_rendered_evidence_page(
             [obs] = fake.requests_to("GET", "Observation")
             assert "authorization" not in obs.headers and obs.status == 200
             [card] = r.json()["cards"]
-            assert card["indicator"] == "info" and "criteria met" in card["summary"], card
+            assert card["indicator"] == "info" and ": supported — 2 blocks" in card["summary"], card
             answers.append((hook, card))
         # the EHR cannot answer the Observation search: the data is named as missing
         fake.inject("GET", "Observation", Fault.error(503), Fault.error(503), Fault.error(503))
@@ -227,7 +227,7 @@ def test_sandbox_calls_and_every_card_link_opens_a_rendered_evidence_page(
         assert r.status_code == 200, r.text
         [card] = r.json()["cards"]
         assert card["indicator"] == "warning"
-        assert "Pain scores could not be retrieved from the EHR" in card["summary"], card["summary"]
+        assert "pain scores could not be retrieved from the EHR" in card["summary"], card["summary"]
         assert "no pain score" not in json.dumps(card).lower()  # never a clinical reason
         assert "suggestions" not in card  # no advice on the order without its data
         answers.append(("order-sign-observations-failed", card))

@@ -134,6 +134,8 @@ def _cite_md(source_id: Any, ctx: CardContext) -> str:
 
 def _because_md(detail: dict[str, Any], ctx: CardContext) -> str:
     text = str(detail.get("text") or reason_text(str(detail.get("code") or "")))
+    if explain.uncited(detail):
+        return text
     return f"{text} ({_cite_md(detail.get('source'), ctx)})"
 
 

@@ -87,7 +87,7 @@ def _mark(item: Mapping[str, Any], missing: frozenset[str]) -> dict[str, Any]:
             "unit": "",
             "policyKey": "rules.data-unavailable",
             "source": None,
-            "sourceLabel": "not a clinical criterion",
+            "sourceLabel": None,  # no policy criterion: nothing to cite (explain.uncited)
             "text": text,
             "summary": text,
         }

@@ -73,9 +73,17 @@ def cite(source_id: Any, sources: Mapping[str, Mapping[str, Any]]) -> str:
     return str(found.get("label") or found.get("title")) if found else str(source_id)
 
 
+def uncited(detail: Mapping[str, Any]) -> bool:
+    """A reason that is no policy criterion, hence cites no source: ``data-unavailable`` (what
+    could not be retrieved from the EHR, engine/completeness.py)."""
+    return detail.get("code") == "data-unavailable"
+
+
 def because(detail: Mapping[str, Any], sources: Mapping[str, Mapping[str, Any]] | None = None) -> str:
     """``71.4 % relief after the block on 24 Feb 2025 < 80 % required (LCD L38773)``."""
     text = str(detail.get("text") or reason_text(str(detail.get("code") or "")))
+    if uncited(detail):
+        return text
     label = detail.get("sourceLabel") or cite(detail.get("source"), sources or {})
     return f"{text} ({label})"
 
@@ -168,6 +176,8 @@ def decisive(item: Mapping[str, Any], sources: Mapping[str, Mapping[str, Any]]) 
 
 
 def _short_because(detail: Mapping[str, Any], sources: Mapping[str, Mapping[str, Any]]) -> str:
+    if uncited(detail):
+        return str(detail.get("summary") or detail.get("text"))
     label = detail.get("sourceLabel") or cite(detail.get("source"), sources)
     return f"{detail.get('summary') or detail.get('text')} ({label})"
 
