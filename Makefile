@@ -35,6 +35,7 @@ typecheck: install
 	$(BIN)/mypy shared services
 
 bench: install
+	@command -v wrk >/dev/null || { echo "make bench needs wrk (HTTP load generator): sudo apt-get install -y wrk"; exit 1; }
 	@for f in tests/bench/[!_]*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done
 
 clean:

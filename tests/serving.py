@@ -33,6 +33,21 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def wait_up(base: str, proc: subprocess.Popen[bytes], path: str = "/livez", seconds: float = 30) -> None:
+    """Wait (bounded) until ``base + path`` answers; raises RuntimeError if the process exits or
+    the time runs out."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        try:
+            httpx.get(f"{base}{path}", timeout=1)
+            return
+        except httpx.TransportError:
+            time.sleep(0.1)
+    raise RuntimeError(f"server did not answer {path} within {seconds:.0f} s")
+
+
 def clean_env(**settings: str) -> dict[str, str]:
     """The process environment without the developer's PINPOINT_ variables, plus ``settings``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PINPOINT_")}
@@ -50,15 +65,10 @@ def serving(*args: str, env: Mapping[str, str], base: str, log_path: Path) -> It
     with log_path.open("ab") as log:
         proc = run_pinpoint(*args, env=env, log=log)
         try:
-            deadline = time.monotonic() + 30
-            while time.monotonic() < deadline:
-                try:
-                    if httpx.get(f"{base}/livez", timeout=1).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    time.sleep(0.1)
-            else:
-                pytest.fail("server did not start: " + log_path.read_text()[-2000:])
+            try:
+                wait_up(base, proc)
+            except RuntimeError as exc:
+                pytest.fail(f"{exc}: " + log_path.read_text()[-2000:])
             yield base
         finally:
             proc.terminate()

@@ -1,101 +1,84 @@
-"""Subscription notification benchmark (issue 6 §8): ack latency at a fixed rate.
+"""Subscription notification benchmark (issue 21): ack latency at a fixed rate, and throughput.
 
-One ``pinpoint serve --role ingest`` process on PostgreSQL (a fresh database); a loopback load
-generator (this process, open loop: request i is due at t0 + i/rate whatever the answers) sends
-single-resource notifications over keep-alive connections and measures the time from each
-request's due time to its 2xx. ``--client raw`` (default) is a minimal HTTP/1.1 client on asyncio
-streams; ``--client httpx`` costs several times more CPU, which on a 2-CPU machine competes with
-the server being measured.
+One ``pinpoint serve --role ingest`` process on a throw-away PostgreSQL database, and a bare
+FastAPI no-op measured in the same run. For each shape:
 
-    .venv/bin/python tests/bench/notify.py [--rate 200] [--seconds 20] [--shape hapi|medplum|backport]
-                                          [--client raw|httpx] [--connections 32]
-                                          [--pg postgresql+psycopg://postgres@127.0.0.1:5432/postgres]
+- paced, open loop (tests/bench/_load.py ``paced``: request i is due at t0 + i/rate whatever the
+  answers; latency from the due time), first against the no-op (the driver keeps the schedule?)
+  then against Pinpoint: p50/p99 and the server's CPU per notification;
+- at saturation with ``wrk`` (requires Debian's ``wrk`` package): notifications/s beside the
+  no-op's. For ``backport`` every notification belongs to ONE subscription (its row is locked per
+  notification), numbered consecutively.
+
+    .venv/bin/python tests/bench/notify.py [--rate 200] [--seconds 20] [--shape hapi|medplum|backport|all]
+                                          [--connections 32] [--pg postgresql+psycopg://…/postgres]
 
 Shapes: ``hapi`` = ``PUT /sources/hosp/fhir/Observation/{id}`` (classic rest-hook, stored before
-the answer); ``medplum`` = ``POST /sources/hosp/fhir`` with ``X-Medplum-*`` headers and an
-``X-Signature`` HMAC; ``backport`` = a Backport R4 ``history`` Bundle with one full resource and an
-event number. Target: p99 <= 20 ms at 200 notifications/s. Not collected by pytest.
+the answer); ``medplum`` = ``POST /sources/medplum/fhir`` with ``X-Medplum-*`` headers and an
+``X-Signature`` HMAC (one signed body, so repeats of one resource); ``backport`` = a Backport R4
+``history`` Bundle with one full resource and an event number. Targets: p99 <= 20 ms at
+200 notifications/s, server CPU <= 1.5 ms per notification, Backport >= 500/s of one subscription.
+Not collected by pytest.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import hashlib
 import hmac
 import os
-import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
+
+from tests.bench._load import (  # noqa: E402
+    Run,
+    Template,
+    database,
+    generator_verdict,
+    loadavg,
+    measure,
+    noop_server,
+    paced,
+    paced_verdict,
+    pinpoint_server,
+    require_wrk,
+    wrk,
+)
 
 TOKEN = "bench-token"
 SECRET = "bench-secret"
 
 
-from tests.bench._pg import admin as _admin  # noqa: E402
-from tests.bench._pg import fresh_db as _fresh_db  # noqa: E402
-from tests.serving import cpu_seconds, free_port  # noqa: E402
-
-
-def _summary(
-    latencies: list[float],
-    errors: dict[str, int],
-    total: int,
-    measured_from: int,
-    done_at: list[float],
-    window_start: float,
-) -> dict[str, Any]:
-    """Latency percentiles and the achieved rate over the measured window (after warm-up)."""
-    latencies = sorted(latencies)
-
-    def pct(p: float) -> float:
-        return (
-            latencies[min(len(latencies) - 1, int(p * len(latencies)))] * 1000 if latencies else float("nan")
-        )
-
-    return {
-        "total": total,
-        "sent": total - measured_from,
-        "ok": len(latencies),
-        "errors": errors,
-        "p50_ms": pct(0.50),
-        "p99_ms": pct(0.99),
-        "max_ms": latencies[-1] * 1000 if latencies else float("nan"),
-        "mean_ms": statistics.fmean(latencies) * 1000 if latencies else float("nan"),
-        "achieved_per_s": len(latencies) / (max(done_at) - window_start) if done_at else 0.0,
-    }
-
-
-def observation(i: int) -> dict[str, Any]:
+def observation(i: str) -> dict[str, Any]:
     return {
         "resourceType": "Observation",
         "id": f"obs-{i}",
         "meta": {"versionId": "1", "lastUpdated": "2025-02-03T10:00:00Z"},
         "status": "final",
         "code": {"coding": [{"system": "http://loinc.org", "code": "72514-3"}]},
-        "subject": {"reference": f"Patient/p{i % 500}"},
+        "subject": {"reference": f"Patient/p{i}"},
         "effectiveDateTime": "2025-02-03T10:00:00Z",
-        "valueInteger": i % 11,
+        "valueInteger": 5,
     }
 
 
-def request_for(shape: str, i: int) -> tuple[str, str, bytes, dict[str, str]]:
-    import orjson
-
+def template(shape: str) -> Template:
+    """The shape's request; ``{i}`` / ``{n}`` become a counter / counter + 1 per request."""
     headers = {"Content-Type": "application/fhir+json"}
-    resource = observation(i)
     if shape == "hapi":
         headers["Authorization"] = f"Bearer {TOKEN}"
-        return "PUT", f"/sources/hosp/fhir/Observation/obs-{i}", orjson.dumps(resource), headers
+        return Template(
+            "PUT", "/sources/hosp/fhir/Observation/obs-{i}", orjson.dumps(observation("{i}")), headers
+        )
     if shape == "medplum":
-        body = orjson.dumps(resource)
+        body = orjson.dumps(observation("1"))
         headers.update(
             {
                 "X-Medplum-Subscription": "bench-sub",
@@ -103,7 +86,7 @@ def request_for(shape: str, i: int) -> tuple[str, str, bytes, dict[str, str]]:
                 "X-Signature": hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest(),
             }
         )
-        return "POST", "/sources/medplum/fhir", body, headers
+        return Template("POST", "/sources/medplum/fhir", body, headers)
     headers["Authorization"] = f"Bearer {TOKEN}"
     status = {
         "resourceType": "Parameters",
@@ -111,12 +94,12 @@ def request_for(shape: str, i: int) -> tuple[str, str, bytes, dict[str, str]]:
             {"name": "subscription", "valueReference": {"reference": "Subscription/bench"}},
             {"name": "status", "valueCode": "active"},
             {"name": "type", "valueCode": "event-notification"},
-            {"name": "events-since-subscription-start", "valueString": str(i + 1)},
+            {"name": "events-since-subscription-start", "valueString": "{n}"},
             {
                 "name": "notification-event",
                 "part": [
-                    {"name": "event-number", "valueString": str(i + 1)},
-                    {"name": "focus", "valueReference": {"reference": f"Observation/obs-{i}"}},
+                    {"name": "event-number", "valueString": "{n}"},
+                    {"name": "focus", "valueReference": {"reference": "Observation/obs-{i}"}},
                 ],
             },
         ],
@@ -127,208 +110,99 @@ def request_for(shape: str, i: int) -> tuple[str, str, bytes, dict[str, str]]:
         "entry": [
             {"resource": status, "request": {"method": "GET", "url": "Subscription/bench/$status"}},
             {
-                "fullUrl": f"Observation/obs-{i}",
-                "resource": resource,
-                "request": {"method": "PUT", "url": f"Observation/obs-{i}"},
+                "fullUrl": "Observation/obs-{i}",
+                "resource": observation("{i}"),
+                "request": {"method": "PUT", "url": "Observation/obs-{i}"},
             },
         ],
     }
-    return "POST", "/sources/hosp/fhir", orjson.dumps(bundle), headers
-
-
-async def load(base: str, shape: str, rate: float, seconds: float, warmup: float) -> dict[str, Any]:
-    import httpx
-
-    limits = httpx.Limits(max_connections=200, max_keepalive_connections=200)
-    async with httpx.AsyncClient(base_url=base, limits=limits, timeout=10.0) as http:
-        latencies: list[float] = []
-        errors: dict[str, int] = {}
-        total = int((warmup + seconds) * rate)
-        measured_from = int(warmup * rate)
-        done_at: list[float] = []
-
-        async def one(i: int, when: float) -> None:
-            method, path, body, headers = request_for(shape, i)
-            delay = when - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            start = time.perf_counter()
-            try:
-                r = await http.request(method, path, content=body, headers=headers)
-                ok = r.is_success
-                key = str(r.status_code)
-            except httpx.HTTPError as exc:
-                ok, key = False, type(exc).__name__
-            end = time.perf_counter()
-            if i >= measured_from:
-                if ok:
-                    latencies.append(end - start)
-                    done_at.append(end)
-                else:
-                    errors[key] = errors.get(key, 0) + 1
-
-        t0 = time.perf_counter() + 0.2
-        tasks = [asyncio.create_task(one(i, t0 + i / rate)) for i in range(total)]
-        await asyncio.gather(*tasks)
-    return _summary(latencies, errors, total, measured_from, done_at, t0 + warmup)
-
-
-async def _read_response(reader: asyncio.StreamReader) -> int:
-    head = await reader.readuntil(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    status = int(lines[0].split(" ", 2)[1])
-    length = 0
-    for line in lines[1:]:
-        name, _, value = line.partition(":")
-        if name.strip().lower() == "content-length":
-            length = int(value.strip())
-    if length:
-        await reader.readexactly(length)
-    return status
-
-
-async def load_raw(
-    host: str, port: int, shape: str, rate: float, seconds: float, warmup: float, connections: int
-) -> dict[str, Any]:
-    """The same open-loop load with a minimal HTTP/1.1 keep-alive client on asyncio streams (a
-    fraction of httpx's CPU, which matters on a small machine). Latency counts from the moment
-    the request was due, so queueing in the generator is not hidden."""
-    total = int((warmup + seconds) * rate)
-    measured_from = int(warmup * rate)
-    queue: asyncio.Queue[tuple[int, float] | None] = asyncio.Queue()
-    latencies: list[float] = []
-    done_at: list[float] = []
-    errors: dict[str, int] = {}
-
-    def raw_request(i: int) -> bytes:
-        method, path, body, headers = request_for(shape, i)
-        lines = [f"{method} {path} HTTP/1.1", f"Host: {host}:{port}", f"Content-Length: {len(body)}"]
-        lines += [f"{k}: {v}" for k, v in headers.items()]
-        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
-
-    async def worker() -> None:
-        reader, writer = await asyncio.open_connection(host, port)
-        try:
-            while (item := await queue.get()) is not None:
-                i, due = item
-                writer.write(raw_request(i))
-                try:
-                    status = await _read_response(reader)
-                    key = str(status)
-                    ok = 200 <= status < 300
-                except (asyncio.IncompleteReadError, ConnectionError) as exc:
-                    ok, key = False, type(exc).__name__
-                    writer.close()
-                    reader, writer = await asyncio.open_connection(host, port)
-                end = time.perf_counter()
-                if i >= measured_from:
-                    if ok:
-                        latencies.append(end - due)
-                        done_at.append(end)
-                    else:
-                        errors[key] = errors.get(key, 0) + 1
-        finally:
-            writer.close()
-
-    workers = [asyncio.create_task(worker()) for _ in range(connections)]
-    t0 = time.perf_counter() + 0.5
-    for i in range(total):
-        due = t0 + i / rate
-        delay = due - time.perf_counter()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        queue.put_nowait((i, due))
-    for _ in workers:
-        queue.put_nowait(None)
-    await asyncio.gather(*workers)
-    return _summary(latencies, errors, total, measured_from, done_at, t0 + warmup)
+    return Template("POST", "/sources/hosp/fhir", orjson.dumps(bundle), headers)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--pg",
-        default=os.environ.get(
-            "PINPOINT_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
-        ),
-    )
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--rate", type=float, default=200.0)
     parser.add_argument("--seconds", type=float, default=20.0)
-    parser.add_argument("--warmup", type=float, default=3.0)
-    parser.add_argument("--shape", choices=["hapi", "medplum", "backport"], default="hapi")
-    parser.add_argument("--client", choices=["raw", "httpx"], default="raw", help="load generator client")
+    parser.add_argument("--shape", choices=["hapi", "medplum", "backport", "all"], default="all")
     parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--saturation-connections", type=int, default=8)
     args = parser.parse_args()
+    require_wrk()
+    shapes = ["hapi", "medplum", "backport"] if args.shape == "all" else [args.shape]
 
-    name, url = _fresh_db(args.pg)
-    port = free_port()
-    workdir = Path(tempfile.mkdtemp(prefix="pinpoint-bench-"))
-    config = workdir / "pinpoint.yaml"
+    config = Path(tempfile.mkdtemp(prefix="pinpoint-bench-")) / "pinpoint.yaml"
     config.write_text(
         "sources:\n"
         f"  - {{id: hosp, inbound: {{bearer: {TOKEN}}}}}\n"
         f"  - {{id: medplum, inbound: {{hmac_secret: {SECRET}, header: X-Signature}}}}\n"
     )
-    env = {
-        **os.environ,
-        "PINPOINT_DATABASE_URL": url,
-        "PINPOINT_CONFIG_FILE": str(config),
-        "PINPOINT_LOG_LEVEL": "warning",
-        "PINPOINT_LOG_FORMAT": "json",
-    }
-    exe = str(ROOT / ".venv" / "bin" / "pinpoint")
-    server = subprocess.Popen(
-        [exe, "serve", "--role", "ingest", "--host", "127.0.0.1", "--port", str(port)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        import httpx
-
-        for _ in range(200):
-            try:
-                if httpx.get(base + "/readyz", timeout=1.0).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        else:
-            raise SystemExit("the server did not become ready")
-        cpu_before = cpu_seconds(server.pid)
-        if args.client == "raw":
-            run = load_raw(
-                "127.0.0.1", port, args.shape, args.rate, args.seconds, args.warmup, args.connections
+    results: list[tuple[str, Run, Run, Run, Run]] = []
+    with (
+        database(True) as url,
+        pinpoint_server("ingest", url, PINPOINT_CONFIG_FILE=str(config)) as (
+            port,
+            pid,
+        ),
+        noop_server() as (n_port, n_pid),
+    ):
+        base, n_base = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{n_port}"
+        first = 0
+        for shape in shapes:
+            t = template(shape)
+            nt = Template(t.method, t.path, t.body, t.headers, first)
+            noop_paced = paced(
+                n_port,
+                nt,
+                args.rate,
+                args.seconds,
+                connections=args.connections,
+                server_pid=n_pid,
+                label="no-op FastAPI",
             )
-        else:
-            run = load(base, args.shape, args.rate, args.seconds, args.warmup)
-        result = asyncio.run(run)
-        server_cpu = cpu_seconds(server.pid) - cpu_before
-        result["server_cpu_ms"] = server_cpu * 1000 / result["total"]
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            server.kill()
-        _admin(args.pg, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    print(
-        f"client={args.client} shape={args.shape} rate={args.rate:.0f}/s for {args.seconds:.0f}s "
-        f"(after {args.warmup:.0f}s warm-up), cpus={os.cpu_count()}"
-    )
-    print(
-        f"ack latency p50={result['p50_ms']:.1f} ms p99={result['p99_ms']:.1f} ms "
-        f"max={result['max_ms']:.1f} ms "
-        f"mean={result['mean_ms']:.1f} ms; achieved {result['achieved_per_s']:.0f}/s; "
-        f"ok {result['ok']}/{result['sent']}; errors {result['errors'] or 'none'}"
-    )
-    print(
-        f"server process CPU {result['server_cpu_ms']:.2f} ms per notification; "
-        f"1-min load average at the end {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs (shared machine)"
-    )
-    ok = result["p99_ms"] <= 20 and result["achieved_per_s"] >= 0.95 * args.rate and not result["errors"]
-    print("target p99 <= 20 ms at 200/s:", "met" if ok else "NOT met")
+            done = int(args.rate * (args.seconds + 2) * 1.1) + 1000
+            pt = Template(t.method, t.path, t.body, t.headers, first)
+            first += done
+            ours = paced(
+                port,
+                pt,
+                args.rate,
+                args.seconds,
+                connections=args.connections,
+                server_pid=pid,
+                label=f"pinpoint {shape}",
+            )
+            st = Template(t.method, t.path, t.body, t.headers, first)
+            first += 10_000_000  # wrk's counter: far beyond anything sent
+            sat, half = args.saturation_connections, args.seconds / 2
+            noop = measure(n_pid, lambda: wrk(n_base, nt, half, connections=sat, label="no-op FastAPI"))  # noqa: B023
+            full = measure(pid, lambda: wrk(base, st, half, connections=sat, label=f"pinpoint {shape}"))  # noqa: B023
+            results.append((shape, noop_paced, ours, noop, full))
+    print(f"one `pinpoint serve --role ingest` process on PostgreSQL; {os.cpu_count()} CPUs (shared)")
+    for shape, noop_paced, ours, noop, full in results:
+        print(f"== {shape}")
+        print(
+            f"  paced open loop at {args.rate:.0f}/s, {args.connections} connections, {args.seconds:.0f} s:"
+        )
+        print("    " + noop_paced.line())
+        print("    " + ours.line())
+        print("    " + paced_verdict(noop_paced))
+        print(f"  saturation: wrk, {args.saturation_connections} connections, {args.seconds / 2:.0f} s:")
+        print("    " + noop.line())
+        print("    " + full.line())
+        print("    " + generator_verdict(noop))
+        met = ours.p99_ms <= 20 and ours.rps >= 0.95 * args.rate and not ours.errors
+        print(
+            f"  targets: p99 {ours.p99_ms:.1f} ms at {args.rate:.0f}/s"
+            f" (<= 20 ms: {'met' if met else 'NOT met'});"
+            f" server CPU {ours.server_cpu_ms:.2f} ms/notification (<= 1.5 ms:"
+            f" {'met' if ours.server_cpu_ms <= 1.5 else 'NOT met'})"
+            + (
+                f"; one subscription {full.rps:.0f}/s (>= 500/s: {'met' if full.rps >= 500 else 'NOT met'})"
+                if shape == "backport"
+                else ""
+            )
+        )
+    print(f"/proc/loadavg at the end: {loadavg()}")
 
 
 if __name__ == "__main__":
