@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from sqlalchemy import text
-from sqlalchemy.dialects.postgresql import insert as pg_insert
+import sqlalchemy as sa
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlmodel import Session
 
@@ -22,17 +21,29 @@ def mark_dirty(session: Session, patient_keys: Iterable[str]) -> int:
     if not keys:
         return 0
     now = utcnow()
-    dialect = session.get_bind().dialect.name
-    insert = pg_insert if dialect == "postgresql" else sqlite_insert
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(_MARK_PG, {"keys": keys, "now": now})
+        return len(keys)
     table = EvaluationQueue.__table__  # type: ignore[attr-defined]
-    stmt = insert(table).values(
+    stmt = sqlite_insert(table).values(
         [{"patient_key": k, "generation": 1, "dirty_since": now, "attempts": 0} for k in keys]
     )
-    stmt = stmt.on_conflict_do_update(
-        index_elements=["patient_key"],
-        set_={"generation": table.c.generation + 1},
+    session.execute(
+        stmt.on_conflict_do_update(
+            index_elements=["patient_key"], set_={"generation": table.c.generation + 1}
+        )
     )
-    session.execute(stmt)
-    if dialect == "postgresql":
-        session.execute(text("SELECT pg_notify('pinpoint_dirty', '')"))
     return len(keys)
+
+
+#: PostgreSQL: one round trip and one statement text whatever the number of keys (the upsert as a
+#: data-modifying CTE over an array parameter; the wake-up of LISTENing workers, delivered at
+#: commit, as its SELECT).
+_MARK_PG = sa.text(
+    "WITH marked AS ("
+    " INSERT INTO evaluation_queue (patient_key, generation, dirty_since, attempts)"
+    " SELECT k, 1, :now, 0 FROM unnest(CAST(:keys AS varchar[])) AS k"
+    " ON CONFLICT (patient_key) DO UPDATE SET generation = evaluation_queue.generation + 1"
+    " RETURNING 1)"
+    " SELECT pg_notify('pinpoint_dirty', '')"
+)

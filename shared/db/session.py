@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -44,14 +45,42 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
             cur.close()
 
         return engine
-    kwargs.setdefault("pool_pre_ping", True)
+    ping_idle = kwargs.pop("ping_idle_seconds", PING_IDLE_SECONDS)
     if "poolclass" not in kwargs:
         kwargs.setdefault("pool_size", 10)
     engine = sa.create_engine(url, **kwargs)
+    if not kwargs.get("pool_pre_ping"):
+        _ping_when_idle(engine, ping_idle)
     # An engine dropped without dispose() (a one-shot command, a test) still closes its pooled
     # connections instead of leaving them to the garbage collector mid-way through other work.
     weakref.finalize(engine, engine.pool.dispose)
     return engine
+
+
+#: A pooled PostgreSQL connection idle longer than this is checked (one round trip) before use; a
+#: busy server reuses its connections without the extra round trip per request.
+PING_IDLE_SECONDS = 5.0
+
+
+def _ping_when_idle(engine: Engine, idle: float) -> None:
+    """Pessimistic disconnect handling, only after idleness: a connection that sat in the pool
+    for more than ``idle`` seconds (a database restart may have closed it) is pinged at checkout
+    and replaced if dead; one just returned by another request is used as is."""
+
+    @sa.event.listens_for(engine, "checkin")
+    def _checked_in(dbapi_conn: Any, record: Any) -> None:
+        record.info["idle_since"] = time.monotonic()
+
+    @sa.event.listens_for(engine, "checkout")
+    def _checked_out(dbapi_conn: Any, record: Any, proxy: Any) -> None:
+        since = record.info.get("idle_since")
+        if since is None or time.monotonic() - since <= idle:
+            return
+        try:
+            engine.dialect.do_ping(dbapi_conn)
+            dbapi_conn.rollback()  # back to idle: the caller may switch it to autocommit
+        except Exception as exc:
+            raise sa.exc.DisconnectionError() from exc  # the pool retries with a new connection
 
 
 @contextmanager

@@ -81,30 +81,31 @@ class _Current:
 Key = tuple[str, str]
 
 
+#: The identities already stored, one statement built once (``ids`` expands to the chunk's list).
+_EXISTING = sa.select(
+    RESOURCE.c.resource_type,
+    RESOURCE.c.resource_id,
+    RESOURCE.c.content_hash,
+    RESOURCE.c.version_id,
+    RESOURCE.c.last_updated,
+    RESOURCE.c.deleted,
+    RESOURCE.c.patient_key,
+).where(
+    RESOURCE.c.source == sa.bindparam("source"),
+    RESOURCE.c.resource_type == sa.bindparam("rtype"),
+    RESOURCE.c.resource_id.in_(sa.bindparam("ids", expanding=True)),
+)
+
+
 def _existing(session: Session, source: str, keys: Iterable[Key]) -> dict[Key, _Current]:
     by_type: dict[str, list[str]] = {}
     for rtype, rid in set(keys):
         by_type.setdefault(rtype, []).append(rid)
     found: dict[Key, _Current] = {}
-    cols = (
-        RESOURCE.c.resource_type,
-        RESOURCE.c.resource_id,
-        RESOURCE.c.content_hash,
-        RESOURCE.c.version_id,
-        RESOURCE.c.last_updated,
-        RESOURCE.c.deleted,
-        RESOURCE.c.patient_key,
-    )
     for rtype, ids in by_type.items():
         for start in range(0, len(ids), _LOOKUP_CHUNK):
             chunk = ids[start : start + _LOOKUP_CHUNK]
-            rows = session.execute(
-                sa.select(*cols).where(
-                    RESOURCE.c.source == source,
-                    RESOURCE.c.resource_type == rtype,
-                    RESOURCE.c.resource_id.in_(chunk),
-                )
-            )
+            rows = session.execute(_EXISTING, {"source": source, "rtype": rtype, "ids": chunk})
             for row in rows:
                 found[(row[0], row[1])] = _Current(row[2], row[3], row[4], row[5], row[6])
     return found
