@@ -7,18 +7,28 @@
   on its own (an import is not a transaction).
 - Bad lines and invalid kept resources become dead letters (kind ``import``) with file and line,
   written in the batch's own transaction.
+- Relevance first, on the raw bytes: a line that begins ``{"resourceType":"<type>"`` with a type
+  Pinpoint never keeps (Claim, Encounter, ExplanationOfBenefit…) is counted as dropped without
+  being parsed; everything else is parsed, classified, and only kept resources are validated.
+- ``jobs`` > 1: plain NDJSON files are cut at line boundaries into units of about
+  :data:`UNIT_BYTES` (gzip and Bundle files are one unit each) and the units run in that many
+  worker processes, each with its own database connection and bounded batches.
 """
 
 from __future__ import annotations
 
 import gzip
+import multiprocessing
+import re
 import time
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, cast
 
 import orjson
+import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from services.ingest.intake.bundles import flatten
@@ -27,7 +37,8 @@ from services.ingest.intake.references import ReferenceResolver
 from services.ingest.intake.repository import store_resources
 from shared.db.deadletters import add_dead_letters
 from shared.db.models import DeadLetter, utcnow
-from shared.db.session import session_scope
+from shared.db.session import make_engine, session_scope
+from shared.domain.relevance import KEPT_TYPES
 from shared.errors import Issue, operation_outcome
 from shared.fhir.text import unstorable_in_body, unstorable_message
 from shared.logging import get_logger
@@ -38,6 +49,20 @@ log = get_logger("pinpoint.ingest.bulk")
 NDJSON_SUFFIXES = (".ndjson", ".ndjson.gz", ".jsonl")
 JSON_SUFFIXES = (".json",)
 Progress = Callable[[int], None]
+
+#: Bytes of NDJSON per unit of work when importing with several processes.
+UNIT_BYTES = 4 * 1024 * 1024
+#: A line whose first key is its resourceType (as Bulk Data exporters and Synthea write them).
+_LEADING_TYPE = re.compile(rb'\s*\{\s*"resourceType"\s*:\s*"([A-Za-z]{1,64})"')
+_KEPT = frozenset(t.encode() for t in KEPT_TYPES)
+
+
+def never_kept(line: bytes) -> str | None:
+    """The resource type of a line that names a type Pinpoint never keeps first, else None."""
+    m = _LEADING_TYPE.match(line)
+    if m is None or m.group(1) in _KEPT:
+        return None
+    return m.group(1).decode()
 
 
 @dataclass
@@ -95,6 +120,8 @@ class Importer:
         self.source = source
         self.batch_size = batch_size
         self.report = ImportReport()
+        self._written = 0
+        self._analyze_at = 2 * batch_size
 
     def _flush(self, items: list[Candidate | _Bad], resolver: ReferenceResolver) -> None:
         if not items:
@@ -127,6 +154,21 @@ class Importer:
             resolver.session = None
         self.report.resources += len(items)
         self.report.dead_letters += len(dead)
+        self._written += len(kept)
+        if self._written >= self._analyze_at:
+            self._analyze()
+
+    def _analyze(self) -> None:
+        """Refresh PostgreSQL's statistics as the tables grow (x4 each time), so that the
+        per-batch identity lookup keeps an index plan instead of scanning every stored row of a
+        type (planned on an empty table, or where autovacuum is off, it would not)."""
+        self._analyze_at = self._written * 4
+        if self.engine.dialect.name != "postgresql":
+            return
+        with self.engine.connect() as conn:
+            conn.execution_options(isolation_level="AUTOCOMMIT").execute(
+                sa.text("ANALYZE resource, evaluation_queue")
+            )
 
     def _dead(
         self,
@@ -156,12 +198,29 @@ class Importer:
                 batch = []
         self._flush(batch, resolver)
 
-    def ndjson(self, path: Path, progress: Progress | None = None) -> None:
+    def ndjson(
+        self, path: Path, progress: Progress | None = None, span: tuple[int, int, int] | None = None
+    ) -> None:
+        """The file, or its bytes ``[start, end)`` starting at line ``first`` (``span``)."""
+        tally = self.report.tally
+
         def lines() -> Iterator[Candidate | _Bad]:
             with _open(path) as fh:
-                for number, line in enumerate(fh, start=1):
+                start, end, first = span or (0, -1, 1)
+                if start:
+                    fh.seek(start)
+                at = start
+                for number, line in enumerate(fh, start=first):
+                    if end >= 0 and at >= end:
+                        break
+                    at += len(line)
                     if progress:
                         progress(len(line))
+                    dropped = never_kept(line)
+                    if dropped is not None:
+                        tally.add(dropped, "dropped")
+                        self.report.resources += 1
+                        continue
                     if not line.strip():
                         continue
                     context = {"file": str(path), "line": number}
@@ -213,6 +272,12 @@ class Importer:
         resolver = ReferenceResolver(None, self.source, ((c.full_url, c.resource) for c in candidates))
         self._batches(iter(candidates), resolver)
 
+    def unit(self, path: Path, span: tuple[int, int, int] | None) -> None:
+        if _is_ndjson(path):
+            self.ndjson(path, None, span)
+        else:
+            self.json_file(path)
+
     def run(self, paths: Iterable[Path], progress: Progress | None = None) -> ImportReport:
         start = time.perf_counter()
         for path in paths:
@@ -234,6 +299,88 @@ class Importer:
         return self.report
 
 
+Unit = tuple[Path, "tuple[int, int, int] | None", int]
+
+
+def units(paths: Iterable[Path], unit_bytes: int = UNIT_BYTES) -> Iterator[Unit]:
+    """``(path, (start, end, first line) or None, bytes)``: plain NDJSON cut at line boundaries
+    (one pass over the file, a unit's bytes in memory at a time), other files whole."""
+    for path in paths:
+        size = path.stat().st_size
+        if not _is_ndjson(path) or path.name.lower().endswith(".gz") or size <= unit_bytes:
+            yield path, None, size
+            continue
+        with path.open("rb") as fh:
+            start, line = 0, 1
+            while True:
+                block = fh.read(unit_bytes)
+                if not block:
+                    break
+                block += fh.readline()
+                yield path, (start, start + len(block), line), len(block)
+                start += len(block)
+                line += block.count(b"\n")
+
+
+_WORKER_ENGINE: Engine | None = None
+
+
+def _start_worker(url: str) -> None:
+    """A worker process's one engine (one pooled connection), reused by all its units."""
+    global _WORKER_ENGINE
+    _WORKER_ENGINE = make_engine(url, pool_size=1)
+
+
+def _import_unit(source: Source, batch_size: int, unit: Unit) -> tuple[dict[str, dict[str, int]], int, int]:
+    """One unit in a worker process, with its own report."""
+    assert _WORKER_ENGINE is not None
+    importer = Importer(_WORKER_ENGINE, source, batch_size)
+    importer.unit(unit[0], unit[1])
+    r = importer.report
+    return {t: dict(row) for t, row in r.tally.rows()}, r.resources, r.dead_letters
+
+
+def import_parallel(
+    engine: Engine,
+    source: Source,
+    files: list[Path],
+    *,
+    jobs: int,
+    batch_size: int = 1000,
+    progress: Progress | None = None,
+    unit_bytes: int = UNIT_BYTES,
+) -> ImportReport:
+    """The files' units over ``jobs`` processes (largest first); one report for all."""
+    report = ImportReport(files=len(files))
+    start = time.perf_counter()
+    url = engine.url.render_as_string(hide_password=False)
+    work = sorted(units(files, unit_bytes), key=lambda u: -u[2])
+    # spawn: a worker starts clean (no copy of the parent's pooled connections or threads).
+    spawn = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(jobs, mp_context=spawn, initializer=_start_worker, initargs=(url,)) as pool:
+        futures = {pool.submit(_import_unit, source, batch_size, u): u for u in work}
+        for done in as_completed(futures):
+            counts, resources, dead = done.result()
+            for rtype, row in counts.items():
+                for outcome, n in row.items():
+                    report.tally.add(rtype, outcome, n)
+            report.resources += resources
+            report.dead_letters += dead
+            if progress:
+                progress(futures[done][2])
+    report.seconds = time.perf_counter() - start
+    log.info(
+        "ingest.import.done",
+        files=report.files,
+        resources=report.resources,
+        kept=report.tally.total("kept"),
+        rejected=report.tally.total("rejected"),
+        seconds=round(report.seconds, 2),
+        jobs=jobs,
+    )
+    return report
+
+
 def import_paths(
     engine: Engine,
     source: Source,
@@ -241,5 +388,13 @@ def import_paths(
     *,
     batch_size: int = 1000,
     progress: Progress | None = None,
+    jobs: int = 1,
+    unit_bytes: int = UNIT_BYTES,
 ) -> ImportReport:
-    return Importer(engine, source, batch_size).run(expand(paths), progress)
+    """Serial, or over ``jobs`` processes on PostgreSQL (SQLite has one writer: serial)."""
+    files = expand(paths)
+    if jobs > 1 and engine.dialect.name != "sqlite":
+        return import_parallel(
+            engine, source, files, jobs=jobs, batch_size=batch_size, progress=progress, unit_bytes=unit_bytes
+        )
+    return Importer(engine, source, batch_size).run(files, progress)

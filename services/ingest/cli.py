@@ -7,6 +7,7 @@ other commands do not pay for the database layer, the bulk loader or the subscri
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -31,6 +32,10 @@ def import_command(
     paths: Annotated[list[Path], typer.Argument(help="NDJSON files, Bundle JSON files, or folders of them")],
     source: Annotated[str, typer.Option(help="the source the data belongs to")] = "default",
     batch_size: Annotated[int, typer.Option(min=1, max=10000, help="resources per transaction")] = 1000,
+    jobs: Annotated[
+        int,
+        typer.Option(min=0, max=64, help="worker processes on PostgreSQL (0: one per CPU)"),
+    ] = 0,
 ) -> None:
     """Load FHIR Bundles and Bulk Data NDJSON into the store; prints kept / dropped / rejected."""
     from rich.console import Console  # lazy
@@ -55,6 +60,7 @@ def import_command(
         typer.echo(f"pinpoint: source {source!r} is not configured", err=True)
         raise typer.Exit(code=NOTHING_DONE) from None
     engine = engine_or_exit(settings)
+    jobs = jobs or os.cpu_count() or 1
     console = Console(stderr=True)
     files = expand(paths)
     total = sum(f.stat().st_size for f in files)
@@ -64,10 +70,15 @@ def import_command(
             with Progress(*columns, TransferSpeedColumn(), TimeRemainingColumn(), console=console) as bar:
                 task = bar.add_task("importing", total=total)
                 report = import_paths(
-                    engine, src, files, batch_size=batch_size, progress=lambda n: bar.advance(task, n)
+                    engine,
+                    src,
+                    files,
+                    batch_size=batch_size,
+                    progress=lambda n: bar.advance(task, n),
+                    jobs=jobs,
                 )
         else:
-            report = import_paths(engine, src, files, batch_size=batch_size)
+            report = import_paths(engine, src, files, batch_size=batch_size, jobs=jobs)
     finally:
         engine.dispose()
     t = report.tally

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 import weakref
@@ -11,6 +12,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+import orjson
 import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
@@ -46,6 +48,7 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
 
         return engine
     ping_idle = kwargs.pop("ping_idle_seconds", PING_IDLE_SECONDS)
+    kwargs.setdefault("json_serializer", _json_text)
     if "poolclass" not in kwargs:
         kwargs.setdefault("pool_size", 10)
     engine = sa.create_engine(url, **kwargs)
@@ -55,6 +58,16 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
     # connections instead of leaving them to the garbage collector mid-way through other work.
     weakref.finalize(engine, engine.pool.dispose)
     return engine
+
+
+def _json_text(value: Any) -> str:
+    """JSON columns on PostgreSQL (jsonb: the text's layout is not kept) written with orjson, a
+    several times cheaper encoder than the standard library's; what orjson refuses (integers
+    beyond 64 bits…) falls back to it."""
+    try:
+        return orjson.dumps(value).decode()
+    except TypeError:
+        return json.dumps(value)
 
 
 #: A pooled PostgreSQL connection idle longer than this is checked (one round trip) before use; a

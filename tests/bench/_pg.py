@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import time
 import uuid
+from pathlib import Path
 
 import sqlalchemy as sa
 
@@ -33,3 +35,43 @@ def fresh_db(pg: str = ADMIN_URL) -> tuple[str, str]:
 
 def drop_db(name: str, pg: str = ADMIN_URL) -> None:
     admin(pg, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def raw_copy(url: str, root: Path) -> tuple[int, float]:
+    """Parse the same files and COPY (source, type, id, json) rows: the floor of any import."""
+    import orjson
+    import psycopg
+
+    from services.ingest.bulk import expand
+    from services.ingest.intake.bundles import flatten
+    from shared.fhir.bundle import resource_id
+
+    dsn = url.replace("postgresql+psycopg://", "postgresql://")
+    start = time.perf_counter()
+    n = 0
+    with psycopg.connect(dsn) as conn:
+        conn.execute(
+            "CREATE TABLE raw_copy (source text, resource_type text, resource_id text, raw jsonb, "
+            "UNIQUE (source, resource_type, resource_id))"
+        )
+        with conn.cursor() as cur, cur.copy("COPY raw_copy FROM STDIN") as copy:
+            seen: set[tuple[str, str]] = set()
+            for path in expand([root]):
+                if path.name.endswith(".ndjson"):
+                    items = (orjson.loads(line) for line in path.open("rb") if line.strip())
+                    pairs = ((None, r) for r in items)
+                else:
+                    data = orjson.loads(path.read_bytes().removeprefix(b"\xef\xbb\xbf"))
+                    pairs = ((c.full_url, c.resource) for c in flatten(data, None, 0))
+                for full_url, res in pairs:
+                    rtype = res.get("resourceType") if isinstance(res, dict) else None
+                    if not isinstance(rtype, str):
+                        continue
+                    rid = resource_id(res, full_url)
+                    n += 1
+                    if (rtype, rid) in seen:
+                        continue
+                    seen.add((rtype, rid))
+                    copy.write_row(("default", rtype, rid, orjson.dumps(res).decode()))
+        conn.commit()
+    return n, time.perf_counter() - start

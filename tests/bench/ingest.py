@@ -19,7 +19,6 @@ import resource
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -30,6 +29,7 @@ REALDATA = ROOT.parent / "shared" / "realdata"
 
 from tests.bench._pg import admin as _admin  # noqa: E402
 from tests.bench._pg import fresh_db as _fresh_db  # noqa: E402
+from tests.bench._pg import raw_copy  # noqa: E402
 
 
 def child(url: str, paths: list[str]) -> None:
@@ -64,46 +64,6 @@ def run_child(url: str, paths: list[Path]) -> dict[str, float]:
         text=True,
     )
     return dict(json.loads(out.stdout.strip().splitlines()[-1]))
-
-
-def raw_copy(url: str, root: Path) -> tuple[int, float]:
-    """Parse the same files and COPY (source, type, id, json) rows: the floor of any import."""
-    import orjson
-    import psycopg
-
-    from services.ingest.bulk import expand
-    from services.ingest.intake.bundles import flatten
-    from shared.fhir.bundle import resource_id
-
-    dsn = url.replace("postgresql+psycopg://", "postgresql://")
-    start = time.perf_counter()
-    n = 0
-    with psycopg.connect(dsn) as conn:
-        conn.execute(
-            "CREATE TABLE raw_copy (source text, resource_type text, resource_id text, raw jsonb, "
-            "UNIQUE (source, resource_type, resource_id))"
-        )
-        with conn.cursor() as cur, cur.copy("COPY raw_copy FROM STDIN") as copy:
-            seen: set[tuple[str, str]] = set()
-            for path in expand([root]):
-                if path.name.endswith(".ndjson"):
-                    items = (orjson.loads(line) for line in path.open("rb") if line.strip())
-                    pairs = ((None, r) for r in items)
-                else:
-                    data = orjson.loads(path.read_bytes().removeprefix(b"\xef\xbb\xbf"))
-                    pairs = ((c.full_url, c.resource) for c in flatten(data, None, 0))
-                for full_url, res in pairs:
-                    rtype = res.get("resourceType") if isinstance(res, dict) else None
-                    if not isinstance(rtype, str):
-                        continue
-                    rid = resource_id(res, full_url)
-                    n += 1
-                    if (rtype, rid) in seen:
-                        continue
-                    seen.add((rtype, rid))
-                    copy.write_row(("default", rtype, rid, orjson.dumps(res).decode()))
-        conn.commit()
-    return n, time.perf_counter() - start
 
 
 def synthetic_ndjson(folder: Path, copies: int) -> Path:

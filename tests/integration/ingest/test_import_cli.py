@@ -99,3 +99,28 @@ def test_the_same_bad_line_twice_in_one_file_is_one_dead_letter(engine: Engine, 
     assert runner.invoke(app, ["import", str(path)]).exit_code == 1
     [dl] = dead_letters(engine)
     assert (dl.payload, dl.occurrences) == (b'{"not": "fhir"}', 2)
+
+
+def test_import_with_two_processes_stores_what_one_does_and_numbers_bad_lines(
+    engine: Engine, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
+    """``--jobs 2`` cuts the file at line boundaries (tiny units here): the same resources are
+    kept, irrelevant types are counted as dropped, and a bad line's dead letter has its line."""
+    import orjson
+
+    from services.ingest.bulk import import_paths
+    from shared.settings import Source
+
+    lines = [orjson.dumps({"resourceType": "Claim", "id": f"cl{i}", "status": "active"}) for i in range(30)]
+    for i in range(30):
+        lines.insert(2 * i, orjson.dumps(pain(f"obs-{i}", subject=f"Patient/P-{i % 4}")))
+    lines.insert(47, b"{not json")
+    path = tmp_path / "Mixed.ndjson"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    report = import_paths(engine, Source(id="default"), [path], jobs=2, unit_bytes=1500)
+    assert report.resources == 61
+    assert report.tally.counts["Claim"]["dropped"] == 30
+    assert report.tally.total("kept") == 30
+    assert {rid for rtype, rid in stored(engine) if rtype == "Observation"} == {f"obs-{i}" for i in range(30)}
+    assert [d.context["line"] for d in dead_letters(engine) if d.context] == [48]
+    assert dirty(engine)

@@ -1,0 +1,295 @@
+"""Backfill benchmark (issue 21): N patients of realistic histories, import then workers, PostgreSQL.
+
+    .venv/bin/python tests/bench/backfill.py [N=2000] [--jobs 2] [--workers 2] [--keep DIR]
+
+Writes a Synthea-shaped Bulk Data export (one NDJSON file per resource type) for N patients: each
+patient's pain history (the engine benchmark's generator: diagnosis, pain scores, medial branch
+blocks with their pain diaries, radiofrequency ablation, follow-up scores, a draft order, heart
+rates) inside Synthea-shaped noise (encounters, claims, explanations of benefit, diagnostic
+reports, immunizations, vital signs), about 100 resources per patient. Then, on a fresh
+PostgreSQL database:
+
+1. a raw ``COPY`` of every line (type, id, JSON) into a scratch table: the floor of any import;
+2. ``pinpoint import DIR --jobs J`` as its own process: resources/s and peak RSS;
+3. ``W`` × ``pinpoint worker --once`` at the same time on the filled queue: patients/s to
+   CarePlans (suggestions stored), peak RSS.
+
+Prints per-stage rates, the import / COPY ratio, peak memory and ``/proc/loadavg``, and the time
+projected for 10 M resources / 100 k patients from the measured rates. Not collected by pytest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import resource
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import IO, Any
+
+import orjson
+import sqlalchemy as sa
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from tests.bench._load import loadavg  # noqa: E402
+from tests.bench._pg import drop_db, fresh_db, raw_copy  # noqa: E402
+from tests.bench.evaluate import patient  # noqa: E402
+from tests.serving import clean_env, run_pinpoint  # noqa: E402
+
+LN = "http://loinc.org"
+SCT = "http://snomed.info/sct"
+
+
+def _ref(kind: str, rid: str) -> dict[str, str]:
+    return {"reference": f"{kind}/{rid}"}
+
+
+def noise(pid: str, rng: random.Random) -> list[dict[str, Any]]:
+    """Synthea-shaped resources Pinpoint does not keep (or keeps no facts from), ~60 a patient."""
+    subj = _ref("Patient", pid)
+    out: list[dict[str, Any]] = []
+    start = datetime(2015, 1, 5, 9, tzinfo=UTC)
+    for k in range(rng.randint(10, 14)):
+        when = start + timedelta(days=97 * k + rng.randint(0, 30))
+        period = {"start": when.isoformat(), "end": (when + timedelta(minutes=25)).isoformat()}
+        enc = f"{pid}-enc{k}"
+        code = {"coding": [{"system": SCT, "code": "185349003", "display": "Encounter for check up"}]}
+        out.append(
+            {
+                "resourceType": "Encounter",
+                "id": enc,
+                "status": "finished",
+                "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
+                "type": [code],
+                "subject": subj,
+                "participant": [{"individual": _ref("Practitioner", f"pr{k % 7}")}],
+                "period": period,
+                "serviceProvider": _ref("Organization", "org1"),
+            }
+        )
+        item = [{"sequence": 1, "productOrService": code, "encounter": [_ref("Encounter", enc)]}]
+        out.append(
+            {
+                "resourceType": "Claim",
+                "id": f"{pid}-cl{k}",
+                "status": "active",
+                "type": {
+                    "coding": [
+                        {
+                            "system": "http://terminology.hl7.org/CodeSystem/claim-type",
+                            "code": "institutional",
+                        }
+                    ]
+                },
+                "use": "claim",
+                "patient": subj,
+                "billablePeriod": period,
+                "created": period["end"],
+                "provider": _ref("Organization", "org1"),
+                "priority": {
+                    "coding": [
+                        {"system": "http://terminology.hl7.org/CodeSystem/processpriority", "code": "normal"}
+                    ]
+                },
+                "insurance": [{"sequence": 1, "focal": True, "coverage": {"display": "Medicare"}}],
+                "item": item,
+                "total": {"value": 129.16, "currency": "USD"},
+            }
+        )
+        out.append(
+            {
+                "resourceType": "ExplanationOfBenefit",
+                "id": f"{pid}-eob{k}",
+                "status": "active",
+                "type": {
+                    "coding": [
+                        {
+                            "system": "http://terminology.hl7.org/CodeSystem/claim-type",
+                            "code": "institutional",
+                        }
+                    ]
+                },
+                "use": "claim",
+                "patient": subj,
+                "billablePeriod": period,
+                "created": period["end"],
+                "insurer": {"display": "Medicare"},
+                "provider": _ref("Practitioner", f"pr{k % 7}"),
+                "claim": _ref("Claim", f"{pid}-cl{k}"),
+                "outcome": "complete",
+                "insurance": [{"focal": True, "coverage": {"display": "Medicare"}}],
+                "item": [
+                    {
+                        **item[0],
+                        "servicedPeriod": period,
+                        "adjudication": [
+                            {
+                                "category": {"coding": [{"code": "submitted"}]},
+                                "amount": {"value": 129.16, "currency": "USD"},
+                            },
+                            {
+                                "category": {"coding": [{"code": "benefit"}]},
+                                "amount": {"value": 103.33, "currency": "USD"},
+                            },
+                        ],
+                    }
+                ],
+                "total": [
+                    {
+                        "category": {"coding": [{"code": "submitted"}]},
+                        "amount": {"value": 129.16, "currency": "USD"},
+                    }
+                ],
+                "payment": {"amount": {"value": 103.33, "currency": "USD"}},
+            }
+        )
+        for code, unit, value in (
+            ("8302-2", "cm", 170.2),
+            ("29463-7", "kg", 81.5),
+            ("8480-6", "mm[Hg]", 124),
+        ):
+            out.append(
+                {
+                    "resourceType": "Observation",
+                    "id": f"{pid}-v{k}-{code}",
+                    "status": "final",
+                    "category": [{"coding": [{"code": "vital-signs"}]}],
+                    "code": {"coding": [{"system": LN, "code": code}]},
+                    "subject": subj,
+                    "encounter": _ref("Encounter", enc),
+                    "effectiveDateTime": when.isoformat(),
+                    "valueQuantity": {"value": value, "unit": unit, "system": "http://unitsofmeasure.org"},
+                }
+            )
+        if k % 2 == 0:
+            out.append(
+                {
+                    "resourceType": "DiagnosticReport",
+                    "id": f"{pid}-dr{k}",
+                    "status": "final",
+                    "code": {"coding": [{"system": LN, "code": "51990-0"}]},
+                    "subject": subj,
+                    "encounter": _ref("Encounter", enc),
+                    "effectiveDateTime": when.isoformat(),
+                    "issued": when.isoformat(),
+                    "result": [_ref("Observation", f"{pid}-v{k}-8302-2")],
+                }
+            )
+            out.append(
+                {
+                    "resourceType": "Immunization",
+                    "id": f"{pid}-im{k}",
+                    "status": "completed",
+                    "vaccineCode": {"coding": [{"system": "http://hl7.org/fhir/sid/cvx", "code": "140"}]},
+                    "patient": subj,
+                    "encounter": _ref("Encounter", enc),
+                    "occurrenceDateTime": when.isoformat(),
+                    "primarySource": True,
+                }
+            )
+    return out
+
+
+def write_export(folder: Path, n: int, seed: int = 20260317) -> tuple[int, int]:
+    """One NDJSON file per type, written as generated (memory flat in N): (resources, bytes)."""
+    rng = random.Random(seed)
+    files: dict[str, IO[bytes]] = {}
+    count = 0
+    try:
+        for i in range(n):
+            history = patient(i, rng)
+            for res in history + noise(history[0]["id"], rng):
+                rtype = res["resourceType"]
+                fh = files.get(rtype)
+                if fh is None:
+                    fh = files[rtype] = (folder / f"{rtype}.ndjson").open("wb")
+                fh.write(orjson.dumps(res) + b"\n")
+                count += 1
+    finally:
+        for fh in files.values():
+            fh.close()
+    return count, sum(p.stat().st_size for p in folder.glob("*.ndjson"))
+
+
+def timed(args: list[str], env: dict[str, str], procs: int = 1) -> tuple[float, float]:
+    """``procs`` copies of ``pinpoint <args>`` at once: (wall seconds, peak RSS MB of any
+    descendant so far, from this process's children's rusage)."""
+    t0 = time.perf_counter()
+    with open(os.devnull, "wb") as devnull:
+        running = [run_pinpoint(*args, env=env, log=devnull) for _ in range(procs)]
+        for p in running:
+            if p.wait(timeout=7200) != 0:
+                raise SystemExit(f"pinpoint {' '.join(args)} exited with {p.returncode}")
+    wall = time.perf_counter() - t0
+    return wall, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("n", nargs="?", type=int, default=2000)
+    parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--keep", type=Path, help="write the export here and keep it")
+    args = parser.parse_args()
+    tmp = tempfile.TemporaryDirectory(prefix="pinpoint-backfill-")
+    folder = args.keep or Path(tmp.name)
+    folder.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    resources, size = write_export(folder, args.n)
+    gen_s = time.perf_counter() - t0
+    print(
+        f"{args.n:,} patients, {resources:,} resources ({resources / args.n:.0f} each),"
+        f" {size / 1e6:,.0f} MB NDJSON (written in {gen_s:.0f} s)"
+    )
+    name, url = fresh_db()
+    try:
+        n_copy, copy_s = raw_copy(url, folder)
+        env = clean_env(PINPOINT_DATABASE_URL=url, PINPOINT_LOG_LEVEL="warning")
+        # Bytecode cached as in an installed deployment: not recompiled by every process started.
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
+        import_s, import_rss = timed(["import", str(folder), "--jobs", str(args.jobs)], env)
+        engine = sa.create_engine(url)
+        with engine.connect() as conn:
+            kept = conn.execute(sa.text("SELECT count(*) FROM resource")).scalar_one()
+            queued = conn.execute(sa.text("SELECT count(*) FROM evaluation_queue")).scalar_one()
+        work_s, work_rss = timed(["worker", "--once"], env, procs=args.workers)
+        with engine.connect() as conn:
+            left = conn.execute(sa.text("SELECT count(*) FROM evaluation_queue")).scalar_one()
+            plans = conn.execute(
+                sa.text("SELECT count(*) FROM suggestion WHERE resource_type = 'CarePlan'")
+            ).scalar_one()
+        engine.dispose()
+    finally:
+        drop_db(name)
+        tmp.cleanup()
+    import_rate, copy_rate = resources / import_s, n_copy / copy_s
+    done = queued - left
+    work_rate = done / work_s
+    print(f"  raw COPY of every line:   {copy_rate:10,.0f} resources/s ({copy_s:.1f} s)")
+    print(
+        f"  pinpoint import --jobs {args.jobs}: {import_rate:10,.0f} resources/s ({import_s:.1f} s,"
+        f" {kept:,} kept, {queued:,} patients queued); {import_rate / copy_rate:.2f} x raw COPY;"
+        f" peak RSS {import_rss:.0f} MB"
+    )
+    print(
+        f"  {args.workers} x pinpoint worker --once: {work_rate:10,.0f} patients/s ({work_s:.1f} s,"
+        f" {done:,} evaluated, {left:,} left, {plans:,} CarePlans); peak RSS {work_rss:.0f} MB"
+    )
+    per_patient = resources / args.n
+    projected = 10_000_000 / import_rate + 100_000 / work_rate
+    print(
+        f"  projected for 10 M resources / 100 k patients ({per_patient:.0f} a patient here): import"
+        f" {10_000_000 / import_rate / 60:.1f} min + workers {100_000 / work_rate / 60:.1f} min ="
+        f" {projected / 60:.1f} min (goal <= 20 min)"
+    )
+    print(f"  /proc/loadavg: {loadavg()} ({os.cpu_count()} CPUs, shared)")
+
+
+if __name__ == "__main__":
+    main()
