@@ -23,7 +23,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
-import resource
+import subprocess
 import sys
 import tempfile
 import time
@@ -40,7 +40,7 @@ sys.path.insert(0, str(ROOT))
 from tests.bench._load import loadavg  # noqa: E402
 from tests.bench._pg import drop_db, fresh_db, raw_copy  # noqa: E402
 from tests.bench.evaluate import patient  # noqa: E402
-from tests.serving import clean_env, run_pinpoint  # noqa: E402
+from tests.serving import PINPOINT, clean_env  # noqa: E402
 
 LN = "http://loinc.org"
 SCT = "http://snomed.info/sct"
@@ -217,17 +217,31 @@ def write_export(folder: Path, n: int, seed: int = 20260317) -> tuple[int, int]:
     return count, sum(p.stat().st_size for p in folder.glob("*.ndjson"))
 
 
+_STAGE = """
+import resource, subprocess, sys
+procs = [subprocess.Popen(sys.argv[2:], stdout=subprocess.DEVNULL) for _ in range(int(sys.argv[1]))]
+codes = [p.wait() for p in procs]
+print(max(codes), resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+"""
+
+
 def timed(args: list[str], env: dict[str, str], procs: int = 1) -> tuple[float, float]:
-    """``procs`` copies of ``pinpoint <args>`` at once: (wall seconds, peak RSS MB of any
-    descendant so far, from this process's children's rusage)."""
+    """``procs`` copies of ``pinpoint <args>`` at once, under a small parent of their own so that
+    the peak RSS is this stage's: (wall seconds, peak RSS MB of any process of the stage)."""
     t0 = time.perf_counter()
-    with open(os.devnull, "wb") as devnull:
-        running = [run_pinpoint(*args, env=env, log=devnull) for _ in range(procs)]
-        for p in running:
-            if p.wait(timeout=7200) != 0:
-                raise SystemExit(f"pinpoint {' '.join(args)} exited with {p.returncode}")
+    out = subprocess.run(
+        [sys.executable, "-c", _STAGE, str(procs), str(PINPOINT), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=7200,
+        check=True,
+    )
     wall = time.perf_counter() - t0
-    return wall, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    code, peak_kb = (int(x) for x in out.stdout.split())
+    if code != 0:
+        raise SystemExit(f"pinpoint {' '.join(args)} exited with {code}")
+    return wall, peak_kb / 1024
 
 
 def main() -> None:
