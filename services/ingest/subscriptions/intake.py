@@ -125,6 +125,9 @@ def book_topic_notification(
         return any(low <= number <= high for low, high in gaps)
 
     new_events = [e for e in note.events if fresh(e.number)]
+    if gaps:  # late deliveries close (or shrink) the gaps they fill
+        late_numbers = [e.number for e in new_events if e.number is not None and e.number <= floor]
+        state.fill_gaps(session, source.id, sub, late_numbers)
     replay = bool(note.events) and not new_events
     if replay:
         log.info("subscriptions.replay", source=source.id, subscription=sub, events=len(note.events))

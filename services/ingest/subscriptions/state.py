@@ -7,7 +7,7 @@ subscription id (HAPI PUTs, pings). Nothing here commits.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -154,6 +154,11 @@ def seen_events(
     return {(n, ref) for n, ref in rows if n is not None and ref is not None}
 
 
+def _range(reference: str | None) -> tuple[int, int] | None:
+    low, _, high = (reference or "").partition("-")
+    return (int(low), int(high)) if low.isdigit() and high.isdigit() else None
+
+
 def open_gaps(session: Session, source: str, subscription: str) -> list[tuple[int, int]]:
     """Event ranges still to recover for a subscription."""
     rows = session.exec(
@@ -164,12 +169,63 @@ def open_gaps(session: Session, source: str, subscription: str) -> list[tuple[in
             col(Inbox.status).in_([PENDING, WORKING]),
         )
     )
-    ranges = []
-    for ref in rows:
-        low, _, high = (ref or "").partition("-")
-        if low.isdigit() and high.isdigit():
-            ranges.append((int(low), int(high)))
-    return ranges
+    return [r for r in map(_range, rows) if r is not None]
+
+
+def fill_gaps(session: Session, source: str, subscription: str, numbers: Iterable[int]) -> int:
+    """Late deliveries that fall inside a gap not yet being recovered: those event numbers leave
+    it (a gap left empty is done; one cut in the middle becomes two rows, due as before), so a
+    reordered stream does not pile up gaps and recovery asks only for what is still missing.
+    Gaps a worker is recovering right now are left alone. Returns how many gaps changed."""
+    received = sorted(set(numbers))
+    if not received:
+        return 0
+    rows = session.exec(
+        select(Inbox).where(
+            Inbox.source == source,
+            Inbox.subscription == subscription,
+            Inbox.kind == GAP,
+            Inbox.status == PENDING,
+            col(Inbox.event_number) <= received[-1],
+        )
+    ).all()
+    changed = 0
+    for row in rows:
+        span = _range(row.reference)
+        if span is None:
+            continue
+        low, high = span
+        inside = [n for n in received if low <= n <= high]
+        if not inside:
+            continue
+        missing: list[tuple[int, int]] = []
+        start = low
+        for n in inside:
+            if n > start:
+                missing.append((start, n - 1))
+            start = n + 1
+        if start <= high:
+            missing.append((start, high))
+        changed += 1
+        if not missing:
+            row.status = DONE
+        else:
+            row.event_number, row.reference = missing[0][0], f"{missing[0][0]}-{missing[0][1]}"
+            for first, last in missing[1:]:
+                session.add(
+                    Inbox(
+                        source=row.source,
+                        subscription=row.subscription,
+                        event_number=first,
+                        kind=GAP,
+                        reference=f"{first}-{last}",
+                        status=PENDING,
+                        next_attempt_at=row.next_attempt_at,
+                        received_at=row.received_at,
+                    )
+                )
+        session.add(row)
+    return changed
 
 
 def claim_due(engine: Engine, *, now: datetime, limit: int, lease: timedelta) -> list[Inbox]:

@@ -31,6 +31,13 @@ def gaps(engine: Engine) -> list[str]:
     return [str(r.reference) for r in inbox(engine) if r.kind == "gap"]
 
 
+def pending_gaps(engine: Engine) -> list[str]:
+    return sorted(
+        (str(r.reference) for r in inbox(engine) if r.kind == "gap" and r.status == "pending"),
+        key=lambda ref: int(ref.split("-")[0]),
+    )
+
+
 async def test_a_hole_inside_one_notification_is_a_gap(client: httpx.AsyncClient, engine: Engine) -> None:
     assert (
         await client.post(BASE, content=status_bundle("handshake", [], 0), headers=AUTH)
@@ -39,9 +46,26 @@ async def test_a_hole_inside_one_notification_is_a_gap(client: httpx.AsyncClient
     assert gaps(engine) == ["3-4", "6-6"]
     state = sub_state(engine, "s1")
     assert state is not None and state.last_event_number == 7 and state.gaps_detected == 2
-    # the late events arrive: processed (they are in open gaps), no new gap
+    # the late events arrive: processed (they are in open gaps), no new gap, nothing left to recover
     await client.post(BASE, content=status_bundle("event-notification", [3, 4, 6], 7), headers=AUTH)
     assert gaps(engine) == ["3-4", "6-6"]
+    assert pending_gaps(engine) == []
+
+
+async def test_a_late_event_inside_a_gap_leaves_only_what_is_still_missing(
+    client: httpx.AsyncClient, engine: Engine
+) -> None:
+    await client.post(BASE, content=status_bundle("handshake", [], 0), headers=AUTH)
+    await client.post(BASE, content=status_bundle("event-notification", [1, 8], 8), headers=AUTH)
+    assert pending_gaps(engine) == ["2-7"]
+    await client.post(BASE, content=status_bundle("event-notification", [4, 2], 8), headers=AUTH)
+    assert pending_gaps(engine) == ["3-3", "5-7"]  # recovery asks for these only
+    await client.post(BASE, content=status_bundle("event-notification", [7], 8), headers=AUTH)
+    assert pending_gaps(engine) == ["3-3", "5-6"]
+    await client.post(BASE, content=status_bundle("event-notification", [4], 8), headers=AUTH)  # a replay
+    assert pending_gaps(engine) == ["3-3", "5-6"]
+    state = sub_state(engine, "s1")
+    assert state is not None and state.last_event_number == 8
 
 
 async def test_a_heartbeat_whose_counter_is_ahead_is_a_gap(client: httpx.AsyncClient, engine: Engine) -> None:
