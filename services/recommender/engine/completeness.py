@@ -64,6 +64,17 @@ NEEDED_BY: dict[str, frozenset[str]] = {
 }
 
 
+#: The kind of data each documentation requirement is judged on: when it could not be retrieved the
+#: requirement is ``unknown`` — never reported as a documentation gap the data may well fill.
+DOCUMENTED_BY: dict[str, str] = {
+    "baseline-pain-scale": "pain-scores",
+    "same-scale-each-block": "pain-scores",
+    "baseline-disability-scale": "function-scores",
+    "imaging-guidance": "procedures",
+    "no-sedation": "medication-administrations",
+}
+
+
 def unavailable_text(kinds: Collection[str]) -> str:
     """``pain scores could not be retrieved from the EHR`` (kinds in :data:`DATA_KINDS` order)."""
     names = [DATA_KINDS[k] for k in DATA_KINDS if k in kinds] or ["some of the data"]
@@ -98,6 +109,15 @@ def _mark(item: Mapping[str, Any], missing: frozenset[str]) -> dict[str, Any]:
         for e in item.get("evidence") or []
     ]
     out["unavailable"] = needed
+    if "documentation" in item:
+        out["documentation"] = [
+            {**d, "status": "unknown", "detail": unavailable_text([DOCUMENTED_BY[str(d.get("requirement"))]])}
+            if isinstance(d, Mapping)
+            and d.get("status") == "missing"
+            and DOCUMENTED_BY.get(str(d.get("requirement"))) in missing
+            else d
+            for d in item.get("documentation") or []
+        ]
     out["earliestDate"] = None
     if "nextStep" in out:
         out["nextStep"] = None

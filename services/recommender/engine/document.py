@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Any
 
 from services.recommender.engine import explain
-from services.recommender.engine.humanize import day, listing
+from services.recommender.engine.humanize import day, days, listing, percent, plural
 from services.recommender.engine.model import Alert, Assessment, Detail, OrderCheck, PatientResult
 from services.recommender.engine.policy import Policy
 from services.recommender.engine.wording import (
@@ -150,17 +150,18 @@ def _evidence_lines(item: Mapping[str, Any]) -> list[str]:
 
 def _outcome_text(o: Mapping[str, Any]) -> str:
     name = pathway_text(o.get("pathway", "")).lower()
-    parts = [f"{name} {target_text(o.get('target'))} ({o.get('procedure')}, {day(o.get('performed'))})"]
+    parts = [f"{name} {target_text(o.get('target'))} on {day(o.get('performed'))}"]
     for m in o.get("milestones") or []:
         pain = m.get("pain")
         if pain is not None:
-            parts.append(f"{m['months']} mo {pain['reliefPercent']}% relief")
-    days = o.get("reliefDays")
-    if days is not None:
+            parts.append(f"at {plural(m['months'], 'month')} {percent(pain['reliefPercent'])} relief")
+    relief_days = o.get("reliefDays")
+    if relief_days is not None:
         more = " and counting" if o.get("censored") else ""
-        parts.append(f"at least {o.get('reliefThresholdPercent')}% relief for {days} days{more}")
+        threshold = percent(o.get("reliefThresholdPercent"))
+        parts.append(f"at least {threshold} relief for {days(relief_days)}{more}")
     if o.get("daysToNextProcedure") is not None:
-        parts.append(f"next procedure on the same target after {o['daysToNextProcedure']} days")
+        parts.append(f"next procedure on the same target after {days(o['daysToNextProcedure'])}")
     return ", ".join(parts)
 
 

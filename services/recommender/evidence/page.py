@@ -100,7 +100,12 @@ class DocumentationRow:
     who: str
 
 
-_DOCUMENTATION_STATUS = {"met": "Documented", "missing": "Missing", "not-applicable": "Not applicable"}
+_DOCUMENTATION_STATUS = {
+    "met": "Documented",
+    "missing": "Missing",
+    "not-applicable": "Not applicable",
+    "unknown": "Not known: data not retrieved",
+}
 _DOCUMENTATION_LABELS = {
     "baseline-pain-scale": "Pain scale at baseline",
     "same-scale-each-block": "The same pain scale before and after each block",

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from services.recommender.engine.completeness import mark_unavailable, unavailable_text
-from services.recommender.engine.wording import reason_text
+from services.recommender.engine.wording import documentation_gaps, reason_text
 
 
 def _item(pathway: str, verdict: str = "not-evaluable", **extra: Any) -> dict[str, Any]:
@@ -59,3 +59,30 @@ def test_the_reason_reads_as_what_could_not_be_retrieved() -> None:
         "pain scores and diagnoses could not be retrieved from the EHR"
     )
     assert reason_text("data-unavailable") == "data the rule needs could not be retrieved from the EHR"
+
+
+def test_documentation_judged_on_missing_data_is_unknown_not_a_gap() -> None:
+    """No pain score reached Pinpoint: "no baseline pain scale" would be a false gap."""
+    documentation = [
+        {"requirement": "baseline-pain-scale", "status": "missing", "source": "L38773", "detail": "none"},
+        {
+            "requirement": "baseline-disability-scale",
+            "status": "missing",
+            "source": "L38773",
+            "detail": "none",
+        },
+        {"requirement": "imaging-guidance", "status": "met", "source": "L38773", "detail": "fluoroscopy"},
+    ]
+    entry = {
+        "assessments": [_item("facet-rfa", documentation=documentation)],
+        "orderChecks": [],
+        "alerts": [],
+    }
+    [item] = mark_unavailable(entry, {"pain-scores"})["assessments"]
+    pain, disability, imaging = item["documentation"]
+    assert pain["status"] == "unknown" and pain["detail"] == "pain scores could not be retrieved from the EHR"
+    assert disability["status"] == "missing"  # function scores did arrive: a real gap
+    assert imaging["status"] == "met"
+    assert documentation_gaps(item["documentation"]) == [
+        "Documentation: no baseline disability scale — required by L38773"
+    ]

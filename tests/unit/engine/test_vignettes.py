@@ -211,3 +211,5 @@ def test_vignette_text_shows_measured_vs_required_with_a_source_for_every_reason
                 assert item["reliefThreshold"]["source"] in labels
     assert not re.search(r"\d{4}-\d{2}-\d{2}T", text)  # no ISO date-times in the text
     assert "None" not in text
+    outcomes = [line for line in text.splitlines() if line.strip().startswith("Outcome:")]
+    assert not [line for line in outcomes if re.search(r"\b(Procedure|Observation)/", line)]
