@@ -29,7 +29,10 @@ from pydantic import (
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from shared.errors import ConfigError
+from shared.logging import get_logger
 from shared.paths import default_database_path
+
+_log = get_logger("pinpoint.settings")
 
 _DURATION = re.compile(r"^\s*(\d+)\s*(ms|s|m|h|d)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
@@ -123,6 +126,9 @@ class Source(_Strict):
     id: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
     fhir_base_url: HttpUrl | None = None
     inbound: InboundAuth | None = None
+    # Writes without a credential although credentials are configured: only when said here
+    # (README "Security"); a non-loopback bind then logs a warning naming the source.
+    open: bool = False
     outbound: OutboundAuth | None = None
     subscriptions: SubscriptionConfig = SubscriptionConfig()
     patient_identifier_system: str | None = None
@@ -134,6 +140,12 @@ class Source(_Strict):
             raise ValueError(
                 "smart_app needs the source's fhir_base_url (the EHR's FHIR server, the launch iss)"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _open_or_inbound(self) -> Source:
+        if self.open and self.inbound is not None:
+            raise ValueError("give either inbound or open: true, not both")
         return self
 
 
@@ -271,18 +283,40 @@ class Settings(BaseSettings):
 
     @property
     def auth_configured(self) -> bool:
-        inbound = any(s.inbound for s in self.config.sources)
-        return bool(self.api_tokens or self.admin_tokens or inbound or self.config.cds.trusted_issuers)
+        """Any credential at all: from then on every read needs an API token and every write its
+        source's credential (unless the source says ``open: true``)."""
+        return self.data_credentials_configured or bool(self.config.cds.trusted_issuers)
 
-    def check_bind(self, host: str | None = None) -> None:
-        """Binding beyond loopback with no credentials configured is refused (CONTRACT §2)."""
+    @property
+    def data_credentials_configured(self) -> bool:
+        """Credentials that protect the read and write paths: API or admin tokens, a source's
+        inbound credential. CDS trusted issuers protect the CDS endpoints only."""
+        inbound = any(s.inbound for s in self.config.sources)
+        return bool(self.api_tokens or self.admin_tokens or inbound)
+
+    def writes_open(self, source: Source) -> bool:
+        """Whether ``source`` accepts writes without a credential: when it says ``open: true``,
+        or while no credential at all is configured (loopback only)."""
+        return source.inbound is None and (source.open or not self.auth_configured)
+
+    def check_bind(self, host: str | None = None) -> list[str]:
+        """Binding beyond loopback needs credentials on the read and write paths (CONTRACT §2);
+        returns the sources then open for writes (``open: true``), each logged as a warning."""
         host = host or self.host
-        if self.auth_configured or _is_loopback(host):
-            return
-        raise ConfigError(
-            f"refusing to bind {host}: no credentials configured (set PINPOINT_API_TOKENS and "
-            "PINPOINT_ADMIN_TOKENS, or bind 127.0.0.1)"
-        )
+        if _is_loopback(host):
+            return []
+        if not self.data_credentials_configured:
+            issuers_only = " (cds.trusted_issuers guards the CDS endpoints only)" * bool(
+                self.config.cds.trusted_issuers
+            )
+            raise ConfigError(
+                f"refusing to bind {host}: no credentials protect the data{issuers_only} (set "
+                "PINPOINT_API_TOKENS and PINPOINT_ADMIN_TOKENS, or bind 127.0.0.1)"
+            )
+        exposed = [s.id for s in self.config.sources if s.open]
+        for source_id in exposed:
+            _log.warning("config.source.open", source=source_id, host=host, writes="without a credential")
+        return exposed
 
 
 def _is_loopback(host: str) -> bool:

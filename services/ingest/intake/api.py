@@ -1,7 +1,8 @@
 """The FHIR bases: ``/fhir`` (source ``default``) and ``/sources/{source_id}/fhir``.
 
 Routes only: authenticate, call one intake function, return. Writes check the source's inbound
-credential; reads need the API token.
+credential (refused before the body is read when the source has none and is not open); reads
+need the API token.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from services.ingest.intake import push, reads
-from services.ingest.intake.auth import verify_inbound
+from services.ingest.intake.auth import check_writable, verify_inbound
 from services.ingest.intake.pipeline import Result
 from services.ingest.subscriptions.medplum import medplum_delivery
 from services.ingest.subscriptions.state import CLASSIC_ROW
@@ -54,7 +55,9 @@ async def _body(request: Request, runtime: RuntimeDep, source: Source) -> bytes:
     """The body within ``PINPOINT_MAX_BODY_BYTES``, its credential checked. One over the limit is
     a 413 and, when the credential checks out without the rest of the body (a bearer token, an
     open source), a dead letter of its first bytes and its size; an HMAC signature covers the
-    whole body, which is not read: such a sender is not known and nothing is kept."""
+    whole body, which is not read: such a sender is not known and nothing is kept. A source with
+    no credential of its own that is not open is refused (401) before anything is read."""
+    check_writable(runtime.settings, source)
     try:
         body = await read_body(request, runtime.settings.max_body_bytes)
     except TooLarge as exc:

@@ -2,6 +2,12 @@
 over the raw body in ``X-Signature`` (hex) or ``X-Hub-Signature: sha256=<hex>``.
 
 Compared in constant time. A failure is a 401 and nothing is stored, not even a dead letter.
+
+The write-path rule (README "Security"): once any credential is configured (API or admin tokens,
+a source's inbound credential, CDS trusted issuers), a source accepts writes only with its own
+inbound credential, or when it says ``open: true`` in the config. ``/fhir`` is the source
+``default`` like any other: its credential is the inbound credential of a source with id
+``default``; API tokens grant reads, never writes.
 """
 
 from __future__ import annotations
@@ -11,7 +17,7 @@ import hmac
 from collections.abc import Mapping
 
 from shared.errors import Unauthorized
-from shared.settings import Source
+from shared.settings import Settings, Source
 
 HUB_HEADERS = ("x-hub-signature-256", "x-hub-signature")
 
@@ -35,11 +41,21 @@ def _signatures(headers: Mapping[str, str], configured: str) -> list[str]:
     return found
 
 
+def check_writable(settings: Settings, source: Source) -> None:
+    """Refuse (401, before the body is read) a write to a source that has no credential of its
+    own and is not ``open: true`` while some credential is configured."""
+    if source.inbound is None and not settings.writes_open(source):
+        raise Unauthorized(
+            f"Writes to source {source.id!r} need its credential, and none is configured for it "
+            "(the source needs inbound, or open: true)"
+        )
+
+
 def verify_inbound(source: Source, headers: Mapping[str, str], body: bytes) -> None:
     """Raise :class:`Unauthorized` unless the request carries the source's credential.
 
-    A source without an inbound credential accepts everything (CONTRACT §2: with no
-    credentials the service binds only to loopback).
+    A source without an inbound credential passes here: :func:`check_writable` has already
+    refused it unless it is open (``open: true``, or no credential configured at all).
     """
     inbound = source.inbound
     if inbound is None:

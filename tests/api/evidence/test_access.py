@@ -14,13 +14,14 @@ from fastapi.routing import APIRoute
 from sqlalchemy.engine import Engine
 
 from services.server import Role, build_app
-from shared.settings import CdsConfig, ConfigFile, Settings
+from shared.settings import CdsConfig, ConfigFile, InboundAuth, Settings, Source
 from shared.web import Runtime
 from tests.api.recommender.helpers import bundle, push, run_worker, vignette_now
 
 V02 = "v02-two-concordant-blocks"
 READER = {"authorization": "Bearer reader"}
 BOSS = {"authorization": "Bearer boss"}
+SENDER = {"authorization": "Bearer sender"}  # the default source's inbound credential (/fhir writes)
 
 
 def _settings(db_url: str, **kw: Any) -> Settings:
@@ -35,7 +36,10 @@ def secured(db_url: str, engine: Engine) -> FastAPI:
         api_tokens=["reader"],
         admin_tokens=["boss"],
         link_secret="link-secret-for-tests",
-        config=ConfigFile(cds=CdsConfig(evidence_link_ttl=timedelta(minutes=5))),
+        config=ConfigFile(
+            sources=[Source(id="default", inbound=InboundAuth(bearer="sender"))],  # type: ignore[arg-type]
+            cds=CdsConfig(evidence_link_ttl=timedelta(minutes=5)),
+        ),
     )
     return build_app(settings, Role.all, engine)
 
@@ -64,7 +68,7 @@ def _relative(url: str) -> str:
 
 
 async def _load_v02(client: httpx.AsyncClient, engine: Engine, settings: Settings) -> None:
-    await push(client, bundle(V02))  # the default source has no inbound credential: open
+    await push(client, bundle(V02), SENDER)  # the default source's credential (no effect when open)
     run_worker(engine, settings, vignette_now(V02))
 
 

@@ -155,7 +155,7 @@ def _secured_app(db_url: str, engine: Engine):  # type: ignore[no-untyped-def]
             "sources": [
                 {"id": "default", "inbound": {"bearer": "push-token"}},
                 {"id": "medplum", "inbound": {"hmac_secret": "s3cret", "header": "X-Signature"}},
-                {"id": "open"},
+                {"id": "open", "open": True},  # says so: writes without a credential
             ]
         }
     )

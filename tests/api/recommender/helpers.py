@@ -82,9 +82,11 @@ def batch(*resources: dict[str, Any]) -> bytes:
     ).encode()
 
 
-async def push(client: httpx.AsyncClient, body: dict[str, Any] | bytes) -> None:
+async def push(
+    client: httpx.AsyncClient, body: dict[str, Any] | bytes, headers: dict[str, str] | None = None
+) -> None:
     content = body if isinstance(body, bytes) else json.dumps(body).encode()
-    r = await client.post("/fhir", content=content, headers=FHIR)
+    r = await client.post("/fhir", content=content, headers={**FHIR, **(headers or {})})
     assert r.status_code == 200, r.text
 
 

@@ -215,7 +215,9 @@ async def test_version_conflict_rereads_and_retries(
 async def test_parked_after_max_attempts_then_replayed_and_delivered(
     engine: Engine, db_url: str, live: LiveServer, fake: FakeFhirServer
 ) -> None:
-    settings = wb_settings(db_url, live, max_attempts=2).model_copy(update={"admin_tokens": ["admin-token"]})
+    settings = wb_settings(db_url, live, source={"open": True}, max_attempts=2).model_copy(
+        update={"admin_tokens": ["admin-token"]}
+    )  # the source takes pushes without a credential although an admin token is configured
     await _evaluated(settings, engine)
     clock = Clock()
     fake.inject("POST", "", Fault.error(503), Fault.error(503, code="transient"))
