@@ -1,11 +1,15 @@
 """structlog set-up: JSON in production, console in development, a correlation id per request.
 
-Never log patient data: resource ids, codes, counts and timings only.
+Never log patient data: resource ids, codes, counts and timings only. Library loggers that write
+request URLs (paths and query strings carry patient ids: ``GET …/Patient/{id}``,
+``…/Procedure?patient={id}``) are held at WARNING, uvicorn's access log is off, and every line a
+library logs through the standard ``logging`` module has its URLs cut to scheme and host.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import sys
 import traceback
 import uuid
@@ -124,6 +128,31 @@ structlog.configure(
 )
 
 
+#: Loggers of libraries that log request URLs at INFO/DEBUG (httpx: one line per request).
+QUIET_LIBRARIES = ("httpx", "httpcore", "urllib3", "hpack", "h2", "h11", "websockets", "uvicorn.access")
+_URL = re.compile(r"\b((?:https?|wss?)://[^/\s'\"<>?#]+)[/?#][^\s'\"<>]*")
+_PATH = re.compile(r"(?<![\w/:])/[\w.\-~%]*[/?][^\s'\"<>]*")
+
+
+def redact_urls(text: str) -> str:
+    """``https://host/R4/Patient/123?x=y`` → ``https://host/…``; a bare path or query (``/fhir/
+    Patient/123``, ``/x?patient=…``) → ``/…``."""
+    return _PATH.sub("/…", _URL.sub(r"\1/…", text))
+
+
+class RedactUrls(logging.Filter):
+    """Cuts URLs, paths and query strings out of a library's log record (message and arguments)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # a library's malformed format string: keep its template only
+            message = str(record.msg)
+        record.msg = redact_urls(message)
+        record.args = None
+        return True
+
+
 def configure_logging(level: str = "info", fmt: str = "console") -> None:
     """Our own loggers render straight to stderr (structlog's fast path: no stdlib LogRecord per
     line); stdlib loggers (uvicorn, alembic) go through a handler rendering the same format."""
@@ -156,12 +185,16 @@ def configure_logging(level: str = "info", fmt: str = "console") -> None:
             ],
         )
     )
+    handler.addFilter(RedactUrls())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     for name in ("uvicorn", "uvicorn.error"):
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
+    # Request URLs carry patient ids: WARNING whatever PINPOINT_LOG_LEVEL says.
+    for name in QUIET_LIBRARIES:
+        logging.getLogger(name).setLevel(max(logging.WARNING, root.level))
     # Access logs carry raw paths (patient ids); our middleware logs route templates instead.
     logging.getLogger("uvicorn.access").disabled = True
 

@@ -17,8 +17,8 @@ a hospital's FHIR server needs:
   ``auth`` (e.g. :class:`shared.fhir.smart.SmartBackendAuth`).
 - errors mapped to :mod:`shared.fhir.errors`, keeping the server's OperationOutcome.
 
-Logs carry interaction, resource type, status, attempt and timing only — never query strings or
-bodies.
+Logs carry the source, the interaction, the resource type, status, attempt and timing only —
+never a path id, a query string or a body.
 """
 
 from __future__ import annotations
@@ -243,6 +243,12 @@ def _transaction_is_idempotent(bundle: Mapping[str, Any]) -> bool:
     return True
 
 
+def _without_ids(path: str) -> str:
+    """``Subscription/7/$events`` → ``Subscription/$events``: log lines name types, never ids."""
+    parts = path.split("/")
+    return "/".join(p for i, p in enumerate(parts) if i == 0 or p.startswith("$"))
+
+
 def _check_type(resource_type: str) -> str:
     if not isinstance(resource_type, str) or not _TYPE_RE.match(resource_type):
         raise ValueError(f"not a FHIR resource type: {resource_type!r}")
@@ -279,6 +285,7 @@ class FhirClient:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         rng: random.Random | None = None,
         max_pages: int = 100,
+        source: str | None = None,
     ) -> None:
         try:
             url = httpx.URL(base_url)
@@ -313,6 +320,7 @@ class FhirClient:
         self._sleep = sleep
         self._rng = rng or random.Random()
         self._max_pages = max_pages
+        self._source = source or "-"
 
     @property
     def base_url(self) -> str:
@@ -410,7 +418,13 @@ class FhirClient:
                 timed_out = isinstance(exc, httpx.TimeoutException)
                 retryable = isinstance(exc, _NOT_SENT_ERRORS) or idempotent
                 if not retryable or attempt == attempts:
-                    _log.warning("fhir.request.failed", what=what, error=type(exc).__name__, attempt=attempt)
+                    _log.warning(
+                        "fhir.request.failed",
+                        source=self._source,
+                        what=what,
+                        error=type(exc).__name__,
+                        attempt=attempt,
+                    )
                     kind = "timed out" if timed_out else "could not reach the FHIR server"
                     raise FhirTransportError(
                         f"{what}: {kind} ({type(exc).__name__}) after {attempt} attempt(s)",
@@ -435,7 +449,12 @@ class FhirClient:
                 )
                 if not retryable or attempt == attempts:
                     _log.debug(
-                        "fhir.request", what=what, status=status, attempt=attempt, elapsed_ms=elapsed_ms
+                        "fhir.request",
+                        source=self._source,
+                        what=what,
+                        status=status,
+                        attempt=attempt,
+                        elapsed_ms=elapsed_ms,
                     )
                     return response
                 retry_after = parse_retry_after(
@@ -443,13 +462,26 @@ class FhirClient:
                 )
                 if retry_after is not None:
                     if retry_after > self._retry.max_retry_after:
-                        _log.warning("fhir.retry.too_long", what=what, status=status, retry_after=retry_after)
+                        _log.warning(
+                            "fhir.retry.too_long",
+                            source=self._source,
+                            what=what,
+                            status=status,
+                            retry_after=retry_after,
+                        )
                         return response
                     delay = retry_after
                 reason = str(status)
             if delay is None:
                 delay = self._retry.backoff(attempt, self._rng)
-            _log.warning("fhir.retry", what=what, reason=reason, attempt=attempt, delay_s=round(delay, 3))
+            _log.warning(
+                "fhir.retry",
+                source=self._source,
+                what=what,
+                reason=reason,
+                attempt=attempt,
+                delay_s=round(delay, 3),
+            )
             await self._sleep(delay)
         raise AssertionError("unreachable: the retry loop always returns or raises")  # pragma: no cover
 
@@ -788,7 +820,12 @@ class FhirClient:
             except FhirVersionConflict:
                 if attempt == attempts:
                     raise
-                _log.info("fhir.update.conflict_retry", what=f"update {resource_type}", attempt=attempt)
+                _log.info(
+                    "fhir.update.conflict_retry",
+                    source=self._source,
+                    what=f"update {resource_type}",
+                    attempt=attempt,
+                )
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def operation(
@@ -804,7 +841,7 @@ class FhirClient:
         """
         if not _OPERATION_RE.match(path):
             raise ValueError("operation path must look like [Type/[id/]]$name")
-        what = f"operation {path}"
+        what = f"operation {_without_ids(path)}"
         response = await self._send(
             method, self.url_for(path), what=what, idempotent=method == "GET", params=params, body=body
         )

@@ -91,6 +91,7 @@ def client_for(
         auth=auth if auth is not None else auth_for(source),
         retry=retry,
         request_id=current_request_id,
+        source=source.id,
     )
 
 

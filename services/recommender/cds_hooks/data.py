@@ -178,7 +178,9 @@ async def _fetch_key(client: FhirClient, template: str, patient_id: str) -> list
     return await client.search_all(path, params)
 
 
-def _fhir_client(http: httpx.AsyncClient, base: str, auth: httpx.Auth | None) -> FhirClient:
+def _fhir_client(
+    http: httpx.AsyncClient, base: str, auth: httpx.Auth | None, source: str | None = None
+) -> FhirClient:
     return FhirClient(
         base,
         http,
@@ -187,6 +189,7 @@ def _fhir_client(http: httpx.AsyncClient, base: str, auth: httpx.Auth | None) ->
         timeout=FETCH_TIMEOUT,
         request_id=current_request_id,
         max_pages=20,
+        source=source,
     )
 
 
@@ -313,7 +316,7 @@ async def _fetch_missing(
         return "Pinpoint has no outbound HTTP client in this process"
     source = settings.config.source(source_id)
     auth, credential = _credential(call, source, sources)
-    client = _fhir_client(http, call.fhir_server, auth)
+    client = _fhir_client(http, call.fhir_server, auth, source_id)
     started = time.perf_counter()
     tasks = [asyncio.ensure_future(_fetch_key(client, PREFETCH[k], call.patient_id)) for k in missing]
     done, pending = await asyncio.wait(tasks, timeout=FETCH_DEADLINE)
