@@ -41,6 +41,7 @@ from shared.db.session import make_engine, session_scope
 from shared.domain.relevance import KEPT_TYPES
 from shared.errors import Issue, operation_outcome
 from shared.fhir.text import unstorable_in_body, unstorable_message
+from shared.jsonlimits import TOO_DEEP, too_deep
 from shared.logging import get_logger
 from shared.settings import Source
 
@@ -234,6 +235,9 @@ class Importer:
                             line.rstrip(b"\r\n"), "line is not a FHIR resource (no resourceType)", context
                         )
                         continue
+                    if too_deep(data):
+                        yield _Bad(line.rstrip(b"\r\n"), f"line is not FHIR: {TOO_DEEP}", context)
+                        continue
                     bad = unstorable_in_body(line, data)
                     if bad is not None:
                         yield _Bad(line.rstrip(b"\r\n"), unstorable_message(*bad), context)
@@ -254,10 +258,9 @@ class Importer:
                 [_Bad(raw, f"file is not JSON: {exc.msg}", context)], ReferenceResolver(None, self.source, ())
             )
             return
-        if not isinstance(data, dict) or not isinstance(data.get("resourceType"), str):
-            self._flush(
-                [_Bad(raw, "file is not a FHIR resource", context)], ReferenceResolver(None, self.source, ())
-            )
+        if not isinstance(data, dict) or not isinstance(data.get("resourceType"), str) or too_deep(data):
+            reason = TOO_DEEP if isinstance(data, dict) and too_deep(data) else "file is not a FHIR resource"
+            self._flush([_Bad(raw, reason, context)], ReferenceResolver(None, self.source, ()))
             return
         bad = unstorable_in_body(raw, data)
         if bad is not None:

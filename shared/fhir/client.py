@@ -50,6 +50,7 @@ from shared.fhir.errors import (
     PagingLimitExceeded,
     SmartAuthError,
 )
+from shared.jsonlimits import TOO_DEEP, too_deep
 
 __all__ = [
     "DEFAULT_TIMEOUT",
@@ -520,6 +521,8 @@ class FhirClient:
             raise FhirInvalidResponse(f"{what}: the server's answer is not JSON") from exc
         if not isinstance(data, dict):
             raise FhirInvalidResponse(f"{what}: the server's answer is not a JSON object")
+        if too_deep(data):
+            raise FhirInvalidResponse(f"{what}: the server's answer is not FHIR ({TOO_DEEP})")
         if resource_type is not None and data.get("resourceType") != resource_type:
             raise FhirInvalidResponse(f"{what}: expected a {resource_type}, got {data.get('resourceType')!r}")
         return data

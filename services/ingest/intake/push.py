@@ -26,6 +26,7 @@ from shared.errors import (
     operation_outcome,
 )
 from shared.fhir.text import unstorable_in_body, unstorable_message
+from shared.jsonlimits import TOO_DEEP, too_deep
 from shared.logging import get_logger
 from shared.settings import Settings, Source
 
@@ -55,6 +56,8 @@ def parse_body(body: bytes) -> dict[str, Any] | None:
         raise PayloadError(f"Body is not valid JSON: {exc.msg} at position {exc.pos}") from None
     if not isinstance(data, dict) or not isinstance(data.get("resourceType"), str):
         raise PayloadError("Body is JSON but not a FHIR resource (no resourceType)")
+    if too_deep(data):
+        raise PayloadError(f"Body is not FHIR: {TOO_DEEP}")
     bad = unstorable_in_body(body, data)
     if bad is not None:
         raise PayloadError(unstorable_message(*bad), expression=bad[0])
