@@ -119,3 +119,27 @@ async def test_fhir_client_log_lines_name_types_never_ids() -> None:
 )
 def test_redact_urls(text: str, expected: str | None) -> None:
     assert redact_urls(text) == (expected or text)
+
+
+def _fails_holding_a_patient() -> None:
+    payload = {"identifier": MRN}  # a local variable of the failing frame
+    raise ValueError(f"{len(payload)} field(s)")
+
+
+@pytest.mark.parametrize("configured", ["console", "json", None])
+def test_a_logged_exception_does_not_print_the_frames_locals(
+    real_logging: None, capsys: pytest.CaptureFixture[str], configured: str | None
+) -> None:
+    """structlog's default console tracebacks (rich) print every frame's locals: a payload or a
+    patient in a local variable went to the log with any unhandled error."""
+    if configured:
+        configure_logging("info", configured)
+        structlog.configure(cache_logger_on_first_use=False)
+    capsys.readouterr()
+    try:
+        _fails_holding_a_patient()
+    except ValueError:
+        structlog.get_logger("pinpoint.test").exception("http.unhandled", error="ValueError")
+    err = capsys.readouterr().err
+    assert "_fails_holding_a_patient" in err  # the traceback is there …
+    assert MRN not in err  # … without the locals
