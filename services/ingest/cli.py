@@ -28,6 +28,10 @@ dead_letters_app = typer.Typer(
 )
 
 
+#: dead_letter.id is an INTEGER column (32-bit on PostgreSQL); deadletters/replay.py MAX_ROW_ID.
+MAX_DEAD_LETTER_ID = 2**31 - 1
+
+
 def import_command(
     paths: Annotated[list[Path], typer.Argument(help="NDJSON files, Bundle JSON files, or folders of them")],
     source: Annotated[str, typer.Option(help="the source the data belongs to")] = "default",
@@ -137,7 +141,7 @@ def dl_list(
 
 
 def dl_show(
-    dead_letter_id: Annotated[int, typer.Argument(help="dead letter id", min=1, max=2**63 - 1)],
+    dead_letter_id: Annotated[int, typer.Argument(help="dead letter id", min=1, max=MAX_DEAD_LETTER_ID)],
 ) -> None:
     """One dead letter: reason, context and the payload verbatim."""
     import orjson  # lazy
@@ -171,7 +175,7 @@ class CliParts:
 
 def dl_replay(
     ctx: typer.Context,
-    dead_letter_id: Annotated[int, typer.Argument(help="dead letter id", min=1, max=2**63 - 1)],
+    dead_letter_id: Annotated[int, typer.Argument(help="dead letter id", min=1, max=MAX_DEAD_LETTER_ID)],
 ) -> None:
     """Run a dead letter through intake again; exit 1 when it still fails."""
     import orjson  # lazy

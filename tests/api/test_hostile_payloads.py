@@ -225,25 +225,10 @@ def _cds_call(resource: dict[str, Any]) -> dict[str, Any]:
 
 
 KINDS = list(VALUES)
-# Cases that fail only because of a finding fixed on another branch: (write path, kind, backend).
-OTHER_BRANCH: dict[tuple[str, str, str], str] = {
-    (path, "nul", "postgres"): "issue 18 finding 1, fixed on branch issue-18"
-    for path in ("push", "put", "transaction", "notification", "import")
-}
-
-
-def _known(request: pytest.FixtureRequest, db_url: str, path: str, kind: str) -> None:
-    backend = "postgres" if db_url.startswith("postgresql") else "sqlite"
-    reason = OTHER_BRANCH.get((path, kind, backend))
-    if reason:
-        request.node.add_marker(pytest.mark.xfail(strict=True, reason=reason))
 
 
 @pytest.mark.parametrize("kind", KINDS)
-async def test_push(
-    client: httpx.AsyncClient, engine: Engine, db_url: str, kind: str, request: pytest.FixtureRequest
-) -> None:
-    _known(request, db_url, "push", kind)
+async def test_push(client: httpx.AsyncClient, engine: Engine, kind: str) -> None:
     for rtype, resource, deep, ascii_only in _payloads(kind):
         before = kept_rejections(engine)
         r = await client.post(f"/fhir/{rtype}", content=_encode(resource, deep, ascii_only), headers=FHIR)
@@ -251,10 +236,7 @@ async def test_push(
 
 
 @pytest.mark.parametrize("kind", KINDS)
-async def test_put(
-    client: httpx.AsyncClient, engine: Engine, db_url: str, kind: str, request: pytest.FixtureRequest
-) -> None:
-    _known(request, db_url, "put", kind)
+async def test_put(client: httpx.AsyncClient, engine: Engine, kind: str) -> None:
     for rtype, resource, deep, ascii_only in _payloads(kind, exclude_id=True):
         before = kept_rejections(engine)
         url = f"/fhir/{rtype}/{resource['id']}"
@@ -263,10 +245,7 @@ async def test_put(
 
 
 @pytest.mark.parametrize("kind", KINDS)
-async def test_transaction(
-    client: httpx.AsyncClient, engine: Engine, db_url: str, kind: str, request: pytest.FixtureRequest
-) -> None:
-    _known(request, db_url, "transaction", kind)
+async def test_transaction(client: httpx.AsyncClient, engine: Engine, kind: str) -> None:
     for _, resource, deep, ascii_only in _payloads(kind):
         before = kept_rejections(engine)
         r = await client.post(
@@ -276,10 +255,7 @@ async def test_transaction(
 
 
 @pytest.mark.parametrize("kind", KINDS)
-async def test_notification(
-    client: httpx.AsyncClient, engine: Engine, db_url: str, kind: str, request: pytest.FixtureRequest
-) -> None:
-    _known(request, db_url, "notification", kind)
+async def test_notification(client: httpx.AsyncClient, engine: Engine, kind: str) -> None:
     for _, resource, deep, ascii_only in _payloads(kind):
         before = kept_rejections(engine)
         r = await client.post(
@@ -289,10 +265,7 @@ async def test_notification(
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_import(
-    engine: Engine, db_url: str, kind: str, request: pytest.FixtureRequest, tmp_path: Path
-) -> None:
-    _known(request, db_url, "import", kind)
+def test_import(engine: Engine, kind: str, tmp_path: Path) -> None:
     for i, (_, resource, deep, ascii_only) in enumerate(_payloads(kind)):
         path = tmp_path / f"hostile-{i}.ndjson"
         path.write_bytes(
@@ -308,10 +281,7 @@ def test_import(
 
 
 @pytest.mark.parametrize("kind", KINDS)
-async def test_cds_call(
-    client: httpx.AsyncClient, engine: Engine, db_url: str, kind: str, request: pytest.FixtureRequest
-) -> None:
-    _known(request, db_url, "cds", kind)
+async def test_cds_call(client: httpx.AsyncClient, engine: Engine, kind: str) -> None:
     for _, resource, deep, ascii_only in _payloads(kind):
         content = _encode(_cds_call(resource), deep, ascii_only)
         r = await client.post(

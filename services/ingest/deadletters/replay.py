@@ -29,8 +29,9 @@ log = get_logger("pinpoint.ingest")
 
 REPLAYABLE = frozenset({"push", "notification", "import"})
 
-#: Row ids are 64-bit signed integers on both backends: a larger one names no row.
-MAX_ROW_ID = 2**63 - 1
+#: ``dead_letter.id`` is an INTEGER column: 32-bit signed on PostgreSQL (a larger value is a
+#: database error there, not a miss), so a larger one names no row on either backend.
+MAX_ROW_ID = 2**31 - 1
 
 
 @dataclass(frozen=True)

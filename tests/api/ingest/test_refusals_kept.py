@@ -152,7 +152,7 @@ async def test_every_write_route_has_the_limit(small_app: Any, small: httpx.Asyn
         assert r.json()["resourceType"] == "OperationOutcome"
 
 
-@pytest.mark.parametrize("dead_letter_id", [2**63, 2**64 + 5, 0, -1])
+@pytest.mark.parametrize("dead_letter_id", [2**31, 2**63 - 1, 2**63, 2**64 + 5, 0, -1])
 async def test_replay_of_an_id_out_of_range_is_4xx(client: httpx.AsyncClient, dead_letter_id: int) -> None:
     r = await client.post(f"/admin/dead-letters/{dead_letter_id}/replay")
     assert r.status_code in (400, 404), r.text
@@ -163,5 +163,6 @@ def test_replay_function_refuses_an_id_out_of_range(engine: Engine, settings: Se
     from services.ingest.deadletters.replay import replay
     from shared.errors import NotFound
 
-    with pytest.raises(NotFound):
-        replay(engine, settings, 2**63, {})
+    for dead_letter_id in (2**31, 2**63):  # beyond PostgreSQL's INTEGER column
+        with pytest.raises(NotFound):
+            replay(engine, settings, dead_letter_id, {})
