@@ -14,6 +14,7 @@ import orjson
 import pytest
 import structlog
 
+from shared.fhir import client as client_module
 from shared.fhir.client import FhirClient, RetryPolicy
 from shared.logging import configure_logging, redact_urls
 
@@ -37,6 +38,12 @@ def real_logging() -> Iterator[None]:
     structlog.configure(**saved_structlog)
 
 
+def fresh_client_logger(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The client module's logger as new: one used earlier in the session (a command run in
+    process calls ``configure_logging``, which caches loggers on first use) keeps that set-up."""
+    monkeypatch.setattr(client_module, "_log", structlog.get_logger("shared.fhir.client"))
+
+
 def _searchset() -> dict[str, object]:
     return {"resourceType": "Bundle", "type": "searchset", "entry": []}
 
@@ -57,10 +64,15 @@ async def _outbound_calls() -> None:
 
 @pytest.mark.parametrize(("level", "fmt"), [("debug", "json"), ("info", "console"), ("debug", "console")])
 async def test_outbound_urls_never_reach_the_log(
-    real_logging: None, capsys: pytest.CaptureFixture[str], level: str, fmt: str
+    real_logging: None,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    level: str,
+    fmt: str,
 ) -> None:
     configure_logging(level, fmt)
     structlog.configure(cache_logger_on_first_use=False)  # leave no logger bound to this set-up
+    fresh_client_logger(monkeypatch)
     capsys.readouterr()
     await _outbound_calls()
     logging.getLogger("some.library").warning("fetching %s failed", f"{BASE}/Patient/{MRN}?_format=json")
@@ -80,7 +92,9 @@ async def test_outbound_urls_never_reach_the_log(
             }
 
 
-async def test_fhir_client_log_lines_name_types_never_ids() -> None:
+async def test_fhir_client_log_lines_name_types_never_ids(monkeypatch: pytest.MonkeyPatch) -> None:
+    fresh_client_logger(monkeypatch)
+
     def failing(request: httpx.Request) -> httpx.Response:
         return httpx.Response(503, headers={"Retry-After": "0"})
 
