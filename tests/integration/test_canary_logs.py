@@ -12,14 +12,17 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
+import jwt
 import pytest
 
+from tests.api.cds.conftest import CDS, ISSUER, private_key
 from tests.conftest import FIXTURES
 from tests.fakes.fhir_server import FakeFhirServer, LiveServer, serve_in_thread
 from tests.serving import PINPOINT, ROOT, clean_env, free_port, serving
@@ -80,7 +83,12 @@ def _config(tmp_path: Path, live: LiveServer) -> Path:
                         "subscriptions": {"mode": "none"},
                     },
                 ],
-                "cds": {"source": "hospital-a"},
+                "cds": {
+                    "source": "hospital-a",
+                    "trusted_issuers": [
+                        {"iss": ISSUER, "jwks_file": str(CDS / "smart-jwks-ES384-public.json")}
+                    ],
+                },
             }
         )
     )
@@ -107,6 +115,17 @@ def _notification(bundle: dict[str, Any], base: str) -> dict[str, Any]:
             {"fullUrl": f"{base}/{resource['resourceType']}/{resource['id']}", "resource": resource}
         )
     return {"resourceType": "Bundle", "type": "subscription-notification", "entry": entries}
+
+
+JWKS_PUBLIC = "smart-jwks-ES384-public.json"
+
+
+def _client_jwt(audience: str) -> str:
+    """The EHR's signed call (ES384, as the CDS Hooks Sandbox signs)."""
+    kid, key = private_key("smart-jwks-ES384-private-EXAMPLE-ONLY.json")
+    now = int(time.time())
+    claims = {"iss": ISSUER, "aud": audience, "exp": now + 300, "iat": now, "jti": str(uuid.uuid4())}
+    return jwt.encode(claims, key, algorithm="ES384", headers={"kid": kid, "typ": "JWT"})
 
 
 def _cds_body(prefetch: dict[str, Any] | None, server: str | None) -> dict[str, Any]:
@@ -163,8 +182,11 @@ def _exercise(base: str, live: LiveServer, env: dict[str, str], log: Path, tmp_p
             "procedures": {"resourceType": "Bundle", "type": "searchset",
                            "entry": [{"resource": p} for p in _procedures(bundle)]},
         }  # fmt: skip
+        service = "/cds-services/pinpoint-patient-view"
         for body in (_cds_body(prefetch, None), _cds_body(None, live.base_url)):
-            r = http.post("/cds-services/pinpoint-patient-view", json=body)
+            r = http.post(
+                service, json=body, headers={"authorization": f"Bearer {_client_jwt(base + service)}"}
+            )
             assert r.status_code == 200, r.text
         fetched = [q for q in live.fake.requests if PATIENT_ID in q.path + q.query]
         assert fetched, "the fhirServer path was not exercised"

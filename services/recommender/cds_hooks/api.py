@@ -54,7 +54,7 @@ router = APIRouter(tags=["cds-hooks"])
 
 @router.get("/cds-services")
 async def discovery(request: Request, parts: RecommenderDep) -> CdsJson:
-    await authenticate(request, parts.cds)
+    await authenticate(request, parts.cds, patient_data=False)
     return CdsJson(discovery_document())
 
 

@@ -1,7 +1,9 @@
 """Trusting CDS clients (CDS Hooks 2.0 "Trusting CDS Clients", CONTRACT §2 Security).
 
 With ``cds.trusted_issuers`` configured, every call (discovery, service, feedback) carries
-``Authorization: Bearer <JWT>``:
+``Authorization: Bearer <JWT>``. Without them, service calls and feedback are refused once any
+other credential is configured (API, admin or source tokens): nothing that reads patient data or
+writes stays open by accident; discovery, which holds no patient data, stays answerable.
 
 - asymmetric algorithms only (never ``none``, never HMAC); ``kid`` required;
 - ``iss`` allow-listed; its keys come from the configured ``jwks_file`` or ``jwks_url`` — the
@@ -121,9 +123,16 @@ async def verify_client_jwt(
     jwks: JwksStore,
     engine: Engine,
     now: datetime,
+    locked: bool = False,
 ) -> Caller:
-    """Check the CDS client's JWT for a call to ``audience``; raise 401 on any failure."""
+    """Check the CDS client's JWT for a call to ``audience``; raise 401 on any failure.
+
+    Without trusted issuers the call is anonymous — unless ``locked``: a service call or feedback
+    (patient data read, rows written) once any other credential is configured, which would
+    otherwise be the one open door to stored patient data."""
     if not cds.trusted_issuers:
+        if locked:
+            raise _reject("credentials are configured but cds.trusted_issuers is empty")
         return ANONYMOUS
     token = bearer_token(authorization)
     if token is None:

@@ -84,8 +84,9 @@ class Cds:
         await self.http.aclose()
 
 
-async def authenticate(request: Request, cds: Cds) -> Caller:
-    """The JWT check for the URL called (``aud`` = public base URL + path)."""
+async def authenticate(request: Request, cds: Cds, *, patient_data: bool = True) -> Caller:
+    """The JWT check for the URL called (``aud`` = public base URL + path). ``patient_data``:
+    a service call or feedback, never open once any credential is configured."""
     return await verify_client_jwt(
         request.headers.get("authorization"),
         audience=cds.settings.base_url + request.url.path,
@@ -93,6 +94,7 @@ async def authenticate(request: Request, cds: Cds) -> Caller:
         jwks=cds.jwks,
         engine=cds.engine,
         now=cds.clock(),
+        locked=patient_data and cds.settings.auth_configured,
     )
 
 
