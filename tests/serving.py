@@ -115,3 +115,16 @@ def serve_app(app: object, *, port: int = 0, startup_timeout: float = 30.0) -> I
         server.should_exit = True
         thread.join(timeout=startup_timeout)
         sock.close()
+
+
+#: The push credential of the default source (``/fhir``) in :func:`push_config`: once API tokens
+#: are configured, writes need their source's credential.
+PUSH_TOKEN = "pusher"
+PUSH_HEADERS = {"content-type": "application/fhir+json", "authorization": f"Bearer {PUSH_TOKEN}"}
+
+
+def push_config(folder: Path) -> str:
+    """A config file giving ``/fhir`` (source ``default``) the push credential; its path."""
+    path = folder / "pinpoint-push.yaml"
+    path.write_text('sources: [{id: default, inbound: {bearer: "' + PUSH_TOKEN + '"}}]\n')
+    return str(path)

@@ -21,7 +21,7 @@ import pytest
 from shared.signing import LinkSigner
 from tests.browser.devtools import OUT, DevTools, png_size, run_chromium
 from tests.conftest import FIXTURES
-from tests.serving import clean_env, free_port, run_pinpoint, serving
+from tests.serving import PUSH_HEADERS, clean_env, free_port, push_config, run_pinpoint, serving
 
 pytestmark = pytest.mark.browser
 
@@ -38,6 +38,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     env = clean_env(
         PINPOINT_DATABASE_URL=f"sqlite:///{tmp / 'pinpoint.db'}",
         PINPOINT_API_TOKENS="reader",
+        PINPOINT_CONFIG_FILE=push_config(tmp),
         PINPOINT_ADMIN_TOKENS="boss",
         PINPOINT_LINK_SECRET=SECRET,
     )
@@ -47,7 +48,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         pushed = httpx.post(
             f"{base}/fhir",
             content=(V02 / "bundle.json").read_bytes(),
-            headers={"content-type": "application/fhir+json"},
+            headers=PUSH_HEADERS,
             timeout=30,
         )
         assert pushed.status_code == 200, pushed.text

@@ -16,7 +16,7 @@ from shared.signing import LinkSigner
 from tests.browser.devtools import OUT, png_size, run_chromium
 from tests.browser.test_evidence_page import SECRET, _Dom
 from tests.conftest import FIXTURES
-from tests.serving import clean_env, free_port, run_pinpoint, serving
+from tests.serving import PUSH_HEADERS, clean_env, free_port, push_config, run_pinpoint, serving
 
 pytestmark = pytest.mark.browser
 
@@ -31,6 +31,7 @@ def outcome_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     env = clean_env(
         PINPOINT_DATABASE_URL=f"sqlite:///{tmp / 'pinpoint.db'}",
         PINPOINT_API_TOKENS="reader",
+        PINPOINT_CONFIG_FILE=push_config(tmp),
         PINPOINT_LINK_SECRET=SECRET,
     )
     log_path = tmp / "serve.log"
@@ -40,7 +41,7 @@ def outcome_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         pushed = httpx.post(
             f"{base}/fhir",
             content=(F05 / "bundle.json").read_bytes(),
-            headers={"content-type": "application/fhir+json"},
+            headers=PUSH_HEADERS,
             timeout=30,
         )
         assert pushed.status_code == 200, pushed.text

@@ -18,7 +18,7 @@ from shared.db.session import make_engine, session_scope
 from tests.api.recommender.helpers import VIGNETTES
 from tests.api.worklist.test_worklist import _as
 from tests.browser.devtools import OUT, DevTools
-from tests.serving import clean_env, free_port, run_pinpoint, serving
+from tests.serving import PUSH_HEADERS, clean_env, free_port, push_config, run_pinpoint, serving
 
 pytestmark = pytest.mark.browser
 
@@ -48,6 +48,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     env = clean_env(
         PINPOINT_DATABASE_URL=f"sqlite:///{tmp / 'pinpoint.db'}",
         PINPOINT_API_TOKENS="reader",
+        PINPOINT_CONFIG_FILE=push_config(tmp),
         PINPOINT_ADMIN_TOKENS="boss",
     )
     log_path = tmp / "serve.log"
@@ -59,7 +60,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             pushed = httpx.post(
                 f"{base}/fhir",
                 content=_as(name, f"WL-{n:02d}"),
-                headers={"content-type": "application/fhir+json"},
+                headers=PUSH_HEADERS,
                 timeout=30,
             )
             assert pushed.status_code == 200, pushed.text

@@ -7,6 +7,7 @@ The browser is played by the test: each redirect is followed by hand so every ho
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -19,13 +20,15 @@ from pydantic import SecretStr
 from sqlalchemy.engine import Engine
 
 from services.recommender.evidence.smart import code_challenge
-from shared.settings import CdsConfig, ConfigFile, Settings, SmartApp, Source
+from shared.settings import CdsConfig, ConfigFile, Settings, SmartApp, Source, TrustedIssuer
+from tests.api.cds.conftest import CDS, ISSUER, CdsClient
 from tests.api.cds.test_vignettes import hook_request
 from tests.conftest import FIXTURES
 from tests.fakes.fhir_server import FakeEhrAuth, FakeFhirServer, LiveServer, serve_in_thread
 
 BASE = "http://pinpoint.test"
 CLIENT = "pinpoint-evidence"
+JWKS_PUBLIC = "smart-jwks-ES384-public.json"
 REDIRECT = f"{BASE}/smart/ehr/callback"
 V02 = FIXTURES / "vignettes" / "v02-two-concordant-blocks" / "bundle.json"
 HTML = {"accept": "text/html,application/xhtml+xml"}
@@ -52,7 +55,9 @@ async def pinpoint(db_url: str, engine: Engine, ehr: LiveServer) -> AsyncIterato
 
     config = ConfigFile(
         sources=[Source(id="ehr", fhir_base_url=ehr.base_url, smart_app=SmartApp(client_id=CLIENT))],  # type: ignore[arg-type]
-        cds=CdsConfig(),
+        cds=CdsConfig(
+            trusted_issuers=[TrustedIssuer(iss=ISSUER, jwks_file=CDS / "smart-jwks-ES384-public.json")]
+        ),
     )
     settings = Settings(
         database_url=db_url,
@@ -185,7 +190,9 @@ async def test_a_card_of_a_smart_source_carries_a_smart_link_whose_launch_opens_
 ) -> None:
     body, _ = hook_request("v02-two-concordant-blocks")
     body["fhirServer"] = pinpoint.ehr.base_url  # the prefetch is complete: nothing to fetch
-    r = await pinpoint.client.post("/cds-services/pinpoint-order-sign", json=body)
+    path = "/cds-services/pinpoint-order-sign"
+    token = CdsClient(pinpoint.client, clock=time.time).token(path, claims={"aud": BASE + path})
+    r = await pinpoint.client.post(path, json=body, headers={"authorization": f"Bearer {token}"})
     assert r.status_code == 200, r.text
     [card] = r.json()["cards"]
     [link] = card["links"]
