@@ -13,6 +13,8 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping
 from typing import Any
 
+from services.recommender.engine.model import PATHWAYS
+
 #: The kinds of data a rule may need, in the words a clinician reads ("… could not be retrieved").
 DATA_KINDS: dict[str, str] = {
     "procedures": "procedures",
@@ -24,20 +26,7 @@ DATA_KINDS: dict[str, str] = {
     "patient": "the patient's record (name, birth date, sex)",
 }
 
-_ALL = frozenset(
-    {
-        "facet-diagnostic",
-        "facet-rfa",
-        "facet-rfa-repeat",
-        "facet-therapeutic",
-        "sij-diagnostic",
-        "sij-therapeutic",
-        "sij-rfa",
-        "esi",
-        "genicular-rfa",
-        "knee-steroid",
-    }
-)
+_ALL = frozenset(PATHWAYS)
 _RELIEF = _ALL - {"knee-steroid"}  # every pathway judged on pain relief or pain before/after
 _CONSERVATIVE = frozenset(
     {

@@ -7,6 +7,20 @@ from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
 
+#: Every pathway the engine judges (a policy's ``pathways`` keys).
+PATHWAYS = (
+    "facet-diagnostic",
+    "facet-rfa",
+    "facet-rfa-repeat",
+    "facet-therapeutic",
+    "sij-diagnostic",
+    "sij-therapeutic",
+    "sij-rfa",
+    "esi",
+    "genicular-rfa",
+    "knee-steroid",
+)
+
 SUPPORTED = "supported"
 PARTIAL = "partially-supported"
 NOT_MET = "not-met"

@@ -16,21 +16,10 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any
 
+from services.recommender.engine.model import PATHWAYS
 from services.recommender.engine.wording import REASONS
 
 BUILTIN = ("cms-lcd", "consensus-2020")
-PATHWAYS = (
-    "facet-diagnostic",
-    "facet-rfa",
-    "facet-rfa-repeat",
-    "facet-therapeutic",
-    "sij-diagnostic",
-    "sij-therapeutic",
-    "sij-rfa",
-    "esi",
-    "genicular-rfa",
-    "knee-steroid",
-)
 # keys that may be switched off with null even when the base sets a number
 NULLABLE = frozenset(
     {
