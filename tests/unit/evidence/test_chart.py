@@ -266,6 +266,8 @@ def test_every_vignette_renders_one_section_per_assessment(name: str) -> None:
         html = render_page(view)
         parser = _Collect()
         parser.feed(html)
+        shown = "".join(parser.text)
+        assert not re.search(r"\b(Procedure|Observation|QuestionnaireResponse)/", shown), "no resource ids"
         panels = sum(len(t.timeline.panels) for t in view.targets)
         assert len(_classes(parser.tags, "block-marker")) == panels
         charts = [a for t, a in parser.tags if t == "svg" and a.get("class") == "chart"]
