@@ -40,13 +40,14 @@ _LANDING_LINKS = (
 
 
 def _filters(
-    pathway: str | None,
-    verdict: str | None,
-    alert: str | None,
-    source: str | None,
-    due_by: str | None,
-    q: str | None,
+    pathway: Opt = None,
+    verdict: Opt = None,
+    alert: Opt = None,
+    source: Opt = None,
+    due_by: Opt = None,
+    q: Opt = None,
 ) -> store.Filters:
+    """The worklist's filters, read once from the query for the page and its CSV."""
     due: date | None = None
     if due_by:
         try:
@@ -61,6 +62,9 @@ def _filters(
         due_by=due,
         q=(q or "").strip()[:100] or None,
     )
+
+
+FiltersDep = Annotated[store.Filters, Depends(_filters)]
 
 
 def evidence_href(row: WorklistEntry) -> str:
@@ -127,18 +131,8 @@ def landing(request: Request, parts: RecommenderDep) -> HTMLResponse:
 
 
 @router.get("/patients", response_class=HTMLResponse, dependencies=reader)
-def worklist(
-    parts: RecommenderDep,
-    pathway: Opt = None,
-    verdict: Opt = None,
-    alert: Opt = None,
-    source: Opt = None,
-    due_by: Opt = None,
-    q: Opt = None,
-    after: Opt = None,
-) -> HTMLResponse:
+def worklist(parts: RecommenderDep, f: FiltersDep, after: Opt = None) -> HTMLResponse:
     """The worklist: current assessments, what needs attention first; 50 a page."""
-    f = _filters(pathway, verdict, alert, source, due_by, q)
     try:
         cursor = store.Cursor.decode(after) if after else None
     except ValueError:
@@ -191,17 +185,8 @@ def worklist(
 
 
 @router.get("/patients.csv", dependencies=reader)
-def worklist_csv(
-    parts: RecommenderDep,
-    pathway: Opt = None,
-    verdict: Opt = None,
-    alert: Opt = None,
-    source: Opt = None,
-    due_by: Opt = None,
-    q: Opt = None,
-) -> StreamingResponse:
+def worklist_csv(parts: RecommenderDep, f: FiltersDep) -> StreamingResponse:
     """Every worklist row the filters select, as CSV (streamed a page at a time)."""
-    f = _filters(pathway, verdict, alert, source, due_by, q)
 
     def lines() -> Iterator[str]:
         with session_scope(parts.engine) as session:
