@@ -284,7 +284,9 @@ def test_worker_once_delivers_the_outbox(
 async def test_two_deliverers_on_postgresql_send_each_entry_once(
     engine: Engine, db_url: str, live: LiveServer, fake: FakeFhirServer
 ) -> None:
-    settings = wb_settings(db_url, live)  # patients pushed to /fhir (source default) are delivered
+    # patients pushed to /fhir (source default) are delivered; 30+ transactions against the
+    # threaded fake server: a generous timeout, so a loaded machine cannot fail the test
+    settings = wb_settings(db_url, live, timeout="30s")
     keys = seed_store(engine, synthetic(60))
     evaluate(engine, settings, utcnow())
     entries = outbox(engine)
