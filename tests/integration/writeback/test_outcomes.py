@@ -53,7 +53,7 @@ async def test_outcome_observations_arrive_referenced_from_the_careplan_and_neve
 
     stats = await deliver(engine, settings)
     assert stats.sent == 3 and stats.handled == 3  # two outcomes, then the assessment's group
-    first, second, third = transactions(fake)
+    first, second, _plan_tx = transactions(fake)
     assert [e["request"]["url"] for e in first["entry"]] == ["Observation", "Provenance"]
     assert [e["request"]["url"] for e in second["entry"]] == ["Observation", "Provenance"]
     assert first["entry"][0]["request"]["ifNoneExist"].endswith("outcome%3Arfa-1")
