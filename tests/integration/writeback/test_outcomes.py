@@ -10,9 +10,10 @@ from datetime import timedelta
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
-from shared.db.models import Outbox
+from services.recommender.writeback import replay_delivery
+from shared.db.models import DeadLetter, Outbox
 from tests.api.recommender.helpers import assert_valid_r4
-from tests.fakes.fhir_server import FakeFhirServer, LiveServer
+from tests.fakes.fhir_server import FakeFhirServer, Fault, LiveServer
 from tests.integration.writeback.helpers import (
     SOURCE,
     app_client,
@@ -125,3 +126,41 @@ async def test_outcome_observations_arrive_referenced_from_the_careplan_and_neve
     assert [r["reference"] for r in plan2["activity"][2]["outcomeReference"]][
         1
     ] == f"Observation/{obs2['id']}"
+
+
+async def test_a_careplan_whose_outcome_was_parked_refers_to_it_conditionally_then_by_id_on_replay(
+    engine: Engine, db_url: str, live: LiveServer, fake: FakeFhirServer
+) -> None:
+    settings = wb_settings(db_url, live)
+    async with await app_client(settings, engine) as client:
+        await push(client, vignette(F05))
+    evaluate(engine, settings, vignette_now(F05))
+    fake.inject("POST", "", Fault.error(422, code="processing"))  # the first outcome is refused
+    stats = await deliver(engine, settings)
+    assert (stats.parked, stats.sent) == (2, 1)  # outcome 1 parked; outcome 2 sent; the CarePlan …
+    plan_tx = fake.requests_to("POST", "")[-1].json()
+    (sent_plan,) = [e["resource"] for e in plan_tx["entry"] if e["resource"]["resourceType"] == "CarePlan"]
+    refs = [r["reference"] for a in sent_plan["activity"] for r in a.get("outcomeReference", [])]
+    # … asked for rfa-1's outcome by identifier (not on the server: refused), rfa-2's by its id
+    (obs2,) = by_identifier(fake, "Observation", OUT2)
+    assert (
+        refs[1] == "Observation?identifier=urn%3Apinpoint%3Arecommendation%7Chosp%3AP-001%3Aoutcome%3Arfa-1"
+    )
+    assert refs[3] == f"Observation/{obs2['id']}"
+    assert by_identifier(fake, "CarePlan", PLAN) == []
+
+    with Session(engine) as s:
+        dead = sorted(d.id for d in s.exec(select(DeadLetter)).all() if d.kind == "delivery")
+    for dead_id in dead:  # replayed in order: the outcome first, then the CarePlan
+        assert replay_delivery(engine, settings, dead_id)["status"] == "replayed"
+        assert (await deliver(engine, settings)).sent == 1
+    (obs1,) = by_identifier(fake, "Observation", OUT1)
+    (plan,) = by_identifier(fake, "CarePlan", PLAN)
+    outcome_refs = [r["reference"] for a in plan["activity"][1:] for r in a["outcomeReference"]]
+    assert outcome_refs == [
+        "Procedure/rfa-1",
+        f"Observation/{obs1['id']}",
+        "Procedure/rfa-2",
+        f"Observation/{obs2['id']}",
+    ]
+    assert len(fake.all("Observation")) == 2 and all(e.status == "sent" for e in outbox(engine))
