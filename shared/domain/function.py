@@ -34,9 +34,9 @@ Encodings read, in order:
     Pinpoint keeps the ADL subscale (``koos-adl``); all five are on :attr:`Total.subscales`.
   - PROMIS short forms Pain Interference 4a and Physical Function 4a (the PROMIS-29 domains,
     items PAININ9/22/31/34 and PFA11/21/23/53, each 1-5): the raw sum converted to a T-score by
-    the HealthMeasures conversion table (:data:`PROMIS_4A`); with an item missing, the raw sum
-    prorated (sum × 4 / answered, rounded up) when at least half the items are answered, as the
-    HealthMeasures scoring manual allows; a PROMIS-29 response yields both domains.
+    the HealthMeasures conversion table (:data:`PROMIS_4A`); all four items needed (HealthMeasures
+    scoring instructions: at least 4 answered items for a precise score; partial forms need
+    response-pattern scoring); a PROMIS-29 response yields both domains.
   - WOMAC (Likert 3.1: 24 items 0-4, labelled P1-P5, S1-S2, F1-F17): subscale sums Pain 0-20,
     Stiffness 0-8, Physical Function 0-68, total 0-96 (the instrument Pinpoint keeps); a missing
     item is replaced by the mean of its subscale's answered items when at most 1 Pain, 0 Stiffness
@@ -50,7 +50,6 @@ Encodings read, in order:
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -210,19 +209,18 @@ def womac_scores(items: Mapping[str, float]) -> dict[str, float]:
 
 
 def promis_t_score(inst: str, items: Mapping[str, float]) -> float | None:
-    """T-score of a PROMIS 4a short form from its items (1-5): raw sum → the HealthMeasures table;
-    one or two items missing: the sum prorated to four items and rounded up; fewer than two
-    answered: not scored."""
+    """T-score of a PROMIS 4a short form from its items (1-5): the raw sum → the HealthMeasures
+    table. Every item must be answered: HealthMeasures' scoring instructions require at least 4
+    answered items for a precise score on a measure of 4 or more items (a short form with items
+    missing needs response-pattern scoring, which Pinpoint does not do), so no score otherwise."""
     ids, table = PROMIS_4A[inst]
-    values = [items[i] for i in ids if i in items]
-    if len(values) * 2 < len(ids):
+    if any(i not in items for i in ids):
         return None
-    raw = sum(values) * len(ids) / len(values)
-    raw_int = math.ceil(raw - 1e-9)
+    raw = round(sum(items[i] for i in ids))
     low = len(ids)  # every item answered 1
-    if not low <= raw_int <= 5 * len(ids):
+    if not low <= raw <= 5 * len(ids):
         return None
-    return table[raw_int - low]
+    return table[raw - low]
 
 
 def _scored(inst: str, items: Mapping[str, float], code: str | None, answered: int) -> Total | None:

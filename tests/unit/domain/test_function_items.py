@@ -141,9 +141,8 @@ def promis(
         ([1, 1, 1, 1], 41.6),  # lowest raw sum 4
         ([2, 3, 3, 2], 58.5),  # raw 10
         ([5, 5, 5, 5], 75.6),  # raw 20
-        ([3, 3, 3, None], 61.2),  # 9 × 4 / 3 = 12
-        ([2, 3, 2, None], 58.5),  # 7 × 4 / 3 = 9.33 → rounded up to 10
-        ([3, None, 4, None], 63.8),  # 7 × 4 / 2 = 14: half the items answered is enough
+        ([3, 3, 3, 3], 61.2),  # raw 12
+        ([4, 4, 3, 3], 63.8),  # raw 14
     ],
 )
 def test_promis_pain_interference_4a_t_score(values: list[int | None], expected: float) -> None:
@@ -151,7 +150,10 @@ def test_promis_pain_interference_4a_t_score(values: list[int | None], expected:
     assert (total.instrument, total.value, total.computed) == (t.PROMIS_PI, expected, True)
 
 
-def test_promis_not_scored_with_fewer_than_half_or_out_of_range_or_a_longer_form() -> None:
+def test_promis_not_scored_with_an_item_missing_or_out_of_range_or_a_longer_form() -> None:
+    # HealthMeasures: a precise score needs at least 4 answered items (all of a 4a form); the
+    # summed-score table is never applied to a partial form
+    assert fn.questionnaire_totals(promis([3, 3, 3, None])) == []
     assert fn.questionnaire_totals(promis([3, None, None, None])) == []
     assert fn.questionnaire_totals(promis([0, 2, 2, 2])) == []  # PROMIS items are 1-5
     six_a = response(
