@@ -178,3 +178,12 @@ def test_outcome_key_and_title() -> None:
     assert (
         outcome_obs.title(knee) == "Outcome of knee corticosteroid injection at the left knee on 1 Mar 2024"
     )
+
+
+def test_an_outcome_coming_back_from_the_server_is_never_ingested(groups: list[sg.Group]) -> None:
+    """Loop safety: the server may push Pinpoint's Observation back (subscription, import)."""
+    from shared.domain.relevance import classify  # lazy: only this test needs the ingest filter
+
+    echoed = {**groups[0].members[0].body, "id": "server-42", "meta": {"versionId": "1"}}
+    verdict = classify(echoed)
+    assert not verdict.kept and verdict.category == "own-proposal"
