@@ -14,6 +14,7 @@ from services.recommender.assessor import Assessor
 from services.recommender.suggestions import builders as sg
 from services.recommender.suggestions import outcome_obs
 from services.recommender.writeback import linked_references, to_r5
+from shared.domain.relevance import classify
 from shared.fhir.resources import validate_r4b, validate_r5
 from tests.api.recommender.helpers import assert_valid_r4
 from tests.conftest import FIXTURES
@@ -182,8 +183,6 @@ def test_outcome_key_and_title() -> None:
 
 def test_an_outcome_coming_back_from_the_server_is_never_ingested(groups: list[sg.Group]) -> None:
     """Loop safety: the server may push Pinpoint's Observation back (subscription, import)."""
-    from shared.domain.relevance import classify  # lazy: only this test needs the ingest filter
-
     echoed = {**groups[0].members[0].body, "id": "server-42", "meta": {"versionId": "1"}}
     verdict = classify(echoed)
     assert not verdict.kept and verdict.category == "own-proposal"
