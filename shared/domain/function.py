@@ -150,6 +150,14 @@ PROMIS_4A: dict[str, tuple[tuple[str, ...], tuple[float, ...]]] = {
          37.9, 39.2, 40.5, 41.9, 43.5, 45.5, 48.3, 57.0),
     ),
 }  # fmt: skip
+#: PROMIS item answers as LOINC answer codes without an ``ordinalValue`` (e.g. the MII PRO
+#: PROMIS-29 responses): LL1017-4 (Pain Interference: Not at all 1 … Very much 5, as the CQF
+#: cds4cpm IG lists it) and LL1022-4 (Physical Function: Without any difficulty 5 … Unable to do 1,
+#: as the MII PRO IG lists it).
+PROMIS_ANSWERS: dict[str, dict[str, int]] = {
+    t.PROMIS_PI: {"LA6568-5": 1, "LA13863-8": 2, "LA13909-9": 3, "LA13902-4": 4, "LA13914-9": 5},
+    t.PROMIS_PF: {"LA13921-4": 5, "LA13918-0": 4, "LA13920-6": 3, "LA13919-8": 2, "LA13912-3": 1},
+}
 _KOOS_LABEL = re.compile(r"^(?:koos[-_ .]?)?(sp|p|s|a|q)[-_ .]?0*(\d{1,2})$", re.I)
 _WOMAC_LABEL = re.compile(r"^(?:womac[-_ .]?)?(pain|stiffness|function|pf|p|s|f)[-_ .]?0*(\d{1,2})$", re.I)
 _WOMAC_PREFIX = {"pain": "P", "stiffness": "S", "function": "F", "pf": "F", "p": "P", "s": "S", "f": "F"}
@@ -537,13 +545,24 @@ def _ordinal(answer: Mapping[str, Any]) -> float | None:
     return None
 
 
+def _item_answer(inst: str, answer: Mapping[str, Any]) -> float | None:
+    """An item's value: its ordinal, else (PROMIS) the LOINC answer code's place in its list."""
+    value = _ordinal(answer)
+    if value is None and inst in PROMIS_ANSWERS:
+        coding = answer.get("valueCoding")
+        if isinstance(coding, Mapping) and coding.get("system") == t.LOINC:
+            found = PROMIS_ANSWERS[inst].get(str(coding.get("code")))
+            return None if found is None else float(found)
+    return value
+
+
 def _computed(inst: str, items: list[Mapping[str, Any]]) -> Total | None:
     if inst in _ITEM_SCORED:
         entries: list[tuple[tuple[str, ...], float | None]] = []
         for item in items:
             answers = [a for a in j.as_list(item.get("answer")) if isinstance(a, Mapping)]
             names = (str(item.get("linkId") or ""), str(item.get("definition") or ""))
-            entries.append((names, _ordinal(answers[0]) if answers else None))
+            entries.append((names, _item_answer(inst, answers[0]) if answers else None))
         labelled = _labelled(inst, entries)
         return None if not labelled else _scored(inst, labelled, None, len(labelled))
     rule = _ITEM_RULES.get(inst)

@@ -230,3 +230,48 @@ def test_a_given_total_item_is_used_as_recorded() -> None:
     qr["item"].append({"linkId": "total-score", "answer": [{"valueInteger": 30}]})
     (total,) = fn.questionnaire_totals(qr)
     assert total.value == 30 and not total.computed
+
+
+def test_promis_29_response_shaped_like_the_mii_pro_example() -> None:
+    """As the Medizininformatik-Initiative PRO IG's example PROMIS-29 response records it: items
+    grouped per domain, linkIds ``promis-pfa11`` …, answers as LOINC answer codes without an
+    ordinalValue (LL1022-4 / LL1017-4)."""
+
+    def coded(code: str, display: str) -> list[dict[str, Any]]:
+        return [{"valueCoding": {"system": LN, "code": code, "display": display}}]
+
+    pf = [
+        ("promis-pfa11", "LA13920-6", "With some difficulty"),  # 3
+        ("promis-pfa21", "LA13920-6", "With some difficulty"),  # 3
+        ("promis-pfa23", "LA13918-0", "With a little difficulty"),  # 4
+        ("promis-pfa53", "LA13920-6", "With some difficulty"),
+    ]  # 3 → raw 13 → 37.9
+    pi = [
+        ("promis-painin9", "LA13909-9", "Somewhat"),  # 3
+        ("promis-painin22", "LA13902-4", "Quite a bit"),  # 4
+        ("promis-painin31", "LA13863-8", "A little bit"),  # 2
+        ("promis-painin34", "LA13909-9", "Somewhat"),
+    ]  # 3 → raw 12 → 61.2
+    anxiety = [("promis-edanx01", "LA10066-1", "Rarely"), ("promis-edanx40", "LA10082-8", "Sometimes")]
+    qr: dict[str, Any] = {
+        "resourceType": "QuestionnaireResponse",
+        "id": "mii-exa-pro-promis-29-response",
+        "questionnaire": "http://www.medizininformatik-initiative.de/fhir/ext/modul-pro/Questionnaire/mii-qst-pro-promis-29-de",
+        "status": "completed",
+        "subject": subj("P-1"),
+        "authored": "2025-01-30T14:30:00Z",
+        "item": [
+            {"linkId": f"PROMIS-29.{name}",
+             "item": [{"linkId": link, "answer": coded(code, display)} for link, code, display in rows]}
+            for name, rows in (("PhysicalFunction", pf), ("Anxiety", anxiety), ("PainInterference", pi))
+        ],
+    }  # fmt: skip
+    validate_r4b(qr)
+    assert classify(qr).kept
+    assert {x.instrument: x.value for x in fn.questionnaire_totals(qr)} == {
+        t.PROMIS_PF: 37.9,
+        t.PROMIS_PI: 61.2,
+    }
+    # an answer code outside the instrument's list leaves the item unanswered: no score for PI
+    qr["item"][2]["item"][0]["answer"] = coded("LA10066-1", "Rarely")
+    assert [x.instrument for x in fn.questionnaire_totals(qr)] == [t.PROMIS_PF]
