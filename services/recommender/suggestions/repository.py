@@ -17,7 +17,7 @@ from services.recommender.worklist.repository import sync_worklist
 from shared.db.models import Assessment, Outbox, Suggestion, utcnow
 from shared.fhir.resources import validate_r4b
 
-SUGGESTION_TYPES = ("CarePlan", "ServiceRequest", "Provenance", "DetectedIssue")
+SUGGESTION_TYPES = ("CarePlan", "ServiceRequest", "Provenance", "DetectedIssue", "Observation")
 
 
 @dataclass
