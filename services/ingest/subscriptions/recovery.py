@@ -1,9 +1,12 @@
 """Background work of the subscription intake (a task on ``runtime.background``).
 
+- **gaps**: the event numbers each subscription received are walked in order (``state.sweep``);
+  a hole that a later number has waited past the grace for becomes a ``gap`` row.
 - **inbox**: ``id-only`` rows are read from the source (``GET {type}/{id}``; 404/410 → a
   tombstone); ``empty`` and ``ping`` rows run a catch-up search; ``gap`` rows ask
-  ``Subscription/{id}/$events`` for the missing range and fall back to the catch-up search when
-  the server does not offer it. Failures retry with jittered exponential backoff; after
+  ``Subscription/{id}/$events`` for what of the range is still missing (late deliveries received
+  since are left out; nothing missing any more, nothing asked) and fall back to the catch-up
+  search when the server does not offer it. Failures retry with jittered exponential backoff; after
   ``max_attempts`` the row becomes a dead letter (kind ``fetch``).
 - **catch-up search**: every type Pinpoint keeps, ``_lastUpdated=gt<watermark − overlap>``,
   paged; the watermark is the newest ``meta.lastUpdated`` the source's server returned (its
@@ -32,6 +35,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from services.ingest.subscriptions import state
+from services.ingest.subscriptions.intake import GAP_GRACE, record_gaps
 from services.ingest.subscriptions.status import carried_resources, listed_without_resource, read_status
 from shared.db.deadletters import record_dead_letter
 from shared.db.models import Inbox, Resource, SubscriptionState, utcnow
@@ -156,6 +160,7 @@ class SubscriptionWorker:
 
     async def run_once(self, *, reconcile: bool = True, heartbeats: bool = True) -> RunReport:
         report = RunReport()
+        await asyncio.to_thread(self.find_gaps)
         await self.drain(report)
         if heartbeats:
             await self.check_heartbeats(report)
@@ -197,9 +202,10 @@ class SubscriptionWorker:
         try:
             if row.kind == state.ID_ONLY and row.reference:
                 await self.fetch(source, row.reference)
-            elif row.kind == state.GAP and row.subscription and row.reference:
-                low, _, high = row.reference.partition("-")
-                await self.recover_events(source, row.subscription, int(low), int(high))
+            elif row.kind == state.GAP and row.subscription and (span := state.gap_range(row.reference)):
+                missing = await asyncio.to_thread(self._still_missing, source, row.subscription, *span)
+                for low, high in missing:
+                    await self.recover_events(source, row.subscription, low, high)
             else:
                 await self.catch_up(source)
         except (FhirClientError, OSError, ValueError) as exc:
@@ -444,6 +450,31 @@ class SubscriptionWorker:
 
     # ------------------------------------------------------------------ database helpers (threads)
 
+    def find_gaps(self) -> int:
+        """Walk the event numbers received past where gap detection has got to (per
+        subscription, its row locked briefly); queue the gaps found. Returns how many."""
+        now = self.clock()
+        found = 0
+        with Session(self.engine) as session:
+            pending = state.unswept(session)
+        for source_id, subscription in pending:
+            source = self.settings_source(source_id)
+            with session_scope(self.engine) as session:
+                row, gaps = state.sweep(session, source_id, subscription, now=now, grace=GAP_GRACE)
+                if gaps and source is not None:
+                    record_gaps(session, source, row, gaps, now=now, due=now)
+                    session.add(row)
+                found += len(gaps)
+        return found
+
+    def settings_source(self, source_id: str) -> Source | None:
+        """A configured source (with or without a server to ask)."""
+        return next((s for s in self.settings.config.sources if s.id == source_id), None)
+
+    def _still_missing(self, source: Source, subscription: str, low: int, high: int) -> list[tuple[int, int]]:
+        with Session(self.engine) as session:
+            return state.holes(low, high, state.logged(session, source.id, subscription, low, high))
+
     def store(self, source: Source, resources: Iterable[dict[str, Any]]) -> int:
         """Store resources read from the source like a batch (rejections become dead letters)."""
         return self.intake.store_fetched(source, resources)
@@ -499,6 +530,7 @@ class SubscriptionWorker:
             row.updated_at = self.clock()
             session.add(row)
             state.prune_done(session, before=self.clock() - self.options.keep_done)
+            state.prune_events(session, before=self.clock() - self.options.keep_done)
 
     def _silent(self, now: datetime) -> list[SubscriptionState]:
         out = []
@@ -543,20 +575,9 @@ class SubscriptionWorker:
             row.last_heartbeat_at = now  # checked: do not ask again before the next period
             if status:
                 row.status = status[:32]
-            last = row.last_event_number
-            if counter is not None and last is not None and counter > last:
-                state.enqueue(
-                    session,
-                    source.id,
-                    state.GAP,
-                    now=now,
-                    subscription=subscription,
-                    event_number=last + 1,
-                    reference=f"{last + 1}-{counter}",
-                )
-                row.gaps_detected = (row.gaps_detected or 0) + 1
-                row.last_event_number = counter
-            elif counter is not None and last is None:
+            if counter is not None and row.last_event_number is not None:
+                record_gaps(session, source, row, state.announce(session, row, counter), now=now, due=now)
+            elif counter is not None:  # unknown history: from the counter on
                 row.last_event_number = counter
             row.updated_at = now
             session.add(row)
