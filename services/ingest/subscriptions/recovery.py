@@ -86,7 +86,8 @@ class Options:
     page_size: int = 100
     id_chunk: int = 50
     heartbeat_margin: timedelta = timedelta(seconds=10)
-    keep_done: timedelta = timedelta(days=7)
+    keep_done: timedelta = timedelta(days=7)  # done inbox rows and event numbers passed
+    prune_every: timedelta = timedelta(hours=1)
     max_events_range: int = 500  # larger gaps are closed by the catch-up search
     max_pages: int = 1000  # per type and catch-up search
 
@@ -139,6 +140,7 @@ class SubscriptionWorker:
         self.clock = clock
         self.sleep = sleep
         self.rng = rng or random.Random()
+        self._pruned_at: datetime | None = None
 
     # ------------------------------------------------------------------ the loop
 
@@ -157,6 +159,18 @@ class SubscriptionWorker:
             except Exception as exc:  # keep the loop alive; the next round retries
                 log.error("subscriptions.worker.error", error=type(exc).__name__)
             await self.sleep(self.options.poll_interval)
+
+    async def watch_gaps(self) -> None:
+        """Gap detection alone, where no source has a server to ask (nothing can be recovered):
+        gaps are counted and logged, and the log of event numbers is pruned."""
+        while True:
+            try:
+                await asyncio.to_thread(self.find_gaps)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # keep the loop alive; the next round retries
+                log.error("subscriptions.gaps.error", error=type(exc).__name__)
+            await self.sleep(self.options.poll_interval * 5)
 
     async def run_once(self, *, reconcile: bool = True, heartbeats: bool = True) -> RunReport:
         report = RunReport()
@@ -455,6 +469,10 @@ class SubscriptionWorker:
         subscription, its row locked briefly); queue the gaps found. Returns how many."""
         now = self.clock()
         found = 0
+        if self._pruned_at is None or now - self._pruned_at >= self.options.prune_every:
+            with session_scope(self.engine) as session:
+                state.prune_events(session, before=now - self.options.keep_done)
+            self._pruned_at = now
         with Session(self.engine) as session:
             pending = state.unswept(session)
         for source_id, subscription in pending:
@@ -530,7 +548,6 @@ class SubscriptionWorker:
             row.updated_at = self.clock()
             session.add(row)
             state.prune_done(session, before=self.clock() - self.options.keep_done)
-            state.prune_events(session, before=self.clock() - self.options.keep_done)
 
     def _silent(self, now: datetime) -> list[SubscriptionState]:
         out = []

@@ -64,3 +64,21 @@ def test_the_sweep_passes_consecutive_numbers_at_once_and_waits_out_the_grace_be
         s.commit()
     with Session(engine) as s:
         assert state.unswept(s) == []
+
+
+def test_pruning_forgets_only_old_numbers_gap_detection_has_passed(engine: Engine) -> None:
+    old, now = utcnow() - timedelta(days=8), utcnow()
+    with Session(engine) as s:
+        state.ensure_state(s, "hosp", "s1")
+        state.log_events(s, "hosp", "s1", [1, 2, 3], now=old)
+        state.log_events(s, "hosp", "s1", [5], now=old)  # beyond a hole not yet passed
+        state.log_events(s, "hosp", "s1", [6], now=now)
+        s.commit()
+    with Session(engine) as s:
+        state.sweep(s, "hosp", "s1", now=old, grace=timedelta(seconds=5))  # passes 1..3
+        s.commit()
+    with Session(engine) as s:
+        assert state.prune_events(s, before=now - timedelta(days=7)) == 3
+        s.commit()
+    with Session(engine) as s:
+        assert state.logged(s, "hosp", "s1", 1, 10) == {5, 6}
