@@ -7,8 +7,8 @@ FastAPI no-op measured in the same run. For each shape:
   answers; latency from the due time), first against the no-op (the driver keeps the schedule?)
   then against Pinpoint: p50/p99 and the server's CPU per notification;
 - at saturation with ``wrk`` (requires Debian's ``wrk`` package): notifications/s beside the
-  no-op's. For ``backport`` every notification belongs to ONE subscription (its row is locked per
-  notification), numbered consecutively.
+  no-op's. For ``backport`` every notification belongs to ONE subscription, numbered consecutively
+  (wrk's Lua script counts ``{n}`` per request): the rate one subscription can be booked at.
 
     .venv/bin/python tests/bench/notify.py [--rate 200] [--seconds 20] [--shape hapi|medplum|backport|all]
                                           [--connections 32] [--pg postgresql+psycopg://…/postgres]
