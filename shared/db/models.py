@@ -156,7 +156,7 @@ class SubscriptionState(SQLModel, table=True):
     subscription: str = Field(primary_key=True, max_length=200)
     topic: str | None = None
     status: str = Field(default="active", max_length=32)
-    last_event_number: int | None = None
+    last_event_number: int | None = Field(default=None, sa_type=sa.BigInteger)
     heartbeat_period: int | None = None
     last_heartbeat_at: datetime | None = _ts()
     last_notification_at: datetime | None = _ts()

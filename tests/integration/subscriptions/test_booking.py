@@ -118,3 +118,18 @@ async def test_without_a_subscription_reference_numbers_make_no_gaps(
     await client.post(BASE, content=status_bundle("event-notification", [9], 9, sub=None), headers=AUTH)
     assert after_grace(worker, clock) == 0
     assert gaps(engine) == []
+
+
+async def test_event_numbers_that_cannot_be_counts_are_booked_as_events_without_a_number(
+    client: httpx.AsyncClient, engine: Engine
+) -> None:
+    for bad in ("99999999999999999999", "-3", "²", "1e3"):
+        bundle = orjson.loads(status_bundle("event-notification", [], sub="s1"))
+        bundle["entry"][0]["resource"]["notificationEvent"] = [
+            {"eventNumber": bad, "focus": {"reference": "Encounter/e1"}}
+        ]
+        bundle["entry"][0]["resource"]["eventsSinceSubscriptionStart"] = bad
+        r = await client.post(BASE, content=orjson.dumps(bundle), headers=AUTH)
+        assert r.status_code == 200, bad
+    assert last_event(engine, "s1") is None
+    assert gaps(engine) == []

@@ -1,4 +1,5 @@
-"""subscriptions: the insert-only log of event numbers received (subscription_event)
+"""subscriptions: the insert-only log of event numbers received (subscription_event);
+subscription_state.last_event_number as a 64-bit integer (event numbers are integer64)
 
 Revision ID: subs02
 Revises: ev06
@@ -29,7 +30,15 @@ def upgrade() -> None:
         sa.Column("received_at", shared.db.models.UTCDateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("source", "subscription", "event_number"),
     )
+    with op.batch_alter_table("subscription_state", schema=None) as batch_op:
+        batch_op.alter_column(
+            "last_event_number", existing_type=sa.Integer(), type_=sa.BigInteger(), existing_nullable=True
+        )
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("subscription_state", schema=None) as batch_op:
+        batch_op.alter_column(
+            "last_event_number", existing_type=sa.BigInteger(), type_=sa.Integer(), existing_nullable=True
+        )
     op.drop_table("subscription_event")
