@@ -218,8 +218,11 @@ class SubscriptionWorker:
                 await self.fetch(source, row.reference)
             elif row.kind == state.GAP and row.subscription and (span := state.gap_range(row.reference)):
                 missing = await asyncio.to_thread(self._still_missing, source, row.subscription, *span)
-                for low, high in missing:
-                    await self.recover_events(source, row.subscription, low, high)
+                if any(high - low >= self.options.max_events_range for low, high in missing):
+                    await self.catch_up(source)  # once, however many large holes
+                else:
+                    for low, high in missing:
+                        await self.recover_events(source, row.subscription, low, high)
             else:
                 await self.catch_up(source)
         except (FhirClientError, OSError, ValueError) as exc:

@@ -279,3 +279,24 @@ async def test_the_heartbeat_of_a_subscription_pinpoint_did_not_create_is_learne
     report = await worker.run_once(reconcile=False)
     assert report.heartbeat_checks == 1
     assert stored_versions(engine) == upstream_state(fake)
+
+
+async def test_a_late_delivery_after_its_gap_was_found_is_not_asked_for_again(
+    fake: FakeFhirServer,
+    pinpoint: httpx.AsyncClient,
+    worker: SubscriptionWorker,
+    engine: Engine,
+    clock: Clock,
+) -> None:
+    sid = topic_subscription(fake, "full-resource")
+    await fake.deliver(sid, pinpoint, kind="handshake")
+    arrange(fake, sid, 5)
+    await fake.deliver(sid, pinpoint, per_event=True, drop={2, 3})
+    clock.advance(30)
+    assert worker.find_gaps() == 1  # 2-3, queued
+    fake._delivered.clear()
+    assert await fake.deliver(sid, pinpoint, per_event=True, drop={1, 2, 4, 5}) == [200]  # 3, late
+    await worker.run_once(reconcile=False)
+    [call] = fake.requests_to("GET", "Subscription/sub-1/$events")
+    assert ("eventsSinceNumber", "2") in call.params and ("eventsUntilNumber", "2") in call.params
+    assert stored_versions(engine) == upstream_state(fake)
