@@ -92,6 +92,8 @@ def build_app(settings: Settings, role: Role = Role.all, engine: Engine | None =
         runtime.checks.setdefault("inbox", ingest.inbox_check)
         if ingest.subscribes:
             runtime.background.append(("subscriptions", ingest.subscriptions.run_forever))
+        else:  # topic notifications may still arrive: their gaps are counted, the log pruned
+            runtime.background.append(("subscription-gaps", ingest.subscriptions.watch_gaps))
     if role in (Role.all, Role.recommender):
         recommender = Recommender.build(settings, runtime.engine, assessor, sources)
         app.state.recommender = recommender

@@ -134,6 +134,19 @@ class Inbox(SQLModel, table=True):
     received_at: datetime = _ts(nullable=False)
 
 
+class SubscriptionEvent(SQLModel, table=True):
+    """Event numbers received per subscription: an insert-only log (a replay conflicts on the key
+    and is no new event), so notifications of one subscription are booked without serialising on
+    a shared row; gaps are the holes between numbers (found by the subscription worker)."""
+
+    __tablename__ = "subscription_event"
+
+    source: str = Field(primary_key=True, max_length=64)
+    subscription: str = Field(primary_key=True, max_length=200)
+    event_number: int = Field(primary_key=True, sa_type=sa.BigInteger)
+    received_at: datetime = _ts(nullable=False)
+
+
 class SubscriptionState(SQLModel, table=True):
     """Per upstream subscription: last event number, heartbeat, status."""
 
@@ -143,7 +156,7 @@ class SubscriptionState(SQLModel, table=True):
     subscription: str = Field(primary_key=True, max_length=200)
     topic: str | None = None
     status: str = Field(default="active", max_length=32)
-    last_event_number: int | None = None
+    last_event_number: int | None = Field(default=None, sa_type=sa.BigInteger)
     heartbeat_period: int | None = None
     last_heartbeat_at: datetime | None = _ts()
     last_notification_at: datetime | None = _ts()

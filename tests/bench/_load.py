@@ -116,7 +116,7 @@ local varies = %(varies)s
 local counter = 0
 local step = 1
 local threads = {}
-local errors = 0
+errors = 0  -- a global: done() reads each thread's with thread:get (a local would read as nil)
 
 function setup(thread)
   thread:set("offset", #threads)

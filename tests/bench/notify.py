@@ -7,11 +7,11 @@ FastAPI no-op measured in the same run. For each shape:
   answers; latency from the due time), first against the no-op (the driver keeps the schedule?)
   then against Pinpoint: p50/p99 and the server's CPU per notification;
 - at saturation with ``wrk`` (requires Debian's ``wrk`` package): notifications/s beside the
-  no-op's. For ``backport`` every notification belongs to ONE subscription (its row is locked per
-  notification), numbered consecutively.
+  no-op's. For ``backport`` every notification belongs to ONE subscription, numbered consecutively
+  (wrk's Lua script counts ``{n}`` per request): the rate one subscription can be booked at.
 
     .venv/bin/python tests/bench/notify.py [--rate 200] [--seconds 20] [--shape hapi|medplum|backport|all]
-                                          [--connections 32] [--pg postgresql+psycopg://…/postgres]
+                                          [--connections 32] [--paths]
 
 Shapes: ``hapi`` = ``PUT /sources/hosp/fhir/Observation/{id}`` (classic rest-hook, stored before
 the answer); ``medplum`` = ``POST /sources/medplum/fhir`` with ``X-Medplum-*`` headers and an
@@ -119,6 +119,43 @@ def template(shape: str) -> Template:
     return Template("POST", "/sources/hosp/fhir", orjson.dumps(bundle), headers)
 
 
+def paths(seconds: float, connections: int) -> None:
+    """Server CPU per request along a HAPI PUT's path, each at saturation with wrk: the bare
+    no-op; ``/livez`` (framework and middleware); a PUT refused for its token after its body is
+    read (routing, dependencies, body, credential); one refused for its type (the thread hop, a
+    parse and a one-row transaction: the dead letter); a stored PUT."""
+    config = Path(tempfile.mkdtemp(prefix="pinpoint-bench-")) / "pinpoint.yaml"
+    config.write_text(f"sources:\n  - {{id: hosp, inbound: {{bearer: {TOKEN}}}}}\n")
+    t = template("hapi")
+    wrong_token = {**t.headers, "Authorization": "Bearer not-the-token"}
+    wrong_type = "/sources/hosp/fhir/Patient/x{i}"
+    with (
+        database(True) as url,
+        pinpoint_server("ingest", url, PINPOINT_CONFIG_FILE=str(config)) as (port, pid),
+        noop_server() as (n_port, n_pid),
+    ):
+        base, n_base = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{n_port}"
+        runs = [
+            ("no-op PUT", n_pid, n_base, Template("PUT", "/x", t.body, t.headers)),
+            ("GET /livez", pid, base, Template("GET", "/livez")),
+            ("PUT, 401 token", pid, base, Template("PUT", t.path, t.body, wrong_token)),
+            (
+                "PUT, 400 + dead letter",
+                pid,
+                base,
+                Template("PUT", wrong_type, t.body, t.headers),
+            ),
+            ("PUT stored (hapi)", pid, base, t),
+        ]
+        for label, server, url_base, tt in runs:
+            r = measure(server, lambda: wrk(url_base, tt, seconds, connections=connections, label=label))  # noqa: B023
+            answered = r.ok + r.errors  # the refusals are the point here: CPU per answer
+            cpu_ms = r.server_cpu_ms * max(1, r.ok) / max(1, answered)
+            rate = answered / r.seconds
+            print(f"  {label:24s} {rate:6.0f} answers/s  server CPU {cpu_ms:5.2f} ms/answer", flush=True)
+    print(f"/proc/loadavg at the end: {loadavg()}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--rate", type=float, default=200.0)
@@ -126,8 +163,16 @@ def main() -> None:
     parser.add_argument("--shape", choices=["hapi", "medplum", "backport", "all"], default="all")
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--saturation-connections", type=int, default=8)
+    parser.add_argument(
+        "--paths",
+        action="store_true",
+        help="instead: server CPU per request of cheaper paths (wrk), to split framework from database work",
+    )
     args = parser.parse_args()
     require_wrk()
+    if args.paths:
+        paths(args.seconds / 2, args.saturation_connections)
+        return
     shapes = ["hapi", "medplum", "backport"] if args.shape == "all" else [args.shape]
 
     config = Path(tempfile.mkdtemp(prefix="pinpoint-bench-")) / "pinpoint.yaml"

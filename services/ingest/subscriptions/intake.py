@@ -1,11 +1,12 @@
 """Booking a notification in the caller's transaction, before the 2xx (CONTRACT §2, STANDARDS §2.4).
 
-Topic-based (R4 Backport / R4B / R5): the subscription's last event number and heartbeat are
-kept; ``full-resource`` entries are stored like a push by the caller; ``id-only`` focuses become
-inbox rows to read from the source; ``empty`` content a catch-up search; an event number beyond
-``last + 1`` (or a heartbeat whose counter is ahead) records a gap to recover after a short grace
-(out-of-order delivery). Events already seen are no-ops. Classic rest-hook pings become one
-coalesced catch-up row. No patient data is logged.
+Topic-based (R4 Backport / R4B / R5): the event numbers received are logged per subscription
+and its heartbeat kept; ``full-resource`` entries are stored like a push by the caller; ``id-only``
+focuses become inbox rows to read from the source; ``empty`` content a catch-up search. A hole
+between event numbers (or a heartbeat whose counter is ahead) is a gap, recovered once a short
+grace for out-of-order deliveries has passed (the worker finds the holes in the log). Events
+already received are no-ops. Classic rest-hook pings become one coalesced catch-up row. No
+patient data is logged.
 """
 
 from __future__ import annotations
@@ -56,102 +57,92 @@ def _empty_content(note: Notification, bundle: Mapping[str, Any]) -> bool:
     return bool(note.events) and all(e.focus is None for e in note.events) and not carried_resources(bundle)
 
 
-def _record_gap(
-    session: Session, source: Source, sub: str, low: int, high: int, now: datetime, row: Any
-) -> None:
-    if high < low:
-        return
-    state.enqueue(
-        session,
-        source.id,
-        state.GAP,
-        now=now,
-        subscription=sub,
-        event_number=low,
-        reference=f"{low}-{high}",
-        due=now + GAP_GRACE,
-    )
-    row.gaps_detected = (row.gaps_detected or 0) + 1
-    GAPS.labels(source.id).inc()
-    log.warning("subscriptions.gap", source=source.id, subscription=sub, first=low, last=high)
+def record_gaps(
+    session: Session,
+    source: Source,
+    row: Any,
+    found: list[tuple[int, int]],
+    *,
+    now: datetime,
+    due: datetime,
+) -> int:
+    """Gaps of a subscription (its row held locked): counted, logged, and queued for recovery
+    (``$events``, or the catch-up search) when the source has a server to ask. Returns how many
+    were queued."""
+    queued = 0
+    for low, high in found:
+        row.gaps_detected = (row.gaps_detected or 0) + 1
+        GAPS.labels(source.id).inc()
+        sub = row.subscription
+        log.warning("subscriptions.gap", source=source.id, subscription=sub, first=low, last=high)
+        if source.fhir_base_url is None:
+            continue
+        state.enqueue(
+            session,
+            source.id,
+            state.GAP,
+            now=now,
+            subscription=row.subscription,
+            event_number=low,
+            reference=f"{low}-{high}",
+            due=due,
+        )
+        queued += 1
+    return queued
 
 
 def book_topic_notification(
     session: Session, source: Source, bundle: Mapping[str, Any], *, now: datetime | None = None
 ) -> Booking:
-    """Book a topic-based notification (its status is the first entry)."""
+    """Book a topic-based notification (its status is the first entry).
+
+    Event numbers are appended to the subscription's log (no lock: notifications of one
+    subscription are booked side by side); the subscription worker finds the gaps between them
+    (:func:`state.sweep`). A handshake or heartbeat, rare, locks the subscription's row to
+    compare its counter with what was received (:func:`state.announce`)."""
     now = now or utcnow()
     note = read_status(first_resource(bundle) or {})
     NOTIFICATIONS.labels(source.id, note.type).inc()
-    sub = note.subscription or "(unknown)"
-    row = state.lock_state(session, source.id, sub)
-    row.last_notification_at = now
-    row.updated_at = now
-    if note.topic:
-        row.topic = note.topic[:2000]
-    if note.status:
-        row.status = note.status[:32]
-    last = row.last_event_number
-    counter = note.events_since_start
-    queued = 0
-    fetchable = source.fhir_base_url is not None
-
     # Without a subscription reference, numbers of different subscriptions could mix: no gaps.
     numbered = note.subscription is not None
-    # Unknown history (no handshake seen, not created by `subscriptions sync`): every event
-    # before the first one seen counts as missing.
-    floor = 0 if last is None else last
+    sub = note.subscription or state.UNKNOWN_ROW
+    fetchable = source.fhir_base_url is not None
 
     if note.type in ("handshake", "heartbeat"):
-        row.last_heartbeat_at = now
-        if counter is not None and numbered and counter > floor:
-            _record_gap(session, source, sub, floor + 1, counter, now, row)  # sent, never received
-            queued += 1
-        if counter is not None and (last is None or counter > last):
-            row.last_event_number = counter
+        row = state.lock_state(session, source.id, sub)
+        row.last_notification_at = row.last_heartbeat_at = row.updated_at = now
+        if note.topic:
+            row.topic = note.topic[:2000]
+        if note.status:
+            row.status = note.status[:32]
+        queued = 0
+        counter = note.events_since_start
+        if counter is not None:
+            found = state.announce(session, row, counter)  # sent, never received
+            if numbered:
+                queued = record_gaps(session, source, row, found, now=now, due=now + GAP_GRACE)
         session.add(row)
         return Booking(note, False, queued, f"{note.type} received")
 
+    state.note_topic(session, source.id, sub, now=now, status=note.status, topic=note.topic)
     if note.type not in ("event-notification", "query-event"):
-        session.add(row)
         return Booking(note, False, 0, f"{note.type} notification received")
 
-    late = any(e.number is not None and last is not None and e.number <= last for e in note.events)
-    gaps = state.open_gaps(session, source.id, sub) if late else []
-
-    def fresh(number: int | None) -> bool:
-        if number is None or last is None or number > last:
-            return True
-        return any(low <= number <= high for low, high in gaps)
-
-    new_events = [e for e in note.events if fresh(e.number)]
-    if gaps:  # late deliveries close (or shrink) the gaps they fill
-        late_numbers = [e.number for e in new_events if e.number is not None and e.number <= floor]
-        state.fill_gaps(session, source.id, sub, late_numbers)
+    numbers = {e.number for e in note.events if e.number is not None}
+    fresh = state.log_events(session, source.id, sub, numbers, now=now)
+    new_events = [e for e in note.events if e.number is None or e.number in fresh]
     replay = bool(note.events) and not new_events
     if replay:
         log.info("subscriptions.replay", source=source.id, subscription=sub, events=len(note.events))
 
-    numbers = sorted({e.number for e in new_events if e.number is not None})
-    if numbered:
-        previous = floor
-        for number in numbers:
-            if number > previous + 1 and number > floor + 1:
-                _record_gap(session, source, sub, max(previous, floor) + 1, number - 1, now, row)
-                queued += 1
-            previous = max(previous, number)
-    # The counter may already be ahead (later events in flight): only event numbers count here.
-    highest = max(numbers, default=None)
-    if highest is not None and (last is None or highest > last):
-        row.last_event_number = highest
-    session.add(row)
-
     if _empty_content(note, bundle):
         if replay:
             return Booking(note, False, 0, "events already received; nothing to do")
+        queued = 0
         if fetchable and state.pending_of_kind(session, source.id, [state.EMPTY, state.PING]) is None:
+            highest = max(fresh, default=None)
             state.enqueue(session, source.id, state.EMPTY, now=now, subscription=sub, event_number=highest)
-            queued += 1
+            queued = 1
         return Booking(note, False, queued, "empty notification received; catching up by search")
 
     # Full resources are stored whatever their event number (a replay stores nothing new: same
@@ -174,6 +165,7 @@ def book_topic_notification(
             targets.setdefault(ref, None)
     if targets and not fetchable:
         log.warning("subscriptions.unfetchable", source=source.id, subscription=sub, focuses=len(targets))
+    queued = 0
     for ref, target_number in targets.items():
         if ref.split("/", 1)[0] not in KEPT_TYPES or not fetchable:
             continue

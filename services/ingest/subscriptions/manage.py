@@ -247,7 +247,7 @@ def status(engine: Engine, source_id: str | None = None) -> tuple[list[StatusRow
                     row.subscription,
                     row.topic,
                     row.status,
-                    row.last_event_number,
+                    state.last_event(session, row.source, row.subscription),
                     round((now - seen).total_seconds(), 1) if seen else None,
                     row.heartbeat_period,
                     row.gaps_detected or 0,

@@ -1,9 +1,12 @@
 """Background work of the subscription intake (a task on ``runtime.background``).
 
+- **gaps**: the event numbers each subscription received are walked in order (``state.sweep``);
+  a hole that a later number has waited past the grace for becomes a ``gap`` row.
 - **inbox**: ``id-only`` rows are read from the source (``GET {type}/{id}``; 404/410 → a
   tombstone); ``empty`` and ``ping`` rows run a catch-up search; ``gap`` rows ask
-  ``Subscription/{id}/$events`` for the missing range and fall back to the catch-up search when
-  the server does not offer it. Failures retry with jittered exponential backoff; after
+  ``Subscription/{id}/$events`` for what of the range is still missing (late deliveries received
+  since are left out; nothing missing any more, nothing asked) and fall back to the catch-up
+  search when the server does not offer it. Failures retry with jittered exponential backoff; after
   ``max_attempts`` the row becomes a dead letter (kind ``fetch``).
 - **catch-up search**: every type Pinpoint keeps, ``_lastUpdated=gt<watermark − overlap>``,
   paged; the watermark is the newest ``meta.lastUpdated`` the source's server returned (its
@@ -32,6 +35,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from services.ingest.subscriptions import state
+from services.ingest.subscriptions.intake import GAP_GRACE, record_gaps
 from services.ingest.subscriptions.status import carried_resources, listed_without_resource, read_status
 from shared.db.deadletters import record_dead_letter
 from shared.db.models import Inbox, Resource, SubscriptionState, utcnow
@@ -82,7 +86,8 @@ class Options:
     page_size: int = 100
     id_chunk: int = 50
     heartbeat_margin: timedelta = timedelta(seconds=10)
-    keep_done: timedelta = timedelta(days=7)
+    keep_done: timedelta = timedelta(days=7)  # done inbox rows and event numbers passed
+    prune_every: timedelta = timedelta(hours=1)
     max_events_range: int = 500  # larger gaps are closed by the catch-up search
     max_pages: int = 1000  # per type and catch-up search
 
@@ -135,6 +140,7 @@ class SubscriptionWorker:
         self.clock = clock
         self.sleep = sleep
         self.rng = rng or random.Random()
+        self._pruned_at: datetime | None = None
 
     # ------------------------------------------------------------------ the loop
 
@@ -154,8 +160,21 @@ class SubscriptionWorker:
                 log.error("subscriptions.worker.error", error=type(exc).__name__)
             await self.sleep(self.options.poll_interval)
 
+    async def watch_gaps(self) -> None:
+        """Gap detection alone, where no source has a server to ask (nothing can be recovered):
+        gaps are counted and logged, and the log of event numbers is pruned."""
+        while True:
+            try:
+                await asyncio.to_thread(self.find_gaps)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # keep the loop alive; the next round retries
+                log.error("subscriptions.gaps.error", error=type(exc).__name__)
+            await self.sleep(self.options.poll_interval * 5)
+
     async def run_once(self, *, reconcile: bool = True, heartbeats: bool = True) -> RunReport:
         report = RunReport()
+        await asyncio.to_thread(self.find_gaps)
         await self.drain(report)
         if heartbeats:
             await self.check_heartbeats(report)
@@ -197,9 +216,13 @@ class SubscriptionWorker:
         try:
             if row.kind == state.ID_ONLY and row.reference:
                 await self.fetch(source, row.reference)
-            elif row.kind == state.GAP and row.subscription and row.reference:
-                low, _, high = row.reference.partition("-")
-                await self.recover_events(source, row.subscription, int(low), int(high))
+            elif row.kind == state.GAP and row.subscription and (span := state.gap_range(row.reference)):
+                missing = await asyncio.to_thread(self._still_missing, source, row.subscription, *span)
+                if any(high - low >= self.options.max_events_range for low, high in missing):
+                    await self.catch_up(source)  # once, however many large holes
+                else:
+                    for low, high in missing:
+                        await self.recover_events(source, row.subscription, low, high)
             else:
                 await self.catch_up(source)
         except (FhirClientError, OSError, ValueError) as exc:
@@ -444,6 +467,35 @@ class SubscriptionWorker:
 
     # ------------------------------------------------------------------ database helpers (threads)
 
+    def find_gaps(self) -> int:
+        """Walk the event numbers received past where gap detection has got to (per
+        subscription, its row locked briefly); queue the gaps found. Returns how many."""
+        now = self.clock()
+        found = 0
+        if self._pruned_at is None or now - self._pruned_at >= self.options.prune_every:
+            with session_scope(self.engine) as session:
+                state.prune_events(session, before=now - self.options.keep_done)
+            self._pruned_at = now
+        with Session(self.engine) as session:
+            pending = state.unswept(session)
+        for source_id, subscription in pending:
+            source = self.settings_source(source_id)
+            with session_scope(self.engine) as session:
+                row, gaps = state.sweep(session, source_id, subscription, now=now, grace=GAP_GRACE)
+                if gaps and source is not None:
+                    record_gaps(session, source, row, gaps, now=now, due=now)
+                    session.add(row)
+                found += len(gaps)
+        return found
+
+    def settings_source(self, source_id: str) -> Source | None:
+        """A configured source (with or without a server to ask)."""
+        return next((s for s in self.settings.config.sources if s.id == source_id), None)
+
+    def _still_missing(self, source: Source, subscription: str, low: int, high: int) -> list[tuple[int, int]]:
+        with Session(self.engine) as session:
+            return state.holes(low, high, state.logged(session, source.id, subscription, low, high))
+
     def store(self, source: Source, resources: Iterable[dict[str, Any]]) -> int:
         """Store resources read from the source like a batch (rejections become dead letters)."""
         return self.intake.store_fetched(source, resources)
@@ -543,20 +595,9 @@ class SubscriptionWorker:
             row.last_heartbeat_at = now  # checked: do not ask again before the next period
             if status:
                 row.status = status[:32]
-            last = row.last_event_number
-            if counter is not None and last is not None and counter > last:
-                state.enqueue(
-                    session,
-                    source.id,
-                    state.GAP,
-                    now=now,
-                    subscription=subscription,
-                    event_number=last + 1,
-                    reference=f"{last + 1}-{counter}",
-                )
-                row.gaps_detected = (row.gaps_detected or 0) + 1
-                row.last_event_number = counter
-            elif counter is not None and last is None:
+            if counter is not None and row.last_event_number is not None:
+                record_gaps(session, source, row, state.announce(session, row, counter), now=now, due=now)
+            elif counter is not None:  # unknown history: from the counter on
                 row.last_event_number = counter
             row.updated_at = now
             session.add(row)

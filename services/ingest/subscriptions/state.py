@@ -1,8 +1,17 @@
-"""Repository of ``subscription_state`` (per source × subscription) and ``inbox`` (work to fetch).
+"""Repository of ``subscription_state`` (per source × subscription), ``subscription_event`` (the
+event numbers received) and ``inbox`` (work to fetch).
 
 Special ``subscription`` keys: ``(source)`` holds a source's reconciliation watermark (its
 server's time) and schedule; ``(classic)`` the last classic rest-hook delivery without a
-subscription id (HAPI PUTs, pings). Nothing here commits.
+subscription id (HAPI PUTs, pings); ``(unknown)`` topic notifications without a subscription
+reference. Nothing here commits.
+
+Event numbers are booked without a lock: each notification appends its numbers to
+``subscription_event`` (a replay conflicts on the key: not new). ``last_event_number`` of a
+subscription is where gap detection has got to: :func:`sweep` (the subscription worker) moves it
+over the numbers received and turns the holes it passes into gaps; :func:`announce` (handshake,
+heartbeat, ``$status``) moves it to the sender's counter, the numbers up to it not received being
+gaps.
 """
 
 from __future__ import annotations
@@ -17,12 +26,14 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
-from shared.db.models import Inbox, SubscriptionState, utcnow
+from shared.db.models import Inbox, SubscriptionEvent, SubscriptionState, utcnow
 
 SOURCE_ROW = "(source)"
 CLASSIC_ROW = "(classic)"
+UNKNOWN_ROW = "(unknown)"
 STATE = SubscriptionState.__table__  # type: ignore[attr-defined]
 INBOX = Inbox.__table__  # type: ignore[attr-defined]
+EVENTS = SubscriptionEvent.__table__  # type: ignore[attr-defined]
 
 #: Inbox kinds: a resource to read, a catch-up search (empty content, a ping), a range of events.
 ID_ONLY, EMPTY, PING, GAP = "id-only", "empty", "ping", "gap"
@@ -94,6 +105,206 @@ def touch(session: Session, source: str, subscription: str, *, now: datetime, ev
         session.execute(stmt.on_conflict_do_nothing(index_elements=["source", "subscription"]))
 
 
+_NOTED: dict[tuple[int, str, str, str], tuple[datetime, str | None, str | None]] = {}
+
+
+def note_topic(
+    session: Session,
+    source: str,
+    subscription: str,
+    *,
+    now: datetime,
+    status: str | None,
+    topic: str | None,
+    every: float = 1.0,
+) -> None:
+    """A topic notification's bookkeeping on the subscription's row (created if missing): its
+    time, status and topic. Written when the status or topic differ from what this process last
+    wrote, else at most once per ``every`` seconds: the row is not locked by every notification."""
+    bind = session.get_bind()
+    key = (id(bind), str(bind.engine.url), source, subscription)
+    status = status[:32] if status else None
+    topic = topic[:2000] if topic else None
+    last = _NOTED.get(key)
+    if (
+        last is not None
+        and timedelta(0) <= now - last[0] < timedelta(seconds=every)
+        and (status is None or status == last[1])
+        and (topic is None or topic == last[2])
+    ):
+        return
+    _NOTED[key] = (now, status or (last[1] if last else None), topic or (last[2] if last else None))
+    values: dict[str, Any] = {"last_notification_at": now, "updated_at": now}
+    if status:
+        values["status"] = status
+    if topic:
+        values["topic"] = topic
+    result = session.execute(
+        sa.update(STATE).where(STATE.c.source == source, STATE.c.subscription == subscription).values(values)
+    )
+    if result.rowcount == 0:  # type: ignore[attr-defined]
+        stmt = _insert(session)(STATE).values(
+            source=source,
+            subscription=subscription,
+            status=status or "active",
+            topic=topic,
+            last_notification_at=now,
+            updated_at=now,
+            gaps_detected=0,
+        )
+        session.execute(stmt.on_conflict_do_nothing(index_elements=["source", "subscription"]))
+
+
+#: PostgreSQL: one statement text whatever the number of event numbers (an array parameter).
+_LOG_PG = sa.text(
+    "INSERT INTO subscription_event (source, subscription, event_number, received_at)"
+    " SELECT :source, :subscription, n, :now FROM unnest(CAST(:numbers AS bigint[])) AS n"
+    " ON CONFLICT DO NOTHING RETURNING event_number"
+)
+
+
+def log_events(
+    session: Session, source: str, subscription: str, numbers: Iterable[int], *, now: datetime
+) -> set[int]:
+    """Append event numbers to the log; returns those received for the first time. No lock: a
+    concurrent delivery of the same number waits for the first one's commit and finds it there."""
+    wanted = sorted(set(numbers))
+    if not wanted:
+        return set()
+    if session.get_bind().dialect.name == "postgresql":
+        params = {"source": source, "subscription": subscription, "numbers": wanted, "now": now}
+        return {int(n) for n in session.execute(_LOG_PG, params).scalars()}
+    key = {"source": source, "subscription": subscription, "received_at": now}
+    rows = [{**key, "event_number": n} for n in wanted]
+    stmt = sqlite_insert(EVENTS).values(rows).on_conflict_do_nothing().returning(EVENTS.c.event_number)
+    return {int(n) for n in session.execute(stmt).scalars()}
+
+
+def logged(session: Session, source: str, subscription: str, low: int, high: int) -> set[int]:
+    """The event numbers of ``low..high`` received."""
+    rows = session.execute(
+        sa.select(EVENTS.c.event_number).where(
+            EVENTS.c.source == source,
+            EVENTS.c.subscription == subscription,
+            EVENTS.c.event_number.between(low, high),
+        )
+    ).scalars()
+    return {int(n) for n in rows}
+
+
+def highest_logged(session: Session, source: str, subscription: str) -> int | None:
+    value = session.execute(
+        sa.select(sa.func.max(EVENTS.c.event_number)).where(
+            EVENTS.c.source == source, EVENTS.c.subscription == subscription
+        )
+    ).scalar()
+    return None if value is None else int(value)
+
+
+def holes(low: int, high: int, present: Iterable[int]) -> list[tuple[int, int]]:
+    """The ranges of ``low..high`` not in ``present``."""
+    out: list[tuple[int, int]] = []
+    start = low
+    for n in sorted(n for n in set(present) if low <= n <= high):
+        if n > start:
+            out.append((start, n - 1))
+        start = n + 1
+    if start <= high:
+        out.append((start, high))
+    return out
+
+
+def announce(session: Session, row: SubscriptionState, counter: int) -> list[tuple[int, int]]:
+    """The sender says ``counter`` events were sent (handshake, heartbeat, ``$status``): the
+    numbers after ``last_event_number`` up to it not received are gaps (returned); the row, which
+    the caller holds locked, moves to the counter."""
+    last = row.last_event_number
+    floor = 0 if last is None else last
+    if counter <= floor:
+        if last is None:
+            row.last_event_number = counter
+        return []
+    found = holes(floor + 1, counter, logged(session, row.source, row.subscription, floor + 1, counter))
+    row.last_event_number = counter
+    return found
+
+
+def unswept(session: Session) -> list[tuple[str, str]]:
+    """Subscriptions with event numbers received beyond where gap detection has got to."""
+    ahead = (
+        sa.select(sa.literal(1))
+        .where(
+            EVENTS.c.source == STATE.c.source,
+            EVENTS.c.subscription == STATE.c.subscription,
+            EVENTS.c.event_number > sa.func.coalesce(STATE.c.last_event_number, 0),
+        )
+        .exists()
+    )
+    topic_rows = ~STATE.c.subscription.startswith("(")
+    query = sa.select(STATE.c.source, STATE.c.subscription).where(topic_rows, ahead)
+    return [(str(a), str(b)) for a, b in session.execute(query)]
+
+
+def sweep(
+    session: Session, source: str, subscription: str, *, now: datetime, grace: timedelta, limit: int = 50_000
+) -> tuple[SubscriptionState, list[tuple[int, int]]]:
+    """Move ``last_event_number`` over the numbers received after it (the row locked): numbers
+    that follow on are passed at once; a hole is a gap (returned) once a number above it was
+    received more than ``grace`` ago (a reordered delivery has had that long to arrive), else
+    detection stops below it for now."""
+    row = lock_state(session, source, subscription)
+    floor = 0 if row.last_event_number is None else row.last_event_number
+    mine = sa.and_(
+        EVENTS.c.source == source, EVENTS.c.subscription == subscription, EVENTS.c.event_number > floor
+    )
+    upper = session.execute(
+        sa.select(sa.func.max(EVENTS.c.event_number)).where(mine, EVENTS.c.received_at <= now - grace)
+    ).scalar()
+    numbers = session.execute(
+        sa.select(EVENTS.c.event_number).where(mine).order_by(EVENTS.c.event_number).limit(limit)
+    ).scalars()
+    current = floor
+    found: list[tuple[int, int]] = []
+    for n in numbers:
+        if n == current + 1:
+            current = n
+        elif upper is not None and n <= upper:
+            found.append((current + 1, n - 1))
+            current = n
+        else:
+            break
+    if current != floor:
+        row.last_event_number = current
+        session.add(row)
+    return row, found
+
+
+def last_event(session: Session, source: str, subscription: str) -> int | None:
+    """The highest event number of a subscription received or announced (gap detection may
+    not have got there yet)."""
+    row = session.get(SubscriptionState, (source, subscription))
+    swept = row.last_event_number if row else None
+    values = [v for v in (swept, highest_logged(session, source, subscription)) if v is not None]
+    return max(values, default=None)
+
+
+def prune_events(session: Session, *, before: datetime) -> int:
+    """Forget event numbers received before ``before`` that gap detection has passed (or of
+    subscriptions without gap detection): a replay of one that old is booked again, harmlessly."""
+    last = (
+        sa.select(sa.func.coalesce(STATE.c.last_event_number, 0))
+        .where(STATE.c.source == EVENTS.c.source, STATE.c.subscription == EVENTS.c.subscription)
+        .scalar_subquery()
+    )
+    result = session.execute(
+        sa.delete(EVENTS).where(
+            EVENTS.c.received_at < before,
+            sa.or_(EVENTS.c.subscription.startswith("("), EVENTS.c.event_number <= sa.func.coalesce(last, 0)),
+        )
+    )
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+
 def states(session: Session, source: str | None = None) -> list[SubscriptionState]:
     query = select(SubscriptionState).order_by(
         col(SubscriptionState.source), col(SubscriptionState.subscription)
@@ -154,78 +365,10 @@ def seen_events(
     return {(n, ref) for n, ref in rows if n is not None and ref is not None}
 
 
-def _range(reference: str | None) -> tuple[int, int] | None:
+def gap_range(reference: str | None) -> tuple[int, int] | None:
+    """``low..high`` of a gap row's reference ``"low-high"``."""
     low, _, high = (reference or "").partition("-")
     return (int(low), int(high)) if low.isdigit() and high.isdigit() else None
-
-
-def open_gaps(session: Session, source: str, subscription: str) -> list[tuple[int, int]]:
-    """Event ranges still to recover for a subscription."""
-    rows = session.exec(
-        select(Inbox.reference).where(
-            Inbox.source == source,
-            Inbox.subscription == subscription,
-            Inbox.kind == GAP,
-            col(Inbox.status).in_([PENDING, WORKING]),
-        )
-    )
-    return [r for r in map(_range, rows) if r is not None]
-
-
-def fill_gaps(session: Session, source: str, subscription: str, numbers: Iterable[int]) -> int:
-    """Late deliveries that fall inside a gap not yet being recovered: those event numbers leave
-    it (a gap left empty is done; one cut in the middle becomes two rows, due as before), so a
-    reordered stream does not pile up gaps and recovery asks only for what is still missing.
-    Gaps a worker is recovering right now are left alone. Returns how many gaps changed."""
-    received = sorted(set(numbers))
-    if not received:
-        return 0
-    rows = session.exec(
-        select(Inbox).where(
-            Inbox.source == source,
-            Inbox.subscription == subscription,
-            Inbox.kind == GAP,
-            Inbox.status == PENDING,
-            col(Inbox.event_number) <= received[-1],
-        )
-    ).all()
-    changed = 0
-    for row in rows:
-        span = _range(row.reference)
-        if span is None:
-            continue
-        low, high = span
-        inside = [n for n in received if low <= n <= high]
-        if not inside:
-            continue
-        missing: list[tuple[int, int]] = []
-        start = low
-        for n in inside:
-            if n > start:
-                missing.append((start, n - 1))
-            start = n + 1
-        if start <= high:
-            missing.append((start, high))
-        changed += 1
-        if not missing:
-            row.status = DONE
-        else:
-            row.event_number, row.reference = missing[0][0], f"{missing[0][0]}-{missing[0][1]}"
-            for first, last in missing[1:]:
-                session.add(
-                    Inbox(
-                        source=row.source,
-                        subscription=row.subscription,
-                        event_number=first,
-                        kind=GAP,
-                        reference=f"{first}-{last}",
-                        status=PENDING,
-                        next_attempt_at=row.next_attempt_at,
-                        received_at=row.received_at,
-                    )
-                )
-        session.add(row)
-    return changed
 
 
 def claim_due(engine: Engine, *, now: datetime, limit: int, lease: timedelta) -> list[Inbox]:

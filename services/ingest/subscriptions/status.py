@@ -49,14 +49,20 @@ class Notification:
         return None
 
 
+#: Event numbers and counters are integer64 counts: 0 … 2⁶³ − 1.
+MAX_COUNT = 2**63 - 1
+
+
 def as_int(value: Any) -> int | None:
-    """integer64 as a JSON string or number; None when absent or not an integer."""
+    """A count (event number, events since start) as a JSON string or number; None when absent,
+    not an integer, or outside 0 … 2⁶³ − 1 (such a number cannot be stored: the event is booked
+    as one without a number)."""
     if isinstance(value, bool):
         return None
-    if isinstance(value, int):
+    if isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
+        value = int(value.strip())
+    if isinstance(value, int) and 0 <= value <= MAX_COUNT:
         return value
-    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
-        return int(value.strip())
     return None
 
 

@@ -17,6 +17,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
 from services.ingest.intake.fetched import IntakeStore
+from services.ingest.subscriptions import state
 from services.ingest.subscriptions.recovery import Options, SubscriptionWorker
 from shared.db.models import Inbox, Resource, SubscriptionState, utcnow
 from shared.fhir.client import RetryPolicy
@@ -222,6 +223,12 @@ def stored_versions(engine: Engine) -> dict[tuple[str, str], str]:
 def inbox(engine: Engine) -> list[Inbox]:
     with Session(engine) as s:
         return list(s.exec(select(Inbox).order_by(Inbox.id)).all())  # type: ignore[arg-type]
+
+
+def last_event(engine: Engine, subscription: str, source: str = "hosp") -> int | None:
+    """The highest event number of a subscription received (or announced by its sender)."""
+    with Session(engine) as s:
+        return state.last_event(s, source, subscription)
 
 
 def sub_state(engine: Engine, subscription: str, source: str = "hosp") -> SubscriptionState | None:

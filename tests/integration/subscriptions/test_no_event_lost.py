@@ -104,12 +104,13 @@ async def test_a_dropped_event_is_recovered_by_events_operation(
     await fake.deliver(sid, pinpoint, kind="handshake")
     arrange(fake, sid, 5)
     assert await fake.deliver(sid, pinpoint, per_event=True, drop={2, 3}) == [200] * 3
-    [gap] = [r for r in inbox(engine) if r.kind == "gap"]
-    assert gap.reference == "2-3"
     await worker.run_once(reconcile=False)  # within the grace period: nothing yet
+    assert [r for r in inbox(engine) if r.kind == "gap"] == []
     assert not fake.requests_to("GET", "Subscription/*/$events")
     clock.advance(30)
     await worker.run_once(reconcile=False)
+    [gap] = [r for r in inbox(engine) if r.kind == "gap"]
+    assert gap.reference == "2-3" and gap.status == "done"
     [call] = fake.requests_to("GET", "Subscription/sub-1/$events")
     assert ("eventsSinceNumber", "2") in call.params and ("eventsUntilNumber", "3") in call.params
     assert stored_versions(engine) == upstream_state(fake)
@@ -277,4 +278,25 @@ async def test_the_heartbeat_of_a_subscription_pinpoint_did_not_create_is_learne
     clock.advance(200)
     report = await worker.run_once(reconcile=False)
     assert report.heartbeat_checks == 1
+    assert stored_versions(engine) == upstream_state(fake)
+
+
+async def test_a_late_delivery_after_its_gap_was_found_is_not_asked_for_again(
+    fake: FakeFhirServer,
+    pinpoint: httpx.AsyncClient,
+    worker: SubscriptionWorker,
+    engine: Engine,
+    clock: Clock,
+) -> None:
+    sid = topic_subscription(fake, "full-resource")
+    await fake.deliver(sid, pinpoint, kind="handshake")
+    arrange(fake, sid, 5)
+    await fake.deliver(sid, pinpoint, per_event=True, drop={2, 3})
+    clock.advance(30)
+    assert worker.find_gaps() == 1  # 2-3, queued
+    fake._delivered.clear()
+    assert await fake.deliver(sid, pinpoint, per_event=True, drop={1, 2, 4, 5}) == [200]  # 3, late
+    await worker.run_once(reconcile=False)
+    [call] = fake.requests_to("GET", "Subscription/sub-1/$events")
+    assert ("eventsSinceNumber", "2") in call.params and ("eventsUntilNumber", "2") in call.params
     assert stored_versions(engine) == upstream_state(fake)
