@@ -11,6 +11,7 @@ alone. Prints CPU time per patient of each step and patients/s per core of the w
 
 from __future__ import annotations
 
+import gc
 import os
 import random
 import sys
@@ -25,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from services.recommender.assessor import Assessor
 from services.recommender.engine import evaluate
+from services.server import GC_THRESHOLDS
 from shared.domain.relevance import classify
 from tests.bench._load import loadavg
 
@@ -337,6 +339,11 @@ def _run(label: str, patients: list[list[dict[str, Any]]], blobs: list[bytes], n
     assessor = Assessor.load("cms-lcd")
     for resources in patients[:100]:  # warm-up: policy, caches
         assessor.results(resources, now)
+    # as in the worker after start-up (services.server.tune_gc): the heap built so far (here the
+    # input) out of the collector's sight, collections as often as there
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
     c0 = time.process_time()
     for blob in blobs:
         orjson.loads(blob)
