@@ -80,13 +80,14 @@ def worker_id() -> str:
 
 @dataclass
 class Worker:
-    """One worker: claims in batches, evaluates one patient at a time, stores per patient."""
+    """One worker: claims a batch of patients, reads their stored resources in one query,
+    evaluates them one at a time and stores the batch's results in one transaction."""
 
     engine: Engine
     settings: Settings
     assessor: Assessor
     ident: str = field(default_factory=worker_id)
-    batch: int = 16
+    batch: int = 64
     clock: Callable[[], datetime] = utcnow
 
     @property

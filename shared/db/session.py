@@ -49,6 +49,7 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         return engine
     ping_idle = kwargs.pop("ping_idle_seconds", PING_IDLE_SECONDS)
     kwargs.setdefault("json_serializer", _json_text)
+    kwargs.setdefault("json_deserializer", _json_value)
     if "poolclass" not in kwargs:
         kwargs.setdefault("pool_size", 10)
     engine = sa.create_engine(url, **kwargs)
@@ -68,6 +69,16 @@ def _json_text(value: Any) -> str:
         return orjson.dumps(value).decode()
     except TypeError:
         return json.dumps(value)
+
+
+def _json_value(text: str | bytes) -> Any:
+    """JSON columns on PostgreSQL read with orjson, several times cheaper than the standard
+    library's decoder (the worker decodes every stored resource of a batch of patients); what
+    orjson refuses falls back to it."""
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return json.loads(text)
 
 
 #: A pooled PostgreSQL connection idle longer than this is checked (one round trip) before use; a

@@ -13,8 +13,8 @@ from sqlmodel import Session, col, select
 
 from services.recommender.engine.policy import PolicyRef
 from services.recommender.suggestions import builders as sg
-from services.recommender.worklist.repository import sync_worklist
-from shared.db.models import Assessment, Outbox, Suggestion, utcnow
+from services.recommender.worklist.repository import load_state, sync_worklist
+from shared.db.models import Assessment, Outbox, Suggestion, WorklistEntry, utcnow
 from shared.fhir.resources import validate_r4b
 
 SUGGESTION_TYPES = ("CarePlan", "ServiceRequest", "Provenance", "DetectedIssue")
@@ -22,14 +22,17 @@ SUGGESTION_TYPES = ("CarePlan", "ServiceRequest", "Provenance", "DetectedIssue")
 
 @dataclass
 class Preloaded:
-    """The stored suggestions (Provenance excluded) and assessments of a batch of patients."""
+    """The stored suggestions (Provenance excluded), assessments, worklist rows and Patient
+    resources of a batch of patients."""
 
     suggestions: dict[str, list[Suggestion]]
     assessments: dict[str, list[Assessment]]
+    worklist: dict[str, list[WorklistEntry]]
+    patients: dict[str, dict[str, Any]]
 
 
 def preload(session: Session, patient_keys: Sequence[str]) -> Preloaded:
-    """One query per table for a whole batch of patients."""
+    """One query per table for a whole batch of patients (nothing is read per patient after)."""
     suggestions: dict[str, list[Suggestion]] = {k: [] for k in patient_keys}
     assessments: dict[str, list[Assessment]] = {k: [] for k in patient_keys}
     if patient_keys:
@@ -41,7 +44,8 @@ def preload(session: Session, patient_keys: Sequence[str]) -> Preloaded:
             suggestions[row.patient_key].append(row)
         for arow in session.exec(select(Assessment).where(col(Assessment.patient_key).in_(patient_keys))):
             assessments[arow.patient_key].append(arow)
-    return Preloaded(suggestions, assessments)
+    worklist, patients = load_state(session, patient_keys)
+    return Preloaded(suggestions, assessments, worklist, patients)
 
 
 @dataclass
@@ -121,6 +125,8 @@ def apply_entry(
         [(g.key, g.assessment) for g in wanted if g.assessment is not None],
         entry.get("alerts") or [],
         at,
+        current=pre.worklist.get(patient_key, []),
+        patient=pre.patients.get(patient_key),
     )
 
     stale: dict[str, list[Suggestion]] = {}
