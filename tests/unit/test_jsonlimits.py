@@ -13,11 +13,15 @@ from hypothesis import strategies as st
 from shared.jsonlimits import MAX_DEPTH, nesting_depth, text_too_deep, too_deep
 
 TRICKY = ['a"[', "}{", "\\", '\\"]', "\\\\", '"', "[]", "{", "\n", "\u005b", ""]
-scalars = st.one_of(st.sampled_from(TRICKY), st.text(max_size=5), st.integers(-(2**63), 2**63 - 1), st.none(), st.booleans())
+scalars = st.one_of(
+    st.sampled_from(TRICKY), st.text(max_size=5), st.integers(-(2**63), 2**63 - 1), st.none(), st.booleans()
+)
 documents = st.recursive(
     scalars,
-    lambda inner: st.lists(inner, max_size=3)
-    | st.dictionaries(st.sampled_from(TRICKY) | st.text(max_size=3), inner, max_size=3),
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.dictionaries(st.sampled_from(TRICKY) | st.text(max_size=3), inner, max_size=3)
+    ),
     max_leaves=40,
 )
 
