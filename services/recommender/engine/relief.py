@@ -110,6 +110,9 @@ class PatientContext:
         self._cache: dict[tuple[str, float], BlockResult] = {}
         self.sides_cache: dict[tuple[str | None, str], tuple[str, ...]] = {}
         self._evidence: dict[tuple[str, float], dict[str, Any]] = {}
+        #: results the pathways compute more than once for one patient (an assessment and an
+        #: order check of the same joint), keyed by what they depend on
+        self.memo: dict[tuple[Any, ...], Any] = {}
 
     # readings --------------------------------------------------------------------------------
     def _assign_post_readings(self) -> dict[str, list[PainReading]]:
