@@ -16,6 +16,7 @@ from typing import Any
 
 from services.recommender.engine.policy import Policy
 from shared.domain import terminology as t
+from shared.domain._frozen import quick_init
 from shared.domain._json import add_months
 from shared.domain.facts import Intervention, PainReading, PatientFacts
 
@@ -29,6 +30,7 @@ def sides_compatible(reading_side: str | None, block_side: str | None) -> bool:
     return reading_side == block_side
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class BlockResult:
     """One diagnostic block judged at one threshold (CRITERIA §9.2 steps 1-8)."""
