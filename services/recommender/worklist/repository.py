@@ -12,6 +12,7 @@ from sqlmodel import Session, col, select
 
 from services.recommender.worklist.rows import NO_DATE, Row, rows_for
 from shared.db.models import Resource, WorklistEntry
+from shared.db.session import NewRows
 
 _COLUMNS = [f.name for f in fields(Row)]
 
@@ -51,10 +52,12 @@ def sync_worklist(
     *,
     current: Sequence[WorklistEntry],
     patient: Mapping[str, Any] | None,
+    new_rows: NewRows,
 ) -> None:
     """Make the patient's worklist rows match its current assessments (same transaction).
     ``current`` and ``patient``: the stored rows and Patient resource (:func:`load_state`), read
-    for a whole batch at once so that nothing here queries (or flushes) per patient."""
+    for a whole batch at once so that nothing here queries (or flushes) per patient; new rows
+    go to ``new_rows``."""
     existing = {r.key: r for r in current}
     wanted = rows_for(
         patient_key,
@@ -68,7 +71,9 @@ def sync_worklist(
         stored = existing.pop(row.key, None)
         if stored is not None and all(getattr(stored, n) == v for n, v in values.items()):
             continue
-        stored = stored or WorklistEntry(evaluated_at=at, **values)
+        if stored is None:
+            new_rows.add(WorklistEntry, **values, evaluated_at=at)
+            continue
         for name, value in values.items():
             setattr(stored, name, value)
         stored.evaluated_at = at
