@@ -432,12 +432,14 @@ def pinpoint_server(role: str, database_url: str, **settings: str) -> Iterator[t
     production): ``(port, pid)``. ``settings`` are extra ``PINPOINT_*`` environment variables."""
     port = free_port()
     env = clean_env(
-        PINPOINT_DATABASE_URL=database_url,
-        PINPOINT_PORT=str(port),
-        PINPOINT_HOST="127.0.0.1",
-        PINPOINT_LOG_FORMAT="json",
-        PINPOINT_LOG_LEVEL="warning",
-        **settings,
+        **{
+            "PINPOINT_DATABASE_URL": database_url,
+            "PINPOINT_PORT": str(port),
+            "PINPOINT_HOST": "127.0.0.1",
+            "PINPOINT_LOG_FORMAT": "json",
+            "PINPOINT_LOG_LEVEL": "warning",
+            **settings,  # may override the log level
+        }
     )
     with open(os.devnull, "wb") as devnull:
         proc = run_pinpoint("serve", "--role", role, env=env, log=devnull)

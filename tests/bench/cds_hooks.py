@@ -1,20 +1,27 @@
 """Benchmark: CDS Hooks patient-view under load, beside a bare FastAPI no-op (not a test).
 
-Run: ``.venv/bin/python tests/bench/cds_hooks.py [SECONDS] [--postgres]`` (default 8 s per
-target; ``--postgres``: Pinpoint on a throw-away PostgreSQL database instead of SQLite).
+Run: ``.venv/bin/python tests/bench/cds_hooks.py [SECONDS] [--postgres] [--no-auth] [--profile]``
+(default 8 s per target; ``--postgres``: Pinpoint on a throw-away PostgreSQL database instead of
+SQLite; ``--no-auth``: no trusted issuers, calls unsigned; ``--profile``: a further saturation run
+recorded by py-spy, the file named on the output).
 
-Starts, on 127.0.0.1 (free ports), ONE ``pinpoint serve --role recommender`` process (JSON logs
-to /dev/null, as in production) and ONE uvicorn process serving a bare FastAPI app that reads the
-body and answers ``{"cards": []}``. The same realistic patient-view request — an 80-resource
-prefetch (vignette v02's pain history plus unrelated conditions, medications and scores, as an EHR
-answers the templates) — goes to each:
+Starts, on 127.0.0.1 (free ports), ONE ``pinpoint serve --role recommender`` process configured as
+deployed — a trusted EHR issuer (ES384 JWKS file), the default log level, JSON logs to /dev/null —
+and ONE uvicorn process serving a bare FastAPI app that reads the body and answers
+``{"cards": []}``. Both get the same bytes: 1,000 distinct patients' patient-view requests, each an
+80-resource prefetch (vignette v02's pain history — two concordant medial branch blocks, a card —
+plus unrelated conditions, medications and scores whose ids, dates and values differ per patient,
+all eight prefetch keys answered), rotated request by request, each carrying a fresh one-use
+ES384 client JWT (signed before the run; Pinpoint verifies each signature and refuses a replayed
+``jti``: nothing a cache could make cheaper than an EHR's real load).
 
 - at saturation with ``wrk`` (32 connections, one thread; requires Debian's ``wrk`` package): req/s,
   p50/p99, each server's CPU per call (``/proc/<pid>/stat``) and share of a core, and whether the
   no-op or the generator was the bottleneck;
 - paced, open loop, at 0.25 x the no-op's throughput (tests/bench/_load.py ``paced``: latency from
   each request's scheduled send time), first against the no-op to show the driver keeps the
-  schedule, then against Pinpoint;
+  schedule, then against Pinpoint (skipped when its saturation rate is below the offered rate:
+  the latency would be the growing backlog's);
 - one connection back to back (the latency of a lone call).
 
 Targets (issue 21): throughput >= 0.25 x the no-op's; p99 <= 40 ms at the paced rate.
@@ -214,7 +221,8 @@ def main() -> None:
     plain = Template("POST", PATH, headers={"Content-Type": "application/json"}, bodies=bodies)
     with tempfile.TemporaryDirectory(prefix="pinpoint-bench-jwks-") as tmp:
         issuer = Issuer(Path(tmp)) if signed else None
-        env = {"PINPOINT_PUBLIC_BASE_URL": BASE_URL}
+        # as deployed: the default log level (each call logs its line, JSON to /dev/null here)
+        env = {"PINPOINT_PUBLIC_BASE_URL": BASE_URL, "PINPOINT_LOG_LEVEL": "info"}
         if issuer is not None:
             env["PINPOINT_CONFIG_FILE"] = str(issuer.config)
 
