@@ -8,6 +8,7 @@ anything deeper than :data:`MAX_DEPTH` is refused as malformed where it arrives.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 MAX_DEPTH = 100
@@ -37,6 +38,30 @@ def nesting_depth(value: Any, limit: int = MAX_DEPTH) -> int:
 
 def too_deep(value: Any, limit: int = MAX_DEPTH) -> bool:
     return nesting_depth(value, limit) > limit
+
+
+#: ``text_too_deep``: every byte but quotes and brackets dropped, braces read as brackets.
+_STRUCTURE = bytes(range(256)).translate(None, b'"[]{}')
+_AS_BRACKETS = bytes.maketrans(b"{}", b"[]")
+_STRING = re.compile(rb'"[^"]*"')
+
+
+def text_too_deep(text: bytes, limit: int = MAX_DEPTH) -> bool:
+    """:func:`too_deep` read from the JSON text itself — ``text`` must be valid JSON (parsed
+    already) — at C speed: about a fifth of the walk over the parsed value for an 80-resource CDS
+    prefetch. Escapes go first (an escaped backslash, then an escaped quote), then everything but
+    quotes and brackets; strings are dropped (``""`` pairs at once: two quotes side by side enclose
+    nothing outside a string), and each pass removes the innermost ``[]`` pairs: one level a pass."""
+    if b"\\\\" in text:
+        text = text.replace(b"\\\\", b"")
+    skeleton = text.replace(b'\\"', b"").translate(_AS_BRACKETS, _STRUCTURE).replace(b'""', b"")
+    if b'"' in skeleton:
+        skeleton = _STRING.sub(b"", skeleton)
+    for _ in range(limit):
+        if not skeleton:
+            return False
+        skeleton = skeleton.replace(b"[]", b"")
+    return bool(skeleton)
 
 
 TOO_DEEP = f"JSON nests deeper than {MAX_DEPTH} levels"

@@ -62,18 +62,30 @@ class Template:
     body: bytes = b""
     headers: dict[str, str] = field(default_factory=dict)
     first: int = 0  # the counter's first value (a later run continues where an earlier stopped)
+    #: Request i sends ``bodies[i % len(bodies)]`` instead of ``body`` (many distinct patients).
+    bodies: tuple[bytes, ...] = ()
+    #: Request i carries ``Authorization: Bearer tokens[i % len(tokens)]`` (each a one-use JWT:
+    #: give at least as many as the run sends, or the repeats are refused as replays).
+    tokens: tuple[str, ...] = ()
+
+    def substitutes(self) -> bool:
+        return any(t in s for s in (self.path, self.body.decode("latin-1")) for t in ("{i}", "{n}"))
 
     def varies(self) -> bool:
-        return any(t in s for s in (self.path, self.body.decode("latin-1")) for t in ("{i}", "{n}"))
+        return bool(self.bodies or self.tokens) or self.substitutes()
 
     def render(self, i: int) -> bytes:
         i += self.first
         path, body = self.path, self.body
-        if self.varies():
+        if self.bodies:
+            body = self.bodies[i % len(self.bodies)]
+        if self.substitutes():
             path = path.replace("{i}", str(i)).replace("{n}", str(i + 1))
             body = body.replace(b"{i}", str(i).encode()).replace(b"{n}", str(i + 1).encode())
         head = [f"{self.method} {path} HTTP/1.1", "Host: 127.0.0.1", f"Content-Length: {len(body)}"]
         head += [f"{k}: {v}" for k, v in self.headers.items()]
+        if self.tokens:
+            head.append(f"Authorization: Bearer {self.tokens[i % len(self.tokens)]}")
         return ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body
 
 
@@ -113,6 +125,9 @@ class Run:
 _LUA = r"""
 local template = {method = %(method)s, path = %(path)s, body = %(body)s, headers = {%(headers)s}}
 local varies = %(varies)s
+local substitutes = %(substitutes)s
+local bodies = {%(bodies)s}
+local tokens = {%(tokens)s}
 local counter = 0
 local step = 1
 local threads = {}
@@ -135,11 +150,16 @@ function request()
   if not varies then return req end
   local i = counter
   counter = counter + step
-  local n = tostring(i + 1)
-  local s = tostring(i)
-  local path = template.path:gsub("{i}", s):gsub("{n}", n)
-  local body = template.body:gsub("{i}", s):gsub("{n}", n)
-  return wrk.format(template.method, path, template.headers, body)
+  local path, body, headers = template.path, template.body, template.headers
+  if #bodies > 0 then body = bodies[(i %% #bodies) + 1] end
+  if #tokens > 0 then headers["Authorization"] = "Bearer " .. tokens[(i %% #tokens) + 1] end
+  if substitutes then
+    local n = tostring(i + 1)
+    local s = tostring(i)
+    path = path:gsub("{i}", s):gsub("{n}", n)
+    body = body:gsub("{i}", s):gsub("{n}", n)
+  end
+  return wrk.format(template.method, path, headers, body)
 end
 
 function response(status, headers, body)
@@ -172,6 +192,9 @@ def wrk_script(t: Template, threads: int) -> str:
         "body": _lua_str(t.body),
         "headers": headers,
         "varies": "true" if t.varies() else "false",
+        "substitutes": "true" if t.substitutes() else "false",
+        "bodies": ",\n".join(_lua_str(b) for b in t.bodies),
+        "tokens": ",\n".join(_lua_str(k) for k in t.tokens),
         "threads": threads,
         "first": t.first,
     }
@@ -409,12 +432,14 @@ def pinpoint_server(role: str, database_url: str, **settings: str) -> Iterator[t
     production): ``(port, pid)``. ``settings`` are extra ``PINPOINT_*`` environment variables."""
     port = free_port()
     env = clean_env(
-        PINPOINT_DATABASE_URL=database_url,
-        PINPOINT_PORT=str(port),
-        PINPOINT_HOST="127.0.0.1",
-        PINPOINT_LOG_FORMAT="json",
-        PINPOINT_LOG_LEVEL="warning",
-        **settings,
+        **{
+            "PINPOINT_DATABASE_URL": database_url,
+            "PINPOINT_PORT": str(port),
+            "PINPOINT_HOST": "127.0.0.1",
+            "PINPOINT_LOG_FORMAT": "json",
+            "PINPOINT_LOG_LEVEL": "warning",
+            **settings,  # may override the log level
+        }
     )
     with open(os.devnull, "wb") as devnull:
         proc = run_pinpoint("serve", "--role", role, env=env, log=devnull)

@@ -27,9 +27,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
 import orjson
 import sqlalchemy as sa
@@ -39,161 +38,8 @@ sys.path.insert(0, str(ROOT))
 
 from tests.bench._load import loadavg  # noqa: E402
 from tests.bench._pg import drop_db, fresh_db, raw_copy  # noqa: E402
-from tests.bench.evaluate import patient  # noqa: E402
+from tests.bench.evaluate import noise, patient  # noqa: E402
 from tests.serving import PINPOINT, clean_env  # noqa: E402
-
-LN = "http://loinc.org"
-SCT = "http://snomed.info/sct"
-
-
-def _ref(kind: str, rid: str) -> dict[str, str]:
-    return {"reference": f"{kind}/{rid}"}
-
-
-def noise(pid: str, rng: random.Random) -> list[dict[str, Any]]:
-    """Synthea-shaped resources Pinpoint does not keep (or keeps no facts from), ~60 a patient."""
-    subj = _ref("Patient", pid)
-    out: list[dict[str, Any]] = []
-    start = datetime(2015, 1, 5, 9, tzinfo=UTC)
-    for k in range(rng.randint(10, 14)):
-        when = start + timedelta(days=97 * k + rng.randint(0, 30))
-        period = {"start": when.isoformat(), "end": (when + timedelta(minutes=25)).isoformat()}
-        enc = f"{pid}-enc{k}"
-        code = {"coding": [{"system": SCT, "code": "185349003", "display": "Encounter for check up"}]}
-        out.append(
-            {
-                "resourceType": "Encounter",
-                "id": enc,
-                "status": "finished",
-                "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
-                "type": [code],
-                "subject": subj,
-                "participant": [{"individual": _ref("Practitioner", f"pr{k % 7}")}],
-                "period": period,
-                "serviceProvider": _ref("Organization", "org1"),
-            }
-        )
-        item = [{"sequence": 1, "productOrService": code, "encounter": [_ref("Encounter", enc)]}]
-        out.append(
-            {
-                "resourceType": "Claim",
-                "id": f"{pid}-cl{k}",
-                "status": "active",
-                "type": {
-                    "coding": [
-                        {
-                            "system": "http://terminology.hl7.org/CodeSystem/claim-type",
-                            "code": "institutional",
-                        }
-                    ]
-                },
-                "use": "claim",
-                "patient": subj,
-                "billablePeriod": period,
-                "created": period["end"],
-                "provider": _ref("Organization", "org1"),
-                "priority": {
-                    "coding": [
-                        {"system": "http://terminology.hl7.org/CodeSystem/processpriority", "code": "normal"}
-                    ]
-                },
-                "insurance": [{"sequence": 1, "focal": True, "coverage": {"display": "Medicare"}}],
-                "item": item,
-                "total": {"value": 129.16, "currency": "USD"},
-            }
-        )
-        out.append(
-            {
-                "resourceType": "ExplanationOfBenefit",
-                "id": f"{pid}-eob{k}",
-                "status": "active",
-                "type": {
-                    "coding": [
-                        {
-                            "system": "http://terminology.hl7.org/CodeSystem/claim-type",
-                            "code": "institutional",
-                        }
-                    ]
-                },
-                "use": "claim",
-                "patient": subj,
-                "billablePeriod": period,
-                "created": period["end"],
-                "insurer": {"display": "Medicare"},
-                "provider": _ref("Practitioner", f"pr{k % 7}"),
-                "claim": _ref("Claim", f"{pid}-cl{k}"),
-                "outcome": "complete",
-                "insurance": [{"focal": True, "coverage": {"display": "Medicare"}}],
-                "item": [
-                    {
-                        **item[0],
-                        "servicedPeriod": period,
-                        "adjudication": [
-                            {
-                                "category": {"coding": [{"code": "submitted"}]},
-                                "amount": {"value": 129.16, "currency": "USD"},
-                            },
-                            {
-                                "category": {"coding": [{"code": "benefit"}]},
-                                "amount": {"value": 103.33, "currency": "USD"},
-                            },
-                        ],
-                    }
-                ],
-                "total": [
-                    {
-                        "category": {"coding": [{"code": "submitted"}]},
-                        "amount": {"value": 129.16, "currency": "USD"},
-                    }
-                ],
-                "payment": {"amount": {"value": 103.33, "currency": "USD"}},
-            }
-        )
-        for code, unit, value in (
-            ("8302-2", "cm", 170.2),
-            ("29463-7", "kg", 81.5),
-            ("8480-6", "mm[Hg]", 124),
-        ):
-            out.append(
-                {
-                    "resourceType": "Observation",
-                    "id": f"{pid}-v{k}-{code}",
-                    "status": "final",
-                    "category": [{"coding": [{"code": "vital-signs"}]}],
-                    "code": {"coding": [{"system": LN, "code": code}]},
-                    "subject": subj,
-                    "encounter": _ref("Encounter", enc),
-                    "effectiveDateTime": when.isoformat(),
-                    "valueQuantity": {"value": value, "unit": unit, "system": "http://unitsofmeasure.org"},
-                }
-            )
-        if k % 2 == 0:
-            out.append(
-                {
-                    "resourceType": "DiagnosticReport",
-                    "id": f"{pid}-dr{k}",
-                    "status": "final",
-                    "code": {"coding": [{"system": LN, "code": "51990-0"}]},
-                    "subject": subj,
-                    "encounter": _ref("Encounter", enc),
-                    "effectiveDateTime": when.isoformat(),
-                    "issued": when.isoformat(),
-                    "result": [_ref("Observation", f"{pid}-v{k}-8302-2")],
-                }
-            )
-            out.append(
-                {
-                    "resourceType": "Immunization",
-                    "id": f"{pid}-im{k}",
-                    "status": "completed",
-                    "vaccineCode": {"coding": [{"system": "http://hl7.org/fhir/sid/cvx", "code": "140"}]},
-                    "patient": subj,
-                    "encounter": _ref("Encounter", enc),
-                    "occurrenceDateTime": when.isoformat(),
-                    "primarySource": True,
-                }
-            )
-    return out
 
 
 def write_export(folder: Path, n: int, seed: int = 20260317) -> tuple[int, int]:

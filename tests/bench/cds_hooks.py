@@ -1,20 +1,27 @@
 """Benchmark: CDS Hooks patient-view under load, beside a bare FastAPI no-op (not a test).
 
-Run: ``.venv/bin/python tests/bench/cds_hooks.py [SECONDS] [--postgres]`` (default 8 s per
-target; ``--postgres``: Pinpoint on a throw-away PostgreSQL database instead of SQLite).
+Run: ``.venv/bin/python tests/bench/cds_hooks.py [SECONDS] [--postgres] [--no-auth] [--profile]``
+(default 8 s per target; ``--postgres``: Pinpoint on a throw-away PostgreSQL database instead of
+SQLite; ``--no-auth``: no trusted issuers, calls unsigned; ``--profile``: a further saturation run
+recorded by py-spy, the file named on the output).
 
-Starts, on 127.0.0.1 (free ports), ONE ``pinpoint serve --role recommender`` process (JSON logs
-to /dev/null, as in production) and ONE uvicorn process serving a bare FastAPI app that reads the
-body and answers ``{"cards": []}``. The same realistic patient-view request — an 80-resource
-prefetch (vignette v02's pain history plus unrelated conditions, medications and scores, as an EHR
-answers the templates) — goes to each:
+Starts, on 127.0.0.1 (free ports), ONE ``pinpoint serve --role recommender`` process configured as
+deployed — a trusted EHR issuer (ES384 JWKS file), the default log level, JSON logs to /dev/null —
+and ONE uvicorn process serving a bare FastAPI app that reads the body and answers
+``{"cards": []}``. Both get the same bytes: 1,000 distinct patients' patient-view requests, each an
+80-resource prefetch (vignette v02's pain history — two concordant medial branch blocks, a card —
+plus unrelated conditions, medications and scores whose ids, dates and values differ per patient,
+all eight prefetch keys answered), rotated request by request, each carrying a fresh one-use
+ES384 client JWT (signed before the run; Pinpoint verifies each signature and refuses a replayed
+``jti``: nothing a cache could make cheaper than an EHR's real load).
 
 - at saturation with ``wrk`` (32 connections, one thread; requires Debian's ``wrk`` package): req/s,
   p50/p99, each server's CPU per call (``/proc/<pid>/stat``) and share of a core, and whether the
   no-op or the generator was the bottleneck;
 - paced, open loop, at 0.25 x the no-op's throughput (tests/bench/_load.py ``paced``: latency from
   each request's scheduled send time), first against the no-op to show the driver keeps the
-  schedule, then against Pinpoint;
+  schedule, then against Pinpoint (skipped when its saturation rate is below the offered rate:
+  the latency would be the growing backlog's);
 - one connection back to back (the latency of a lone call).
 
 Targets (issue 21): throughput >= 0.25 x the no-op's; p99 <= 40 ms at the paced rate.
@@ -24,12 +31,20 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
+import tempfile
+import time
 import uuid
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import httpx
+import jwt
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
@@ -53,41 +68,59 @@ PATH = "/cds-services/pinpoint-patient-view"
 V02 = ROOT / "tests" / "fixtures" / "vignettes" / "v02-two-concordant-blocks"
 
 
-def request_body() -> dict[str, Any]:
-    """patient-view for P-001 with 80 prefetched resources."""
-    bundle = json.loads((V02 / "bundle.json").read_text())
+PATIENTS = 1000  # distinct patients' requests wrk and the paced driver rotate over
+BASE_URL = "https://pinpoint.bench.example"  # PINPOINT_PUBLIC_BASE_URL: the JWT audience's base
+ISSUER = "https://ehr.bench.example/cds-client"
+KID = "bench-es384"
+
+
+def request_body(k: int = 1) -> dict[str, Any]:
+    """patient-view for patient ``P-{k}`` with 80 prefetched resources: vignette v02's pain history
+    (two concordant medial branch blocks: cards) plus unrelated conditions, medications and
+    scores that differ per patient (ids, dates, values), all eight prefetch keys answered."""
+    pid = f"P-{k:04d}"
+    raw = (V02 / "bundle.json").read_text().replace("P-001", pid)
+    bundle = json.loads(raw)
     res = [e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] != "ServiceRequest"]
-    subj = {"reference": "Patient/P-001"}
+    subj = {"reference": f"Patient/{pid}"}
     n = 0
     while len(res) < 80:
         n += 1
-        kind = n % 3
+        kind = (n + k) % 3
+        day = 1 + (n * 7 + k) % 28
         if kind == 0:
+            code = ("I10", "E11.9", "J45.909", "M17.11", "F41.1")[(n + k) % 5]
             res.append(
                 {
                     "resourceType": "Condition",
-                    "id": f"c-{n}",
+                    "id": f"c-{k}-{n}",
                     "subject": subj,
-                    "code": {"coding": [{"system": "http://hl7.org/fhir/sid/icd-10-cm", "code": "I10"}]},
+                    "code": {"coding": [{"system": "http://hl7.org/fhir/sid/icd-10-cm", "code": code}]},
                     "clinicalStatus": {"coding": [{"code": "active"}]},
-                    "recordedDate": "2019-05-01",
+                    "recordedDate": f"{2015 + (n + k) % 8}-{1 + k % 12:02d}-{day:02d}",
                 }
             )
         elif kind == 1:
+            rx = (
+                ("314076", "lisinopril 10 MG"),
+                ("860975", "metformin 500 MG"),
+                ("197361", "amlodipine 5 MG"),
+            )
+            code, display = rx[(n + k) % 3]
             res.append(
                 {
                     "resourceType": "MedicationRequest",
-                    "id": f"m-{n}",
+                    "id": f"m-{k}-{n}",
                     "status": "active",
                     "intent": "order",
                     "subject": subj,
-                    "authoredOn": "2024-01-01",
+                    "authoredOn": f"2024-{1 + n % 12:02d}-{day:02d}",
                     "medicationCodeableConcept": {
                         "coding": [
                             {
                                 "system": "http://www.nlm.nih.gov/research/umls/rxnorm",
-                                "code": "314076",
-                                "display": "lisinopril 10 MG",
+                                "code": code,
+                                "display": display,
                             }
                         ]
                     },
@@ -97,12 +130,12 @@ def request_body() -> dict[str, Any]:
             res.append(
                 {
                     "resourceType": "Observation",
-                    "id": f"o-{n}",
+                    "id": f"o-{k}-{n}",
                     "status": "final",
                     "subject": subj,
                     "code": {"coding": [{"system": "http://loinc.org", "code": "72514-3"}]},
-                    "effectiveDateTime": f"2023-{(n % 12) + 1:02d}-10T10:00:00-05:00",
-                    "valueInteger": 5,
+                    "effectiveDateTime": f"2023-{(n % 12) + 1:02d}-{day:02d}T{8 + (n + k) % 9:02d}:00:00Z",
+                    "valueInteger": (n + k) % 11,
                 }
             )
     keys = {
@@ -114,7 +147,8 @@ def request_body() -> dict[str, Any]:
         "MedicationRequest": "medicationRequests",
     }
     prefetch: dict[str, Any] = {
-        k: {"resourceType": "Bundle", "type": "searchset", "entry": []} for k in keys.values()
+        k: {"resourceType": "Bundle", "type": "searchset", "entry": []}
+        for k in (*keys.values(), "questionnaireResponses")
     }
     for r in res:
         if r["resourceType"] == "Patient":
@@ -124,64 +158,186 @@ def request_body() -> dict[str, Any]:
     assert len(res) == 80
     return {
         "hook": "patient-view",
-        "hookInstance": str(uuid.uuid4()),
-        "context": {"userId": "Practitioner/dr-1", "patientId": "P-001"},
+        "hookInstance": str(uuid.UUID(int=k)),
+        "context": {"userId": "Practitioner/dr-1", "patientId": pid},
         "prefetch": prefetch,
     }
+
+
+# ----------------------------------------------------------------------------- the EHR's JWTs
+
+
+@dataclass
+class Issuer:
+    """The benchmark's EHR: an ES384 key whose public JWKS Pinpoint trusts (a config file), and
+    one-use client JWTs (``jti`` unique: Pinpoint refuses a replay) minted before each run."""
+
+    directory: Path
+    pem: bytes = b""
+
+    def __post_init__(self) -> None:
+        key = ec.generate_private_key(ec.SECP384R1())
+        self.pem = key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+        public = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(key.public_key()))
+        public.update(kid=KID, alg="ES384", use="sig")
+        jwks = self.directory / "jwks.json"
+        jwks.write_text(json.dumps({"keys": [public]}))
+        self.config = self.directory / "pinpoint.yaml"
+        self.config.write_text(
+            json.dumps({"cds": {"trusted_issuers": [{"iss": ISSUER, "jwks_file": str(jwks)}]}})
+        )
+
+    def mint(self, count: int) -> tuple[str, ...]:
+        """``count`` fresh tokens (signed on both cores: ES384 signing costs ~0.5 ms each)."""
+        chunks = [(self.pem, 1000) for _ in range(count // 1000)] + [(self.pem, count % 1000)]
+        with ProcessPoolExecutor(os.cpu_count() or 2) as pool:
+            return tuple(t for part in pool.map(_sign, chunks) for t in part)
+
+
+def _sign(job: tuple[bytes, int]) -> list[str]:
+    pem, count = job
+    key = serialization.load_pem_private_key(pem, None)
+    now = int(time.time())
+    claims = {"iss": ISSUER, "aud": BASE_URL + PATH, "iat": now, "exp": now + 300}
+    head = {"kid": KID, "typ": "JWT"}
+    return [
+        jwt.encode({**claims, "jti": str(uuid.uuid4())}, key, algorithm="ES384", headers=head)  # type: ignore[arg-type]
+        for _ in range(count)
+    ]
 
 
 def main() -> None:
     args = [a for a in sys.argv[1:] if not a.startswith("--")]
     seconds = float(args[0]) if args else 8.0
     postgres = "--postgres" in sys.argv
+    signed = "--no-auth" not in sys.argv
+    profile = "--profile" in sys.argv
     require_wrk()
-    body = json.dumps(request_body()).encode()
-    t = Template("POST", PATH, body, {"Content-Type": "application/json"})
-    with (
-        database(postgres) as url,
-        pinpoint_server("recommender", url) as (p_port, p_pid),
-        noop_server() as (
-            n_port,
-            n_pid,
-        ),
-    ):
-        p_base, n_base = f"http://127.0.0.1:{p_port}", f"http://127.0.0.1:{n_port}"
-        check = httpx.post(p_base + PATH, content=body, headers=t.headers, timeout=10)
-        cards = check.json().get("cards", [])
-        print(
-            f"patient-view answer: HTTP {check.status_code}, {len(cards)} card(s): "
-            + "; ".join(c["summary"] for c in cards)
-        )
-        wrk(n_base, t, 2, connections=CONNECTIONS)  # warm-up
-        wrk(p_base, t, 2, connections=CONNECTIONS)
-        noop = measure(n_pid, lambda: wrk(n_base, t, seconds, connections=CONNECTIONS, label="no-op FastAPI"))
-        cds = measure(
-            p_pid, lambda: wrk(p_base, t, seconds, connections=CONNECTIONS, label="pinpoint patient-view")
-        )
-        rate = 0.25 * noop.rps
-        noop_paced = paced(n_port, t, rate, seconds, server_pid=n_pid, label="no-op FastAPI")
-        cds_paced = paced(p_port, t, rate, seconds, server_pid=p_pid, label="pinpoint patient-view")
-        single = measure(
-            p_pid, lambda: wrk(p_base, t, seconds / 2, connections=1, label="pinpoint, 1 connection")
-        )
+    bodies = tuple(json.dumps(request_body(k)).encode() for k in range(1, PATIENTS + 1))
+    assert len(set(bodies)) == PATIENTS
+    size = sum(len(b) for b in bodies) / len(bodies)
+    plain = Template("POST", PATH, headers={"Content-Type": "application/json"}, bodies=bodies)
+    with tempfile.TemporaryDirectory(prefix="pinpoint-bench-jwks-") as tmp:
+        issuer = Issuer(Path(tmp)) if signed else None
+        # as deployed: the default log level (each call logs its line, JSON to /dev/null here)
+        env = {"PINPOINT_PUBLIC_BASE_URL": BASE_URL, "PINPOINT_LOG_LEVEL": "info"}
+        if issuer is not None:
+            env["PINPOINT_CONFIG_FILE"] = str(issuer.config)
+
+        def template(count: int) -> Template:
+            """The rotation with ``count`` fresh JWTs (none without auth)."""
+            return replace(plain, tokens=issuer.mint(count)) if issuer is not None else plain
+
+        # the no-op verifies nothing: the same bytes on the wire, tokens reused
+        noop_t = template(2000)
+        with (
+            database(postgres) as url,
+            pinpoint_server("recommender", url, **env) as (p_port, p_pid),
+            noop_server() as (n_port, n_pid),
+        ):
+            p_base, n_base = f"http://127.0.0.1:{p_port}", f"http://127.0.0.1:{n_port}"
+            first = template(1)
+            auth_header = {"Authorization": f"Bearer {first.tokens[0]}"} if first.tokens else {}
+            check = httpx.post(
+                p_base + PATH, content=bodies[0], headers={**first.headers, **auth_header}, timeout=10
+            )
+            cards = check.json().get("cards", [])
+            print(
+                f"patient-view answer: HTTP {check.status_code}, {len(cards)} card(s): "
+                + "; ".join(c["summary"] for c in cards)
+            )
+            wrk(n_base, noop_t, 2, connections=CONNECTIONS)  # warm-up
+            warm = wrk(p_base, template(6000), 2, connections=CONNECTIONS)
+            noop = measure(
+                n_pid, lambda: wrk(n_base, noop_t, seconds, connections=CONNECTIONS, label="no-op FastAPI")
+            )
+            main_t = template(int(max(warm.rps, 200) * seconds * 2) + 500)
+            cds = measure(
+                p_pid,
+                lambda: wrk(p_base, main_t, seconds, connections=CONNECTIONS, label="pinpoint patient-view"),
+            )
+            rate = 0.25 * noop.rps
+            noop_paced = paced(n_port, noop_t, rate, seconds, server_pid=n_pid, label="no-op FastAPI")
+            if cds.rps >= 0.9 * rate:
+                paced_t = template(int(rate * (seconds + 2)) + 200)
+                cds_paced = paced(
+                    p_port, paced_t, rate, seconds, server_pid=p_pid, label="pinpoint patient-view"
+                )
+            else:  # its queue would grow for the whole run: the latency would be the backlog's
+                cds_paced = None
+            single_t = template(int(max(warm.rps, 200) * seconds) + 200)
+            single = measure(
+                p_pid,
+                lambda: wrk(p_base, single_t, seconds / 2, connections=1, label="pinpoint, 1 connection"),
+            )
+            if profile:  # a separate saturation run: the sampler's own cost stays out of the figures
+                spy_t = template(int(cds.rps * seconds * 2) + 500)
+                spy = _py_spy(p_pid, seconds)
+                wrk(p_base, spy_t, seconds, connections=CONNECTIONS)
+                if spy is not None:
+                    spy.wait()
     store = "PostgreSQL" if postgres else "SQLite"
-    print(f"80-resource prefetch ({len(body):,} bytes), one `pinpoint serve` process on {store}")
+    auth = (
+        "each call signed (ES384 JWT, one-use jti) and verified" if signed else "no JWT (no trusted issuers)"
+    )
+    print(
+        f"80-resource prefetch ({size:,.0f} bytes on average), {PATIENTS} distinct patients rotated;"
+        f" one `pinpoint serve` process on {store}; {auth}"
+    )
     print(f"  saturation: wrk, {CONNECTIONS} connections, 1 thread, {seconds:.0f} s each")
     for r in (noop, cds):
         print("    " + r.line())
     print("    " + generator_verdict(noop))
     print("  paced open loop at 0.25 x the no-op's throughput, latency from each scheduled send:")
-    for r in (noop_paced, cds_paced):
-        print("    " + r.line())
+    print("    " + noop_paced.line())
+    if cds_paced is not None:
+        print("    " + cds_paced.line())
+    else:
+        print(
+            f"    pinpoint patient-view    not run: its capacity ({cds.rps:.0f} req/s)"
+            " is below the offered rate"
+        )
     print("    " + paced_verdict(noop_paced))
     print("    " + single.line())
     ratio = cds.rps / noop.rps
     print(
         f"  throughput ratio {ratio:.3f} (target >= 0.25); server CPU per call no-op/pinpoint"
-        f" {noop.server_cpu_ms / cds.server_cpu_ms:.3f}; p99 at 0.25 x no-op {cds_paced.p99_ms:.1f} ms"
+        f" {noop.server_cpu_ms / cds.server_cpu_ms:.3f}; p99 at 0.25 x no-op"
+        f" {f'{cds_paced.p99_ms:.1f} ms' if cds_paced else 'beyond capacity'}"
         f" (target <= 40 ms)"
     )
     print(f"  /proc/loadavg after the runs: {loadavg()} ({os.cpu_count()} CPUs, shared with the generators)")
+
+
+def _py_spy(pid: int, seconds: float) -> subprocess.Popen[bytes] | None:
+    """``--profile``: py-spy records the server (only the thread holding the interpreter lock: the
+    CPU a call costs, not a thread waiting for work) for ``seconds`` (needs py-spy in the venv)."""
+    exe = Path(sys.executable).parent / "py-spy"
+    if not exe.exists():
+        print("--profile: py-spy is not installed in this venv")
+        return None
+    out = Path(tempfile.gettempdir()) / f"pinpoint-cds-{pid}.txt"
+    print(f"py-spy: recording the server for {seconds:.0f} s into {out}")
+    return subprocess.Popen(
+        [
+            str(exe),
+            "record",
+            "-p",
+            str(pid),
+            "-d",
+            str(int(seconds)),
+            "-r",
+            "200",
+            "-f",
+            "raw",
+            "-o",
+            str(out),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
 
 if __name__ == "__main__":

@@ -171,3 +171,38 @@ def test_health_reports_failing_writes_until_one_succeeds(
         assert writer.health() == "ok"
 
     asyncio.run(main())
+
+
+def test_insert_new_tells_each_caller_whether_its_key_was_new(engine: Engine) -> None:
+    """The JWT replay cache's writer: concurrent ids share transactions; a key seen before (in an
+    earlier transaction, by another writer — another replica — or earlier in the same batch) is
+    not new, exactly one of several concurrent callers with the same key is told it is new, and
+    the expired rows are swept in the writer's transaction."""
+    from services.recommender.cds_hooks.auth import SEEN_JTI, jti_ledger  # lazy: a test of the shared writer
+
+    commits: list[int] = []
+    sa.event.listen(engine, "commit", lambda _conn: commits.append(1))
+    now = datetime.now(UTC)
+    with engine.begin() as conn:
+        conn.execute(
+            sa.insert(SEEN_JTI).values(iss="old", jti="gone", expires_at=datetime(2000, 1, 1, tzinfo=UTC))
+        )
+
+    def row(jti: str) -> dict[str, Any]:
+        return {"iss": "https://ehr.example", "jti": jti, "expires_at": now}
+
+    async def main() -> tuple[list[bool], list[bool], list[bool]]:
+        ledger, replica = jti_ledger(engine), jti_ledger(engine)
+        fresh = await asyncio.gather(*(ledger.insert_new(row(f"j-{i}")) for i in range(40)))
+        twice = await asyncio.gather(*(ledger.insert_new(row("same")) for _ in range(5)))
+        again = await asyncio.gather(replica.insert_new(row("j-3")), ledger.insert_new(row("j-7")))
+        return fresh, twice, again
+
+    fresh, twice, again = asyncio.run(main())
+    assert fresh == [True] * 40
+    assert sorted(twice) == [False, False, False, False, True]
+    assert again == [False, False]
+    assert len(commits) < 40, "concurrent ids were not grouped"
+    with engine.connect() as conn:
+        kept = {r[0] for r in conn.execute(sa.select(SEEN_JTI.c.jti))}
+    assert "gone" not in kept and len(kept) == 41

@@ -11,14 +11,16 @@ writes stays open by accident; discovery, which holds no patient data, stays ans
   ``REFRESH_MIN`` when an unknown ``kid`` arrives (key rotation);
 - ``aud`` (string or array) contains ``settings.base_url`` + the path called;
 - ``exp`` and ``iat`` checked against Pinpoint's clock with ``cds.clock_skew``;
-- ``jti`` never seen before: the ``seen_jti`` table is the replay cache (it holds across replicas).
+- ``jti`` never seen before: the ``seen_jti`` table is the replay cache (it holds across replicas);
+  the ids of concurrent calls are inserted in one transaction by one writer thread
+  (:func:`jti_ledger`, a :class:`~shared.db.group_commit.GroupInsertNew`), and a call goes on only
+  once its id is committed as new.
 
 Every failure is a 401 OperationOutcome; the reason is logged without the token.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from collections.abc import Callable
@@ -30,8 +32,9 @@ import httpx
 import jwt
 import sqlalchemy as sa
 from jwt import PyJWK
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
+from shared.db.group_commit import GroupInsertNew
 from shared.db.models import SeenJti
 from shared.errors import Unauthorized
 from shared.fhir.text import is_storable
@@ -51,6 +54,9 @@ REFRESH_MIN = 30.0
 class _Jwks:
     keys: dict[str, dict[str, Any]]
     fetched: float
+    #: Key objects built from ``keys`` (per kid and algorithm), kept as long as the JWKS is: the
+    #: keys are cached, never a verification's result.
+    parsed: dict[tuple[str, str], PyJWK] = field(default_factory=dict)
 
 
 @dataclass
@@ -62,11 +68,27 @@ class JwksStore:
     _cache: dict[str, _Jwks] = field(default_factory=dict)
 
     async def key(self, issuer: TrustedIssuer, kid: str) -> dict[str, Any] | None:
+        cached = await self._keys(issuer, kid)
+        return cached.keys.get(kid) if cached else None
+
+    async def verifier(self, issuer: TrustedIssuer, kid: str, alg: str) -> PyJWK | None:
+        """The key ``kid`` of ``issuer`` for ``alg``, built once per fetched JWKS; None when the
+        issuer has no such key. Raises ``jwt.PyJWTError`` for a key that does not fit ``alg``."""
+        cached = await self._keys(issuer, kid)
+        jwk = cached.keys.get(kid) if cached else None
+        if cached is None or jwk is None:
+            return None
+        key = cached.parsed.get((kid, alg))
+        if key is None:
+            key = cached.parsed[(kid, alg)] = PyJWK(jwk, algorithm=alg)
+        return key
+
+    async def _keys(self, issuer: TrustedIssuer, kid: str) -> _Jwks | None:
         cached = self._cache.get(issuer.iss)
         now = self.clock()
         stale = cached is None or (issuer.jwks_url is not None and now - cached.fetched > JWKS_TTL)
         if not stale and cached is not None and kid in cached.keys:
-            return cached.keys[kid]
+            return cached
         may_refresh = (
             cached is None or stale or (issuer.jwks_url is not None and now - cached.fetched > REFRESH_MIN)
         )
@@ -78,7 +100,7 @@ class JwksStore:
                 if cached is None:
                     return None
             self._cache[issuer.iss] = cached
-        return cached.keys.get(kid) if cached else None
+        return cached
 
     async def _load(self, issuer: TrustedIssuer) -> dict[str, dict[str, Any]]:
         if issuer.jwks_file is not None:
@@ -121,7 +143,7 @@ async def verify_client_jwt(
     audience: str,
     cds: CdsConfig,
     jwks: JwksStore,
-    engine: Engine,
+    seen: GroupInsertNew,
     now: datetime,
     locked: bool = False,
 ) -> Caller:
@@ -138,10 +160,12 @@ async def verify_client_jwt(
     if token is None:
         raise _reject("no bearer JWT")
     try:
-        header = jwt.get_unverified_header(token)
-        unverified = jwt.decode(token, options={"verify_signature": False})
+        unverified_token = jwt.api_jwt.decode_complete(token, options={"verify_signature": False})
     except jwt.PyJWTError:
         raise _reject("malformed JWT") from None
+    header, unverified = unverified_token["header"], unverified_token["payload"]
+    if not isinstance(header, dict) or not isinstance(unverified, dict):
+        raise _reject("malformed JWT")
     alg = header.get("alg")
     if alg not in ALLOWED_ALGS:
         raise _reject("algorithm not allowed", alg=str(alg)[:20])
@@ -160,7 +184,9 @@ async def verify_client_jwt(
     if jwk.get("alg") not in (None, alg):
         raise _reject("algorithm does not match the key", iss=issuer.iss)
     try:
-        key = PyJWK(jwk, algorithm=alg)
+        key = await jwks.verifier(issuer, kid, alg)
+        if key is None:  # the JWKS changed between the two look-ups
+            raise _reject("unknown kid", iss=issuer.iss)
         claims = jwt.decode(
             token,
             key.key,
@@ -191,7 +217,8 @@ async def verify_client_jwt(
     jti = claims["jti"]
     if not isinstance(jti, str) or not jti or len(jti) > 200 or not is_storable(jti):
         raise _reject("jti must be a string of at most 200 characters", iss=issuer.iss)
-    await asyncio.to_thread(remember_jti, engine, issuer.iss, jti, expires + skew, now)
+    if not await seen.insert_new({"iss": issuer.iss, "jti": jti, "expires_at": max(expires + skew, now)}):
+        raise _reject("jti already used (replay)", iss=issuer.iss)
     tenant = claims.get("tenant")
     return Caller(issuer.iss, jti, tenant if isinstance(tenant, str) else None)
 
@@ -213,22 +240,14 @@ _EARLIEST = datetime(1000, 1, 1, tzinfo=UTC)
 _LATEST = datetime(9000, 1, 1, tzinfo=UTC)
 
 
-_last_purge: dict[str, float] = {}
+SEEN_JTI = SeenJti.__table__  # type: ignore[attr-defined]
 
 
-def remember_jti(engine: Engine, iss: str, jti: str, keep_until: datetime, now: datetime) -> None:
-    """Insert (iss, jti) in its own committed transaction; a duplicate is a replay (401).
+def jti_ledger(engine: Engine, clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> GroupInsertNew:
+    """The replay cache's writer: each accepted (iss, jti) inserted once, in the transaction of
+    the concurrent calls' ids; rows expired a minute ago are purged at most once a minute."""
 
-    Expired rows are purged at most once a minute per process.
-    """
-    table = SeenJti.__table__  # type: ignore[attr-defined]
-    try:
-        with engine.begin() as conn:
-            conn.execute(sa.insert(table).values(iss=iss, jti=jti, expires_at=max(keep_until, now)))
-    except sa.exc.IntegrityError:
-        raise _reject("jti already used (replay)", iss=iss) from None
-    mono = time.monotonic()
-    if mono - _last_purge.get(str(engine.url), 0.0) > 60.0:
-        _last_purge[str(engine.url)] = mono
-        with engine.begin() as conn:
-            conn.execute(sa.delete(table).where(table.c.expires_at < now - timedelta(minutes=1)))
+    def purge(conn: Connection) -> None:
+        conn.execute(sa.delete(SEEN_JTI).where(SEEN_JTI.c.expires_at < clock() - timedelta(minutes=1)))
+
+    return GroupInsertNew(engine, SEEN_JTI, ("iss", "jti"), sweep=purge)

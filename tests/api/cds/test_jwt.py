@@ -16,7 +16,7 @@ import pytest
 import respx
 import sqlalchemy as sa
 
-from services.recommender.cds_hooks.auth import JwksStore, verify_client_jwt
+from services.recommender.cds_hooks.auth import JwksStore, jti_ledger, verify_client_jwt
 from shared.db.models import SeenJti
 from shared.errors import Unauthorized
 from shared.settings import CdsConfig, TrustedIssuer
@@ -163,14 +163,15 @@ async def test_spec_example_jwt_verifies_with_a_pinned_clock_and_never_follows_j
     store = JwksStore(http=lambda: httpx.AsyncClient())
     header = f"Bearer {spec['authorization_header_jwt']}"
     aud = spec["jwt_payload"]["aud"]
+    then = datetime(2015, 1, 29, 12, tzinfo=UTC)
     with respx.mock(assert_all_mocked=True) as mock:
         caller = await verify_client_jwt(
             header,
             audience=aud,
             cds=cds,
             jwks=store,
-            engine=engine,
-            now=datetime(2015, 1, 29, 12, tzinfo=UTC),
+            seen=jti_ledger(engine, lambda: then),
+            now=then,
         )
         assert (
             caller.iss == "https://fhir-ehr.example.com/" and caller.tenant == spec["jwt_payload"]["tenant"]
@@ -181,8 +182,8 @@ async def test_spec_example_jwt_verifies_with_a_pinned_clock_and_never_follows_j
                 audience=aud,
                 cds=cds,
                 jwks=store,
-                engine=engine,
-                now=datetime(2015, 1, 29, 12, tzinfo=UTC),
+                seen=jti_ledger(engine, lambda: then),  # another replica's writer
+                now=then,
             )
     assert mock.calls.call_count == 0  # the jku header (fhir-ehr.example.com) was not fetched
 
@@ -195,7 +196,7 @@ async def test_spec_example_jwt_is_expired_today(tmp_path: Path, engine: sa.engi
             audience=spec["jwt_payload"]["aud"],
             cds=_spec_config(tmp_path),
             jwks=JwksStore(http=lambda: httpx.AsyncClient()),
-            engine=engine,
+            seen=jti_ledger(engine),
             now=datetime.now(UTC),
         )
 
