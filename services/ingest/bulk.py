@@ -235,7 +235,7 @@ class Importer:
                             line.rstrip(b"\r\n"), "line is not a FHIR resource (no resourceType)", context
                         )
                         continue
-                    if too_deep(data):
+                    if too_deep(data, body=line):
                         yield _Bad(line.rstrip(b"\r\n"), f"line is not FHIR: {TOO_DEEP}", context)
                         continue
                     bad = unstorable_in_body(line, data)
