@@ -98,12 +98,12 @@ _EXISTING = sa.select(
 )
 
 #: PostgreSQL: every identity of a batch, all types at once, in one round trip and one statement
-#: text (arrays, not an expanded list: prepared once per connection).
+#: text. The keys travel as one JSON document (``[{"t": type, "i": id}, …]``): orjson writes it
+#: in C, where psycopg would escape an array's items one by one in Python.
 _EXISTING_PG = sa.text(
     "SELECT r.resource_type, r.resource_id, r.content_hash, r.version_id, r.last_updated,"
-    " r.deleted, r.patient_key FROM unnest(CAST(:rtypes AS varchar[]), CAST(:ids AS varchar[]))"
-    " AS k(rtype, rid) JOIN resource AS r"
-    " ON r.source = :source AND r.resource_type = k.rtype AND r.resource_id = k.rid"
+    " r.deleted, r.patient_key FROM jsonb_to_recordset(CAST(:keys AS jsonb)) AS k(t text, i text)"
+    " JOIN resource AS r ON r.source = :source AND r.resource_type = k.t AND r.resource_id = k.i"
 )
 
 
@@ -111,8 +111,8 @@ def _existing(session: Session, source: str, keys: Iterable[Key]) -> dict[Key, _
     unique = set(keys)
     found: dict[Key, _Current] = {}
     if session.get_bind().dialect.name == "postgresql":
-        params = {"source": source, "rtypes": [k[0] for k in unique], "ids": [k[1] for k in unique]}
-        for row in session.execute(_EXISTING_PG, params):
+        keys_json = orjson.dumps([{"t": t, "i": i} for t, i in unique]).decode()
+        for row in session.execute(_EXISTING_PG, {"source": source, "keys": keys_json}):
             found[(row[0], row[1])] = _Current(row[2], row[3], row[4], row[5], row[6])
         return found
     by_type: dict[str, list[str]] = {}
@@ -172,38 +172,34 @@ def _build_upsert(dialect: str) -> Any:
     )
 
 
-#: PostgreSQL: a whole batch in one statement, one round trip — the rows as parallel arrays
-#: (``raw`` as JSON text, parsed by the server), the same conflict rule as :func:`_build_upsert`.
+#: PostgreSQL: a whole batch in one statement, one round trip — the rows as one JSON document
+#: (written by orjson in C; the server reads each ``raw`` straight into jsonb), the same conflict
+#: rule as :func:`_build_upsert`.
 _UPSERT_PG = sa.text(
     "INSERT INTO resource (source, resource_type, resource_id, patient_key, version_id,"
     " last_updated, content_hash, deleted, raw, received_at)"
-    " SELECT :source, t.rtype, t.rid, t.pkey, t.vid, t.lu, t.digest, false, CAST(t.raw AS jsonb), :now"
-    " FROM unnest(CAST(:rtypes AS varchar[]), CAST(:ids AS varchar[]), CAST(:pkeys AS varchar[]),"
-    " CAST(:vids AS varchar[]), CAST(:lus AS timestamptz[]), CAST(:digests AS varchar[]),"
-    " CAST(:raws AS text[])) AS t(rtype, rid, pkey, vid, lu, digest, raw)"
+    " SELECT :source, t.resource_type, t.resource_id, t.patient_key, t.version_id, t.last_updated,"
+    " t.content_hash, false, t.raw, :now FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS t("
+    "resource_type text, resource_id text, patient_key text, version_id text,"
+    " last_updated timestamptz, content_hash text, raw jsonb)"
     " ON CONFLICT (source, resource_type, resource_id) DO UPDATE SET "
     + ", ".join(f"{name} = excluded.{name}" for name in _UPDATED)
     + " WHERE resource.last_updated IS NULL OR excluded.last_updated IS NULL"
     " OR excluded.last_updated >= resource.last_updated"
 )
+_PG_FIELDS = ("resource_type", "resource_id", "patient_key", "version_id", "last_updated", "content_hash", "raw")
 
 
 def _write(session: Session, source: str, rows: list[dict[str, Any]], now: datetime) -> None:
     if session.get_bind().dialect.name == "postgresql":
-        session.execute(
-            _UPSERT_PG,
-            {
-                "source": source,
-                "now": now,
-                "rtypes": [r["resource_type"] for r in rows],
-                "ids": [r["resource_id"] for r in rows],
-                "pkeys": [r["patient_key"] for r in rows],
-                "vids": [r["version_id"] for r in rows],
-                "lus": [r["last_updated"] for r in rows],
-                "digests": [r["content_hash"] for r in rows],
-                "raws": [json_text(r["raw"]) for r in rows],
-            },
+        doc = json_text(
+            [
+                {k: r[k] for k in _PG_FIELDS}
+                | {"last_updated": r["last_updated"].isoformat() if r["last_updated"] else None}
+                for r in rows
+            ]
         )
+        session.execute(_UPSERT_PG, {"source": source, "now": now, "rows": doc})
         return
     stmt = _upsert_statement(session)
     for start in range(0, len(rows), _CHUNK):
