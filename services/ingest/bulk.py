@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+import gc
 import gzip
 import multiprocessing
 import re
@@ -343,10 +344,21 @@ _WORKER_ENGINE: Engine | None = None
 _WORKER_STATISTICS: Statistics | None = None
 
 
+def quiet_collector() -> None:
+    """For a process that does nothing but import: what is loaded now (modules, R4B models) is
+    left out of the cyclic garbage collector's walks (``gc.freeze``; in a forked worker its
+    pages also stay shared), and young collections run less often. Parsing allocates tens of
+    objects a line, and each collection walked everything alive: ~20 % of an import's CPU.
+    Memory stays flat: parsed resources hold no cycles and are freed by reference counting."""
+    gc.freeze()
+    gc.set_threshold(10_000, 10, 10)
+
+
 def _start_worker(url: str, batch_size: int) -> None:
     """A worker process's one engine (one pooled connection) and statistics refresher, reused by
     all its units."""
     global _WORKER_ENGINE, _WORKER_STATISTICS
+    quiet_collector()
     _WORKER_ENGINE = make_engine(url, pool_size=1)
     _WORKER_STATISTICS = Statistics(_WORKER_ENGINE, 2 * batch_size)
 

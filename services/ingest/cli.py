@@ -69,7 +69,7 @@ def import_command(
         TransferSpeedColumn,
     )
 
-    from services.ingest.bulk import expand, import_paths  # lazy
+    from services.ingest.bulk import expand, import_paths, quiet_collector  # lazy
 
     missing = [p for p in paths if not p.exists()]
     if missing:
@@ -82,6 +82,7 @@ def import_command(
         typer.echo(f"pinpoint: source {source!r} is not configured", err=True)
         raise typer.Exit(code=NOTHING_DONE) from None
     engine = engine_or_exit(settings)
+    quiet_collector()  # this process only imports from here on
     jobs = jobs or os.cpu_count() or 1
     console = Console(stderr=True)
     files = expand(paths)
