@@ -48,7 +48,7 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
 
         return engine
     ping_idle = kwargs.pop("ping_idle_seconds", PING_IDLE_SECONDS)
-    kwargs.setdefault("json_serializer", json_text)
+    kwargs.setdefault("json_serializer", _json_text)
     if "poolclass" not in kwargs:
         kwargs.setdefault("pool_size", 10)
     engine = sa.create_engine(url, **kwargs)
@@ -60,7 +60,7 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
     return engine
 
 
-def json_text(value: Any) -> str:
+def _json_text(value: Any) -> str:
     """JSON columns on PostgreSQL (jsonb: the text's layout is not kept) written with orjson, a
     several times cheaper encoder than the standard library's; what orjson refuses (integers
     beyond 64 bits…) falls back to it."""

@@ -20,7 +20,6 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlmodel import Session, col, select
 
 from shared.db.models import Resource, utcnow
-from shared.db.session import json_text
 from shared.db.queue import mark_dirty
 from shared.domain._json import parse_instant
 
@@ -111,7 +110,7 @@ def _existing(session: Session, source: str, keys: Iterable[Key]) -> dict[Key, _
     unique = set(keys)
     found: dict[Key, _Current] = {}
     if session.get_bind().dialect.name == "postgresql":
-        keys_json = orjson.dumps([{"t": t, "i": i} for t, i in unique]).decode()
+        keys_json = _json_doc([{"t": t, "i": i} for t, i in unique])
         for row in session.execute(_EXISTING_PG, {"source": source, "keys": keys_json}):
             found[(row[0], row[1])] = _Current(row[2], row[3], row[4], row[5], row[6])
         return found
@@ -190,9 +189,14 @@ _UPSERT_PG = sa.text(
 _PG_FIELDS = ("resource_type", "resource_id", "patient_key", "version_id", "last_updated", "content_hash", "raw")
 
 
+def _json_doc(value: Any) -> str:
+    """JSON text by orjson, in C (what it cannot write, :func:`content_hash` refused already)."""
+    return orjson.dumps(value).decode()
+
+
 def _write(session: Session, source: str, rows: list[dict[str, Any]], now: datetime) -> None:
     if session.get_bind().dialect.name == "postgresql":
-        doc = json_text(
+        doc = _json_doc(
             [
                 {k: r[k] for k in _PG_FIELDS}
                 | {"last_updated": r["last_updated"].isoformat() if r["last_updated"] else None}
