@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import threading
 import time
 import uuid
 from datetime import UTC, datetime
@@ -86,3 +87,51 @@ def raw_copy(url: str, root: Path) -> tuple[int, float]:
                     copy.write_row(("default", rtype, rid, pkey, digest, False, text.decode(), now))
         conn.commit()
     return n, time.perf_counter() - start
+
+
+class BackendCPU:
+    """CPU seconds of the server processes serving database ``name`` while the block runs: each
+    backend's user + system time read from ``/proc`` every 0.1 s (the server runs on this machine;
+    its title names the database). A backend's last 0.1 s before it exits may be missed.
+
+    Beside a client's own CPU this is what a stage costs whatever the scheduler gives it: on a
+    shared machine the server's processes are scheduled in a group of their own (Linux autogroups
+    by session), so a stage whose work runs mostly in the server gets more of the machine than
+    one whose work runs in its client."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name.encode()
+        self.ticks: dict[int, int] = {}
+        self.seconds = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+
+    def _sample(self) -> None:
+        for entry in os.scandir("/proc"):
+            if not entry.name.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry.name}/cmdline", "rb") as fh:
+                    title = fh.read()
+                if not title.startswith(b"postgres") or self.name not in title.split():
+                    continue
+                with open(f"/proc/{entry.name}/stat") as fh:
+                    fields = fh.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            pid = int(entry.name)
+            self.ticks[pid] = max(self.ticks.get(pid, 0), int(fields[11]) + int(fields[12]))
+
+    def _poll(self) -> None:
+        while not self._stop.wait(0.1):
+            self._sample()
+
+    def __enter__(self) -> BackendCPU:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._sample()
+        self._stop.set()
+        self._thread.join()
+        self.seconds = sum(self.ticks.values()) / os.sysconf("SC_CLK_TCK")
