@@ -248,7 +248,9 @@ def store_resources(session: Session, source: str, items: Sequence[Prepared]) ->
             "received_at": now,
         }
     if pending:
-        _write(session, source, list(pending.values()), now)
+        # in key order: two writers upserting overlapping batches take their row locks in the
+        # same order (no deadlock), as mark_dirty does for the queue
+        _write(session, source, [pending[k] for k in sorted(pending)], now)
     mark_dirty(session, dirty)
     return results
 
