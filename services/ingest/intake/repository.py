@@ -126,6 +126,11 @@ def _existing(session: Session, source: str, keys: Iterable[Key]) -> dict[Key, _
     return found
 
 
+def stored_digests(session: Session, source: str, keys: Iterable[Key]) -> dict[Key, str]:
+    """The content hash of each of these identities stored and not deleted (one lookup)."""
+    return {k: cur.content_hash for k, cur in _existing(session, source, keys).items() if not cur.deleted}
+
+
 def _decide(item: Prepared, digest: str, cur: _Current | None) -> str:
     """Identity and order (CONTRACT §2): a newer ``meta.lastUpdated`` wins, arrival order when
     absent or equal; the same ``versionId`` or content is a duplicate."""
