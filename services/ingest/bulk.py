@@ -307,8 +307,9 @@ class Importer:
                 [_Bad(raw, f"file is not JSON: {exc.msg}", context)], ReferenceResolver(None, self.source, ())
             )
             return
-        if not isinstance(data, dict) or not isinstance(data.get("resourceType"), str) or too_deep(data):
-            reason = TOO_DEEP if isinstance(data, dict) and too_deep(data) else "file is not a FHIR resource"
+        deep = too_deep(data, body=raw)
+        if deep or not isinstance(data, dict) or not isinstance(data.get("resourceType"), str):
+            reason = TOO_DEEP if deep else "file is not a FHIR resource"
             self._flush([_Bad(raw, reason, context)], ReferenceResolver(None, self.source, ()))
             return
         bad = unstorable_in_body(raw, data)

@@ -158,3 +158,18 @@ def test_a_reimport_validates_only_what_changed_and_still_refuses_the_invalid(
     assert {rid for rid in after if after[rid] != before[rid]} == {"obs-3"}
     assert [d.context["line"] for d in dead_letters(engine) if d.context] == [8]
     assert dirty(engine) == marks
+
+
+def test_a_json_file_too_deep_or_not_a_resource_is_one_dead_letter_saying_why(engine: Engine, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from services.ingest.bulk import import_paths
+    from shared.jsonlimits import TOO_DEEP
+    from shared.settings import Source
+
+    deep = tmp_path / "deep.json"
+    deep.write_bytes(b'{"resourceType": "Bundle", "type": "batch", "x": ' + b"[" * 150 + b"]" * 150 + b"}")
+    listed = tmp_path / "list.json"
+    listed.write_bytes(b'[{"resourceType": "Patient", "id": "P-1"}]')
+    report = import_paths(engine, Source(id="default"), [deep, listed])
+    assert report.dead_letters == 2 and not stored(engine)
+    reasons = {d.context["file"].rsplit("/", 1)[1]: d.reason for d in dead_letters(engine) if d.context}
+    assert reasons == {"deep.json": TOO_DEEP, "list.json": "file is not a FHIR resource"}
