@@ -275,7 +275,9 @@ def main() -> None:
         # Bytecode cached as in an installed deployment: not recompiled by every process started.
         env.pop("PYTHONDONTWRITEBYTECODE", None)
         with BackendCPU(name) as import_server:
-            import_s, import_rss, import_client = timed(["import", str(folder), "--jobs", str(args.jobs)], env)
+            import_s, import_rss, import_client = timed(
+                ["import", str(folder), "--jobs", str(args.jobs)], env
+            )
         engine = sa.create_engine(url)
         with engine.connect() as conn:
             kept = conn.execute(sa.text("SELECT count(*) FROM resource")).scalar_one()

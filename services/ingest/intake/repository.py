@@ -191,7 +191,15 @@ _UPSERT_PG = sa.text(
     + " WHERE resource.last_updated IS NULL OR excluded.last_updated IS NULL"
     " OR excluded.last_updated >= resource.last_updated"
 )
-_PG_FIELDS = ("resource_type", "resource_id", "patient_key", "version_id", "last_updated", "content_hash", "raw")
+_PG_FIELDS = (
+    "resource_type",
+    "resource_id",
+    "patient_key",
+    "version_id",
+    "last_updated",
+    "content_hash",
+    "raw",
+)
 
 
 def _json_doc(value: Any) -> str:

@@ -160,7 +160,9 @@ def test_a_reimport_validates_only_what_changed_and_still_refuses_the_invalid(
     assert dirty(engine) == marks
 
 
-def test_a_json_file_too_deep_or_not_a_resource_is_one_dead_letter_saying_why(engine: Engine, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_a_json_file_too_deep_or_not_a_resource_is_one_dead_letter_saying_why(
+    engine: Engine, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
     from services.ingest.bulk import import_paths
     from shared.jsonlimits import TOO_DEEP
     from shared.settings import Source
