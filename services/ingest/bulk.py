@@ -17,9 +17,12 @@
 
 from __future__ import annotations
 
+import gc
 import gzip
 import multiprocessing
 import re
+import sys
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -30,16 +33,18 @@ from typing import IO, Any, cast
 import orjson
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
+from sqlmodel import Session
 
 from services.ingest.intake.bundles import flatten
 from services.ingest.intake.pipeline import Candidate, Decision, Tally, check, prepare
 from services.ingest.intake.references import ReferenceResolver
-from services.ingest.intake.repository import store_resources
+from services.ingest.intake.repository import content_hash, store_resources, stored_digests
 from shared.db.deadletters import add_dead_letters
 from shared.db.models import DeadLetter, utcnow
 from shared.db.session import make_engine, session_scope
 from shared.domain.relevance import KEPT_TYPES
 from shared.errors import Issue, operation_outcome
+from shared.fhir.resources import load_models
 from shared.fhir.text import unstorable_in_body, unstorable_message
 from shared.jsonlimits import TOO_DEEP, too_deep
 from shared.logging import get_logger
@@ -113,16 +118,46 @@ class _Bad:
     context: dict[str, Any]
 
 
+class Statistics:
+    """Refreshes PostgreSQL's statistics as one process's writes grow the tables (x4 each time),
+    so that the per-batch identity lookup keeps an index plan instead of scanning every stored
+    row of a type (planned on an empty table, or where autovacuum is off, it would not). One per
+    process, whatever the number of units it imports."""
+
+    def __init__(self, engine: Engine, first: int) -> None:
+        self.engine = engine
+        self.written = 0
+        self.analyze_at = first
+
+    def wrote(self, n: int) -> None:
+        self.written += n
+        if self.written < self.analyze_at:
+            return
+        self.analyze_at = self.written * 4
+        if self.engine.dialect.name != "postgresql":
+            return
+        with self.engine.connect() as conn:
+            conn.execution_options(isolation_level="AUTOCOMMIT").execute(
+                # the identity's and the patient's columns: not the stored JSON, whose statistics no
+                # query here uses and which costs most of a full ANALYZE
+                sa.text(
+                    "ANALYZE resource (source, resource_type, resource_id, patient_key), evaluation_queue"
+                )
+            )
+
+
 class Importer:
     """Writes candidates in batches for one source; counts everything in :attr:`report`."""
 
-    def __init__(self, engine: Engine, source: Source, batch_size: int = 1000) -> None:
+    def __init__(
+        self, engine: Engine, source: Source, batch_size: int = 1000, statistics: Statistics | None = None
+    ) -> None:
         self.engine = engine
         self.source = source
         self.batch_size = batch_size
         self.report = ImportReport()
-        self._written = 0
-        self._analyze_at = 2 * batch_size
+        self.statistics = statistics or Statistics(engine, 2 * batch_size)
+        self._look_first = True
 
     def _flush(self, items: list[Candidate | _Bad], resolver: ReferenceResolver) -> None:
         if not items:
@@ -133,12 +168,13 @@ class Importer:
             decisions: list[Decision] = []
             dead: list[DeadLetter] = []
             now = utcnow()
+            unchanged = self._stored_unchanged(session, items, resolver) if self._look_first else set()
             for item in items:
                 if isinstance(item, _Bad):
                     tally.add("(none)", "rejected")
                     dead.append(self._dead(item.payload, item.reason, item.context, now))
                     continue
-                decision = check(item)
+                decision = check(item, validate=id(item) not in unchanged)
                 if decision.status == "rejected":
                     tally.add(item.resource_type, "rejected")
                     payload = orjson.dumps(item.resource)
@@ -150,26 +186,39 @@ class Importer:
                 tally.add(item.resource_type, decision.status)
                 decisions.append(decision)
             kept = [d.prepared for d in decisions if d.prepared is not None]
-            store_resources(session, self.source.id, kept)
+            results = store_resources(session, self.source.id, kept)
             add_dead_letters(session, dead)
             resolver.session = None
         self.report.resources += len(items)
         self.report.dead_letters += len(dead)
-        self._written += len(kept)
-        if self._written >= self._analyze_at:
-            self._analyze()
+        self.statistics.wrote(len(kept))
+        # look before validating while batches meet stored identities (a re-import); a first
+        # import pays the look-up for its first batch only
+        self._look_first = any(r.outcome != "created" for r in results)
 
-    def _analyze(self) -> None:
-        """Refresh PostgreSQL's statistics as the tables grow (x4 each time), so that the
-        per-batch identity lookup keeps an index plan instead of scanning every stored row of a
-        type (planned on an empty table, or where autovacuum is off, it would not)."""
-        self._analyze_at = self._written * 4
-        if self.engine.dialect.name != "postgresql":
-            return
-        with self.engine.connect() as conn:
-            conn.execution_options(isolation_level="AUTOCOMMIT").execute(
-                sa.text("ANALYZE resource, evaluation_queue")
-            )
+    def _stored_unchanged(
+        self, session: Session, items: list[Candidate | _Bad], resolver: ReferenceResolver
+    ) -> set[int]:
+        """``id()`` of the candidates whose identity is stored with the very content they would
+        be stored with (a re-import of the same file): validated when they were stored, they
+        are not validated again. The content is worked out on a copy (the candidate stays as it
+        came, for its dead letter should it be rejected)."""
+        by_key: dict[tuple[str, str], Candidate] = {}
+        for item in items:
+            if isinstance(item, Candidate) and item.resource_type in KEPT_TYPES:
+                by_key[(item.resource_type, resolver.identity(item.resource, item.full_url))] = item
+        stored = stored_digests(session, self.source.id, by_key)
+        same: set[int] = set()
+        for key, item in by_key.items():
+            digest = stored.get(key)
+            if digest is None:
+                continue
+            copy = orjson.loads(orjson.dumps(item.resource))
+            copy["id"] = key[1]
+            resolver.rewrite(copy)
+            if content_hash(copy) == digest:
+                same.add(id(item))
+        return same
 
     def _dead(
         self,
@@ -235,7 +284,7 @@ class Importer:
                             line.rstrip(b"\r\n"), "line is not a FHIR resource (no resourceType)", context
                         )
                         continue
-                    if too_deep(data):
+                    if too_deep(data, body=line):
                         yield _Bad(line.rstrip(b"\r\n"), f"line is not FHIR: {TOO_DEEP}", context)
                         continue
                     bad = unstorable_in_body(line, data)
@@ -258,8 +307,9 @@ class Importer:
                 [_Bad(raw, f"file is not JSON: {exc.msg}", context)], ReferenceResolver(None, self.source, ())
             )
             return
-        if not isinstance(data, dict) or not isinstance(data.get("resourceType"), str) or too_deep(data):
-            reason = TOO_DEEP if isinstance(data, dict) and too_deep(data) else "file is not a FHIR resource"
+        deep = too_deep(data, body=raw)
+        if deep or not isinstance(data, dict) or not isinstance(data.get("resourceType"), str):
+            reason = TOO_DEEP if deep else "file is not a FHIR resource"
             self._flush([_Bad(raw, reason, context)], ReferenceResolver(None, self.source, ()))
             return
         bad = unstorable_in_body(raw, data)
@@ -326,21 +376,48 @@ def units(paths: Iterable[Path], unit_bytes: int = UNIT_BYTES) -> Iterator[Unit]
 
 
 _WORKER_ENGINE: Engine | None = None
+_WORKER_STATISTICS: Statistics | None = None
 
 
-def _start_worker(url: str) -> None:
-    """A worker process's one engine (one pooled connection), reused by all its units."""
-    global _WORKER_ENGINE
+def quiet_collector() -> None:
+    """For a process that does nothing but import: what is loaded now (modules, R4B models) is
+    left out of the cyclic garbage collector's walks (``gc.freeze``; in a forked worker its
+    pages also stay shared), and young collections run less often. Parsing allocates tens of
+    objects a line, and each collection walked everything alive: ~20 % of an import's CPU.
+    Memory stays flat: parsed resources hold no cycles and are freed by reference counting."""
+    gc.freeze()
+    gc.set_threshold(10_000, 10, 10)
+
+
+def _start_worker(url: str, batch_size: int) -> None:
+    """A worker process's one engine (one pooled connection) and statistics refresher, reused by
+    all its units."""
+    global _WORKER_ENGINE, _WORKER_STATISTICS
+    quiet_collector()
     _WORKER_ENGINE = make_engine(url, pool_size=1)
+    _WORKER_STATISTICS = Statistics(_WORKER_ENGINE, 2 * batch_size)
 
 
 def _import_unit(source: Source, batch_size: int, unit: Unit) -> tuple[dict[str, dict[str, int]], int, int]:
     """One unit in a worker process, with its own report."""
     assert _WORKER_ENGINE is not None
-    importer = Importer(_WORKER_ENGINE, source, batch_size)
+    importer = Importer(_WORKER_ENGINE, source, batch_size, _WORKER_STATISTICS)
     importer.unit(unit[0], unit[1])
     r = importer.report
     return {t: dict(row) for t, row in r.tally.rows()}, r.resources, r.dead_letters
+
+
+def _workers_context(engine: Engine) -> multiprocessing.context.BaseContext:
+    """``fork`` where it is safe — Linux, and this process runs no other thread (a forked child
+    would inherit the locks another thread holds): the workers start with the modules and R4B
+    models already loaded here, instead of importing them again each (~1 s of CPU a process
+    with ``spawn``). The parent's pooled connections are closed first, so no worker inherits a
+    socket; each opens its own (:func:`_start_worker`). Elsewhere ``spawn``: a clean start."""
+    if sys.platform != "linux" or threading.active_count() > 1:
+        return multiprocessing.get_context("spawn")
+    load_models(KEPT_TYPES)
+    engine.dispose()
+    return multiprocessing.get_context("fork")
 
 
 def import_parallel(
@@ -358,9 +435,9 @@ def import_parallel(
     start = time.perf_counter()
     url = engine.url.render_as_string(hide_password=False)
     work = sorted(units(files, unit_bytes), key=lambda u: -u[2])
-    # spawn: a worker starts clean (no copy of the parent's pooled connections or threads).
-    spawn = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(jobs, mp_context=spawn, initializer=_start_worker, initargs=(url,)) as pool:
+    with ProcessPoolExecutor(
+        jobs, mp_context=_workers_context(engine), initializer=_start_worker, initargs=(url, batch_size)
+    ) as pool:
         futures = {pool.submit(_import_unit, source, batch_size, u): u for u in work}
         for done in as_completed(futures):
             counts, resources, dead = done.result()

@@ -67,13 +67,15 @@ _STAGE = """
 import resource, subprocess, sys
 procs = [subprocess.Popen(sys.argv[2:], stdout=subprocess.DEVNULL) for _ in range(int(sys.argv[1]))]
 codes = [p.wait() for p in procs]
-print(max(codes), resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+print(max(codes), usage.ru_maxrss, usage.ru_utime + usage.ru_stime)
 """
 
 
-def timed(args: list[str], env: dict[str, str], procs: int = 1) -> tuple[float, float]:
+def timed(args: list[str], env: dict[str, str], procs: int = 1) -> tuple[float, float, float]:
     """``procs`` copies of ``pinpoint <args>`` at once, under a small parent of their own so that
-    the peak RSS is this stage's: (wall seconds, peak RSS MB of any process of the stage)."""
+    the peak RSS is this stage's: (wall seconds, peak RSS MB of any process of the stage, CPU
+    seconds of all its processes)."""
     t0 = time.perf_counter()
     out = subprocess.run(
         [sys.executable, "-c", _STAGE, str(procs), str(PINPOINT), *args],
@@ -84,17 +86,17 @@ def timed(args: list[str], env: dict[str, str], procs: int = 1) -> tuple[float, 
         check=True,
     )
     wall = time.perf_counter() - t0
-    code, peak_kb = (int(x) for x in out.stdout.split())
-    if code != 0:
+    code, peak_kb, cpu = out.stdout.split()
+    if int(code) != 0:
         raise SystemExit(f"pinpoint {' '.join(args)} exited with {code}")
-    return wall, peak_kb / 1024
+    return wall, int(peak_kb) / 1024, float(cpu)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("n", nargs="?", type=int, default=2000)
     parser.add_argument("--jobs", type=int, default=2)
-    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--workers", type=int, default=2, help="0: import only")
     parser.add_argument("--keep", type=Path, help="write the export here and keep it")
     args = parser.parse_args()
     tmp = tempfile.TemporaryDirectory(prefix="pinpoint-backfill-")
@@ -107,18 +109,29 @@ def main() -> None:
         f"{args.n:,} patients, {resources:,} resources ({resources / args.n:.0f} each),"
         f" {size / 1e6:,.0f} MB NDJSON (written in {gen_s:.0f} s)"
     )
+    from tests.bench._pg import BackendCPU  # lazy
+
     name, url = fresh_db()
     try:
-        n_copy, copy_s = raw_copy(url, folder)
+        cpu0 = time.process_time()
+        with BackendCPU(name) as copy_server:
+            n_copy, copy_s = raw_copy(url, folder)
+        copy_client = time.process_time() - cpu0
         env = clean_env(PINPOINT_DATABASE_URL=url, PINPOINT_LOG_LEVEL="warning")
         # Bytecode cached as in an installed deployment: not recompiled by every process started.
         env.pop("PYTHONDONTWRITEBYTECODE", None)
-        import_s, import_rss = timed(["import", str(folder), "--jobs", str(args.jobs)], env)
+        with BackendCPU(name) as import_server:
+            import_s, import_rss, import_client = timed(
+                ["import", str(folder), "--jobs", str(args.jobs)], env
+            )
         engine = sa.create_engine(url)
         with engine.connect() as conn:
             kept = conn.execute(sa.text("SELECT count(*) FROM resource")).scalar_one()
             queued = conn.execute(sa.text("SELECT count(*) FROM evaluation_queue")).scalar_one()
-        work_s, work_rss = timed(["worker", "--once"], env, procs=args.workers)
+        import_load = loadavg()
+        work_s, work_rss = 0.0, 0.0
+        if args.workers:
+            work_s, work_rss, _ = timed(["worker", "--once"], env, procs=args.workers)
         with engine.connect() as conn:
             left = conn.execute(sa.text("SELECT count(*) FROM evaluation_queue")).scalar_one()
             plans = conn.execute(
@@ -130,13 +143,24 @@ def main() -> None:
         tmp.cleanup()
     import_rate, copy_rate = resources / import_s, n_copy / copy_s
     done = queued - left
-    work_rate = done / work_s
+    work_rate = done / work_s if work_s else 0.0
+    copy_cpu = copy_client + copy_server.seconds
+    import_cpu = import_client + import_server.seconds
     print(f"  raw COPY of every line:   {copy_rate:10,.0f} resources/s ({copy_s:.1f} s)")
     print(
         f"  pinpoint import --jobs {args.jobs}: {import_rate:10,.0f} resources/s ({import_s:.1f} s,"
         f" {kept:,} kept, {queued:,} patients queued); {import_rate / copy_rate:.2f} x raw COPY;"
         f" peak RSS {import_rss:.0f} MB"
     )
+    print(
+        f"  CPU (client + server): raw COPY {copy_client:.1f} + {copy_server.seconds:.1f} s ="
+        f" {1e6 * copy_cpu / n_copy:.0f} us a resource; import {import_client:.1f} +"
+        f" {import_server.seconds:.1f} s = {1e6 * import_cpu / resources:.0f} us a resource;"
+        f" per CPU second, import {(copy_cpu / n_copy) / (import_cpu / resources):.2f} x raw COPY"
+    )
+    print(f"  /proc/loadavg after the import: {import_load}")
+    if not args.workers:
+        return
     print(
         f"  {args.workers} x pinpoint worker --once: {work_rate:10,.0f} patients/s ({work_s:.1f} s,"
         f" {done:,} evaluated, {left:,} left, {plans:,} CarePlans); peak RSS {work_rss:.0f} MB"
