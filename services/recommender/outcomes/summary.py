@@ -14,7 +14,9 @@ the assessment document) performed on or after ``--since``:
 - ``function``: per instrument, the median change at 3 months (towards better, in the
   instrument's points) and the share reaching its MCID.
 
-:func:`summarize` is pure (over outcome rows); :func:`collect` reads the store in batches.
+:func:`summarize` is pure (over outcome rows); :func:`collect` reads the store in batches (in
+parallel processes over a large PostgreSQL store); :func:`practice_summary` is both, the one
+path of the command and the page.
 """
 
 from __future__ import annotations
@@ -22,20 +24,27 @@ from __future__ import annotations
 import csv
 import io
 import json
+import multiprocessing
+import os
 import statistics
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import date, datetime
+from itertools import repeat
 from typing import Any
 
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from services.recommender.assessor import Assessor
-from services.recommender.patients.repository import load_resources, patient_keys_with_data
+from services.recommender.patients.repository import load_resources, patient_keys_with_resources
+from shared.db.session import make_engine
 
-BATCH = 200
+BATCH = 250
+#: below this many patients the summary is computed in the calling process (no process start-up)
+PARALLEL_MIN = 2000
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,77 +55,83 @@ class Row:
     criteria_met: bool | None  # None: no assessment of that pathway and target the day before
 
 
-def _overlaps(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
-    if a.get("region") != b.get("region"):
-        return False
-    sides = {a.get("side"), b.get("side")}
-    if None not in sides and "bilateral" not in sides and len(sides) > 1:
-        return False
-    ja, jb = set(a.get("joints") or []), set(b.get("joints") or [])
-    return not ja or not jb or bool(ja & jb)
-
-
-def criteria_met_before(
-    assessor: Assessor, facts: Any, patient_ref: str, outcome: Mapping[str, Any]
-) -> bool | None:
-    """Was the procedure's pathway ``supported`` for its target on the day before it?"""
-    performed = datetime.fromisoformat(str(outcome["performed"]))
-    day_before = performed - timedelta(days=1)
-    entry = assessor.entry(facts, patient_ref, day_before)
-    pathway = str(outcome.get("pathway"))
-    wanted = {pathway, f"{pathway}-repeat"}
-    verdicts = [
-        a["verdict"]
-        for a in entry.get("assessments") or []
-        if a.get("pathway") in wanted and _overlaps(a.get("target") or {}, outcome.get("target") or {})
-    ]
-    if not verdicts:
-        return None
-    return "supported" in verdicts
-
-
 def rows_of(assessor: Assessor, resources: Sequence[Mapping[str, Any]], now: datetime) -> list[Row]:
-    out: list[Row] = []
-    for ref, facts in assessor.facts(resources).items():
-        entry = assessor.entry(facts, ref, now)
-        for outcome in entry.get("outcomes") or []:
-            out.append(Row(outcome, criteria_met_before(assessor, facts, ref, outcome)))
-    return out
+    """One patient's (or a bundle's) rows: its procedures' outcomes at ``now`` and the criteria
+    on the day before each (:meth:`Assessor.procedure_outcomes`)."""
+    return [Row(o, met) for o, met in assessor.procedure_outcomes(resources, now)]
 
 
-def collect(engine: Engine, assessor: Assessor, now: datetime, batch: int = BATCH) -> list[Row]:
-    """Every stored patient's outcome rows, read ``batch`` patients at a time."""
-    with Session(engine) as session:
-        keys = patient_keys_with_data(session)
+def _rows_of_keys(engine: Engine, assessor: Assessor, now: datetime, keys: Sequence[str]) -> list[Row]:
     rows: list[Row] = []
-    for i in range(0, len(keys), batch):
+    for i in range(0, len(keys), BATCH):
         with Session(engine) as session:
-            loaded = load_resources(session, keys[i : i + batch])
+            loaded = load_resources(session, keys[i : i + BATCH])
         for resources in loaded.values():
             rows += rows_of(assessor, resources, now)
     return rows
 
 
+_WORKER: dict[str, Engine] = {}
+
+
+def _rows_of_range(url: str, assessor: Assessor, now: datetime, keys: Sequence[str]) -> list[Row]:
+    """In a worker process: the rows of ``keys`` (its own engine, one connection, kept for the
+    process's next range)."""
+    engine = _WORKER.get(url)
+    if engine is None:
+        engine = _WORKER[url] = make_engine(url, pool_size=1)
+    return _rows_of_keys(engine, assessor, now, keys)
+
+
+def collect(engine: Engine, assessor: Assessor, now: datetime, jobs: int | None = None) -> list[Row]:
+    """Every stored patient's outcome rows, read ``BATCH`` patients at a time.
+
+    On PostgreSQL with at least :data:`PARALLEL_MIN` patients, ``jobs`` processes (default: one
+    per CPU) each take contiguous ranges of patients in turn (more ranges than processes, so a
+    process slowed by other load takes fewer), each with its own connection; memory stays flat
+    in the number of patients but for the rows themselves."""
+    with Session(engine) as session:
+        keys = patient_keys_with_resources(session)
+    jobs = jobs or os.cpu_count() or 1
+    if jobs < 2 or engine.dialect.name != "postgresql" or len(keys) < PARALLEL_MIN:
+        return _rows_of_keys(engine, assessor, now, keys)
+    step = max(BATCH, -(-len(keys) // (jobs * 8)))
+    ranges = [keys[i : i + step] for i in range(0, len(keys), step)]
+    url = engine.url.render_as_string(hide_password=False)
+    rows: list[Row] = []
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        for part in pool.map(_rows_of_range, repeat(url), repeat(assessor), repeat(now), ranges):
+            rows += part
+    return rows
+
+
+def practice_summary(
+    engine: Engine, assessor: Assessor, now: datetime, since: date | None = None
+) -> dict[str, Any]:
+    """The summary of ``pinpoint outcomes`` and ``GET /outcomes`` (one code path for both)."""
+    return summarize(collect(engine, assessor, now), since)
+
+
 def kaplan_meier(durations: Iterable[tuple[int, bool]]) -> tuple[list[tuple[int, float]], int | None]:
     """Steps ``(day, survival)`` of the Kaplan–Meier curve of ``(days, event)`` pairs (event =
     relief lost; not an event = censored) and the median: the first day survival <= 0.5."""
-    items = sorted(durations)
-    at_risk = len(items)
+    events: Counter[int] = Counter()
+    total: Counter[int] = Counter()
+    for day, event in durations:
+        total[day] += 1
+        if event:
+            events[day] += 1
+    at_risk = sum(total.values())
     survival = 1.0
     steps: list[tuple[int, float]] = [(0, 1.0)]
     median: int | None = None
-    i = 0
-    while i < len(items):
-        day = items[i][0]
-        events = sum(1 for d, e in items[i:] if d == day and e)
-        total = sum(1 for d, _ in items[i:] if d == day)
-        if events:
-            survival *= 1 - events / at_risk
+    for day in sorted(total):
+        if events[day]:
+            survival *= 1 - events[day] / at_risk
             steps.append((day, round(survival, 4)))
             if median is None and survival <= 0.5:
                 median = day
-        at_risk -= total
-        i += total
+        at_risk -= total[day]
     return steps, median
 
 

@@ -79,6 +79,17 @@ def patient_keys_with_data(session: Session) -> list[str]:
     return sorted({k for k in stored if k} | set(assessed))
 
 
+def patient_keys_with_resources(session: Session) -> list[str]:
+    """Every patient with kept resources, in the database's order."""
+    keys = session.exec(
+        select(Resource.patient_key)
+        .where(col(Resource.patient_key).is_not(None), col(Resource.deleted).is_(False))
+        .distinct()
+        .order_by(col(Resource.patient_key))
+    ).all()
+    return [k for k in keys if k]
+
+
 def patient_known(session: Session, patient_key: str) -> bool:
     found = session.exec(select(Resource.pk).where(Resource.patient_key == patient_key).limit(1)).first()
     if found is not None:
