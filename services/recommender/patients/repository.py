@@ -4,6 +4,7 @@ whether Pinpoint knows the patient. Everything runs in the caller's transaction;
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Sequence
 from typing import Any
@@ -23,23 +24,25 @@ def load_patient_resources(session: Session, patient_key: str) -> list[dict[str,
 
 def load_resources(session: Session, patient_keys: Sequence[str]) -> dict[str, list[dict[str, Any]]]:
     """:func:`load_patient_resources` for a batch of patients: one query (plus one per source for
-    referenced patient-less resources)."""
+    referenced patient-less resources). The JSON is read as text and decoded with orjson (several
+    times cheaper than the driver's standard-library decoding), its references found in the text."""
     out: dict[str, list[dict[str, Any]]] = {k: [] for k in patient_keys}
+    refs_of: dict[str, set[tuple[str, str]]] = {k: set() for k in patient_keys}
     have: dict[str, set[tuple[str, str]]] = {k: set() for k in patient_keys}
-    rows = session.exec(
-        select(Resource.patient_key, Resource.resource_type, Resource.resource_id, Resource.raw).where(
-            col(Resource.patient_key).in_(patient_keys), col(Resource.deleted).is_(False)
-        )
-    ).all()
-    for key, rtype, rid, raw in rows:
-        if key is None or not raw:
+    rows = session.connection().execute(_BY_PATIENT, {"keys": list(patient_keys)})
+    for key, rtype, rid, text in rows:
+        if key is None or not text:
             continue
-        out[key].append(dict(raw))
+        raw = _decode(text)
+        if not raw:
+            continue
+        out[key].append(raw)
         have[key].add((rtype, rid))
+        refs_of[key].update(_references(text))
     wanted: dict[str, dict[tuple[str, str], list[str]]] = {}
-    for key, resources in out.items():
+    for key in out:
         source = key.partition(":")[0]
-        for ref in {r for raw in resources for r in _references(raw)} - have[key]:
+        for ref in refs_of[key] - have[key]:
             wanted.setdefault(source, {}).setdefault(ref, []).append(key)
     for source, refs in wanted.items():
         conds = [
@@ -57,13 +60,28 @@ def load_resources(session: Session, patient_keys: Sequence[str]) -> dict[str, l
     return out
 
 
-_REF_IN_JSON = re.compile(rb'"reference":"([A-Z][A-Za-z]+)/([A-Za-z0-9\-.]{1,64})"')
+_TABLE = Resource.__table__  # type: ignore[attr-defined]
+#: one statement (SQLAlchemy Core: no ORM work per row), the JSON as text
+_BY_PATIENT = sa.select(
+    _TABLE.c.patient_key, _TABLE.c.resource_type, _TABLE.c.resource_id, sa.cast(_TABLE.c.raw, sa.Text)
+).where(_TABLE.c.patient_key.in_(sa.bindparam("keys", expanding=True)), _TABLE.c.deleted.is_(False))
 
 
-def _references(value: Any) -> set[tuple[str, str]]:
-    """``(type, id)`` of every relative reference inside a resource, Patient excluded."""
-    found = _REF_IN_JSON.findall(orjson.dumps(value))
-    return {(t.decode(), i.decode()) for t, i in found if t != b"Patient"}
+def _decode(text: str) -> Any:
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:  # what orjson refuses (integers beyond 64 bits…)
+        return json.loads(text)
+
+
+#: a relative reference in a resource's JSON text, as orjson writes it or as PostgreSQL's jsonb and
+#: the standard library do (a space after the colon)
+_REF_IN_JSON = re.compile(r'"reference":\s?"(?!Patient/)([A-Z][A-Za-z]+)/([A-Za-z0-9\-.]{1,64})"')
+
+
+def _references(text: str) -> list[tuple[str, str]]:
+    """``(type, id)`` of every relative reference inside a resource's JSON text, Patient excluded."""
+    return _REF_IN_JSON.findall(text)
 
 
 def patient_keys_with_data(session: Session) -> list[str]:
