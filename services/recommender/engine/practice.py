@@ -20,8 +20,8 @@ a varied synthetic set.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from datetime import datetime, timedelta
+from collections.abc import Mapping, Sequence
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from services.recommender.engine import outcomes as _outcomes
@@ -67,3 +67,25 @@ def procedure_outcomes(
         verdicts = [a.verdict for a in found if a.pathway in wanted and overlaps(a.target.as_json(), target)]
         out.append((outcome, ("supported" in verdicts) if verdicts else None))
     return out
+
+
+def unchanged_until(
+    facts: PatientFacts, rows: Sequence[tuple[Mapping[str, Any], bool | None]], now: datetime
+) -> datetime | None:
+    """The first instant after ``now`` at which :func:`procedure_outcomes` of the same facts could
+    differ (None: never) — what a stored copy of the rows may be reused until.
+
+    With the facts unchanged, ``now`` enters the outcomes only through: which procedures have
+    ended (a later one joins), which readings and functional scores are up to ``now`` (a later one
+    joins a milestone or a relief run) and which milestones are ``pending`` (their date passes;
+    taken a day early, so that a ``now`` in any time zone is covered). The verdicts on the day
+    before each procedure do not depend on ``now`` at all."""
+    times = [iv.end for iv in facts.interventions if iv.end > now]
+    times += [r.time for r in facts.readings if r.time > now]
+    times += [s.time for s in facts.function_scores if s.time > now]
+    for outcome, _ in rows:
+        for m in outcome.get("milestones") or []:
+            if m.get("status") == "pending":
+                day = date.fromisoformat(str(m["date"])) - timedelta(days=1)
+                times.append(datetime(day.year, day.month, day.day, tzinfo=UTC))
+    return min(times, default=None)

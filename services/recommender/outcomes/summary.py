@@ -28,6 +28,7 @@ import json
 import multiprocessing
 import os
 import statistics
+import time
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -40,8 +41,12 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from services.recommender.assessor import Assessor
-from services.recommender.patients.repository import load_resources, patient_keys_with_resources
+from services.recommender.outcomes import cache
+from services.recommender.patients.repository import fingerprints, load_patients, patient_keys_with_resources
 from shared.db.session import make_engine
+from shared.logging import get_logger
+
+log = get_logger("pinpoint.outcomes")
 
 BATCH = 250
 #: below this many patients the summary is computed in the calling process (no process start-up)
@@ -59,23 +64,55 @@ class Row:
 def rows_of(assessor: Assessor, resources: Sequence[Mapping[str, Any]], now: datetime) -> list[Row]:
     """One patient's (or a bundle's) rows: its procedures' outcomes at ``now`` and the criteria
     on the day before each (:meth:`Assessor.procedure_outcomes`)."""
-    return [Row(o, met) for o, met in assessor.procedure_outcomes(resources, now)]
+    return [Row(o, met) for o, met in assessor.procedure_outcomes(resources, now)[0]]
 
 
-def _rows_of_keys(engine: Engine, assessor: Assessor, now: datetime, keys: Sequence[str]) -> list[Row]:
+def _rows_of_keys(
+    engine: Engine, assessor: Assessor, now: datetime, keys: Sequence[str], tag: str
+) -> tuple[list[Row], int]:
+    """The rows of ``keys`` in that order, ``BATCH`` patients at a time: from the outcome cache
+    where its entry is still the same, else evaluated (and the entry replaced). Also how many
+    patients were evaluated."""
     rows: list[Row] = []
+    evaluated = 0
     for i in range(0, len(keys), BATCH):
+        batch = keys[i : i + BATCH]
         with Session(engine) as session:
-            loaded = load_resources(session, keys[i : i + BATCH])
-        for resources in loaded.values():
-            rows += rows_of(assessor, resources, now)
-    return rows
+            stored = cache.usable(session, batch, tag, now)
+            current = fingerprints(session, {k: e.refs for k, e in stored.items()}) if stored else {}
+            hits = {k: e for k, e in stored.items() if current.get(k) == e.fingerprint}
+            loaded = load_patients(session, [k for k in batch if k not in hits], fingerprint=True)
+        fresh: list[dict[str, Any]] = []
+        for key in batch:
+            entry = hits.get(key)
+            if entry is not None:
+                rows += [Row(o, met) for o, met in entry.rows]
+                continue
+            patient = loaded[key]
+            found, until = assessor.procedure_outcomes(patient.resources, now)
+            rows += [Row(o, met) for o, met in found]
+            fresh.append(
+                {
+                    "patient_key": key,
+                    "fingerprint": patient.fingerprint,
+                    "engine": tag,
+                    "computed_for": now,
+                    "valid_until": until,
+                    "refs": [list(r) for r in patient.refs],
+                    "rows": [[o, met] for o, met in found],
+                }
+            )
+        evaluated += len(fresh)
+        cache.store(engine, fresh)
+    return rows, evaluated
 
 
 _WORKER: dict[str, Engine] = {}
 
 
-def _rows_of_range(url: str, assessor: Assessor, now: datetime, keys: Sequence[str]) -> list[Row]:
+def _rows_of_range(
+    url: str, assessor: Assessor, now: datetime, tag: str, keys: Sequence[str]
+) -> tuple[list[Row], int]:
     """In a worker process: the rows of ``keys`` (its own engine, one connection, kept for the
     process's next range). The cyclic garbage collector is off while it reads and evaluates: the
     many live objects of a batch made it traverse them over and over (half the cost of reading);
@@ -85,31 +122,46 @@ def _rows_of_range(url: str, assessor: Assessor, now: datetime, keys: Sequence[s
         engine = _WORKER[url] = make_engine(url, pool_size=1)
     gc.disable()
     try:
-        return _rows_of_keys(engine, assessor, now, keys)
+        return _rows_of_keys(engine, assessor, now, keys, tag)
     finally:
         gc.enable()
         gc.collect()
 
 
 def collect(engine: Engine, assessor: Assessor, now: datetime, jobs: int | None = None) -> list[Row]:
-    """Every stored patient's outcome rows, read ``BATCH`` patients at a time.
+    """Every stored patient's outcome rows, read ``BATCH`` patients at a time, each from the
+    outcome cache while its entry is provably the same (:mod:`.cache`), else evaluated.
 
     On PostgreSQL with at least :data:`PARALLEL_MIN` patients, ``jobs`` processes (default: one
     per CPU) each take contiguous ranges of patients in turn (more ranges than processes, so a
     process slowed by other load takes fewer), each with its own connection; memory stays flat
     in the number of patients but for the rows themselves."""
+    started = time.perf_counter()
+    tag = cache.engine_tag(assessor)
     with Session(engine) as session:
         keys = patient_keys_with_resources(session)
     jobs = jobs or os.cpu_count() or 1
-    if jobs < 2 or engine.dialect.name != "postgresql" or len(keys) < PARALLEL_MIN:
-        return _rows_of_keys(engine, assessor, now, keys)
-    step = max(BATCH, -(-len(keys) // (jobs * 8)))
-    ranges = [keys[i : i + step] for i in range(0, len(keys), step)]
-    url = engine.url.render_as_string(hide_password=False)
     rows: list[Row] = []
-    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        for part in pool.map(_rows_of_range, repeat(url), repeat(assessor), repeat(now), ranges):
-            rows += part
+    evaluated = 0
+    if jobs < 2 or engine.dialect.name != "postgresql" or len(keys) < PARALLEL_MIN:
+        rows, evaluated = _rows_of_keys(engine, assessor, now, keys, tag)
+    else:
+        step = max(BATCH, -(-len(keys) // (jobs * 8)))
+        ranges = [keys[i : i + step] for i in range(0, len(keys), step)]
+        url = engine.url.render_as_string(hide_password=False)
+        args = (repeat(url), repeat(assessor), repeat(now), repeat(tag), ranges)
+        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            for part, n in pool.map(_rows_of_range, *args):
+                rows += part
+                evaluated += n
+    cache.prune(engine)
+    log.info(
+        "outcomes.collected",
+        patients=len(keys),
+        evaluated=evaluated,
+        procedures=len(rows),
+        seconds=round(time.perf_counter() - started, 2),
+    )
     return rows
 
 

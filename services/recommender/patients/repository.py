@@ -4,9 +4,11 @@ whether Pinpoint knows the patient. Everything runs in the caller's transaction;
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -26,44 +28,123 @@ def load_resources(session: Session, patient_keys: Sequence[str]) -> dict[str, l
     """:func:`load_patient_resources` for a batch of patients: one query (plus one per source for
     referenced patient-less resources). The JSON is read as text and decoded with orjson (several
     times cheaper than the driver's standard-library decoding), its references found in the text."""
-    out: dict[str, list[dict[str, Any]]] = {k: [] for k in patient_keys}
+    return {k: v.resources for k, v in load_patients(session, patient_keys).items()}
+
+
+@dataclass(slots=True)
+class Loaded:
+    """A patient's stored input: the resources, the references outside them that were looked up
+    (``(type, id)``, sorted) and, when asked for, the fingerprint of both (see :func:`fingerprints`)."""
+
+    resources: list[dict[str, Any]] = field(default_factory=list)
+    refs: list[tuple[str, str]] = field(default_factory=list)
+    fingerprint: str | None = None
+
+
+def load_patients(
+    session: Session, patient_keys: Sequence[str], fingerprint: bool = False
+) -> dict[str, Loaded]:
+    """:func:`load_resources` with what was looked up, and each patient's fingerprint if asked."""
+    out: dict[str, Loaded] = {k: Loaded() for k in patient_keys}
     refs_of: dict[str, set[tuple[str, str]]] = {k: set() for k in patient_keys}
     have: dict[str, set[tuple[str, str]]] = {k: set() for k in patient_keys}
+    own: dict[str, list[tuple[str, str, str]]] = {k: [] for k in patient_keys}
     rows = session.connection().execute(_BY_PATIENT, {"keys": list(patient_keys)})
-    for key, rtype, rid, text in rows:
-        if key is None or not text:
+    for key, rtype, rid, digest, text in rows:
+        if key is None:
             continue
-        raw = _decode(text)
+        own[key].append((rtype, rid, digest))
+        raw = _decode(text) if text else None
         if not raw:
             continue
-        out[key].append(raw)
+        out[key].resources.append(raw)
         have[key].add((rtype, rid))
         refs_of[key].update(_references(text))
-    wanted: dict[str, dict[tuple[str, str], list[str]]] = {}
-    for key in out:
-        source = key.partition(":")[0]
-        for ref in refs_of[key] - have[key]:
-            wanted.setdefault(source, {}).setdefault(ref, []).append(key)
-    for source, refs in wanted.items():
+    for key, loaded in out.items():
+        loaded.refs = sorted(refs_of[key] - have[key])
+    found = _referenced(session, {k: v.refs for k, v in out.items()})
+    for key, loaded in out.items():
+        for ref in loaded.refs:
+            _, raw = found.get((key.partition(":")[0], *ref), ("", None))
+            if raw:
+                loaded.resources.append(dict(raw))
+        if fingerprint:
+            loaded.fingerprint = _fingerprint(own[key], loaded.refs, found, key)
+    return out
+
+
+def fingerprints(session: Session, refs: Mapping[str, Sequence[Sequence[str]]]) -> dict[str, str]:
+    """The fingerprint of each patient named (``refs``: the references outside the patient that its
+    resources make, as :func:`load_patients` found them) without reading any resource's JSON:
+    a hash of the content hash of every stored resource of the patient and of every referenced one
+    (a missing one counted as missing). Equal fingerprints, equal input: any write, deletion or
+    change of patient of a resource changes them (its content hash or its presence); so does a
+    change to a resource referenced — and a change to which ones are referenced is a change to
+    the patient's own resources."""
+    keys = list(refs)
+    own: dict[str, list[tuple[str, str, str]]] = {k: [] for k in keys}
+    for key, rtype, rid, digest in session.connection().execute(_HASHES, {"keys": keys}):
+        own[key].append((rtype, rid, digest))
+    wanted = {k: [(str(t), str(i)) for t, i in v] for k, v in refs.items()}
+    found = _referenced(session, wanted, with_raw=False)
+    return {k: _fingerprint(own[k], wanted[k], found, k) for k in keys}
+
+
+def _referenced(
+    session: Session, refs: Mapping[str, Sequence[tuple[str, str]]], with_raw: bool = True
+) -> dict[tuple[str, str, str], tuple[str, Any]]:
+    """``(source, type, id)`` → ``(content hash, raw)`` of the referenced resources found."""
+    wanted: dict[str, set[tuple[str, str]]] = {}
+    for key, items in refs.items():
+        if items:
+            wanted.setdefault(key.partition(":")[0], set()).update(items)
+    found: dict[tuple[str, str, str], tuple[str, Any]] = {}
+    for source, items in wanted.items():
         conds = [
-            sa.and_(col(Resource.resource_type) == t, col(Resource.resource_id) == i) for t, i in sorted(refs)
+            sa.and_(col(Resource.resource_type) == t, col(Resource.resource_id) == i)
+            for t, i in sorted(items)
         ]
+        columns = [Resource.resource_type, Resource.resource_id, Resource.content_hash]
+        if with_raw:
+            columns.append(Resource.raw)
         extra = session.exec(
-            select(Resource.resource_type, Resource.resource_id, Resource.raw).where(
+            select(*columns).where(  # type: ignore[call-overload]
                 Resource.source == source, col(Resource.deleted).is_(False), sa.or_(*conds)
             )
         ).all()
-        for rtype, rid, raw in extra:
-            for key in refs.get((rtype, rid), []):
-                if raw:
-                    out[key].append(dict(raw))
-    return out
+        for row in extra:
+            found[(source, row[0], row[1])] = (row[2], row[3] if with_raw else None)
+    return found
+
+
+def _fingerprint(
+    own: list[tuple[str, str, str]],
+    refs: Sequence[tuple[str, str]],
+    found: Mapping[tuple[str, str, str], tuple[str, Any]],
+    key: str,
+) -> str:
+    source = key.partition(":")[0]
+    h = hashlib.sha256()
+    for rtype, rid, digest in sorted(own):
+        h.update(f"{rtype}/{rid}={digest}\n".encode())
+    h.update(b"--\n")
+    for rtype, rid in refs:
+        digest = found.get((source, rtype, rid), ("-", None))[0]
+        h.update(f"{rtype}/{rid}={digest}\n".encode())
+    return h.hexdigest()
 
 
 _TABLE = Resource.__table__  # type: ignore[attr-defined]
 #: one statement (SQLAlchemy Core: no ORM work per row), the JSON as text
 _BY_PATIENT = sa.select(
-    _TABLE.c.patient_key, _TABLE.c.resource_type, _TABLE.c.resource_id, sa.cast(_TABLE.c.raw, sa.Text)
+    _TABLE.c.patient_key,
+    _TABLE.c.resource_type,
+    _TABLE.c.resource_id,
+    _TABLE.c.content_hash,
+    sa.cast(_TABLE.c.raw, sa.Text),
+).where(_TABLE.c.patient_key.in_(sa.bindparam("keys", expanding=True)), _TABLE.c.deleted.is_(False))
+_HASHES = sa.select(
+    _TABLE.c.patient_key, _TABLE.c.resource_type, _TABLE.c.resource_id, _TABLE.c.content_hash
 ).where(_TABLE.c.patient_key.in_(sa.bindparam("keys", expanding=True)), _TABLE.c.deleted.is_(False))
 
 

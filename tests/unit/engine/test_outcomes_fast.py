@@ -28,7 +28,9 @@ NOWS = (datetime(2025, 2, 1, 14, tzinfo=UTC), datetime(2026, 12, 1, 9, tzinfo=UT
 VIGNETTES = sorted(p for p in (FIXTURES / "vignettes").iterdir() if (p / "bundle.json").exists())
 
 
-def straightforward_rows(assessor: Assessor, resources: Sequence[Mapping[str, Any]], now: datetime) -> list[Row]:
+def straightforward_rows(
+    assessor: Assessor, resources: Sequence[Mapping[str, Any]], now: datetime
+) -> list[Row]:
     out: list[Row] = []
     for ref, facts in assessor.facts(resources).items():
         for outcome in assessor.entry(facts, ref, now).get("outcomes") or []:
@@ -86,3 +88,28 @@ def test_same_summary_on_a_varied_synthetic_set() -> None:
     assert 0 < rfa["criteriaMetBefore"]["share"] < 1
     assert 0 < rfa["relief3Months"]["share"] < 1
     assert rfa["relief6Months"]["n"] < rfa["procedures"]
+
+
+def test_rows_stay_the_same_until_the_instant_given() -> None:
+    """What the outcome cache relies on: the same resources give the same rows at any later date
+    before :func:`unchanged_until` (and the bound is not trivially now)."""
+    from tests.bench.outcomes import variants
+
+    assessor = Assessor.load("cms-lcd")
+    vs = variants()
+    rng = random.Random(11)
+    lasting = 0
+    for i in range(150):
+        v = vs[rng.randrange(len(vs))]
+        resources = [orjson.loads(text) for _, _, text in v.render(f"u-{i}", rng.randint(-420, 420), {})]
+        now = datetime(2024, 6, 1, tzinfo=UTC) + timedelta(days=rng.randint(0, 500), hours=rng.randint(0, 23))
+        rows, until = assessor.procedure_outcomes(resources, now)
+        later = [until - timedelta(seconds=1)] if until is not None else [now + timedelta(days=3650)]
+        if until is not None and until - now > timedelta(days=2):
+            later.append(now + (until - now) / 2)
+            lasting += 1
+        for when in later:
+            assert assessor.procedure_outcomes(resources, when)[0] == rows, (v.name, now, when)
+        if until is not None:  # and the bound is needed: a little later, something may change
+            assert until > now
+    assert lasting >= 50
