@@ -99,19 +99,14 @@ def _referenced(
         if items:
             wanted.setdefault(key.partition(":")[0], set()).update(items)
     found: dict[tuple[str, str, str], tuple[str, Any]] = {}
-    for source, items in wanted.items():
-        conds = [
-            sa.and_(col(Resource.resource_type) == t, col(Resource.resource_id) == i)
-            for t, i in sorted(items)
-        ]
-        columns = [Resource.resource_type, Resource.resource_id, Resource.content_hash]
+    for source, pairs in wanted.items():
+        conds = [sa.and_(_TABLE.c.resource_type == t, _TABLE.c.resource_id == i) for t, i in sorted(pairs)]
+        columns = [_TABLE.c.resource_type, _TABLE.c.resource_id, _TABLE.c.content_hash]
         if with_raw:
-            columns.append(Resource.raw)
-        extra = session.exec(
-            select(*columns).where(  # type: ignore[call-overload]
-                Resource.source == source, col(Resource.deleted).is_(False), sa.or_(*conds)
-            )
-        ).all()
+            columns.append(_TABLE.c.raw)
+        extra = session.connection().execute(
+            sa.select(*columns).where(_TABLE.c.source == source, _TABLE.c.deleted.is_(False), sa.or_(*conds))
+        )
         for row in extra:
             found[(source, row[0], row[1])] = (row[2], row[3] if with_raw else None)
     return found
