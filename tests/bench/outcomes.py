@@ -320,6 +320,7 @@ def main() -> None:
             admin(url, "VACUUM ANALYZE resource")
             print(f"seeded {args.n:,} patients, {rows:,} kept resources in {time.perf_counter() - t0:.0f} s")
         want = expected(args.n, now)
+        admin(url, "TRUNCATE outcome_cache")  # cold means cold, also with --url
         runs: list[tuple[str, str | None]] = [
             ("cold: no cache (as after a backfill)", None),
             ("warm: nothing changed", None),

@@ -37,13 +37,12 @@ from sqlmodel import Session
 import services.recommender.engine as _engine_pkg
 import shared.domain as _domain_pkg
 from services.recommender.assessor import Assessor
-from shared.db.models import OutcomeCache, Resource
+from shared.db.models import OutcomeCache
 from shared.logging import get_logger
 
 log = get_logger("pinpoint.outcomes")
 
 TABLE = OutcomeCache.__table__  # type: ignore[attr-defined]
-_RESOURCE = Resource.__table__  # type: ignore[attr-defined]
 
 
 @cache
@@ -117,13 +116,13 @@ def store(engine: sa.Engine, entries: list[dict[str, Any]]) -> None:
         log.warning("outcomes.cache_write_failed", entries=len(entries), error=type(exc).__name__)
 
 
-def prune(engine: sa.Engine) -> None:
-    """Forget the entries of patients with no stored resource left (best effort)."""
-    alive = sa.select(_RESOURCE.c.patient_key).where(
-        _RESOURCE.c.patient_key.is_not(None), _RESOURCE.c.deleted.is_(False)
-    )
+def prune(engine: sa.Engine, alive: Sequence[str]) -> None:
+    """Forget the entries of patients not in ``alive`` (those with stored resources, which the
+    summary has just listed): best effort, and no join with the resources."""
     try:
         with engine.begin() as conn:
-            conn.execute(sa.delete(TABLE).where(TABLE.c.patient_key.not_in(alive)))
+            gone = sorted(set(conn.execute(sa.select(TABLE.c.patient_key)).scalars()) - set(alive))
+            for i in range(0, len(gone), 1000):
+                conn.execute(sa.delete(TABLE).where(TABLE.c.patient_key.in_(gone[i : i + 1000])))
     except SQLAlchemyError as exc:
         log.warning("outcomes.cache_prune_failed", error=type(exc).__name__)

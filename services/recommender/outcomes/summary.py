@@ -154,7 +154,7 @@ def collect(engine: Engine, assessor: Assessor, now: datetime, jobs: int | None 
             for part, n in pool.map(_rows_of_range, *args):
                 rows += part
                 evaluated += n
-    cache.prune(engine)
+    cache.prune(engine, keys)
     log.info(
         "outcomes.collected",
         patients=len(keys),
