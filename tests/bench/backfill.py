@@ -12,21 +12,28 @@ PostgreSQL database:
 1. a raw ``COPY`` of every line (type, id, JSON) into a scratch table: the floor of any import;
 2. ``pinpoint import DIR --jobs J`` as its own process: resources/s and peak RSS;
 3. ``W`` × ``pinpoint worker --once`` at the same time on the filled queue: patients/s to
-   CarePlans (suggestions stored), peak RSS.
+   CarePlans (suggestions stored), also after the processes' start-up, peak RSS.
 
-Prints per-stage rates, the import / COPY ratio, peak memory and ``/proc/loadavg``, and the time
-projected for 10 M resources / 100 k patients from the measured rates. Not collected by pytest.
+For each stage also the CPU time of its processes and of the PostgreSQL backends serving them
+(per resource / per patient), which the other work on a shared machine does not inflate as much
+as wall time. Prints per-stage rates, the import / COPY ratio, peak memory and
+``/proc/loadavg``, and the time projected for 10 M resources / 100 k patients from the measured
+rates and from the CPU time. Not collected by pytest.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import random
+import re
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
@@ -64,30 +71,85 @@ def write_export(folder: Path, n: int, seed: int = 20260317) -> tuple[int, int]:
 
 
 _STAGE = """
-import resource, subprocess, sys
-procs = [subprocess.Popen(sys.argv[2:], stdout=subprocess.DEVNULL) for _ in range(int(sys.argv[1]))]
-codes = [p.wait() for p in procs]
-print(max(codes), resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+import json, resource, subprocess, sys
+procs = [subprocess.Popen(sys.argv[2:], stdout=subprocess.PIPE, text=True) for _ in range(int(sys.argv[1]))]
+outs = [p.communicate()[0] for p in procs]
+use = resource.getrusage(resource.RUSAGE_CHILDREN)
+print(json.dumps({"code": max(p.returncode for p in procs), "peak_kb": use.ru_maxrss,
+                  "cpu": use.ru_utime + use.ru_stime, "out": outs}))
 """
 
 
-def timed(args: list[str], env: dict[str, str], procs: int = 1) -> tuple[float, float]:
+@dataclass
+class Stage:
+    wall: float  # seconds
+    peak_mb: float  # peak RSS of any process of the stage
+    cpu: float  # CPU seconds of the stage's processes (user + system)
+    db_cpu: float  # CPU seconds of the PostgreSQL backends serving them (sampled)
+    out: list[str]  # each process's standard output
+
+
+class BackendCpu:
+    """CPU time of the PostgreSQL backends connected to one database, read from /proc every
+    quarter second while a stage runs (the server is on this machine); a backend's last
+    quarter second before it exits is missed."""
+
+    def __init__(self, url: str, database: str) -> None:
+        self._engine = sa.create_engine(url)
+        self._database = database
+        self._seen: dict[int, float] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._tick = os.sysconf("SC_CLK_TCK")
+
+    def __enter__(self) -> BackendCpu:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._engine.dispose()
+
+    @property
+    def seconds(self) -> float:
+        return sum(self._seen.values())
+
+    def _run(self) -> None:
+        query = sa.text("SELECT pid FROM pg_stat_activity WHERE datname = :d AND pid <> pg_backend_pid()")
+        with self._engine.connect() as conn:
+            while not self._stop.wait(0.25):
+                for (pid,) in conn.execute(query, {"d": self._database}).all():
+                    try:
+                        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                    except OSError:
+                        continue
+                    self._seen[pid] = (int(fields[11]) + int(fields[12])) / self._tick
+                conn.rollback()
+
+
+def timed(args: list[str], env: dict[str, str], url: str, database: str, procs: int = 1) -> Stage:
     """``procs`` copies of ``pinpoint <args>`` at once, under a small parent of their own so that
-    the peak RSS is this stage's: (wall seconds, peak RSS MB of any process of the stage)."""
+    the peak RSS and CPU time are this stage's, and the CPU time of the database backends
+    serving them."""
     t0 = time.perf_counter()
-    out = subprocess.run(
-        [sys.executable, "-c", _STAGE, str(procs), str(PINPOINT), *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=7200,
-        check=True,
-    )
+    with BackendCpu(url, database) as db:
+        out = subprocess.run(
+            [sys.executable, "-c", _STAGE, str(procs), str(PINPOINT), *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=7200,
+            check=True,
+        )
     wall = time.perf_counter() - t0
-    code, peak_kb = (int(x) for x in out.stdout.split())
-    if code != 0:
-        raise SystemExit(f"pinpoint {' '.join(args)} exited with {code}")
-    return wall, peak_kb / 1024
+    result = json.loads(out.stdout)
+    if result["code"] != 0:
+        raise SystemExit(f"pinpoint {' '.join(args)} exited with {result['code']}")
+    return Stage(wall, result["peak_kb"] / 1024, result["cpu"], db.seconds, result["out"])
+
+
+_DRAINED = re.compile(r"evaluated (\d+) patient\(s\).* in ([\d.]+) s")
 
 
 def main() -> None:
@@ -113,12 +175,12 @@ def main() -> None:
         env = clean_env(PINPOINT_DATABASE_URL=url, PINPOINT_LOG_LEVEL="warning")
         # Bytecode cached as in an installed deployment: not recompiled by every process started.
         env.pop("PYTHONDONTWRITEBYTECODE", None)
-        import_s, import_rss = timed(["import", str(folder), "--jobs", str(args.jobs)], env)
+        imp = timed(["import", str(folder), "--jobs", str(args.jobs)], env, url, name)
         engine = sa.create_engine(url)
         with engine.connect() as conn:
             kept = conn.execute(sa.text("SELECT count(*) FROM resource")).scalar_one()
             queued = conn.execute(sa.text("SELECT count(*) FROM evaluation_queue")).scalar_one()
-        work_s, work_rss = timed(["worker", "--once"], env, procs=args.workers)
+        work = timed(["worker", "--once"], env, url, name, procs=args.workers)
         with engine.connect() as conn:
             left = conn.execute(sa.text("SELECT count(*) FROM evaluation_queue")).scalar_one()
             plans = conn.execute(
@@ -128,27 +190,45 @@ def main() -> None:
     finally:
         drop_db(name)
         tmp.cleanup()
-    import_rate, copy_rate = resources / import_s, n_copy / copy_s
+    cores = os.cpu_count() or 1
+    import_rate, copy_rate = resources / imp.wall, n_copy / copy_s
     done = queued - left
-    work_rate = done / work_s
+    work_rate = done / work.wall
+    drains = [(int(m[1]), float(m[2])) for m in (_DRAINED.search(o) for o in work.out) if m]
+    drain_s = max((sec for _, sec in drains), default=work.wall)
+    drain_rate = sum(n for n, _ in drains) / drain_s if drains else work_rate
     print(f"  raw COPY of every line:   {copy_rate:10,.0f} resources/s ({copy_s:.1f} s)")
     print(
-        f"  pinpoint import --jobs {args.jobs}: {import_rate:10,.0f} resources/s ({import_s:.1f} s,"
+        f"  pinpoint import --jobs {args.jobs}: {import_rate:10,.0f} resources/s ({imp.wall:.1f} s,"
         f" {kept:,} kept, {queued:,} patients queued); {import_rate / copy_rate:.2f} x raw COPY;"
-        f" peak RSS {import_rss:.0f} MB"
+        f" peak RSS {imp.peak_mb:.0f} MB; CPU {imp.cpu * 1e6 / resources:.0f} µs/resource"
+        f" + database {imp.db_cpu * 1e6 / resources:.0f} µs/resource"
     )
     print(
-        f"  {args.workers} x pinpoint worker --once: {work_rate:10,.0f} patients/s ({work_s:.1f} s,"
-        f" {done:,} evaluated, {left:,} left, {plans:,} CarePlans); peak RSS {work_rss:.0f} MB"
+        f"  {args.workers} x pinpoint worker --once: {work_rate:10,.0f} patients/s ({work.wall:.1f} s,"
+        f" {done:,} evaluated, {left:,} left, {plans:,} CarePlans); peak RSS {work.peak_mb:.0f} MB"
+    )
+    print(
+        f"      after start-up ({work.wall - drain_s:.1f} s): {drain_rate:,.0f} patients/s;"
+        f" CPU {work.cpu * 1e3 / max(done, 1):.2f} ms/patient (start-up included)"
+        f" + database {work.db_cpu * 1e3 / max(done, 1):.2f} ms/patient"
     )
     per_patient = resources / args.n
-    projected = 10_000_000 / import_rate + 100_000 / work_rate
+    import_min = 10_000_000 / import_rate / 60
+    work_min = ((work.wall - drain_s) + 100_000 / drain_rate) / 60
     print(
-        f"  projected for 10 M resources / 100 k patients ({per_patient:.0f} a patient here): import"
-        f" {10_000_000 / import_rate / 60:.1f} min + workers {100_000 / work_rate / 60:.1f} min ="
-        f" {projected / 60:.1f} min (goal <= 20 min)"
+        f"  projected for 10 M resources / 100 k patients ({per_patient:.0f} a patient here), at this"
+        f" run's rates: import {import_min:.1f} min + workers {work_min:.1f} min ="
+        f" {import_min + work_min:.1f} min (goal <= 20 min)"
     )
-    print(f"  /proc/loadavg: {loadavg()} ({os.cpu_count()} CPUs, shared)")
+    cpu_import = (imp.cpu + imp.db_cpu) / resources * 10_000_000 / cores / 60
+    cpu_work = (work.cpu + work.db_cpu) / max(done, 1) * 100_000 / cores / 60
+    print(
+        f"  the same from CPU time (the stage's processes and their database backends, {cores} cores"
+        f" to ourselves): import {cpu_import:.1f} min + workers {cpu_work:.1f} min ="
+        f" {cpu_import + cpu_work:.1f} min"
+    )
+    print(f"  /proc/loadavg: {loadavg()} ({cores} CPUs, shared)")
 
 
 if __name__ == "__main__":
