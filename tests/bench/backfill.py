@@ -31,7 +31,6 @@ import re
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,7 +43,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from tests.bench._load import loadavg  # noqa: E402
-from tests.bench._pg import drop_db, fresh_db, raw_copy  # noqa: E402
+from tests.bench._pg import BackendCPU, drop_db, fresh_db, raw_copy  # noqa: E402
 from tests.bench.evaluate import noise, patient  # noqa: E402
 from tests.serving import PINPOINT, clean_env  # noqa: E402
 
@@ -85,55 +84,16 @@ class Stage:
     wall: float  # seconds
     peak_mb: float  # peak RSS of any process of the stage
     cpu: float  # CPU seconds of the stage's processes (user + system)
-    db_cpu: float  # CPU seconds of the PostgreSQL backends serving them (sampled)
+    server: float  # CPU seconds of the PostgreSQL backends serving them
     out: list[str]  # each process's standard output
 
 
-class BackendCpu:
-    """CPU time of the PostgreSQL backends connected to one database, read from /proc every
-    quarter second while a stage runs (the server is on this machine); a backend's last
-    quarter second before it exits is missed."""
-
-    def __init__(self, url: str, database: str) -> None:
-        self._engine = sa.create_engine(url)
-        self._database = database
-        self._seen: dict[int, float] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._tick = os.sysconf("SC_CLK_TCK")
-
-    def __enter__(self) -> BackendCpu:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        self._engine.dispose()
-
-    @property
-    def seconds(self) -> float:
-        return sum(self._seen.values())
-
-    def _run(self) -> None:
-        query = sa.text("SELECT pid FROM pg_stat_activity WHERE datname = :d AND pid <> pg_backend_pid()")
-        with self._engine.connect() as conn:
-            while not self._stop.wait(0.25):
-                for (pid,) in conn.execute(query, {"d": self._database}).all():
-                    try:
-                        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-                    except OSError:
-                        continue
-                    self._seen[pid] = (int(fields[11]) + int(fields[12])) / self._tick
-                conn.rollback()
-
-
-def timed(args: list[str], env: dict[str, str], url: str, database: str, procs: int = 1) -> Stage:
+def timed(args: list[str], env: dict[str, str], database: str, procs: int = 1) -> Stage:
     """``procs`` copies of ``pinpoint <args>`` at once, under a small parent of their own so that
     the peak RSS and CPU time are this stage's, and the CPU time of the database backends
-    serving them."""
+    serving them (:class:`~tests.bench._pg.BackendCPU`)."""
     t0 = time.perf_counter()
-    with BackendCpu(url, database) as db:
+    with BackendCPU(database) as server:
         out = subprocess.run(
             [sys.executable, "-c", _STAGE, str(procs), str(PINPOINT), *args],
             env=env,
@@ -146,7 +106,7 @@ def timed(args: list[str], env: dict[str, str], url: str, database: str, procs: 
     result = json.loads(out.stdout)
     if result["code"] != 0:
         raise SystemExit(f"pinpoint {' '.join(args)} exited with {result['code']}")
-    return Stage(wall, result["peak_kb"] / 1024, result["cpu"], db.seconds, result["out"])
+    return Stage(wall, result["peak_kb"] / 1024, result["cpu"], server.seconds, result["out"])
 
 
 _DRAINED = re.compile(r"evaluated (\d+) patient\(s\).* in ([\d.]+) s \(([\d.]+) s CPU\)")
@@ -156,7 +116,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("n", nargs="?", type=int, default=2000)
     parser.add_argument("--jobs", type=int, default=2)
-    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--workers", type=int, default=2, help="0: import only")
     parser.add_argument("--keep", type=Path, help="write the export here and keep it")
     args = parser.parse_args()
     tmp = tempfile.TemporaryDirectory(prefix="pinpoint-backfill-")
@@ -170,17 +130,23 @@ def main() -> None:
         f" {size / 1e6:,.0f} MB NDJSON (written in {gen_s:.0f} s)"
     )
     name, url = fresh_db()
+    work: Stage | None = None
     try:
-        n_copy, copy_s = raw_copy(url, folder)
+        cpu0 = time.process_time()
+        with BackendCPU(name) as copy_server:
+            n_copy, copy_s = raw_copy(url, folder)
+        copy_client = time.process_time() - cpu0
         env = clean_env(PINPOINT_DATABASE_URL=url, PINPOINT_LOG_LEVEL="warning")
         # Bytecode cached as in an installed deployment: not recompiled by every process started.
         env.pop("PYTHONDONTWRITEBYTECODE", None)
-        imp = timed(["import", str(folder), "--jobs", str(args.jobs)], env, url, name)
+        imp = timed(["import", str(folder), "--jobs", str(args.jobs)], env, name)
         engine = sa.create_engine(url)
         with engine.connect() as conn:
             kept = conn.execute(sa.text("SELECT count(*) FROM resource")).scalar_one()
             queued = conn.execute(sa.text("SELECT count(*) FROM evaluation_queue")).scalar_one()
-        work = timed(["worker", "--once"], env, url, name, procs=args.workers)
+        import_load = loadavg()
+        if args.workers:
+            work = timed(["worker", "--once"], env, name, procs=args.workers)
         with engine.connect() as conn:
             left = conn.execute(sa.text("SELECT count(*) FROM evaluation_queue")).scalar_one()
             plans = conn.execute(
@@ -192,27 +158,37 @@ def main() -> None:
         tmp.cleanup()
     cores = os.cpu_count() or 1
     import_rate, copy_rate = resources / imp.wall, n_copy / copy_s
+    copy_cpu = copy_client + copy_server.seconds
+    import_cpu = imp.cpu + imp.server
+    print(f"  raw COPY of every line:   {copy_rate:10,.0f} resources/s ({copy_s:.1f} s)")
+    print(
+        f"  pinpoint import --jobs {args.jobs}: {import_rate:10,.0f} resources/s ({imp.wall:.1f} s,"
+        f" {kept:,} kept, {queued:,} patients queued); {import_rate / copy_rate:.2f} x raw COPY;"
+        f" peak RSS {imp.peak_mb:.0f} MB"
+    )
+    print(
+        f"  CPU (client + server): raw COPY {copy_client:.1f} + {copy_server.seconds:.1f} s ="
+        f" {1e6 * copy_cpu / n_copy:.0f} us a resource; import {imp.cpu:.1f} +"
+        f" {imp.server:.1f} s = {1e6 * import_cpu / resources:.0f} us a resource;"
+        f" per CPU second, import {(copy_cpu / n_copy) / (import_cpu / resources):.2f} x raw COPY"
+    )
+    print(f"  /proc/loadavg after the import: {import_load}")
+    if work is None:
+        return
     done = queued - left
     work_rate = done / work.wall
     drains = [(int(m[1]), float(m[2]), float(m[3])) for m in (_DRAINED.search(o) for o in work.out) if m]
     drain_s = max((sec for _, sec, _ in drains), default=work.wall)
     drain_rate = sum(n for n, _, _ in drains) / drain_s if drains else work_rate
     drain_cpu = sum(cpu for _, _, cpu in drains) if drains else work.cpu
-    print(f"  raw COPY of every line:   {copy_rate:10,.0f} resources/s ({copy_s:.1f} s)")
-    print(
-        f"  pinpoint import --jobs {args.jobs}: {import_rate:10,.0f} resources/s ({imp.wall:.1f} s,"
-        f" {kept:,} kept, {queued:,} patients queued); {import_rate / copy_rate:.2f} x raw COPY;"
-        f" peak RSS {imp.peak_mb:.0f} MB; CPU {imp.cpu * 1e6 / resources:.0f} µs/resource"
-        f" + database {imp.db_cpu * 1e6 / resources:.0f} µs/resource"
-    )
     print(
         f"  {args.workers} x pinpoint worker --once: {work_rate:10,.0f} patients/s ({work.wall:.1f} s,"
         f" {done:,} evaluated, {left:,} left, {plans:,} CarePlans); peak RSS {work.peak_mb:.0f} MB"
     )
     print(
         f"      after start-up ({work.wall - drain_s:.1f} s): {drain_rate:,.0f} patients/s;"
-        f" CPU {work.cpu * 1e3 / max(done, 1):.2f} ms/patient ({drain_cpu * 1e3 / max(done, 1):.2f}"
-        f" after start-up) + database {work.db_cpu * 1e3 / max(done, 1):.2f} ms/patient"
+        f" CPU {work.cpu * 1e3 / max(done, 1):.2f} ms a patient ({drain_cpu * 1e3 / max(done, 1):.2f}"
+        f" after start-up) + server {work.server * 1e3 / max(done, 1):.2f} ms a patient"
     )
     per_patient = resources / args.n
     import_min = 10_000_000 / import_rate / 60
@@ -222,13 +198,12 @@ def main() -> None:
         f" run's rates: import {import_min:.1f} min + workers {work_min:.1f} min ="
         f" {import_min + work_min:.1f} min (goal <= 20 min)"
     )
-    cpu_import = (imp.cpu + imp.db_cpu) / resources * 10_000_000 / cores / 60
-    # start-up once per process, then the drain's CPU per patient
-    cpu_work = ((work.cpu - drain_cpu) + (drain_cpu + work.db_cpu) / max(done, 1) * 100_000) / cores / 60
+    cpu_import = import_cpu / resources * 10_000_000 / cores / 60
+    # start-up once per process, then the drain's CPU (and the server's) per patient
+    cpu_work = ((work.cpu - drain_cpu) + (drain_cpu + work.server) / max(done, 1) * 100_000) / cores / 60
     print(
-        f"  the same from CPU time (the stage's processes and their database backends, {cores} cores"
-        f" to ourselves): import {cpu_import:.1f} min + workers {cpu_work:.1f} min ="
-        f" {cpu_import + cpu_work:.1f} min"
+        f"  the same from CPU time (client and server, all {cores} cores to ourselves):"
+        f" import {cpu_import:.1f} min + workers {cpu_work:.1f} min = {cpu_import + cpu_work:.1f} min"
     )
     print(f"  /proc/loadavg: {loadavg()} ({cores} CPUs, shared)")
 
