@@ -190,7 +190,10 @@ def worker(
 
 
 def _report_once(settings: Settings, stats: DrainStats, delivered: DeliveryStats) -> None:
-    typer.echo(f"evaluated {stats.evaluated} patient(s): {stats.stored} stored, {stats.failed} failed")
+    typer.echo(
+        f"evaluated {stats.evaluated} patient(s): {stats.stored} stored, {stats.failed} failed"
+        f" in {stats.seconds:.1f} s ({stats.cpu_seconds:.1f} s CPU)"
+    )
     if settings.config.writeback is None:
         typer.echo("write-back not configured: suggestions kept locally")
         return

@@ -35,7 +35,12 @@ def nesting_depth(value: Any, limit: int = MAX_DEPTH) -> int:
     return deepest
 
 
-def too_deep(value: Any, limit: int = MAX_DEPTH) -> bool:
+def too_deep(value: Any, limit: int = MAX_DEPTH, body: bytes | None = None) -> bool:
+    """Whether parsed JSON nests deeper than ``limit``. With the ``body`` it was parsed from, a
+    body holding at most ``limit`` opening brackets (counted in C, strings included) cannot, and
+    the walk is skipped."""
+    if body is not None and body.count(b"{") + body.count(b"[") <= limit:
+        return False
     return nesting_depth(value, limit) > limit
 
 

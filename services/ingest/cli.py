@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,8 @@ from shared.cli import NOTHING_DONE, PARTLY, engine_or_exit, print_table, settin
 from shared.errors import PinpointError
 
 if TYPE_CHECKING:
+    from rich.progress import Progress, TaskID
+
     from shared.db.deadletters import Replayer
     from shared.settings import Settings
 
@@ -30,6 +33,21 @@ dead_letters_app = typer.Typer(
 
 #: dead_letter.id is an INTEGER column (32-bit on PostgreSQL); deadletters/replay.py MAX_ROW_ID.
 MAX_DEAD_LETTER_ID = 2**31 - 1
+
+
+def _redrawn(bar: Progress, task: TaskID) -> Callable[[int], None]:
+    """Advance ``task`` by a number of bytes, redrawing ``bar`` at most ten times a second."""
+    last = 0.0
+
+    def advance(n: int) -> None:
+        nonlocal last
+        bar.advance(task, n)
+        now = time.monotonic()
+        if now - last >= 0.1:
+            bar.refresh()
+            last = now
+
+    return advance
 
 
 def import_command(
@@ -51,7 +69,7 @@ def import_command(
         TransferSpeedColumn,
     )
 
-    from services.ingest.bulk import expand, import_paths  # lazy
+    from services.ingest.bulk import expand, import_paths, quiet_collector  # lazy
 
     missing = [p for p in paths if not p.exists()]
     if missing:
@@ -64,6 +82,7 @@ def import_command(
         typer.echo(f"pinpoint: source {source!r} is not configured", err=True)
         raise typer.Exit(code=NOTHING_DONE) from None
     engine = engine_or_exit(settings)
+    quiet_collector()  # this process only imports from here on
     jobs = jobs or os.cpu_count() or 1
     console = Console(stderr=True)
     files = expand(paths)
@@ -71,14 +90,18 @@ def import_command(
     try:
         if console.is_terminal:
             columns = ("[progress.description]{task.description}", BarColumn(), DownloadColumn())
-            with Progress(*columns, TransferSpeedColumn(), TimeRemainingColumn(), console=console) as bar:
+            # Redrawn by the import's own thread (no refresh thread: the import may fork workers).
+            bar = Progress(
+                *columns, TransferSpeedColumn(), TimeRemainingColumn(), console=console, auto_refresh=False
+            )
+            with bar:
                 task = bar.add_task("importing", total=total)
                 report = import_paths(
                     engine,
                     src,
                     files,
                     batch_size=batch_size,
-                    progress=lambda n: bar.advance(task, n),
+                    progress=_redrawn(bar, task),
                     jobs=jobs,
                 )
         else:

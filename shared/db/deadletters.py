@@ -27,6 +27,8 @@ def add_dead_letters(session: Session, rows: list[DeadLetter]) -> list[DeadLette
     with the same digest is counted (``occurrences``, ``last_seen_at``) instead of added again:
     re-deliveries and re-imports leave one row to inspect and replay. Returns the rows that
     stand for ``rows``, in order."""
+    if not rows:
+        return []
     for row in rows:
         # The payload is bytes (any bytes are kept); the text beside it may quote the payload
         # and must be storable on PostgreSQL too (no NUL, no lone surrogate).

@@ -10,9 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import date, datetime
 
+from shared.domain._frozen import quick_init
+
 Side = str  # "left" | "right" | "bilateral"
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Injectate:
     """What was injected: local anaesthetic agent class, steroid and its dose (CONTRACT §4)."""
@@ -23,6 +26,7 @@ class Injectate:
     steroid_mg: float | None = None
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Intervention:
     """A completed (or otherwise stated) pain procedure: a block, an ablation or an injection."""
@@ -46,6 +50,7 @@ class Intervention:
         return self.status == "completed"
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class PainReading:
     """One pain score on its own scale (0-10, or VAS 0-100 mm)."""
@@ -58,6 +63,7 @@ class PainReading:
     side: Side | None = None
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class FunctionScore:
     """One total score of a functional instrument (issue 19; :mod:`shared.domain.function`).
@@ -83,6 +89,7 @@ class FunctionScore:
     side: Side | None = None
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class ConditionFact:
     ref: str
@@ -93,6 +100,7 @@ class ConditionFact:
     region: str | None  # anatomical region when the code tells it
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class ConservativeCare:
     ref: str
@@ -100,6 +108,7 @@ class ConservativeCare:
     start: date
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Sedation:
     """IV sedation or anaesthesia: a sedative given IV (or with no route) or a 99152/0193x procedure."""
@@ -110,6 +119,7 @@ class Sedation:
     agent: str  # midazolam | fentanyl | propofol | procedure
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class SteroidExposure:
     """A corticosteroid given by a route other than oral (CONTRACT §6 "Cumulative steroid")."""
@@ -123,6 +133,7 @@ class SteroidExposure:
     side: Side | None
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Order:
     """A ServiceRequest under check (CONTRACT §1 "Orders to check")."""
@@ -142,6 +153,7 @@ class Order:
     reason_codes: tuple[str, ...] = ()
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class PatientFacts:
     patient: str  # "Patient/<id>"

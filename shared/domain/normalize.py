@@ -268,8 +268,8 @@ def _body_structures(
 
 def _structure_concepts(bs: Mapping[str, Any]) -> tuple[list[Any], list[Any]]:
     """(location-like concepts, laterality concepts) of an R4 or R5 BodyStructure."""
-    locations = j.as_list(bs.get("location"))
-    qualifiers = j.as_list(bs.get("locationQualifier"))
+    locations = list(j.as_list(bs.get("location")))  # copies: the resource's lists stay as read
+    qualifiers = list(j.as_list(bs.get("locationQualifier")))
     for inc in j.as_list(bs.get("includedStructure")):
         if isinstance(inc, Mapping):
             locations += j.as_list(inc.get("structure"))
@@ -277,7 +277,33 @@ def _structure_concepts(bs: Mapping[str, Any]) -> tuple[list[Any], list[Any]]:
     return locations, qualifiers
 
 
+_SITES: dict[tuple[str, str | None, str, str, str], _Site] = {}
+
+
 def _site(
+    resource: Mapping[str, Any], kind: str, default_region: str | None, bs_index: Mapping[str, Any]
+) -> _Site:
+    """Where the resource acts. Body sites and codes repeat across patients (a patient's blocks,
+    a clinic's templates): without a BodyStructure extension the answer depends only on the
+    ``bodySite``, ``code`` and ``note`` read, so it is remembered by their text (bounded)."""
+    if "extension" in resource:
+        return _site_of(resource, kind, default_region, bs_index)
+    key = (
+        kind,
+        default_region,
+        repr(resource.get("bodySite")),
+        repr(resource.get("code")),
+        repr(resource.get("note")),
+    )
+    site = _SITES.get(key)
+    if site is None:
+        if len(_SITES) >= 4096:
+            _SITES.clear()
+        site = _SITES[key] = _site_of(resource, kind, default_region, bs_index)
+    return site
+
+
+def _site_of(
     resource: Mapping[str, Any], kind: str, default_region: str | None, bs_index: Mapping[str, Any]
 ) -> _Site:
     body_sites = j.as_list(resource.get("bodySite"))
@@ -470,35 +496,34 @@ class _Builder:
         return out
 
     def build(self) -> PatientFacts:
-        self.procedures = _dedupe(self.procedures)
-        self.admins = _dedupe(self.admins)
-        self.requests = _dedupe(self.requests)
-        proc_index = {_ref(p): p for p in self.procedures}
+        proc_index = _dedupe(self.procedures)
+        admins = _dedupe(self.admins)
+        requests = _dedupe(self.requests)
         part_of: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
         sedations: list[Sedation] = []
         steroids: list[SteroidExposure] = []
         linked: set[str] = set()
-        for ma in self.admins:
+        for ma_ref, ma in admins.items():
             if _status(ma) in _VOID_STATUS:
                 continue
             names = j.rxnorm_names(_medication_concept(ma, self.meds) or {})
             parents = [r for r in j.references(ma.get("partOf")) if r in proc_index]
             for parent in parents:
                 part_of[parent].append(ma)
-                linked.add(_ref(ma))
+                linked.add(ma_ref)
             start, end = j.period_start_end(ma, "effective")
             routes = j.dosage_routes(ma)
             if start and end and names & t.SEDATIVE_NAMES and not any(j.route_is_oral(r) for r in routes):
-                sedations.append(Sedation(_ref(ma), start, end, sorted(names & t.SEDATIVE_NAMES)[0]))
+                sedations.append(Sedation(ma_ref, start, end, sorted(names & t.SEDATIVE_NAMES)[0]))
             steroid_names = sorted(names & t.STEROID_NAMES)
             if steroid_names and not parents and start and not any(j.route_is_oral(r) for r in routes):
                 steroids.append(
                     SteroidExposure(
-                        _ref(ma), start, steroid_names[0], _dose_mg(ma.get("dosage")), "other", (), None
+                        ma_ref, start, steroid_names[0], _dose_mg(ma.get("dosage")), "other", (), None
                     )
                 )
         interventions: list[Intervention] = []
-        for proc in self.procedures:
+        for ref, proc in proc_index.items():
             status = _status(proc)
             if status in _VOID_STATUS:
                 continue
@@ -507,19 +532,19 @@ class _Builder:
             if start is None or end is None:
                 continue
             if any(c in t.SEDATION_CPT for c in codes) and status == "completed":
-                sedations.append(Sedation(_ref(proc), start, end, "procedure"))
+                sedations.append(Sedation(ref, start, end, "procedure"))
                 continue
             if any(c in t.PHYSICAL_THERAPY_CPT for c in codes) and status in ("completed", "in-progress"):
-                self.care.append(ConservativeCare(_ref(proc), "physical-therapy", start.date()))
+                self.care.append(ConservativeCare(ref, "physical-therapy", start.date()))
                 continue
             kind = _kind(codes)
-            injectate = self._procedure_injectate(proc, part_of.get(_ref(proc), []))
+            injectate = self._procedure_injectate(proc, part_of.get(ref, []))
             if kind is None:
                 if injectate.steroid and status == "completed":
                     site = _site(proc, "", None, self.bs_index)
                     steroids.append(
                         SteroidExposure(
-                            _ref(proc),
+                            ref,
                             end,
                             injectate.steroid,
                             injectate.steroid_mg,
@@ -531,7 +556,7 @@ class _Builder:
                 continue
             site = _site(proc, kind[0], kind[1], self.bs_index)
             iv = Intervention(
-                ref=_ref(proc),
+                ref=ref,
                 kind=kind[0],
                 codes=tuple(sorted(set(codes))),
                 status=status,
@@ -553,7 +578,9 @@ class _Builder:
                     )
                 )
         performed_based_on = {r for iv in interventions for r in iv.based_on}
-        orders = [o for o in (self._order(sr, performed_based_on) for sr in self.requests) if o is not None]
+        orders = [
+            o for o in (self._order(r, sr, performed_based_on) for r, sr in requests.items()) if o is not None
+        ]
         key_iv = lambda x: (x.end, x.ref)  # noqa: E731
         return PatientFacts(
             patient=self.patient,
@@ -588,11 +615,11 @@ class _Builder:
             names |= j.rxnorm_names(cc)
         return _injectate_from(names, _mg_in(j.texts(used)))
 
-    def _order(self, sr: Mapping[str, Any], performed_based_on: set[str]) -> Order | None:
+    def _order(self, ref: str, sr: Mapping[str, Any], performed_based_on: set[str]) -> Order | None:
         status, intent = _status(sr), sr.get("intent")
         if intent not in _ORDER_INTENTS or j.is_own_proposal(sr):
             return None
-        if not (status == "draft" or (status == "active" and _ref(sr) not in performed_based_on)):
+        if not (status == "draft" or (status == "active" and ref not in performed_based_on)):
             return None
         codes = j.procedure_codes(sr.get("code"))
         kind = _kind(codes)
@@ -618,7 +645,7 @@ class _Builder:
             requested = j.parse_date(sr.get("authoredOn"))
         reasons = tuple(sorted(_icd(c) for c in j.code_set(sr.get("reasonCode"), t.ICD10CM)))
         return Order(
-            ref=_ref(sr),
+            ref=ref,
             kind=kind[0],
             codes=tuple(sorted(set(codes))),
             status=status,
@@ -643,15 +670,15 @@ def _newer(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
     return json.dumps(a, sort_keys=True, default=str) > json.dumps(b, sort_keys=True, default=str)
 
 
-def _dedupe(resources: list[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
-    """One version per ``Type/id`` (see :func:`_newer`)."""
+def _dedupe(resources: list[Mapping[str, Any]]) -> dict[str, Mapping[str, Any]]:
+    """One version per ``Type/id`` (see :func:`_newer`): ``{"Type/id": resource}``."""
     best: dict[str, Mapping[str, Any]] = {}
     for res in resources:
         ref = _ref(res)
         current = best.get(ref)
         if current is None or _newer(res, current):
             best[ref] = res
-    return list(best.values())
+    return best
 
 
 def _obs_rank(obs: Mapping[str, Any]) -> tuple[int, str, str]:

@@ -7,7 +7,7 @@ relevance on the raw dict first and validate only what they keep.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from functools import cache
 from typing import Any
 
@@ -39,6 +39,13 @@ def _model(resource_type: str) -> type[BaseModel] | None:
 
 def is_known_type(resource_type: str) -> bool:
     return _model(resource_type) is not None
+
+
+def load_models(resource_types: Iterable[str]) -> None:
+    """Import the R4B models of these types now (each is otherwise imported on first use): a
+    process about to fork workers loads them once for all of them."""
+    for resource_type in resource_types:
+        _model(resource_type)
 
 
 @cache

@@ -1,10 +1,13 @@
-"""PostgreSQL for the benchmarks: a throw-away database at migration head, created and dropped."""
+"""PostgreSQL for the benchmarks: a throw-away database at migration head, created and dropped
+(named ``$PINPOINT_BENCH_DB_PREFIX_…``, default ``pinpoint_bench_…``)."""
 
 from __future__ import annotations
 
 import os
+import threading
 import time
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -24,7 +27,8 @@ def admin(pg: str, sql: str) -> None:
 
 def fresh_db(pg: str = ADMIN_URL) -> tuple[str, str]:
     """A new database migrated to head: ``(name, url)``; drop it with ``drop_db``."""
-    name = f"pinpoint_bench_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+    prefix = os.environ.get("PINPOINT_BENCH_DB_PREFIX", "pinpoint_bench")
+    name = f"{prefix}_{os.getpid()}_{uuid.uuid4().hex[:6]}"
     admin(pg, f'CREATE DATABASE "{name}"')
     url = pg.rsplit("/", 1)[0] + f"/{name}"
     eng = make_engine(url)
@@ -38,32 +42,37 @@ def drop_db(name: str, pg: str = ADMIN_URL) -> None:
 
 
 def raw_copy(url: str, root: Path) -> tuple[int, float]:
-    """Parse the same files and COPY (source, type, id, json) rows: the floor of any import."""
+    """The floor of any import: every line (every resource of a Bundle file) parsed only for its
+    type and id and COPYed, as it stands, into a table like ``resource`` (same columns, indexes
+    and constraints: ``LIKE resource INCLUDING ALL``) with its patient and a hash of its bytes;
+    one ``COPY`` stream, one transaction, nothing validated, classified or dropped."""
+    import hashlib
+
     import orjson
     import psycopg
 
     from services.ingest.bulk import expand
     from services.ingest.intake.bundles import flatten
+    from shared.domain.relevance import patient_reference
     from shared.fhir.bundle import resource_id
 
     dsn = url.replace("postgresql+psycopg://", "postgresql://")
     start = time.perf_counter()
     n = 0
     with psycopg.connect(dsn) as conn:
-        conn.execute(
-            "CREATE TABLE raw_copy (source text, resource_type text, resource_id text, raw jsonb, "
-            "UNIQUE (source, resource_type, resource_id))"
-        )
-        with conn.cursor() as cur, cur.copy("COPY raw_copy FROM STDIN") as copy:
+        conn.execute("CREATE TABLE raw_copy (LIKE resource INCLUDING ALL)")
+        columns = "source, resource_type, resource_id, patient_key, content_hash, deleted, raw, received_at"
+        now = datetime.now(UTC)
+        with conn.cursor() as cur, cur.copy(f"COPY raw_copy ({columns}) FROM STDIN") as copy:
             seen: set[tuple[str, str]] = set()
             for path in expand([root]):
                 if path.name.endswith(".ndjson"):
-                    items = (orjson.loads(line) for line in path.open("rb") if line.strip())
-                    pairs = ((None, r) for r in items)
+                    lines = (line for line in path.open("rb") if line.strip())
+                    pairs = ((None, line.rstrip(b"\r\n"), orjson.loads(line)) for line in lines)
                 else:
                     data = orjson.loads(path.read_bytes().removeprefix(b"\xef\xbb\xbf"))
-                    pairs = ((c.full_url, c.resource) for c in flatten(data, None, 0))
-                for full_url, res in pairs:
+                    pairs = ((c.full_url, orjson.dumps(c.resource), c.resource) for c in flatten(data, None, 0))
+                for full_url, text, res in pairs:
                     rtype = res.get("resourceType") if isinstance(res, dict) else None
                     if not isinstance(rtype, str):
                         continue
@@ -72,6 +81,57 @@ def raw_copy(url: str, root: Path) -> tuple[int, float]:
                     if (rtype, rid) in seen:
                         continue
                     seen.add((rtype, rid))
-                    copy.write_row(("default", rtype, rid, orjson.dumps(res).decode()))
+                    ref = patient_reference(res)
+                    pkey = f"default:{ref[8:]}" if ref and ref.startswith("Patient/") else None
+                    digest = hashlib.sha256(text).hexdigest()
+                    copy.write_row(("default", rtype, rid, pkey, digest, False, text.decode(), now))
         conn.commit()
     return n, time.perf_counter() - start
+
+
+class BackendCPU:
+    """CPU seconds of the server processes serving database ``name`` while the block runs: each
+    backend's user + system time read from ``/proc`` every 0.1 s (the server runs on this machine;
+    its title names the database). A backend's last 0.1 s before it exits may be missed.
+
+    Beside a client's own CPU this is what a stage costs whatever the scheduler gives it: on a
+    shared machine the server's processes are scheduled in a group of their own (Linux autogroups
+    by session), so a stage whose work runs mostly in the server gets more of the machine than
+    one whose work runs in its client."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name.encode()
+        self.ticks: dict[int, int] = {}
+        self.seconds = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+
+    def _sample(self) -> None:
+        for entry in os.scandir("/proc"):
+            if not entry.name.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry.name}/cmdline", "rb") as fh:
+                    title = fh.read()
+                if not title.startswith(b"postgres") or self.name not in title.split():
+                    continue
+                with open(f"/proc/{entry.name}/stat") as fh:
+                    fields = fh.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            pid = int(entry.name)
+            self.ticks[pid] = max(self.ticks.get(pid, 0), int(fields[11]) + int(fields[12]))
+
+    def _poll(self) -> None:
+        while not self._stop.wait(0.1):
+            self._sample()
+
+    def __enter__(self) -> BackendCPU:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._sample()
+        self._stop.set()
+        self._thread.join()
+        self.seconds = sum(self.ticks.values()) / os.sysconf("SC_CLK_TCK")

@@ -12,24 +12,29 @@ PostgreSQL database:
 1. a raw ``COPY`` of every line (type, id, JSON) into a scratch table: the floor of any import;
 2. ``pinpoint import DIR --jobs J`` as its own process: resources/s and peak RSS;
 3. ``W`` × ``pinpoint worker --once`` at the same time on the filled queue: patients/s to
-   CarePlans (suggestions stored), peak RSS.
+   CarePlans (suggestions stored), also after the processes' start-up, peak RSS.
 
-Prints per-stage rates, the import / COPY ratio, peak memory and ``/proc/loadavg``, and the time
-projected for 10 M resources / 100 k patients from the measured rates. Not collected by pytest.
+For each stage also the CPU time of its processes and of the PostgreSQL backends serving them
+(per resource / per patient), which the other work on a shared machine does not inflate as much
+as wall time. Prints per-stage rates, the import / COPY ratio, peak memory and
+``/proc/loadavg``, and the time projected for 10 M resources / 100 k patients from the measured
+rates and from the CPU time. Not collected by pytest.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import random
+import re
 import subprocess
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime, timedelta
+from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
 import orjson
 import sqlalchemy as sa
@@ -38,162 +43,9 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from tests.bench._load import loadavg  # noqa: E402
-from tests.bench._pg import drop_db, fresh_db, raw_copy  # noqa: E402
-from tests.bench.evaluate import patient  # noqa: E402
+from tests.bench._pg import BackendCPU, drop_db, fresh_db, raw_copy  # noqa: E402
+from tests.bench.evaluate import noise, patient  # noqa: E402
 from tests.serving import PINPOINT, clean_env  # noqa: E402
-
-LN = "http://loinc.org"
-SCT = "http://snomed.info/sct"
-
-
-def _ref(kind: str, rid: str) -> dict[str, str]:
-    return {"reference": f"{kind}/{rid}"}
-
-
-def noise(pid: str, rng: random.Random) -> list[dict[str, Any]]:
-    """Synthea-shaped resources Pinpoint does not keep (or keeps no facts from), ~60 a patient."""
-    subj = _ref("Patient", pid)
-    out: list[dict[str, Any]] = []
-    start = datetime(2015, 1, 5, 9, tzinfo=UTC)
-    for k in range(rng.randint(10, 14)):
-        when = start + timedelta(days=97 * k + rng.randint(0, 30))
-        period = {"start": when.isoformat(), "end": (when + timedelta(minutes=25)).isoformat()}
-        enc = f"{pid}-enc{k}"
-        code = {"coding": [{"system": SCT, "code": "185349003", "display": "Encounter for check up"}]}
-        out.append(
-            {
-                "resourceType": "Encounter",
-                "id": enc,
-                "status": "finished",
-                "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
-                "type": [code],
-                "subject": subj,
-                "participant": [{"individual": _ref("Practitioner", f"pr{k % 7}")}],
-                "period": period,
-                "serviceProvider": _ref("Organization", "org1"),
-            }
-        )
-        item = [{"sequence": 1, "productOrService": code, "encounter": [_ref("Encounter", enc)]}]
-        out.append(
-            {
-                "resourceType": "Claim",
-                "id": f"{pid}-cl{k}",
-                "status": "active",
-                "type": {
-                    "coding": [
-                        {
-                            "system": "http://terminology.hl7.org/CodeSystem/claim-type",
-                            "code": "institutional",
-                        }
-                    ]
-                },
-                "use": "claim",
-                "patient": subj,
-                "billablePeriod": period,
-                "created": period["end"],
-                "provider": _ref("Organization", "org1"),
-                "priority": {
-                    "coding": [
-                        {"system": "http://terminology.hl7.org/CodeSystem/processpriority", "code": "normal"}
-                    ]
-                },
-                "insurance": [{"sequence": 1, "focal": True, "coverage": {"display": "Medicare"}}],
-                "item": item,
-                "total": {"value": 129.16, "currency": "USD"},
-            }
-        )
-        out.append(
-            {
-                "resourceType": "ExplanationOfBenefit",
-                "id": f"{pid}-eob{k}",
-                "status": "active",
-                "type": {
-                    "coding": [
-                        {
-                            "system": "http://terminology.hl7.org/CodeSystem/claim-type",
-                            "code": "institutional",
-                        }
-                    ]
-                },
-                "use": "claim",
-                "patient": subj,
-                "billablePeriod": period,
-                "created": period["end"],
-                "insurer": {"display": "Medicare"},
-                "provider": _ref("Practitioner", f"pr{k % 7}"),
-                "claim": _ref("Claim", f"{pid}-cl{k}"),
-                "outcome": "complete",
-                "insurance": [{"focal": True, "coverage": {"display": "Medicare"}}],
-                "item": [
-                    {
-                        **item[0],
-                        "servicedPeriod": period,
-                        "adjudication": [
-                            {
-                                "category": {"coding": [{"code": "submitted"}]},
-                                "amount": {"value": 129.16, "currency": "USD"},
-                            },
-                            {
-                                "category": {"coding": [{"code": "benefit"}]},
-                                "amount": {"value": 103.33, "currency": "USD"},
-                            },
-                        ],
-                    }
-                ],
-                "total": [
-                    {
-                        "category": {"coding": [{"code": "submitted"}]},
-                        "amount": {"value": 129.16, "currency": "USD"},
-                    }
-                ],
-                "payment": {"amount": {"value": 103.33, "currency": "USD"}},
-            }
-        )
-        for code, unit, value in (
-            ("8302-2", "cm", 170.2),
-            ("29463-7", "kg", 81.5),
-            ("8480-6", "mm[Hg]", 124),
-        ):
-            out.append(
-                {
-                    "resourceType": "Observation",
-                    "id": f"{pid}-v{k}-{code}",
-                    "status": "final",
-                    "category": [{"coding": [{"code": "vital-signs"}]}],
-                    "code": {"coding": [{"system": LN, "code": code}]},
-                    "subject": subj,
-                    "encounter": _ref("Encounter", enc),
-                    "effectiveDateTime": when.isoformat(),
-                    "valueQuantity": {"value": value, "unit": unit, "system": "http://unitsofmeasure.org"},
-                }
-            )
-        if k % 2 == 0:
-            out.append(
-                {
-                    "resourceType": "DiagnosticReport",
-                    "id": f"{pid}-dr{k}",
-                    "status": "final",
-                    "code": {"coding": [{"system": LN, "code": "51990-0"}]},
-                    "subject": subj,
-                    "encounter": _ref("Encounter", enc),
-                    "effectiveDateTime": when.isoformat(),
-                    "issued": when.isoformat(),
-                    "result": [_ref("Observation", f"{pid}-v{k}-8302-2")],
-                }
-            )
-            out.append(
-                {
-                    "resourceType": "Immunization",
-                    "id": f"{pid}-im{k}",
-                    "status": "completed",
-                    "vaccineCode": {"coding": [{"system": "http://hl7.org/fhir/sid/cvx", "code": "140"}]},
-                    "patient": subj,
-                    "encounter": _ref("Encounter", enc),
-                    "occurrenceDateTime": when.isoformat(),
-                    "primarySource": True,
-                }
-            )
-    return out
 
 
 def write_export(folder: Path, n: int, seed: int = 20260317) -> tuple[int, int]:
@@ -218,37 +70,53 @@ def write_export(folder: Path, n: int, seed: int = 20260317) -> tuple[int, int]:
 
 
 _STAGE = """
-import resource, subprocess, sys
-procs = [subprocess.Popen(sys.argv[2:], stdout=subprocess.DEVNULL) for _ in range(int(sys.argv[1]))]
-codes = [p.wait() for p in procs]
-print(max(codes), resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+import json, resource, subprocess, sys
+procs = [subprocess.Popen(sys.argv[2:], stdout=subprocess.PIPE, text=True) for _ in range(int(sys.argv[1]))]
+outs = [p.communicate()[0] for p in procs]
+use = resource.getrusage(resource.RUSAGE_CHILDREN)
+print(json.dumps({"code": max(p.returncode for p in procs), "peak_kb": use.ru_maxrss,
+                  "cpu": use.ru_utime + use.ru_stime, "out": outs}))
 """
 
 
-def timed(args: list[str], env: dict[str, str], procs: int = 1) -> tuple[float, float]:
+@dataclass
+class Stage:
+    wall: float  # seconds
+    peak_mb: float  # peak RSS of any process of the stage
+    cpu: float  # CPU seconds of the stage's processes (user + system)
+    server: float  # CPU seconds of the PostgreSQL backends serving them
+    out: list[str]  # each process's standard output
+
+
+def timed(args: list[str], env: dict[str, str], database: str, procs: int = 1) -> Stage:
     """``procs`` copies of ``pinpoint <args>`` at once, under a small parent of their own so that
-    the peak RSS is this stage's: (wall seconds, peak RSS MB of any process of the stage)."""
+    the peak RSS and CPU time are this stage's, and the CPU time of the database backends
+    serving them (:class:`~tests.bench._pg.BackendCPU`)."""
     t0 = time.perf_counter()
-    out = subprocess.run(
-        [sys.executable, "-c", _STAGE, str(procs), str(PINPOINT), *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=7200,
-        check=True,
-    )
+    with BackendCPU(database) as server:
+        out = subprocess.run(
+            [sys.executable, "-c", _STAGE, str(procs), str(PINPOINT), *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=7200,
+            check=True,
+        )
     wall = time.perf_counter() - t0
-    code, peak_kb = (int(x) for x in out.stdout.split())
-    if code != 0:
-        raise SystemExit(f"pinpoint {' '.join(args)} exited with {code}")
-    return wall, peak_kb / 1024
+    result = json.loads(out.stdout)
+    if result["code"] != 0:
+        raise SystemExit(f"pinpoint {' '.join(args)} exited with {result['code']}")
+    return Stage(wall, result["peak_kb"] / 1024, result["cpu"], server.seconds, result["out"])
+
+
+_DRAINED = re.compile(r"evaluated (\d+) patient\(s\).* in ([\d.]+) s \(([\d.]+) s CPU\)")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("n", nargs="?", type=int, default=2000)
     parser.add_argument("--jobs", type=int, default=2)
-    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--workers", type=int, default=2, help="0: import only")
     parser.add_argument("--keep", type=Path, help="write the export here and keep it")
     args = parser.parse_args()
     tmp = tempfile.TemporaryDirectory(prefix="pinpoint-backfill-")
@@ -262,17 +130,23 @@ def main() -> None:
         f" {size / 1e6:,.0f} MB NDJSON (written in {gen_s:.0f} s)"
     )
     name, url = fresh_db()
+    work: Stage | None = None
     try:
-        n_copy, copy_s = raw_copy(url, folder)
+        cpu0 = time.process_time()
+        with BackendCPU(name) as copy_server:
+            n_copy, copy_s = raw_copy(url, folder)
+        copy_client = time.process_time() - cpu0
         env = clean_env(PINPOINT_DATABASE_URL=url, PINPOINT_LOG_LEVEL="warning")
         # Bytecode cached as in an installed deployment: not recompiled by every process started.
         env.pop("PYTHONDONTWRITEBYTECODE", None)
-        import_s, import_rss = timed(["import", str(folder), "--jobs", str(args.jobs)], env)
+        imp = timed(["import", str(folder), "--jobs", str(args.jobs)], env, name)
         engine = sa.create_engine(url)
         with engine.connect() as conn:
             kept = conn.execute(sa.text("SELECT count(*) FROM resource")).scalar_one()
             queued = conn.execute(sa.text("SELECT count(*) FROM evaluation_queue")).scalar_one()
-        work_s, work_rss = timed(["worker", "--once"], env, procs=args.workers)
+        import_load = loadavg()
+        if args.workers:
+            work = timed(["worker", "--once"], env, name, procs=args.workers)
         with engine.connect() as conn:
             left = conn.execute(sa.text("SELECT count(*) FROM evaluation_queue")).scalar_one()
             plans = conn.execute(
@@ -282,27 +156,56 @@ def main() -> None:
     finally:
         drop_db(name)
         tmp.cleanup()
-    import_rate, copy_rate = resources / import_s, n_copy / copy_s
-    done = queued - left
-    work_rate = done / work_s
+    cores = os.cpu_count() or 1
+    import_rate, copy_rate = resources / imp.wall, n_copy / copy_s
+    copy_cpu = copy_client + copy_server.seconds
+    import_cpu = imp.cpu + imp.server
     print(f"  raw COPY of every line:   {copy_rate:10,.0f} resources/s ({copy_s:.1f} s)")
     print(
-        f"  pinpoint import --jobs {args.jobs}: {import_rate:10,.0f} resources/s ({import_s:.1f} s,"
+        f"  pinpoint import --jobs {args.jobs}: {import_rate:10,.0f} resources/s ({imp.wall:.1f} s,"
         f" {kept:,} kept, {queued:,} patients queued); {import_rate / copy_rate:.2f} x raw COPY;"
-        f" peak RSS {import_rss:.0f} MB"
+        f" peak RSS {imp.peak_mb:.0f} MB"
     )
     print(
-        f"  {args.workers} x pinpoint worker --once: {work_rate:10,.0f} patients/s ({work_s:.1f} s,"
-        f" {done:,} evaluated, {left:,} left, {plans:,} CarePlans); peak RSS {work_rss:.0f} MB"
+        f"  CPU (client + server): raw COPY {copy_client:.1f} + {copy_server.seconds:.1f} s ="
+        f" {1e6 * copy_cpu / n_copy:.0f} us a resource; import {imp.cpu:.1f} +"
+        f" {imp.server:.1f} s = {1e6 * import_cpu / resources:.0f} us a resource;"
+        f" per CPU second, import {(copy_cpu / n_copy) / (import_cpu / resources):.2f} x raw COPY"
+    )
+    print(f"  /proc/loadavg after the import: {import_load}")
+    if work is None:
+        return
+    done = queued - left
+    work_rate = done / work.wall
+    drains = [(int(m[1]), float(m[2]), float(m[3])) for m in (_DRAINED.search(o) for o in work.out) if m]
+    drain_s = max((sec for _, sec, _ in drains), default=work.wall)
+    drain_rate = sum(n for n, _, _ in drains) / drain_s if drains else work_rate
+    drain_cpu = sum(cpu for _, _, cpu in drains) if drains else work.cpu
+    print(
+        f"  {args.workers} x pinpoint worker --once: {work_rate:10,.0f} patients/s ({work.wall:.1f} s,"
+        f" {done:,} evaluated, {left:,} left, {plans:,} CarePlans); peak RSS {work.peak_mb:.0f} MB"
+    )
+    print(
+        f"      after start-up ({work.wall - drain_s:.1f} s): {drain_rate:,.0f} patients/s;"
+        f" CPU {work.cpu * 1e3 / max(done, 1):.2f} ms a patient ({drain_cpu * 1e3 / max(done, 1):.2f}"
+        f" after start-up) + server {work.server * 1e3 / max(done, 1):.2f} ms a patient"
     )
     per_patient = resources / args.n
-    projected = 10_000_000 / import_rate + 100_000 / work_rate
+    import_min = 10_000_000 / import_rate / 60
+    work_min = ((work.wall - drain_s) + 100_000 / drain_rate) / 60
     print(
-        f"  projected for 10 M resources / 100 k patients ({per_patient:.0f} a patient here): import"
-        f" {10_000_000 / import_rate / 60:.1f} min + workers {100_000 / work_rate / 60:.1f} min ="
-        f" {projected / 60:.1f} min (goal <= 20 min)"
+        f"  projected for 10 M resources / 100 k patients ({per_patient:.0f} a patient here), at this"
+        f" run's rates: import {import_min:.1f} min + workers {work_min:.1f} min ="
+        f" {import_min + work_min:.1f} min (goal <= 20 min)"
     )
-    print(f"  /proc/loadavg: {loadavg()} ({os.cpu_count()} CPUs, shared)")
+    cpu_import = import_cpu / resources * 10_000_000 / cores / 60
+    # start-up once per process, then the drain's CPU (and the server's) per patient
+    cpu_work = ((work.cpu - drain_cpu) + (drain_cpu + work.server) / max(done, 1) * 100_000) / cores / 60
+    print(
+        f"  the same from CPU time (client and server, all {cores} cores to ourselves):"
+        f" import {cpu_import:.1f} min + workers {cpu_work:.1f} min = {cpu_import + cpu_work:.1f} min"
+    )
+    print(f"  /proc/loadavg: {loadavg()} ({cores} CPUs, shared)")
 
 
 if __name__ == "__main__":

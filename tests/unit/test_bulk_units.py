@@ -33,3 +33,17 @@ def test_units_cut_at_line_boundaries_with_their_first_line_numbers(tmp_path: Pa
     small = tmp_path / "small.ndjson"
     small.write_bytes(b"{}\n")
     assert list(units([small], unit_bytes=500)) == [(small, None, 3)]
+
+
+def test_the_depth_check_skips_the_walk_only_where_the_bytes_cannot_nest_too_deep() -> None:
+    import orjson
+
+    from shared.jsonlimits import MAX_DEPTH, too_deep
+
+    for depth in (MAX_DEPTH - 1, MAX_DEPTH, MAX_DEPTH + 1, 3 * MAX_DEPTH):
+        body = b'{"a":' * depth + b"1" + b"}" * depth
+        data = orjson.loads(body)
+        assert too_deep(data, body=body) is too_deep(data) is (depth > MAX_DEPTH)
+    # brackets inside strings only send the check to the walk, which decides
+    shallow = orjson.dumps({"resourceType": "Patient", "text": "{[" * MAX_DEPTH})
+    assert too_deep(orjson.loads(shallow), body=shallow) is False

@@ -39,8 +39,12 @@ _DIAGNOSTIC_KINDS = frozenset(
 )
 
 
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
 def _day(value: datetime) -> str:
-    return f"{value.day} {value.strftime('%b %Y')}"
+    """'4 Mar 2025'."""
+    return f"{value.day} {_MONTHS[value.month - 1]} {value.year}"
 
 
 def _blocks(procs: Sequence[Intervention]) -> list[Intervention]:

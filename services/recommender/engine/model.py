@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
 
+from shared.domain._frozen import quick_init
+
 #: Every pathway the engine judges (a policy's ``pathways`` keys).
 PATHWAYS = (
     "facet-diagnostic",
@@ -34,6 +36,7 @@ PRECEDENCE = (NOT_COVERED, NOT_MET, NOT_EVALUABLE, NEEDS_REVIEW, DEFERRED, SUPPO
 _RANK = {v: i for i, v in enumerate(PRECEDENCE)}
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Detail:
     """The numbers behind one reason: what was measured, what the policy requires, and the policy
@@ -72,6 +75,7 @@ class Detail:
         return out
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Finding:
     """One criterion that is not (yet) met: the verdict it forces, its reason, for deferrals the
@@ -83,6 +87,7 @@ class Finding:
     detail: Detail | None = None
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Target:
     region: str
@@ -93,6 +98,7 @@ class Target:
         return {"region": self.region, "joints": list(self.joints), "side": self.side}
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Outcome:
     verdict: str
@@ -133,6 +139,7 @@ def combine(findings: Iterable[Finding]) -> Outcome:
     return Outcome(verdict, tuple(reasons), earliest, details_for(reasons, winners + rest))
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Assessment:
     pathway: str
@@ -157,6 +164,7 @@ class Assessment:
             object.__setattr__(self, "step_targets", (self.target,))
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class OrderCheck:
     order: str
@@ -172,6 +180,7 @@ class OrderCheck:
     cautions: tuple[Detail, ...] = ()
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Alert:
     code: str
@@ -181,6 +190,7 @@ class Alert:
     detail: Detail | None = None
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class PatientResult:
     patient: str

@@ -16,6 +16,7 @@ from typing import Any
 
 from services.recommender.engine.policy import Policy
 from shared.domain import terminology as t
+from shared.domain._frozen import quick_init
 from shared.domain._json import add_months
 from shared.domain.facts import Intervention, PainReading, PatientFacts
 
@@ -29,6 +30,7 @@ def sides_compatible(reading_side: str | None, block_side: str | None) -> bool:
     return reading_side == block_side
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class BlockResult:
     """One diagnostic block judged at one threshold (CRITERIA §9.2 steps 1-8)."""
@@ -110,6 +112,9 @@ class PatientContext:
         self._cache: dict[tuple[str, float], BlockResult] = {}
         self.sides_cache: dict[tuple[str | None, str], tuple[str, ...]] = {}
         self._evidence: dict[tuple[str, float], dict[str, Any]] = {}
+        #: results the pathways compute more than once for one patient (an assessment and an
+        #: order check of the same joint), keyed by what they depend on
+        self.memo: dict[tuple[Any, ...], Any] = {}
 
     # readings --------------------------------------------------------------------------------
     def _assign_post_readings(self) -> dict[str, list[PainReading]]:

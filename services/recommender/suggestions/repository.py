@@ -13,8 +13,9 @@ from sqlmodel import Session, col, select
 
 from services.recommender.engine.policy import PolicyRef
 from services.recommender.suggestions import builders as sg
-from services.recommender.worklist.repository import sync_worklist
-from shared.db.models import Assessment, Outbox, Suggestion, utcnow
+from services.recommender.worklist.repository import load_state, sync_worklist
+from shared.db.models import Assessment, Outbox, Suggestion, WorklistEntry, utcnow
+from shared.db.session import NewRows
 from shared.fhir.resources import validate_r4b
 
 SUGGESTION_TYPES = ("CarePlan", "ServiceRequest", "Provenance", "DetectedIssue")
@@ -22,14 +23,17 @@ SUGGESTION_TYPES = ("CarePlan", "ServiceRequest", "Provenance", "DetectedIssue")
 
 @dataclass
 class Preloaded:
-    """The stored suggestions (Provenance excluded) and assessments of a batch of patients."""
+    """The stored suggestions (Provenance excluded), assessments, worklist rows and Patient
+    resources of a batch of patients."""
 
     suggestions: dict[str, list[Suggestion]]
     assessments: dict[str, list[Assessment]]
+    worklist: dict[str, list[WorklistEntry]]
+    patients: dict[str, dict[str, Any]]
 
 
 def preload(session: Session, patient_keys: Sequence[str]) -> Preloaded:
-    """One query per table for a whole batch of patients."""
+    """One query per table for a whole batch of patients (nothing is read per patient after)."""
     suggestions: dict[str, list[Suggestion]] = {k: [] for k in patient_keys}
     assessments: dict[str, list[Assessment]] = {k: [] for k in patient_keys}
     if patient_keys:
@@ -41,7 +45,8 @@ def preload(session: Session, patient_keys: Sequence[str]) -> Preloaded:
             suggestions[row.patient_key].append(row)
         for arow in session.exec(select(Assessment).where(col(Assessment.patient_key).in_(patient_keys))):
             assessments[arow.patient_key].append(arow)
-    return Preloaded(suggestions, assessments)
+    worklist, patients = load_state(session, patient_keys)
+    return Preloaded(suggestions, assessments, worklist, patients)
 
 
 @dataclass
@@ -69,13 +74,18 @@ def apply_entry(
     deliver: bool,
     written_at: datetime | None = None,
     preloaded: Preloaded | None = None,
+    new_rows: NewRows | None = None,
 ) -> Applied:
     """Make the stored suggestions, assessments and outbox match one patient's §3 entry.
 
     Unchanged groups are not touched; a changed group gets a new version of every member, a
     Provenance and one outbox entry; a group no longer wanted is withdrawn (CarePlan and
-    ServiceRequest ``revoked``, DetectedIssue ``cancelled``) the same way.
+    ServiceRequest ``revoked``, DetectedIssue ``cancelled``) the same way. ``new_rows``: where a
+    batch collects the rows it creates (the caller inserts them); without it they are inserted
+    before this returns.
     """
+    batch = new_rows
+    new_rows = new_rows or NewRows()
     applied = Applied()
     at = written_at or utcnow()
     pre = preloaded or preload(session, [patient_key])
@@ -100,6 +110,7 @@ def apply_entry(
             group.inputs,
             policy,
             at,
+            new_rows,
             deliver=deliver,
             action="create" if created else "update",
         )
@@ -114,6 +125,7 @@ def apply_entry(
         policy,
         at,
         pre.assessments.get(patient_key, []),
+        new_rows,
     )
     sync_worklist(
         session,
@@ -121,6 +133,9 @@ def apply_entry(
         [(g.key, g.assessment) for g in wanted if g.assessment is not None],
         entry.get("alerts") or [],
         at,
+        current=pre.worklist.get(patient_key, []),
+        patient=pre.patients.get(patient_key),
+        new_rows=new_rows,
     )
 
     stale: dict[str, list[Suggestion]] = {}
@@ -133,10 +148,14 @@ def apply_entry(
         items = [
             (r.resource_type, r.resource_id, r.identifier, sg.withdrawn(r.resource or {}), r) for r in rows
         ]
-        _write_group(session, patient_key, key, items, (), policy, at, deliver=deliver, action="revoke")
+        _write_group(
+            session, patient_key, key, items, (), policy, at, new_rows, deliver=deliver, action="revoke"
+        )
         applied.withdrawn += 1
         applied.outbox += 1
         applied.groups.append(key)
+    if batch is None:
+        new_rows.insert(session)
     return applied
 
 
@@ -148,6 +167,7 @@ def _write_group(
     inputs: Iterable[str],
     policy: PolicyRef,
     now: datetime,
+    new_rows: NewRows,
     *,
     deliver: bool,
     action: str,
@@ -158,19 +178,25 @@ def _write_group(
     for rtype, rid, identifier, body, row in items:
         resource = sg.with_meta(body, revision, now)
         validate_r4b(resource)
-        target = row or Suggestion(
-            resource_type=rtype,
-            resource_id=rid,
-            identifier=identifier,
-            patient_key=patient_key,
-            content_hash="",
-        )
-        target.patient_key = patient_key
-        target.version = revision
-        target.resource = resource
-        target.content_hash = sg.content_hash(body)
-        target.updated_at = now
-        session.add(target)
+        if row is None:
+            new_rows.add(
+                Suggestion,
+                resource_type=rtype,
+                resource_id=rid,
+                identifier=identifier,
+                patient_key=patient_key,
+                version=revision,
+                resource=resource,
+                content_hash=sg.content_hash(body),
+                updated_at=now,
+            )
+        else:
+            row.patient_key = patient_key
+            row.version = revision
+            row.resource = resource
+            row.content_hash = sg.content_hash(body)
+            row.updated_at = now
+            session.add(row)
         written.append(resource)
     prov = sg.provenance(
         key,
@@ -182,34 +208,32 @@ def _write_group(
         created=action == "create",
     )
     validate_r4b(prov)
-    session.add(
-        Suggestion(
-            resource_type="Provenance",
-            resource_id=prov["id"],
-            identifier=f"{key}:provenance:{revision}",
-            patient_key=patient_key,
-            version=1,
-            resource=prov,
-            content_hash=sg.content_hash(prov),
-            updated_at=now,
-        )
+    new_rows.add(
+        Suggestion,
+        resource_type="Provenance",
+        resource_id=prov["id"],
+        identifier=f"{key}:provenance:{revision}",
+        patient_key=patient_key,
+        version=1,
+        resource=prov,
+        content_hash=sg.content_hash(prov),
+        updated_at=now,
     )
     # Upstream order: the request first so the CarePlan's activity can point at it.
     ordered = sorted(written, key=lambda r: 0 if r["resourceType"] == "ServiceRequest" else 1)
-    session.add(
-        Outbox(
-            patient_key=patient_key,
-            payload={
-                "patient": patient_key,
-                "group": key,
-                "action": action,
-                "revision": revision,
-                "resources": [*ordered, prov],
-            },
-            status="pending" if deliver else "local",
-            next_attempt_at=now,
-            created_at=now,
-        )
+    new_rows.add(
+        Outbox,
+        patient_key=patient_key,
+        payload={
+            "patient": patient_key,
+            "group": key,
+            "action": action,
+            "revision": revision,
+            "resources": [*ordered, prov],
+        },
+        status="pending" if deliver else "local",
+        next_attempt_at=now,
+        created_at=now,
     )
 
 
@@ -220,6 +244,7 @@ def _sync_assessments(
     policy: PolicyRef,
     now: datetime,
     current: list[Assessment],
+    new_rows: NewRows,
 ) -> None:
     rows = {row.key: row for row in current}
     keep: set[str] = set()
@@ -231,9 +256,19 @@ def _sync_assessments(
         row = rows.get(g.key)
         if row is not None and row.content_hash == digest and row.status == "current":
             continue
-        row = row or Assessment(
-            key=g.key, patient_key=patient_key, pathway="", verdict="", content_hash="", evaluated_at=now
-        )
+        if row is None:
+            new_rows.add(
+                Assessment,
+                key=g.key,
+                patient_key=patient_key,
+                pathway=str(g.assessment.get("pathway")),
+                verdict=str(g.assessment.get("verdict")),
+                document=doc,
+                content_hash=digest,
+                status="current",
+                evaluated_at=now,
+            )
+            continue
         row.pathway = str(g.assessment.get("pathway"))
         row.verdict = str(g.assessment.get("verdict"))
         row.document = doc

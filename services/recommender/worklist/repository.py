@@ -12,22 +12,35 @@ from sqlmodel import Session, col, select
 
 from services.recommender.worklist.rows import NO_DATE, Row, rows_for
 from shared.db.models import Resource, WorklistEntry
+from shared.db.session import NewRows
 
 _COLUMNS = [f.name for f in fields(Row)]
 
 
-def _patient(session: Session, patient_key: str) -> dict[str, Any] | None:
-    raw = session.exec(
-        select(Resource.raw)
+def load_state(
+    session: Session, patient_keys: Sequence[str]
+) -> tuple[dict[str, list[WorklistEntry]], dict[str, dict[str, Any]]]:
+    """For a batch of patients, one query each: their worklist rows, and their latest stored
+    Patient resource (the name, birth date and identifiers a row shows)."""
+    rows: dict[str, list[WorklistEntry]] = {k: [] for k in patient_keys}
+    patients: dict[str, dict[str, Any]] = {}
+    if not patient_keys:
+        return rows, patients
+    for row in session.exec(select(WorklistEntry).where(col(WorklistEntry.patient_key).in_(patient_keys))):
+        rows[row.patient_key].append(row)
+    found = session.exec(
+        select(Resource.patient_key, Resource.raw)
         .where(
-            Resource.patient_key == patient_key,
+            col(Resource.patient_key).in_(patient_keys),
             Resource.resource_type == "Patient",
             col(Resource.deleted).is_(False),
         )
         .order_by(col(Resource.received_at).desc())
-        .limit(1)
-    ).first()
-    return dict(raw) if raw else None
+    )
+    for key, raw in found:
+        if key is not None and raw and key not in patients:
+            patients[key] = dict(raw)
+    return rows, patients
 
 
 def sync_worklist(
@@ -36,24 +49,31 @@ def sync_worklist(
     assessments: Sequence[tuple[str, Mapping[str, Any]]],
     alerts: Sequence[Mapping[str, Any]],
     at: datetime,
+    *,
+    current: Sequence[WorklistEntry],
+    patient: Mapping[str, Any] | None,
+    new_rows: NewRows,
 ) -> None:
-    """Make the patient's worklist rows match its current assessments (same transaction)."""
-    existing = {
-        r.key: r for r in session.exec(select(WorklistEntry).where(WorklistEntry.patient_key == patient_key))
-    }
+    """Make the patient's worklist rows match its current assessments (same transaction).
+    ``current`` and ``patient``: the stored rows and Patient resource (:func:`load_state`), read
+    for a whole batch at once so that nothing here queries (or flushes) per patient; new rows
+    go to ``new_rows``."""
+    existing = {r.key: r for r in current}
     wanted = rows_for(
         patient_key,
         [k for k, _ in assessments],
         [a for _, a in assessments],
         alerts,
-        _patient(session, patient_key) if assessments else None,
+        dict(patient) if assessments and patient else None,
     )
     for row in wanted:
         values = {name: getattr(row, name) for name in _COLUMNS}
         stored = existing.pop(row.key, None)
         if stored is not None and all(getattr(stored, n) == v for n, v in values.items()):
             continue
-        stored = stored or WorklistEntry(evaluated_at=at, **values)
+        if stored is None:
+            new_rows.add(WorklistEntry, **values, evaluated_at=at)
+            continue
         for name, value in values.items():
             setattr(stored, name, value)
         stored.evaluated_at = at
@@ -142,4 +162,4 @@ def every(session: Session, f: Filters, batch: int = 1000) -> Iterator[WorklistE
             return
 
 
-__all__ = ["NO_DATE", "Cursor", "Filters", "count", "every", "page", "sync_worklist"]
+__all__ = ["NO_DATE", "Cursor", "Filters", "count", "every", "load_state", "page", "sync_worklist"]

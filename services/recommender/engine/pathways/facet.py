@@ -91,10 +91,19 @@ def _step(region: str, kind: str) -> dict[str, str]:
 def _prerequisites(ctx: PatientContext, pathway: str, region: str, on: date, e: JointEval) -> None:
     """General facet criteria (CRITERIA §1.2 items 2-3): pain >= ``pain_months``; conservative care
     >= ``conservative_care_months`` when the policy asks; no untreated radiculopathy."""
-    p = ctx.policy
-    e.add(pain_duration_finding(ctx.facts, region, on, p.opt(pathway, "pain_months"), None, pathway))
-    e.add(conservative_care_finding(ctx.facts, on, p.opt(pathway, "conservative_care_months"), None, pathway))
-    e.add(untreated_radiculopathy(ctx.facts, region, on))
+    key = ("facet-prerequisites", pathway, region, on)
+    found = ctx.memo.get(key)
+    if found is None:
+        p = ctx.policy
+        found = ctx.memo[key] = (
+            pain_duration_finding(ctx.facts, region, on, p.opt(pathway, "pain_months"), None, pathway),
+            conservative_care_finding(
+                ctx.facts, on, p.opt(pathway, "conservative_care_months"), None, pathway
+            ),
+            untreated_radiculopathy(ctx.facts, region, on),
+        )
+    for finding in found:
+        e.add(finding)
 
 
 def _missing_positive(
@@ -308,9 +317,17 @@ def therapeutic_injection(
 
 
 def _rfa_or_repeat(ctx: PatientContext, region: str, joint: str, side: str, on: date) -> JointEval:
-    if _prior_rfa(ctx, joint, side, on) is not None:
-        return repeat_rfa(ctx, region, joint, side, on)
-    return first_rfa(ctx, region, joint, side, on)
+    """A fresh copy each call (callers add findings); computed once per joint, side and date
+    (the proactive assessment and a pending order of the same joint ask the same question)."""
+    key = ("facet-rfa", region, joint, side, on)
+    e = ctx.memo.get(key)
+    if e is None:
+        if _prior_rfa(ctx, joint, side, on) is not None:
+            e = repeat_rfa(ctx, region, joint, side, on)
+        else:
+            e = first_rfa(ctx, region, joint, side, on)
+        ctx.memo[key] = e
+    return JointEval(e.joint, e.side, list(e.findings), list(e.evidence), e.pathway)
 
 
 def _covered(ctx: PatientContext, pathway: str, e: JointEval) -> None:
