@@ -80,7 +80,10 @@ from shared.web import Check
 log = get_logger("pinpoint.writeback")
 
 #: What the delivery client asks the token endpoint for (least privilege; SMART v2 syntax).
-WRITEBACK_SCOPES = "system/CarePlan.cu system/ServiceRequest.cu system/Provenance.c system/DetectedIssue.cu"
+WRITEBACK_SCOPES = (
+    "system/CarePlan.cu system/ServiceRequest.cu system/Provenance.c system/DetectedIssue.cu"
+    " system/Observation.cu"
+)
 #: Transaction rounds per claim when the server reports a version conflict (409/412).
 ROUNDS = 3
 #: Statuses that a retry cannot fix: the entry is parked at once.
@@ -175,9 +178,23 @@ def rewrite_references(resource: dict[str, Any], mapping: Mapping[str, str]) -> 
     return resource
 
 
+def linked_references(members: Sequence[Mapping[str, Any]]) -> list[tuple[str, str]]:
+    """``(type, id)`` of every ``Type/id`` reference in ``members`` to something outside them —
+    among them Pinpoint's own resources of other groups (a CarePlan's outcome Observations)."""
+    own = {(str(m.get("resourceType")), str(m.get("id"))) for m in members}
+    found: list[tuple[str, str]] = []
+    for member in members:
+        for ref in _walk_references(member):
+            parts = ref["reference"].split("/")
+            if len(parts) == 2 and (parts[0], parts[1]) not in own and (parts[0], parts[1]) not in found:
+                found.append((parts[0], parts[1]))
+    return found
+
+
 def to_r5(resource: Mapping[str, Any]) -> dict[str, Any]:
     """The R5 form of what Pinpoint writes (STANDARDS §4.1): CarePlan activities become
-    ``plannedActivityReference`` (never ``activity.detail``), ``author`` → ``custodian``;
+    ``plannedActivityReference`` (never ``activity.detail``) and an activity's
+    ``outcomeReference`` its ``performedActivity`` (CodeableReferences), ``author`` → ``custodian``;
     ServiceRequest ``code``/``supportingInfo`` become CodeableReferences; DetectedIssue
     ``patient`` → ``subject`` and a withdrawn alert ``mitigated`` (R5 has no ``cancelled``)."""
     out = copy.deepcopy(dict(resource))
@@ -187,6 +204,10 @@ def to_r5(resource: Mapping[str, Any]) -> dict[str, Any]:
         for activity in out.pop("activity", None) or []:
             if isinstance(activity, Mapping) and "reference" in activity:
                 activities.append({"plannedActivityReference": activity["reference"]})
+            elif isinstance(activity, Mapping) and activity.get("outcomeReference"):
+                activities.append(
+                    {"performedActivity": [{"reference": r} for r in activity["outcomeReference"]]}
+                )
         if activities:
             out["activity"] = activities
         if "author" in out:
@@ -325,10 +346,13 @@ class Delivery:
         return sorted((Claimed(i, k, dict(p or {}), a) for i, k, p, a in rows), key=lambda c: c.id)
 
     def _prepare(
-        self, claimed: Claimed, keys: Sequence[tuple[str, str]]
-    ) -> tuple[bool, dict[tuple[str, str], tuple[str, str | None]]]:
+        self, claimed: Claimed, keys: Sequence[tuple[str, str]], linked: Sequence[tuple[str, str]] = ()
+    ) -> tuple[bool, dict[tuple[str, str], tuple[str, str | None]], dict[str, str]]:
         """One read: is the entry superseded (a later change of its group was delivered — a
-        replayed old entry), and what does the server hold of its members (ids, versions)?"""
+        replayed old entry), what does the server hold of its members (ids, versions), and how
+        to refer to Pinpoint's resources of other groups that the members point at (``linked``):
+        by the server's id once delivered, else conditionally by identifier (resolved by the
+        server inside the transaction — FHIR R4 http.html "conditional references")."""
         group = claimed.payload.get("group")
         t = _SUGGESTION.c
         with session_scope(self.engine) as session:
@@ -348,8 +372,21 @@ class Delivery:
                 if keys
                 else []
             )
+            others = (
+                session.execute(
+                    sa.select(t.resource_type, t.resource_id, t.identifier, t.remote_id).where(
+                        sa.tuple_(t.resource_type, t.resource_id).in_(list(linked))
+                    )
+                ).all()
+                if linked
+                else []
+            )
         superseded = any((payload or {}).get("group") == group for (payload,) in later)
-        return superseded, {(rt, ri): (rid, ver) for rt, ri, rid, ver in rows if rid}
+        mapping = {
+            f"{rt}/{ri}": f"{rt}/{rid}" if rid else f"{rt}?{identifier_query(ident)}"
+            for rt, ri, ident, rid in others
+        }
+        return superseded, {(rt, ri): (rid, ver) for rt, ri, rid, ver in rows if rid}, mapping
 
     def _settle(
         self,
@@ -484,7 +521,9 @@ class Delivery:
         members = [r for r in resources if r.get("resourceType") != "Provenance"]
         provenances = [r for r in resources if r.get("resourceType") == "Provenance"]
         keys = [(str(r["resourceType"]), str(r["id"])) for r in members]
-        superseded, remote = await asyncio.to_thread(self._prepare, claimed, keys)
+        superseded, remote, linked = await asyncio.to_thread(
+            self._prepare, claimed, keys, linked_references(members)
+        )
         if superseded:
             await asyncio.to_thread(self._settle, claimed, "skipped", "a later change was delivered")
             return "skipped"
@@ -497,7 +536,7 @@ class Delivery:
                 for key, resource in found.items():
                     remote[key] = (str(resource["id"]), (resource.get("meta") or {}).get("versionId"))
                 if found and len(found) == len(members):
-                    wanted = self._bundle(members, [], remote)
+                    wanted = self._bundle(members, [], remote, linked)
                     if all(
                         _comparable(found[key]) == _comparable(entry["resource"])
                         for key, entry in zip(keys, wanted["entry"], strict=True)
@@ -509,7 +548,7 @@ class Delivery:
                     await asyncio.to_thread(self._settle, claimed, "skipped", "nothing upstream to withdraw")
                     return "skipped"
             try:
-                bundle = self._bundle(members, provenances, remote)
+                bundle = self._bundle(members, provenances, remote, linked)
             except (ResourceInvalid, ValueError) as exc:
                 raise _Parked(exc) from exc
             ATTEMPTS.inc()
@@ -570,9 +609,11 @@ class Delivery:
         members: Sequence[Mapping[str, Any]],
         provenances: Sequence[Mapping[str, Any]],
         remote: Mapping[tuple[str, str], tuple[str, str | None]],
+        linked: Mapping[str, str] | None = None,
     ) -> dict[str, Any]:
-        """The transaction for one entry given what the server is known to hold."""
-        mapping: dict[str, str] = {}
+        """The transaction for one entry given what the server is known to hold (``linked``: how to
+        refer to Pinpoint's resources of other groups, see :meth:`_prepare`)."""
+        mapping: dict[str, str] = dict(linked or {})
         for resource in [*members, *provenances]:
             key = (str(resource["resourceType"]), str(resource["id"]))
             known = remote.get(key)

@@ -31,7 +31,7 @@ from shared.domain.facts import (
     Sedation,
     SteroidExposure,
 )
-from shared.domain.function import SCALES, Total, observation_total, questionnaire_total
+from shared.domain.function import SCALES, Total, observation_totals, questionnaire_totals
 from shared.domain.relevance import classify, patient_reference
 
 # types whose facts are filtered while building (a dropped one yields no fact, but its patient an entry)
@@ -435,38 +435,39 @@ class _Builder:
         for ref, res in sorted(self.function_resources.items()):
             if ref in replaced:
                 continue
-            total: Total | None
+            totals: list[Total]
             if res.get("resourceType") == "QuestionnaireResponse":
                 if _status(res) not in t.QR_OK_STATUS:
                     continue
-                total = questionnaire_total(res)
+                totals = questionnaire_totals(res)  # a PROMIS-29 response: two domains
                 time = j.parse_datetime(res.get("authored"))
             else:
                 if _status(res) not in t.OBSERVATION_OK_STATUS:
                     continue
-                total = observation_total(res)
+                totals = observation_totals(res)
                 time = j.period_start_end(res, "effective")[0]
-            if total is None or time is None:
+            if not totals or time is None:
                 continue
             body = res.get("bodySite")
             side = side_from_codings(body) or side_from_text(*j.texts(body)) if body is not None else None
-            score = FunctionScore(
-                ref=ref,
-                instrument=total.instrument,
-                value=total.value,
-                scale=SCALES[total.instrument],
-                time=time,
-                code=total.code,
-                raw=total.raw,
-                computed=total.computed,
-                answered=total.answered,
-                unit_assumed=total.unit_assumed,
-                part_of=tuple(j.references(res.get("partOf"))),
-                side=side,
-            )
-            key = (score.instrument, score.time, score.value)
-            if key not in out or (score.code is not None and out[key].code is None):
-                out[key] = score
+            for total in totals:
+                score = FunctionScore(
+                    ref=ref,
+                    instrument=total.instrument,
+                    value=total.value,
+                    scale=SCALES[total.instrument],
+                    time=time,
+                    code=total.code,
+                    raw=total.raw,
+                    computed=total.computed,
+                    answered=total.answered,
+                    unit_assumed=total.unit_assumed,
+                    part_of=tuple(j.references(res.get("partOf"))),
+                    side=side,
+                )
+                key = (score.instrument, score.time, score.value)
+                if key not in out or (score.code is not None and out[key].code is None):
+                    out[key] = score
         return sorted(out.values(), key=lambda f: (f.time, f.ref))
 
     def readings(self) -> list[PainReading]:

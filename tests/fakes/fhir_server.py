@@ -1377,6 +1377,12 @@ def _run_transaction(
                 if ref["reference"] not in aliases:
                     raise InvalidInput("a urn: reference does not name an entry of the transaction")
                 ref["reference"] = aliases[ref["reference"]]
+            elif "?" in ref["reference"]:  # a conditional reference (R4 http.html): exactly one match
+                rtype, _, query = ref["reference"].partition("?")
+                found = store.search(rtype, parse_qsl(query, keep_blank_values=True))
+                if len(found) != 1:
+                    raise InvalidInput(f"the conditional reference {rtype}?… matched {len(found)} resources")
+                ref["reference"] = f"{rtype}/{found[0]['id']}"
     # 2. run in the FHIR order: DELETE, POST, PUT/PATCH, GET
     touched: set[str] = set()
     results: dict[int, dict[str, Any]] = {}

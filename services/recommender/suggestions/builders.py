@@ -3,8 +3,11 @@
 Per assessment one *group*: a ServiceRequest (the next step, or the advice not to do it) and the
 CarePlan pointing at it, both identified by
 ``urn:pinpoint:recommendation|{source}:{patient id}:{pathway}:{region}:{side}:{joints}``
-(the ServiceRequest with ``:request`` appended). Per alert one DetectedIssue group. Resource ids
-are UUIDv5 of the identifier, so every replica and every re-run derives the same ids.
+(the ServiceRequest with ``:request`` appended). Per alert one DetectedIssue group. Per entry of
+the ``outcomes`` section one Observation group (:mod:`.outcome_obs`), listed first so that it
+reaches the server before the CarePlans whose ``activity.outcomeReference`` points at it (one
+activity per procedure on the assessment's target: the Procedure and its outcome Observation).
+Resource ids are UUIDv5 of the identifier, so every replica and every re-run derives the same ids.
 
 :func:`desired_groups` gives what should exist now (bodies without ``meta``); the store diffs them
 against what it holds, bumps versions, revokes what vanished and adds a :func:`provenance` per
@@ -26,12 +29,14 @@ import orjson
 from services.recommender.engine import explain
 from services.recommender.engine.humanize import day
 from services.recommender.engine.policy import PolicyRef
+from services.recommender.engine.relief import sides_compatible
 from services.recommender.engine.wording import (
     VERDICT_SENTENCES,
     documentation_gaps,
     pathway_text,
     target_text,
 )
+from services.recommender.suggestions import outcome_obs
 
 SYSTEM = "urn:pinpoint:recommendation"
 ALERT_SYSTEM = "urn:pinpoint:alert"
@@ -103,7 +108,7 @@ class Group:
     """Resources written together (one transaction upstream); ``members[0]`` carries the version."""
 
     key: str
-    kind: str  # assessment | alert
+    kind: str  # assessment | alert | outcome
     members: tuple[Desired, ...]
     inputs: tuple[str, ...]
     assessment: Mapping[str, Any] | None = None
@@ -133,8 +138,11 @@ def assessment_key(patient_key: str, assessment: Mapping[str, Any]) -> str:
 
 
 def desired_groups(patient_key: str, entry: Mapping[str, Any], policy: PolicyRef) -> list[Group]:
-    """Everything Pinpoint should hold for one patient's §3 entry."""
-    groups = [_assessment_group(patient_key, a, policy) for a in entry.get("assessments") or []]
+    """Everything Pinpoint should hold for one patient's §3 entry: the outcome Observations first
+    (the CarePlans refer to them), then one group per assessment and per alert."""
+    outcomes = [o for o in entry.get("outcomes") or [] if isinstance(o, Mapping) and o.get("procedure")]
+    groups = [_outcome_group(patient_key, o) for o in outcomes]
+    groups += [_assessment_group(patient_key, a, policy, outcomes) for a in entry.get("assessments") or []]
     seen: dict[str, int] = {}
     for alert in entry.get("alerts") or []:
         code = str(alert.get("code"))
@@ -267,7 +275,52 @@ def _policy_note(policy: PolicyRef, assessment: Mapping[str, Any]) -> str:
     )
 
 
-def _assessment_group(patient_key: str, assessment: Mapping[str, Any], policy: PolicyRef) -> Group:
+def _on_target(target: Mapping[str, Any], other: Mapping[str, Any]) -> bool:
+    """The same target as the engine's outcomes use: region, a shared joint, a compatible side."""
+    if target.get("region") != other.get("region"):
+        return False
+    if not sides_compatible(target.get("side"), other.get("side")):
+        return False
+    a, b = set(target.get("joints") or []), set(other.get("joints") or [])
+    return not a or not b or bool(a & b)
+
+
+def _outcome_group(patient_key: str, outcome: Mapping[str, Any]) -> Group:
+    key = outcome_obs.outcome_key(patient_key, str(outcome["procedure"]))
+    rid = resource_id(key)
+    body = outcome_obs.observation(_patient_ref(patient_key), rid, _identifier(key), outcome, PINPOINT_DEVICE)
+    inputs = (str(outcome["procedure"]), *outcome_obs.sources(outcome))
+    return Group(key=key, kind="outcome", members=(Desired("Observation", rid, key, body),), inputs=inputs)
+
+
+def outcome_activities(
+    patient_key: str, target: Mapping[str, Any], outcomes: Sequence[Mapping[str, Any]]
+) -> list[dict[str, Any]]:
+    """One CarePlan activity per procedure done on ``target``: ``outcomeReference`` → the Procedure
+    (the event that carried the activity out) and Pinpoint's outcome Observation of it."""
+    activities = []
+    for o in outcomes:
+        if not _on_target(target, o.get("target") or {}):
+            continue
+        obs_id = resource_id(outcome_obs.outcome_key(patient_key, str(o["procedure"])))
+        label = outcome_obs.title(o)
+        activities.append(
+            {
+                "outcomeReference": [
+                    {"reference": str(o["procedure"]), "display": label.removeprefix("Outcome of ")},
+                    {"reference": f"Observation/{obs_id}", "display": label},
+                ]
+            }
+        )
+    return activities
+
+
+def _assessment_group(
+    patient_key: str,
+    assessment: Mapping[str, Any],
+    policy: PolicyRef,
+    outcomes: Sequence[Mapping[str, Any]] = (),
+) -> Group:
     key = assessment_key(patient_key, assessment)
     plan_id = resource_id(key)
     request_key = f"{key}:request"
@@ -322,7 +375,10 @@ def _assessment_group(patient_key: str, assessment: Mapping[str, Any], policy: P
         "description": description,
         "subject": _patient_ref(patient_key),
         "author": PINPOINT_DEVICE,
-        "activity": [{"reference": {"reference": f"ServiceRequest/{request_id}"}}],
+        "activity": [
+            {"reference": {"reference": f"ServiceRequest/{request_id}"}},
+            *outcome_activities(patient_key, target, outcomes),
+        ],
         "note": [{"text": _policy_note(policy, assessment)}],
     }
     if supporting:
@@ -361,6 +417,8 @@ def withdrawn(body: Mapping[str, Any]) -> dict[str, Any]:
     out = {k: v for k, v in body.items() if k != "meta"}
     if out.get("resourceType") == "DetectedIssue":
         out["status"] = "cancelled"
+    elif out.get("resourceType") == "Observation":  # its procedure is no longer in the data
+        out["status"] = "entered-in-error"
     else:
         out["status"] = "revoked"
     if out.get("resourceType") == "CarePlan":
@@ -371,7 +429,7 @@ def withdrawn(body: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def is_withdrawn(body: Mapping[str, Any]) -> bool:
-    return body.get("status") in ("revoked", "cancelled")
+    return body.get("status") in ("revoked", "cancelled", "entered-in-error")
 
 
 def with_meta(body: Mapping[str, Any], version: int, now: datetime) -> dict[str, Any]:

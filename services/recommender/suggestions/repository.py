@@ -18,7 +18,7 @@ from shared.db.models import Assessment, Outbox, Suggestion, WorklistEntry, utcn
 from shared.db.session import NewRows
 from shared.fhir.resources import validate_r4b
 
-SUGGESTION_TYPES = ("CarePlan", "ServiceRequest", "Provenance", "DetectedIssue")
+SUGGESTION_TYPES = ("CarePlan", "ServiceRequest", "Provenance", "DetectedIssue", "Observation")
 
 
 @dataclass

@@ -147,4 +147,5 @@ async def test_suggestion_base_has_a_capability_statement(client: httpx.AsyncCli
         "ServiceRequest",
         "Provenance",
         "DetectedIssue",
+        "Observation",
     ]

@@ -89,6 +89,7 @@ async def test_smart_backend_services_with_the_write_back_scopes(engine: Engine,
             "system/ServiceRequest.cu",
             "system/Provenance.c",
             "system/DetectedIssue.cu",
+            "system/Observation.cu",
         ]
         (tx,) = secured.requests_to("POST", "")
         assert tx.headers["authorization"].startswith("Bearer ") and tx.status == 200
