@@ -119,3 +119,22 @@ def test_reused_only_while_the_same(engine: Engine, tmp_path: Path, monkeypatch:
     with engine.connect() as conn:
         keys = conn.execute(sa.text("SELECT patient_key FROM outcome_cache")).scalars().all()
     assert keys == ["default:P-001"]
+
+
+def test_worker_processes_give_the_same_rows(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The parallel path (PostgreSQL: spawned processes over ranges of patients) gives the rows of
+    the in-process one, and fills the same cache."""
+    from services.recommender.outcomes import summary
+
+    _import(F03)
+    _import(F05)
+    cms = Assessor.load("cms-lcd")
+    alone = summarize(collect(engine, cms, NOW, jobs=1))
+    with engine.begin() as conn:
+        conn.execute(sa.text("DELETE FROM outcome_cache"))
+    monkeypatch.setattr(summary, "PARALLEL_MIN", 0)
+    monkeypatch.setattr(summary, "BATCH", 1)  # two ranges, one patient each
+    assert summarize(collect(engine, cms, NOW, jobs=2)) == alone
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM outcome_cache")).scalar_one() == 2
+    assert summarize(collect(engine, cms, NOW, jobs=2)) == alone  # from the cache
