@@ -53,9 +53,11 @@ VIGNETTES = ROOT / "tests" / "fixtures" / "vignettes"
 SOURCE = "default"
 VARIANTS = 8
 LN = "http://loinc.org"
-#: a realistic day's churn: one pain score changed for 1 % of the patients
+#: a realistic day's churn: one pain score changed for 1 % of the patients (a new value each time)
 CHANGE = (
-    "UPDATE resource SET raw = jsonb_set(raw, '{valueInteger}', '5'::jsonb), content_hash = md5(raw::text)"
+    "UPDATE resource SET"
+    " raw = jsonb_set(raw, '{valueInteger}', to_jsonb(((raw->>'valueInteger')::int + 1) % 11)),"
+    " content_hash = md5(raw::text)"
     " WHERE resource_type = 'Observation' AND raw ? 'valueInteger' AND patient_key LIKE 'default:h19-%00'"
 )
 _DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
