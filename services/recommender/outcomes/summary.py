@@ -112,7 +112,7 @@ _WORKER: dict[str, Engine] = {}
 
 def _rows_of_range(
     url: str, assessor: Assessor, now: datetime, tag: str, keys: Sequence[str]
-) -> tuple[list[Row], int]:
+) -> tuple[list[tuple[Mapping[str, Any], bool | None]], int]:
     """In a worker process: the rows of ``keys`` (its own engine, one connection, kept for the
     process's next range). The cyclic garbage collector is off while it reads and evaluates: the
     many live objects of a batch made it traverse them over and over (half the cost of reading);
@@ -122,7 +122,9 @@ def _rows_of_range(
         engine = _WORKER[url] = make_engine(url, pool_size=1)
     gc.disable()
     try:
-        return _rows_of_keys(engine, assessor, now, keys, tag)
+        rows, evaluated = _rows_of_keys(engine, assessor, now, keys, tag)
+        # sent back as plain tuples: pickling a slotted dataclass costs a fields() walk each
+        return [(r.outcome, r.criteria_met) for r in rows], evaluated
     finally:
         gc.enable()
         gc.collect()
@@ -152,7 +154,7 @@ def collect(engine: Engine, assessor: Assessor, now: datetime, jobs: int | None 
         args = (repeat(url), repeat(assessor), repeat(now), repeat(tag), ranges)
         with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
             for part, n in pool.map(_rows_of_range, *args):
-                rows += part
+                rows += [Row(o, met) for o, met in part]
                 evaluated += n
     cache.prune(engine, keys)
     log.info(
