@@ -33,11 +33,12 @@ from typing import IO, Any, cast
 import orjson
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
+from sqlmodel import Session
 
 from services.ingest.intake.bundles import flatten
 from services.ingest.intake.pipeline import Candidate, Decision, Tally, check, prepare
 from services.ingest.intake.references import ReferenceResolver
-from services.ingest.intake.repository import store_resources
+from services.ingest.intake.repository import content_hash, store_resources, stored_digests
 from shared.db.deadletters import add_dead_letters
 from shared.db.models import DeadLetter, utcnow
 from shared.db.session import make_engine, session_scope
@@ -156,6 +157,7 @@ class Importer:
         self.batch_size = batch_size
         self.report = ImportReport()
         self.statistics = statistics or Statistics(engine, 2 * batch_size)
+        self._look_first = True
 
     def _flush(self, items: list[Candidate | _Bad], resolver: ReferenceResolver) -> None:
         if not items:
@@ -166,12 +168,13 @@ class Importer:
             decisions: list[Decision] = []
             dead: list[DeadLetter] = []
             now = utcnow()
+            unchanged = self._stored_unchanged(session, items, resolver) if self._look_first else set()
             for item in items:
                 if isinstance(item, _Bad):
                     tally.add("(none)", "rejected")
                     dead.append(self._dead(item.payload, item.reason, item.context, now))
                     continue
-                decision = check(item)
+                decision = check(item, validate=id(item) not in unchanged)
                 if decision.status == "rejected":
                     tally.add(item.resource_type, "rejected")
                     payload = orjson.dumps(item.resource)
@@ -183,12 +186,39 @@ class Importer:
                 tally.add(item.resource_type, decision.status)
                 decisions.append(decision)
             kept = [d.prepared for d in decisions if d.prepared is not None]
-            store_resources(session, self.source.id, kept)
+            results = store_resources(session, self.source.id, kept)
             add_dead_letters(session, dead)
             resolver.session = None
         self.report.resources += len(items)
         self.report.dead_letters += len(dead)
         self.statistics.wrote(len(kept))
+        # look before validating while batches meet stored identities (a re-import); a first
+        # import pays the look-up for its first batch only
+        self._look_first = any(r.outcome != "created" for r in results)
+
+    def _stored_unchanged(
+        self, session: Session, items: list[Candidate | _Bad], resolver: ReferenceResolver
+    ) -> set[int]:
+        """``id()`` of the candidates whose identity is stored with the very content they would
+        be stored with (a re-import of the same file): validated when they were stored, they
+        are not validated again. The content is worked out on a copy (the candidate stays as it
+        came, for its dead letter should it be rejected)."""
+        by_key: dict[tuple[str, str], Candidate] = {}
+        for item in items:
+            if isinstance(item, Candidate) and item.resource_type in KEPT_TYPES:
+                by_key[(item.resource_type, resolver.identity(item.resource, item.full_url))] = item
+        stored = stored_digests(session, self.source.id, by_key)
+        same: set[int] = set()
+        for key, item in by_key.items():
+            digest = stored.get(key)
+            if digest is None:
+                continue
+            copy = orjson.loads(orjson.dumps(item.resource))
+            copy["id"] = key[1]
+            resolver.rewrite(copy)
+            if content_hash(copy) == digest:
+                same.add(id(item))
+        return same
 
     def _dead(
         self,
@@ -277,8 +307,9 @@ class Importer:
                 [_Bad(raw, f"file is not JSON: {exc.msg}", context)], ReferenceResolver(None, self.source, ())
             )
             return
-        if not isinstance(data, dict) or not isinstance(data.get("resourceType"), str) or too_deep(data):
-            reason = TOO_DEEP if isinstance(data, dict) and too_deep(data) else "file is not a FHIR resource"
+        deep = too_deep(data, body=raw)
+        if deep or not isinstance(data, dict) or not isinstance(data.get("resourceType"), str):
+            reason = TOO_DEEP if deep else "file is not a FHIR resource"
             self._flush([_Bad(raw, reason, context)], ReferenceResolver(None, self.source, ()))
             return
         bad = unstorable_in_body(raw, data)

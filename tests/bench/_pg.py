@@ -71,7 +71,9 @@ def raw_copy(url: str, root: Path) -> tuple[int, float]:
                     pairs = ((None, line.rstrip(b"\r\n"), orjson.loads(line)) for line in lines)
                 else:
                     data = orjson.loads(path.read_bytes().removeprefix(b"\xef\xbb\xbf"))
-                    pairs = ((c.full_url, orjson.dumps(c.resource), c.resource) for c in flatten(data, None, 0))
+                    pairs = (
+                        (c.full_url, orjson.dumps(c.resource), c.resource) for c in flatten(data, None, 0)
+                    )
                 for full_url, text, res in pairs:
                     rtype = res.get("resourceType") if isinstance(res, dict) else None
                     if not isinstance(rtype, str):

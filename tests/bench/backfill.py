@@ -12,7 +12,8 @@ PostgreSQL database:
 1. a raw ``COPY`` of every line (type, id, JSON) into a scratch table: the floor of any import;
 2. ``pinpoint import DIR --jobs J`` as its own process: resources/s and peak RSS;
 3. ``W`` × ``pinpoint worker --once`` at the same time on the filled queue: patients/s to
-   CarePlans (suggestions stored), also after the processes' start-up, peak RSS.
+   CarePlans (suggestions stored), also after the processes' start-up, peak RSS; then everyone
+   marked again and the workers run once more on unchanged data (a re-evaluation).
 
 For each stage also the CPU time of its processes and of the PostgreSQL backends serving them
 (per resource / per patient), which the other work on a shared machine does not inflate as much
@@ -42,6 +43,8 @@ import sqlalchemy as sa
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from shared.db.queue import mark_dirty  # noqa: E402
+from shared.db.session import session_scope  # noqa: E402
 from tests.bench._load import loadavg  # noqa: E402
 from tests.bench._pg import BackendCPU, drop_db, fresh_db, raw_copy  # noqa: E402
 from tests.bench.evaluate import noise, patient  # noqa: E402
@@ -112,6 +115,16 @@ def timed(args: list[str], env: dict[str, str], database: str, procs: int = 1) -
 _DRAINED = re.compile(r"evaluated (\d+) patient\(s\).* in ([\d.]+) s \(([\d.]+) s CPU\)")
 
 
+def _drain_figures(stage: Stage) -> tuple[float, float, float]:
+    """From the workers' own report: (the longest drain's seconds, patients/s after start-up,
+    CPU seconds of the drains)."""
+    drains = [(int(m[1]), float(m[2]), float(m[3])) for m in (_DRAINED.search(o) for o in stage.out) if m]
+    if not drains:
+        return stage.wall, 0.0, stage.cpu
+    seconds = max(sec for _, sec, _ in drains)
+    return seconds, sum(n for n, _, _ in drains) / seconds, sum(cpu for _, _, cpu in drains)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("n", nargs="?", type=int, default=2000)
@@ -131,6 +144,8 @@ def main() -> None:
     )
     name, url = fresh_db()
     work: Stage | None = None
+    again: Stage | None = None
+    rewritten = 0
     try:
         cpu0 = time.process_time()
         with BackendCPU(name) as copy_server:
@@ -152,6 +167,16 @@ def main() -> None:
             plans = conn.execute(
                 sa.text("SELECT count(*) FROM suggestion WHERE resource_type = 'CarePlan'")
             ).scalar_one()
+            written = conn.execute(sa.text("SELECT count(*) FROM suggestion")).scalar_one()
+        if args.workers:  # everyone marked again, nothing changed: what a re-evaluation costs
+            with session_scope(engine) as session:
+                keys = session.execute(
+                    sa.text("SELECT DISTINCT patient_key FROM resource WHERE patient_key IS NOT NULL")
+                ).scalars()
+                mark_dirty(session, list(keys))
+            again = timed(["worker", "--once"], env, name, procs=args.workers)
+            with engine.connect() as conn:
+                rewritten = conn.execute(sa.text("SELECT count(*) FROM suggestion")).scalar_one() - written
         engine.dispose()
     finally:
         drop_db(name)
@@ -177,10 +202,7 @@ def main() -> None:
         return
     done = queued - left
     work_rate = done / work.wall
-    drains = [(int(m[1]), float(m[2]), float(m[3])) for m in (_DRAINED.search(o) for o in work.out) if m]
-    drain_s = max((sec for _, sec, _ in drains), default=work.wall)
-    drain_rate = sum(n for n, _, _ in drains) / drain_s if drains else work_rate
-    drain_cpu = sum(cpu for _, _, cpu in drains) if drains else work.cpu
+    drain_s, drain_rate, drain_cpu = _drain_figures(work)
     print(
         f"  {args.workers} x pinpoint worker --once: {work_rate:10,.0f} patients/s ({work.wall:.1f} s,"
         f" {done:,} evaluated, {left:,} left, {plans:,} CarePlans); peak RSS {work.peak_mb:.0f} MB"
@@ -190,6 +212,14 @@ def main() -> None:
         f" CPU {work.cpu * 1e3 / max(done, 1):.2f} ms a patient ({drain_cpu * 1e3 / max(done, 1):.2f}"
         f" after start-up) + server {work.server * 1e3 / max(done, 1):.2f} ms a patient"
     )
+    if again is not None:
+        redo = _drain_figures(again)
+        print(
+            f"  re-evaluation, nothing changed ({args.workers} x pinpoint worker --once on everyone"
+            f" marked again): {args.n / again.wall:,.0f} patients/s ({again.wall:.1f} s; after start-up"
+            f" {redo[1]:,.0f}/s), CPU {redo[2] * 1e3 / args.n:.2f} ms a patient after start-up + server"
+            f" {again.server * 1e3 / args.n:.2f} ms; {rewritten} suggestion rows written"
+        )
     per_patient = resources / args.n
     import_min = 10_000_000 / import_rate / 60
     work_min = ((work.wall - drain_s) + 100_000 / drain_rate) / 60

@@ -74,8 +74,11 @@ class Tally:
         yield from sorted(self.counts.items())
 
 
-def check(candidate: Candidate) -> Decision:
-    """Relevance on the raw dict, then R4B validation of what is kept. Does not modify it."""
+def check(candidate: Candidate, validate: bool = True) -> Decision:
+    """Relevance on the raw dict, then R4B validation of what is kept. Does not modify it.
+
+    ``validate=False`` is for a resource the caller found stored with the same content (it was
+    validated when it was stored): everything but the model validation is still checked."""
     resource = candidate.resource
     if not isinstance(resource.get("resourceType"), str):
         return Decision(
@@ -89,7 +92,8 @@ def check(candidate: Candidate) -> Decision:
         text = unstorable_message(*bad)
         return Decision(candidate, "rejected", text, (Issue("invalid", text, expression=(bad[0],)),))
     try:
-        validate_r4b(resource)
+        if validate:
+            validate_r4b(resource)
     except ResourceInvalid as exc:
         issues = tuple(Issue("invalid", msg, expression=(loc,)) for loc, msg in exc.issues) or (
             Issue("invalid", str(exc)),

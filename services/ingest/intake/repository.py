@@ -126,6 +126,11 @@ def _existing(session: Session, source: str, keys: Iterable[Key]) -> dict[Key, _
     return found
 
 
+def stored_digests(session: Session, source: str, keys: Iterable[Key]) -> dict[Key, str]:
+    """The content hash of each of these identities stored and not deleted (one lookup)."""
+    return {k: cur.content_hash for k, cur in _existing(session, source, keys).items() if not cur.deleted}
+
+
 def _decide(item: Prepared, digest: str, cur: _Current | None) -> str:
     """Identity and order (CONTRACT §2): a newer ``meta.lastUpdated`` wins, arrival order when
     absent or equal; the same ``versionId`` or content is a duplicate."""
@@ -186,7 +191,15 @@ _UPSERT_PG = sa.text(
     + " WHERE resource.last_updated IS NULL OR excluded.last_updated IS NULL"
     " OR excluded.last_updated >= resource.last_updated"
 )
-_PG_FIELDS = ("resource_type", "resource_id", "patient_key", "version_id", "last_updated", "content_hash", "raw")
+_PG_FIELDS = (
+    "resource_type",
+    "resource_id",
+    "patient_key",
+    "version_id",
+    "last_updated",
+    "content_hash",
+    "raw",
+)
 
 
 def _json_doc(value: Any) -> str:
@@ -248,7 +261,9 @@ def store_resources(session: Session, source: str, items: Sequence[Prepared]) ->
             "received_at": now,
         }
     if pending:
-        _write(session, source, list(pending.values()), now)
+        # in key order: two writers upserting overlapping batches take their row locks in the
+        # same order (no deadlock), as mark_dirty does for the queue
+        _write(session, source, [pending[k] for k in sorted(pending)], now)
     mark_dirty(session, dirty)
     return results
 

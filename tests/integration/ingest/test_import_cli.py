@@ -124,3 +124,54 @@ def test_import_with_two_processes_stores_what_one_does_and_numbers_bad_lines(
     assert {rid for rtype, rid in stored(engine) if rtype == "Observation"} == {f"obs-{i}" for i in range(30)}
     assert [d.context["line"] for d in dead_letters(engine) if d.context] == [48]
     assert dirty(engine)
+
+
+def test_a_reimport_validates_only_what_changed_and_still_refuses_the_invalid(
+    engine: Engine, tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    """The same file again: what is stored unchanged was validated when it was stored and is not
+    validated again (nor re-marked); a changed resource is, and an invalid one is still refused."""
+    import orjson
+
+    import services.ingest.intake.pipeline as pipeline
+    from services.ingest.bulk import import_paths
+    from shared.settings import Source
+
+    lines = [orjson.dumps(pain(f"obs-{i}", subject=f"Patient/P-{i % 3}")) for i in range(12)]
+    path = tmp_path / "Observation.ndjson"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    assert import_paths(engine, Source(id="default"), [path], batch_size=5).tally.total("kept") == 12
+    before = {rid: row.content_hash for (_, rid), row in stored(engine).items()}
+    marks = dirty(engine)
+
+    validated: list[str] = []
+    real = pipeline.validate_r4b
+    monkeypatch.setattr(pipeline, "validate_r4b", lambda r: (validated.append(r["id"]), real(r))[1])
+    changed = pain("obs-3", value=2, subject="Patient/P-0")
+    invalid = pain("obs-7", subject="Patient/P-1", effectiveDateTime="last Tuesday")
+    lines[3], lines[7] = orjson.dumps(changed), orjson.dumps(invalid)
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    report = import_paths(engine, Source(id="default"), [path], batch_size=5)
+    assert sorted(validated) == ["obs-3", "obs-7"]
+    assert report.tally.total("kept") == 11 and report.tally.total("rejected") == 1
+    after = {rid: row.content_hash for (_, rid), row in stored(engine).items()}
+    assert {rid for rid in after if after[rid] != before[rid]} == {"obs-3"}
+    assert [d.context["line"] for d in dead_letters(engine) if d.context] == [8]
+    assert dirty(engine) == marks
+
+
+def test_a_json_file_too_deep_or_not_a_resource_is_one_dead_letter_saying_why(
+    engine: Engine, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
+    from services.ingest.bulk import import_paths
+    from shared.jsonlimits import TOO_DEEP
+    from shared.settings import Source
+
+    deep = tmp_path / "deep.json"
+    deep.write_bytes(b'{"resourceType": "Bundle", "type": "batch", "x": ' + b"[" * 150 + b"]" * 150 + b"}")
+    listed = tmp_path / "list.json"
+    listed.write_bytes(b'[{"resourceType": "Patient", "id": "P-1"}]')
+    report = import_paths(engine, Source(id="default"), [deep, listed])
+    assert report.dead_letters == 2 and not stored(engine)
+    reasons = {d.context["file"].rsplit("/", 1)[1]: d.reason for d in dead_letters(engine) if d.context}
+    assert reasons == {"deep.json": TOO_DEEP, "list.json": "file is not a FHIR resource"}
