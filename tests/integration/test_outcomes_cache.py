@@ -138,3 +138,30 @@ def test_worker_processes_give_the_same_rows(engine: Engine, monkeypatch: pytest
     with engine.connect() as conn:
         assert conn.execute(sa.text("SELECT count(*) FROM outcome_cache")).scalar_one() == 2
     assert summarize(collect(engine, cms, NOW, jobs=2)) == alone  # from the cache
+
+
+def test_the_engine_tag_is_the_same_in_every_process() -> None:
+    """Entries written by one process are found by the next: the tag (policy content and rule code)
+    does not depend on the interpreter's hash seed or on object addresses."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "from services.recommender.assessor import Assessor\n"
+        "from services.recommender.outcomes.cache import engine_tag\n"
+        "print(engine_tag(Assessor.load('cms-lcd')), engine_tag(Assessor.load('consensus-2020')))"
+    )
+    tags = {
+        subprocess.run(
+            [sys.executable, "-c", code],
+            env={**os.environ, "PYTHONHASHSEED": seed},
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        for seed in ("1", "2", "3")
+    }
+    assert len(tags) == 1
+    cms, consensus = tags.pop().split()
+    assert cms != consensus
