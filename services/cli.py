@@ -190,7 +190,10 @@ def worker(
 
 
 def _report_once(settings: Settings, stats: DrainStats, delivered: DeliveryStats) -> None:
-    typer.echo(f"evaluated {stats.evaluated} patient(s): {stats.stored} stored, {stats.failed} failed")
+    typer.echo(
+        f"evaluated {stats.evaluated} patient(s): {stats.stored} stored, {stats.failed} failed"
+        f" in {stats.seconds:.1f} s ({stats.cpu_seconds:.1f} s CPU)"
+    )
     if settings.config.writeback is None:
         typer.echo("write-back not configured: suggestions kept locally")
         return
@@ -233,7 +236,7 @@ def outcomes(
     from datetime import UTC, date, datetime  # lazy
 
     from services.recommender.assessor import Assessor  # lazy
-    from services.recommender.outcomes.summary import collect, render, summarize  # lazy
+    from services.recommender.outcomes.summary import practice_summary, render  # lazy
 
     if format not in ("text", "json", "csv"):
         raise fail("--format must be text, json or csv")
@@ -248,10 +251,10 @@ def outcomes(
     except ConfigError as exc:
         raise fail(str(exc)) from None
     try:
-        rows = collect(engine, assessor, datetime.now(UTC))
+        summary = practice_summary(engine, assessor, datetime.now(UTC), start)
     finally:
         engine.dispose()
-    typer.echo(render(summarize(rows, start), format), nl=False)
+    typer.echo(render(summary, format), nl=False)
 
 
 app.add_typer(recommender_cli.policy_app, name="policy")

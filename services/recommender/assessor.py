@@ -24,6 +24,7 @@ from services.recommender.engine import (
 )
 from services.recommender.engine.completeness import mark_unavailable
 from services.recommender.engine.policy import PolicyRef
+from services.recommender.engine.practice import procedure_outcomes, unchanged_until
 from services.recommender.policies import load_policy
 from shared.domain.facts import PatientFacts
 from shared.domain.normalize import normalize
@@ -106,6 +107,24 @@ class Assessor:
             if alert.evidence:
                 doc_alert["evidence"] = list(alert.evidence)
         return entry
+
+    def procedure_outcomes(
+        self, resources: Resources, now: datetime
+    ) -> tuple[list[tuple[Mapping[str, Any], bool | None]], datetime | None]:
+        """Per definitive or therapeutic procedure of the patients named: its outcome at ``now``
+        and whether its pathway's criteria were met the day before (None: not assessed) — what
+        :meth:`entry` would say now and on each day before, at the cost of what the practice's
+        outcomes summary reads (:func:`~services.recommender.engine.practice.procedure_outcomes`)
+        — and until when the same resources give the same rows (None: for ever)."""
+        rows: list[tuple[Mapping[str, Any], bool | None]] = []
+        until: datetime | None = None
+        for facts in self.facts(resources).values():
+            found = procedure_outcomes(facts, self.policy, now)
+            rows += found
+            end = unchanged_until(facts, found, now)
+            if end is not None and (until is None or end < until):
+                until = end
+        return rows, until
 
     def patient_document(self, resources: Resources, patient_ref: str, now: datetime) -> dict[str, Any]:
         """The whole §3 document for one patient (alerts exactly as §3: code, severity, text)."""

@@ -68,6 +68,7 @@ class DrainStats:
     failed: int = 0
     changed_groups: int = 0
     seconds: float = 0.0
+    cpu_seconds: float = 0.0  # of the whole process meanwhile
 
     @property
     def evaluated(self) -> int:
@@ -282,7 +283,7 @@ class Worker:
     def drain(self, stop: threading.Event | None = None, now: datetime | None = None) -> DrainStats:
         """Evaluate until nothing is claimable (or ``stop`` is set). ``now``: evaluation instant."""
         stats = DrainStats()
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         while not (stop and stop.is_set()):
             claims = self.claim()
             if not claims:
@@ -293,6 +294,7 @@ class Worker:
             for outcome in self.process_batch(claims, now).values():
                 setattr(stats, outcome, getattr(stats, outcome) + 1)
         stats.seconds = time.perf_counter() - started
+        stats.cpu_seconds = time.process_time() - cpu_started
         if stats.evaluated or stats.failed:
             log.info(
                 "worker.drained",

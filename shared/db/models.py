@@ -305,3 +305,20 @@ class EvidenceSnapshot(SQLModel, table=True):
     created_at: datetime = _ts(nullable=False)
     expires_at: datetime = _ts(nullable=False, index=True)
     snapshot: dict[str, Any] | None = _json(nullable=False)
+
+
+class OutcomeCache(SQLModel, table=True):
+    """Per patient, the practice outcomes summary's rows (issue 19) as last computed, reused while
+    nothing they were computed from changed: the same ``fingerprint`` (the patient's stored
+    resources and those they reference, by content), the same ``engine`` (policy and rule code)
+    and a date from ``computed_for`` up to ``valid_until``. A derived cache: dropping it is safe."""
+
+    __tablename__ = "outcome_cache"
+
+    patient_key: str = Field(primary_key=True, max_length=200)
+    fingerprint: str = Field(max_length=64)
+    engine: str = Field(max_length=300)
+    computed_for: datetime = _ts(nullable=False)
+    valid_until: datetime | None = _ts()
+    refs: list[Any] | None = _json()  # [[type, id], …] referenced resources outside the patient
+    rows: list[Any] | None = _json()  # [[outcome, criteria met the day before], …]

@@ -198,6 +198,7 @@ def dosage_routes(resource: Mapping[str, Any]) -> list[Any]:
     return routes
 
 
+@lru_cache(maxsize=4096)  # the same dates and spans recur (today, a policy's months)
 def add_months(d: date, months: int) -> date:
     """Calendar months, clamped at month end (CONTRACT §6 "Time")."""
     y, m = divmod(d.month - 1 + months, 12)

@@ -770,8 +770,11 @@ def _condition(cond: Mapping[str, Any]) -> ConditionFact | None:
 
 def _patient_key(resource: Mapping[str, Any]) -> str | None:
     ref = patient_reference(resource)
-    if ref is None:
-        return None
+    return None if ref is None else _key_of(ref)
+
+
+@lru_cache(maxsize=4096)  # a patient's resources all name it
+def _key_of(ref: str) -> str | None:
     if ref.startswith("urn:uuid:"):
         return f"Patient/{ref[len('urn:uuid:') :]}"
     if "://" in ref:

@@ -157,6 +157,8 @@ class PatientContext:
 
     def sedated(self, block: Intervention) -> bool:
         """IV sedation from ``sedation_lookback_minutes`` before the start to the end (CONTRACT §4)."""
+        if not self.facts.sedations:
+            return False
         lo = block.start - timedelta(minutes=self.policy.g("sedation_lookback_minutes"))
         return any(s.start <= block.end and s.end >= lo for s in self.facts.sedations)
 

@@ -11,7 +11,7 @@ from fastapi.responses import HTMLResponse
 
 from services.recommender.container import RecommenderDep
 from services.recommender.outcomes.page import render
-from services.recommender.outcomes.summary import collect, summarize
+from services.recommender.outcomes.summary import practice_summary
 from shared.errors import InvalidInput
 from shared.web import check_api_token
 
@@ -35,5 +35,5 @@ def outcomes(
         start = date.fromisoformat(since) if since else None
     except ValueError:
         raise InvalidInput("since: not a date (YYYY-MM-DD)", code="value") from None
-    rows = collect(parts.engine, parts.assessor, datetime.now(UTC))
-    return HTMLResponse(render(summarize(rows, start), parts.settings.policy), headers=_HEADERS)
+    summary = practice_summary(parts.engine, parts.assessor, datetime.now(UTC), start)
+    return HTMLResponse(render(summary, parts.settings.policy), headers=_HEADERS)

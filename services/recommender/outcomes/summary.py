@@ -14,28 +14,43 @@ the assessment document) performed on or after ``--since``:
 - ``function``: per instrument, the median change at 3 months (towards better, in the
   instrument's points) and the share reaching its MCID.
 
-:func:`summarize` is pure (over outcome rows); :func:`collect` reads the store in batches.
+:func:`summarize` is pure (over outcome rows); :func:`collect` reads the store in batches (in
+parallel processes over a large PostgreSQL store); :func:`practice_summary` is both, the one
+path of the command and the page.
 """
 
 from __future__ import annotations
 
 import csv
+import gc
 import io
 import json
+import multiprocessing
+import os
 import statistics
-from collections import defaultdict
+import time
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import date, datetime
+from itertools import repeat
 from typing import Any
 
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from services.recommender.assessor import Assessor
-from services.recommender.patients.repository import load_resources, patient_keys_with_data
+from services.recommender.outcomes import cache
+from services.recommender.patients.repository import fingerprints, load_patients, patient_keys_with_resources
+from shared.db.session import make_engine
+from shared.logging import get_logger
 
-BATCH = 200
+log = get_logger("pinpoint.outcomes")
+
+BATCH = 250
+#: below this many patients the summary is computed in the calling process (no process start-up)
+PARALLEL_MIN = 2000
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,77 +61,139 @@ class Row:
     criteria_met: bool | None  # None: no assessment of that pathway and target the day before
 
 
-def _overlaps(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
-    if a.get("region") != b.get("region"):
-        return False
-    sides = {a.get("side"), b.get("side")}
-    if None not in sides and "bilateral" not in sides and len(sides) > 1:
-        return False
-    ja, jb = set(a.get("joints") or []), set(b.get("joints") or [])
-    return not ja or not jb or bool(ja & jb)
-
-
-def criteria_met_before(
-    assessor: Assessor, facts: Any, patient_ref: str, outcome: Mapping[str, Any]
-) -> bool | None:
-    """Was the procedure's pathway ``supported`` for its target on the day before it?"""
-    performed = datetime.fromisoformat(str(outcome["performed"]))
-    day_before = performed - timedelta(days=1)
-    entry = assessor.entry(facts, patient_ref, day_before)
-    pathway = str(outcome.get("pathway"))
-    wanted = {pathway, f"{pathway}-repeat"}
-    verdicts = [
-        a["verdict"]
-        for a in entry.get("assessments") or []
-        if a.get("pathway") in wanted and _overlaps(a.get("target") or {}, outcome.get("target") or {})
-    ]
-    if not verdicts:
-        return None
-    return "supported" in verdicts
-
-
 def rows_of(assessor: Assessor, resources: Sequence[Mapping[str, Any]], now: datetime) -> list[Row]:
-    out: list[Row] = []
-    for ref, facts in assessor.facts(resources).items():
-        entry = assessor.entry(facts, ref, now)
-        for outcome in entry.get("outcomes") or []:
-            out.append(Row(outcome, criteria_met_before(assessor, facts, ref, outcome)))
-    return out
+    """One patient's (or a bundle's) rows: its procedures' outcomes at ``now`` and the criteria
+    on the day before each (:meth:`Assessor.procedure_outcomes`)."""
+    return [Row(o, met) for o, met in assessor.procedure_outcomes(resources, now)[0]]
 
 
-def collect(engine: Engine, assessor: Assessor, now: datetime, batch: int = BATCH) -> list[Row]:
-    """Every stored patient's outcome rows, read ``batch`` patients at a time."""
-    with Session(engine) as session:
-        keys = patient_keys_with_data(session)
+def _rows_of_keys(
+    engine: Engine, assessor: Assessor, now: datetime, keys: Sequence[str], tag: str
+) -> tuple[list[Row], int]:
+    """The rows of ``keys`` in that order, ``BATCH`` patients at a time: from the outcome cache
+    where its entry is still the same, else evaluated (and the entry replaced). Also how many
+    patients were evaluated."""
     rows: list[Row] = []
-    for i in range(0, len(keys), batch):
+    evaluated = 0
+    for i in range(0, len(keys), BATCH):
+        batch = keys[i : i + BATCH]
         with Session(engine) as session:
-            loaded = load_resources(session, keys[i : i + batch])
-        for resources in loaded.values():
-            rows += rows_of(assessor, resources, now)
+            stored = cache.usable(session, batch, tag, now)
+            current = fingerprints(session, {k: e.refs for k, e in stored.items()}) if stored else {}
+            hits = {k: e for k, e in stored.items() if current.get(k) == e.fingerprint}
+            loaded = load_patients(session, [k for k in batch if k not in hits], fingerprint=True)
+        fresh: list[dict[str, Any]] = []
+        for key in batch:
+            entry = hits.get(key)
+            if entry is not None:
+                rows += [Row(o, met) for o, met in entry.rows]
+                continue
+            patient = loaded[key]
+            found, until = assessor.procedure_outcomes(patient.resources, now)
+            rows += [Row(o, met) for o, met in found]
+            fresh.append(
+                {
+                    "patient_key": key,
+                    "fingerprint": patient.fingerprint,
+                    "engine": tag,
+                    "computed_for": now,
+                    "valid_until": until,
+                    "refs": [list(r) for r in patient.refs],
+                    "rows": [[o, met] for o, met in found],
+                }
+            )
+        evaluated += len(fresh)
+        cache.store(engine, fresh)
+    return rows, evaluated
+
+
+_WORKER: dict[str, Engine] = {}
+
+
+def _rows_of_range(
+    url: str, assessor: Assessor, now: datetime, tag: str, keys: Sequence[str]
+) -> tuple[list[tuple[Mapping[str, Any], bool | None]], int]:
+    """In a worker process: the rows of ``keys`` (its own engine, one connection, kept for the
+    process's next range). The cyclic garbage collector is off while it reads and evaluates: the
+    many live objects of a batch made it traverse them over and over (half the cost of reading);
+    what is garbage is freed by reference counting, and one collection runs after the range."""
+    engine = _WORKER.get(url)
+    if engine is None:
+        engine = _WORKER[url] = make_engine(url, pool_size=1)
+    gc.disable()
+    try:
+        rows, evaluated = _rows_of_keys(engine, assessor, now, keys, tag)
+        # sent back as plain tuples: pickling a slotted dataclass costs a fields() walk each
+        return [(r.outcome, r.criteria_met) for r in rows], evaluated
+    finally:
+        gc.enable()
+        gc.collect()
+
+
+def collect(engine: Engine, assessor: Assessor, now: datetime, jobs: int | None = None) -> list[Row]:
+    """Every stored patient's outcome rows, read ``BATCH`` patients at a time, each from the
+    outcome cache while its entry is provably the same (:mod:`.cache`), else evaluated.
+
+    On PostgreSQL with at least :data:`PARALLEL_MIN` patients, ``jobs`` processes (default: one
+    per CPU) each take contiguous ranges of patients in turn (more ranges than processes, so a
+    process slowed by other load takes fewer), each with its own connection; memory stays flat
+    in the number of patients but for the rows themselves."""
+    started = time.perf_counter()
+    tag = cache.engine_tag(assessor)
+    with Session(engine) as session:
+        keys = patient_keys_with_resources(session)
+    jobs = jobs or os.cpu_count() or 1
+    rows: list[Row] = []
+    evaluated = 0
+    if jobs < 2 or engine.dialect.name != "postgresql" or len(keys) < PARALLEL_MIN:
+        rows, evaluated = _rows_of_keys(engine, assessor, now, keys, tag)
+    else:
+        step = max(BATCH, -(-len(keys) // (jobs * 8)))
+        ranges = [keys[i : i + step] for i in range(0, len(keys), step)]
+        url = engine.url.render_as_string(hide_password=False)
+        args = (repeat(url), repeat(assessor), repeat(now), repeat(tag), ranges)
+        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            for part, n in pool.map(_rows_of_range, *args):
+                rows += [Row(o, met) for o, met in part]
+                evaluated += n
+    cache.prune(engine, keys)
+    log.info(
+        "outcomes.collected",
+        patients=len(keys),
+        evaluated=evaluated,
+        procedures=len(rows),
+        seconds=round(time.perf_counter() - started, 2),
+    )
     return rows
+
+
+def practice_summary(
+    engine: Engine, assessor: Assessor, now: datetime, since: date | None = None
+) -> dict[str, Any]:
+    """The summary of ``pinpoint outcomes`` and ``GET /outcomes`` (one code path for both)."""
+    return summarize(collect(engine, assessor, now), since)
 
 
 def kaplan_meier(durations: Iterable[tuple[int, bool]]) -> tuple[list[tuple[int, float]], int | None]:
     """Steps ``(day, survival)`` of the Kaplan–Meier curve of ``(days, event)`` pairs (event =
     relief lost; not an event = censored) and the median: the first day survival <= 0.5."""
-    items = sorted(durations)
-    at_risk = len(items)
+    events: Counter[int] = Counter()
+    total: Counter[int] = Counter()
+    for day, event in durations:
+        total[day] += 1
+        if event:
+            events[day] += 1
+    at_risk = sum(total.values())
     survival = 1.0
     steps: list[tuple[int, float]] = [(0, 1.0)]
     median: int | None = None
-    i = 0
-    while i < len(items):
-        day = items[i][0]
-        events = sum(1 for d, e in items[i:] if d == day and e)
-        total = sum(1 for d, _ in items[i:] if d == day)
-        if events:
-            survival *= 1 - events / at_risk
+    for day in sorted(total):
+        if events[day]:
+            survival *= 1 - events[day] / at_risk
             steps.append((day, round(survival, 4)))
             if median is None and survival <= 0.5:
                 median = day
-        at_risk -= total
-        i += total
+        at_risk -= total[day]
     return steps, median
 
 

@@ -1,0 +1,167 @@
+"""The outcome cache (issue 19; both backends): a patient's stored rows are reused only while they
+are provably what evaluating the patient again would give — a changed resource, another policy, a
+milestone falling due or an earlier date all make the patient evaluated again, and the summary is
+always the one computed from scratch."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+from typer.testing import CliRunner
+
+from services.cli import app
+from services.recommender.assessor import Assessor
+from services.recommender.outcomes.summary import collect, summarize
+from tests.conftest import FIXTURES
+
+runner = CliRunner()
+VIGNETTES = FIXTURES / "vignettes"
+F05 = VIGNETTES / "f05-outcomes-relief-duration-censoring" / "bundle.json"
+F03 = VIGNETTES / "f03-esi-repeat-carried-by-function" / "bundle.json"
+NOW = datetime(2025, 2, 1, 14, tzinfo=UTC)  # f05's second ablation: 6-month milestone pending
+
+
+@pytest.fixture(autouse=True)
+def _db_env(db_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PINPOINT_DATABASE_URL", db_url)
+
+
+def _import(path: Path) -> None:
+    result = runner.invoke(app, ["import", str(path)])
+    assert result.exit_code == 0, result.output
+
+
+class Counting:
+    """Counts the patients evaluated (the cache's misses)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.calls = 0
+        real = Assessor.procedure_outcomes
+
+        def counted(assessor: Assessor, resources: Any, now: datetime) -> Any:
+            self.calls += 1
+            return real(assessor, resources, now)
+
+        monkeypatch.setattr(Assessor, "procedure_outcomes", counted)
+
+    def take(self) -> int:
+        n, self.calls = self.calls, 0
+        return n
+
+
+def _from_scratch(engine: Engine, assessor: Assessor, now: datetime) -> dict[str, Any]:
+    with engine.begin() as conn:
+        conn.execute(sa.text("DELETE FROM outcome_cache"))
+    return summarize(collect(engine, assessor, now))
+
+
+def test_reused_only_while_the_same(engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _import(F03)
+    _import(F05)
+    cms = Assessor.load("cms-lcd")
+    count = Counting(monkeypatch)
+
+    cold = summarize(collect(engine, cms, NOW))
+    assert count.take() == 2
+    assert summarize(collect(engine, cms, NOW)) == cold
+    assert count.take() == 0  # nothing changed: every row from the cache
+
+    # a later follow-up score of f05 changes: that patient alone is evaluated again
+    bundle = json.loads(F05.read_text())
+    [obs] = [e for e in bundle["entry"] if e["resource"].get("id") == "o-6"]
+    obs["resource"]["valueInteger"] = 6
+    changed = tmp_path / "changed.json"
+    changed.write_text(json.dumps(bundle))
+    _import(changed)
+    after = summarize(collect(engine, cms, NOW))
+    assert count.take() == 1
+    assert after != cold
+    assert after == _from_scratch(engine, cms, NOW)
+    count.take()
+
+    # another policy: every patient evaluated with it, and the answer is that policy's
+    consensus = Assessor.load("consensus-2020")
+    other = summarize(collect(engine, consensus, NOW))
+    assert count.take() == 2
+    assert other == _from_scratch(engine, consensus, NOW)
+    count.take()
+
+    # time: f05's 6-month milestone falls due on 2025-04-21; before it the rows are reused,
+    # after it they are computed again (and an earlier date is never served from a later entry)
+    summarize(collect(engine, cms, NOW))
+    count.take()
+    assert summarize(collect(engine, cms, datetime(2025, 3, 1, tzinfo=UTC))) == _from_scratch(
+        engine, cms, datetime(2025, 3, 1, tzinfo=UTC)
+    )
+    count.take()
+    collect(engine, cms, datetime(2025, 3, 1, tzinfo=UTC))
+    assert count.take() == 0
+    due = datetime(2025, 5, 1, tzinfo=UTC)
+    later = summarize(collect(engine, cms, due))
+    assert count.take() >= 1  # f05 at least (its milestone fell due)
+    assert later == _from_scratch(engine, cms, due)
+    count.take()
+    collect(engine, cms, due)
+    collect(engine, cms, NOW)
+    assert count.take() == 2  # the entries are for May: February is computed again
+
+    # a patient's resources all deleted: its entry is forgotten
+    with engine.begin() as conn:
+        gone = sa.text("UPDATE resource SET deleted = :t WHERE patient_key = 'default:P-016'")
+        conn.execute(gone, {"t": True})
+    collect(engine, cms, NOW)
+    with engine.connect() as conn:
+        keys = conn.execute(sa.text("SELECT patient_key FROM outcome_cache")).scalars().all()
+    assert keys == ["default:P-001"]
+
+
+def test_worker_processes_give_the_same_rows(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The parallel path (PostgreSQL: spawned processes over ranges of patients) gives the rows of
+    the in-process one, and fills the same cache."""
+    from services.recommender.outcomes import summary
+
+    _import(F03)
+    _import(F05)
+    cms = Assessor.load("cms-lcd")
+    alone = summarize(collect(engine, cms, NOW, jobs=1))
+    with engine.begin() as conn:
+        conn.execute(sa.text("DELETE FROM outcome_cache"))
+    monkeypatch.setattr(summary, "PARALLEL_MIN", 0)
+    monkeypatch.setattr(summary, "BATCH", 1)  # two ranges, one patient each
+    assert summarize(collect(engine, cms, NOW, jobs=2)) == alone
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM outcome_cache")).scalar_one() == 2
+    assert summarize(collect(engine, cms, NOW, jobs=2)) == alone  # from the cache
+
+
+def test_the_engine_tag_is_the_same_in_every_process() -> None:
+    """Entries written by one process are found by the next: the tag (policy content and rule code)
+    does not depend on the interpreter's hash seed or on object addresses."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "from services.recommender.assessor import Assessor\n"
+        "from services.recommender.outcomes.cache import engine_tag\n"
+        "print(engine_tag(Assessor.load('cms-lcd')), engine_tag(Assessor.load('consensus-2020')))"
+    )
+    tags = {
+        subprocess.run(
+            [sys.executable, "-c", code],
+            env={**os.environ, "PYTHONHASHSEED": seed},
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        for seed in ("1", "2", "3")
+    }
+    assert len(tags) == 1
+    cms, consensus = tags.pop().split()
+    assert cms != consensus
