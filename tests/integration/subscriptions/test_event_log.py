@@ -27,9 +27,10 @@ def test_a_replay_is_not_new_and_numbers_are_logged_once(engine: Engine) -> None
         assert state.last_event(s, "hosp", "s1") == 4
 
 
+# SQLite has one writer at a time by design; on PostgreSQL deliveries run side by side
+@pytest.mark.postgres
+@pytest.mark.parametrize("db_url", ["postgres"], indirect=True)
 def test_concurrent_deliveries_of_one_subscription_do_not_wait_for_each_other(engine: Engine) -> None:
-    if engine.dialect.name != "postgresql":
-        pytest.skip("SQLite has one writer at a time by design; on PostgreSQL deliveries run side by side")
     now = utcnow()
     with Session(engine) as first, Session(engine) as second:
         state.note_topic(first, "hosp", "s1", now=now, status="active", topic=None)

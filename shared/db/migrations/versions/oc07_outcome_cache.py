@@ -1,7 +1,7 @@
 """outcome_cache: the practice outcomes summary's rows per patient, reused while unchanged (issue 19)
 
 Revision ID: oc07
-Revises: ev06
+Revises: subs02
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from sqlalchemy.dialects import postgresql
 import shared.db.models
 
 revision: str = "oc07"
-down_revision: str | None = "ev06"
+down_revision: str | None = "subs02"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
