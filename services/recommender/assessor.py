@@ -116,12 +116,18 @@ class Assessor:
         :meth:`entry` would say now and on each day before, at the cost of what the practice's
         outcomes summary reads (:func:`~services.recommender.engine.practice.procedure_outcomes`)
         — and until when the same resources give the same rows (None: for ever)."""
+        return self.outcomes_of(self.facts(resources).values(), now)
+
+    def outcomes_of(
+        self, facts: Iterable[PatientFacts], now: datetime
+    ) -> tuple[list[tuple[Mapping[str, Any], bool | None]], datetime | None]:
+        """:meth:`procedure_outcomes` from facts already normalised (the worker has them)."""
         rows: list[tuple[Mapping[str, Any], bool | None]] = []
         until: datetime | None = None
-        for facts in self.facts(resources).values():
-            found = procedure_outcomes(facts, self.policy, now)
+        for one in facts:
+            found = procedure_outcomes(one, self.policy, now)
             rows += found
-            end = unchanged_until(facts, found, now)
+            end = unchanged_until(one, found, now)
             if end is not None and (until is None or end < until):
                 until = end
         return rows, until

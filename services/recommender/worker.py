@@ -8,6 +8,11 @@ UPDATE). It then evaluates outside any lock and, in ONE transaction, deletes the
 evaluation bumped the generation: the results are dropped and the claim cleared, so the patient
 is evaluated again with the new data — no mark is ever lost. A crashed worker's claims expire
 after ``claim_ttl`` and are taken over.
+
+With the results, the same transaction stores each patient's entry of the outcome cache (the rows
+of the practice's outcomes summary, ``services/recommender/outcomes/cache.py``), computed from the
+facts the evaluation has just normalised: the summary that follows a backfill finds every patient
+the workers have evaluated warm.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -29,8 +35,9 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col
 
 from services.recommender.assessor import Assessor
+from services.recommender.outcomes import cache as outcome_cache
 from services.recommender.patients.ids import patient_ref
-from services.recommender.patients.repository import load_patient_resources, load_resources
+from services.recommender.patients.repository import Loaded, load_patients
 from services.recommender.suggestions.repository import apply_entry, preload
 from shared.db.models import AuditLog, EvaluationQueue, utcnow
 from shared.db.session import NewRows, session_scope
@@ -99,6 +106,29 @@ class Worker:
     def deliver(self) -> bool:
         return self.settings.config.writeback is not None
 
+    @cached_property
+    def outcome_tag(self) -> str:
+        """The outcome cache's engine tag of this worker's policy and code (computed once)."""
+        return outcome_cache.engine_tag(self.assessor)
+
+    def evaluate(
+        self, key: str, patient: Loaded, now: datetime
+    ) -> tuple[dict[str, Any], dict[str, Any] | None]:
+        """The patient's §3 entry and its outcome cache entry, from one normalisation. The cache
+        entry is None for a patient with no stored resource left (the summary does not list it) or
+        when computing it failed (logged by type; the summary will evaluate that patient itself)."""
+        facts = self.assessor.facts(patient.resources)
+        ref = patient_ref(key)
+        entry = self.assessor.entry(facts.get(ref), ref, now)
+        if not patient.resources:
+            return entry, None
+        try:
+            _, cached = outcome_cache.evaluate(self.assessor, self.outcome_tag, key, patient, now, facts)
+        except Exception as exc:
+            log.warning("worker.outcomes_failed", error=type(exc).__name__)
+            return entry, None
+        return entry, cached
+
     def claim(self, limit: int | None = None) -> list[Claim]:
         """Claim up to ``limit`` unclaimed (or expired) dirty patients, oldest first; commits."""
         now = self.clock()
@@ -150,14 +180,20 @@ class Worker:
     def _process(self, claim: Claim, now: datetime) -> str:
         key = claim.patient_key
         with session_scope(self.engine) as session:
-            resources = load_patient_resources(session, key)
-        entry = self.assessor.patient_entry(resources, patient_ref(key), now)
+            patient = load_patients(session, [key], fingerprint=True)[key]
+        entry, cached = self.evaluate(key, patient, now)
         with session_scope(self.engine) as session:
-            return self._store(session, [(claim, entry)])[key]
+            return self._store(session, [(claim, entry)], {key: cached} if cached else {})[key]
 
-    def _store(self, session: Session, results: list[tuple[Claim, dict[str, Any]]]) -> dict[str, str]:
+    def _store(
+        self,
+        session: Session,
+        results: list[tuple[Claim, dict[str, Any]]],
+        outcome_entries: dict[str, dict[str, Any]] | None = None,
+    ) -> dict[str, str]:
         """In the caller's transaction: drop the queue rows still at the evaluated generation and
-        store their results; clear the claims of the others (a newer mark came in)."""
+        store their results (and their outcome cache entries); clear the claims of the others (a
+        newer mark came in)."""
         if not results:
             return {}
         match = sa.or_(
@@ -224,6 +260,8 @@ class Worker:
                     SUGGESTION_WRITES.labels(action).inc(n)
             outcomes[key] = "stored"
         new_rows.insert(session)
+        entries = outcome_entries or {}
+        outcome_cache.upsert(session.connection(), [entries[k] for k in sorted(current) if k in entries])
         return outcomes
 
     def process_batch(self, claims: list[Claim], now: datetime | None = None) -> dict[str, str]:
@@ -237,23 +275,24 @@ class Worker:
         outcomes: dict[str, str] = {}
         try:
             with session_scope(self.engine) as session:
-                resources = load_resources(session, [c.patient_key for c in claims])
+                loaded = load_patients(session, [c.patient_key for c in claims], fingerprint=True)
         except Exception:
             return {c.patient_key: self.process(c, now) for c in claims}
         results: list[tuple[Claim, dict[str, Any]]] = []
+        cached: dict[str, dict[str, Any]] = {}
         for c in claims:
             try:
-                entry = self.assessor.patient_entry(
-                    resources[c.patient_key], patient_ref(c.patient_key), when
-                )
+                entry, outcome_entry = self.evaluate(c.patient_key, loaded[c.patient_key], when)
             except Exception as exc:
                 self._failed(c, exc)
                 outcomes[c.patient_key] = "failed"
                 continue
             results.append((c, entry))
+            if outcome_entry is not None:
+                cached[c.patient_key] = outcome_entry
         try:
             with session_scope(self.engine) as session:
-                outcomes.update(self._store(session, results))
+                outcomes.update(self._store(session, results, cached))
         except Exception as exc:
             log.warning("worker.batch_store_failed", size=len(results), error=type(exc).__name__)
             return {**outcomes, **{c.patient_key: self.process(c, now) for c, _ in results}}

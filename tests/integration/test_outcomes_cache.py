@@ -18,6 +18,8 @@ from typer.testing import CliRunner
 from services.cli import app
 from services.recommender.assessor import Assessor
 from services.recommender.outcomes.summary import collect, summarize
+from services.recommender.worker import Worker
+from shared.settings import Settings
 from tests.conftest import FIXTURES
 
 runner = CliRunner()
@@ -38,17 +40,18 @@ def _import(path: Path) -> None:
 
 
 class Counting:
-    """Counts the patients evaluated (the cache's misses)."""
+    """Counts the patients whose outcome rows are computed (by the summary: the cache's misses;
+    by the worker: every patient it evaluates) — both through ``cache.evaluate``."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.calls = 0
-        real = Assessor.procedure_outcomes
+        real = Assessor.outcomes_of
 
-        def counted(assessor: Assessor, resources: Any, now: datetime) -> Any:
+        def counted(assessor: Assessor, facts: Any, now: datetime) -> Any:
             self.calls += 1
-            return real(assessor, resources, now)
+            return real(assessor, facts, now)
 
-        monkeypatch.setattr(Assessor, "procedure_outcomes", counted)
+        monkeypatch.setattr(Assessor, "outcomes_of", counted)
 
     def take(self) -> int:
         n, self.calls = self.calls, 0
@@ -119,6 +122,63 @@ def test_reused_only_while_the_same(engine: Engine, tmp_path: Path, monkeypatch:
     with engine.connect() as conn:
         keys = conn.execute(sa.text("SELECT patient_key FROM outcome_cache")).scalars().all()
     assert keys == ["default:P-001"]
+
+
+def _entries(engine: Engine) -> dict[str, tuple[Any, ...]]:
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.text("SELECT patient_key, fingerprint, engine, computed_for, valid_until FROM outcome_cache")
+        )
+        return {r[0]: tuple(r[1:]) for r in rows}
+
+
+def test_the_worker_leaves_every_patient_warm(
+    engine: Engine, settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The worker stores each patient's entry as it evaluates it (the first summary after a
+    backfill is warm): the summary then evaluates nobody and gives the summary from scratch; the
+    entries are the ones the summary itself writes; a patient changed after the worker ran is
+    evaluated again by the summary, and by the worker once it drains the new mark."""
+    _import(F03)
+    _import(F05)
+    cms = Assessor.load("cms-lcd")
+    count = Counting(monkeypatch)
+    worker = Worker(engine, settings, cms)
+    assert worker.drain(now=NOW).stored == 2
+    assert count.take() == 2  # the worker computed both patients' rows
+    by_worker = _entries(engine)
+    assert sorted(by_worker) == ["default:P-001", "default:P-016"]
+
+    warm = summarize(collect(engine, cms, NOW))
+    assert count.take() == 0  # every patient warm
+    assert _entries(engine) == by_worker
+    # the same summary and the same entries, key for key, as the summary computes from scratch
+    assert _from_scratch(engine, cms, NOW) == warm
+    assert count.take() == 2
+    assert _entries(engine) == by_worker
+
+    # f05 changed after the worker ran (its new mark not yet drained): the summary evaluates it
+    bundle = json.loads(F05.read_text())
+    [obs] = [e for e in bundle["entry"] if e["resource"].get("id") == "o-6"]
+    obs["resource"]["valueInteger"] = 6
+    changed = tmp_path / "changed.json"
+    changed.write_text(json.dumps(bundle))
+    _import(changed)
+    count.take()
+    after = summarize(collect(engine, cms, NOW))
+    assert count.take() == 1
+    assert after != warm and after == _from_scratch(engine, cms, NOW)
+
+    # changed again, and this time the worker drains the mark first: the summary is warm again
+    obs["resource"]["valueInteger"] = 1
+    changed.write_text(json.dumps(bundle))
+    _import(changed)
+    count.take()
+    assert worker.drain(now=NOW).stored == 1
+    assert count.take() == 1
+    again = summarize(collect(engine, cms, NOW))
+    assert count.take() == 0
+    assert again != after and again == _from_scratch(engine, cms, NOW)
 
 
 def test_worker_processes_give_the_same_rows(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:

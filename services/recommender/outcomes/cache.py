@@ -13,8 +13,13 @@ entry replaced:
   procedure ends, a reading or score's time is reached or a milestone falls due
   (:func:`~services.recommender.engine.practice.unchanged_until`).
 
-Writes are best effort (a read-only replica still gets its summary): a failed write is logged by
-count, never with patient data.
+One function computes a patient's rows and its entry, :func:`evaluate`: the summary calls it for
+each patient it finds no usable entry for, and the worker for each patient it evaluates (from the
+facts it has already normalised; the entry written in the worker's batch transaction, so that the
+first summary after a backfill finds every patient warm).
+
+The summary's writes are best effort (a read-only replica still gets its summary): a failed write
+is logged by count, never with patient data.
 """
 
 from __future__ import annotations
@@ -37,7 +42,9 @@ from sqlmodel import Session
 import services.recommender.engine as _engine_pkg
 import shared.domain as _domain_pkg
 from services.recommender.assessor import Assessor
+from services.recommender.patients.repository import Loaded
 from shared.db.models import OutcomeCache
+from shared.domain.facts import PatientFacts
 from shared.logging import get_logger
 
 log = get_logger("pinpoint.outcomes")
@@ -69,6 +76,37 @@ class Entry:
     rows: list[tuple[Mapping[str, Any], bool | None]]
 
 
+Rows = list[tuple[Mapping[str, Any], bool | None]]
+
+
+def evaluate(
+    assessor: Assessor,
+    tag: str,
+    key: str,
+    patient: Loaded,
+    now: datetime,
+    facts: Mapping[str, PatientFacts] | None = None,
+) -> tuple[Rows, dict[str, Any]]:
+    """A patient's rows at ``now`` (:meth:`Assessor.outcomes_of`) and its cache entry: the
+    fingerprint ``patient`` was loaded with (``load_patients(…, fingerprint=True)``), the engine
+    ``tag`` (:func:`engine_tag`), valid from ``now`` until the rows could change. ``facts``: the
+    patient's resources already normalised (else normalised here)."""
+    if patient.fingerprint is None:
+        raise ValueError("the patient was loaded without its fingerprint")
+    if facts is None:
+        facts = assessor.facts(patient.resources)
+    found, until = assessor.outcomes_of(facts.values(), now)
+    return found, {
+        "patient_key": key,
+        "fingerprint": patient.fingerprint,
+        "engine": tag,
+        "computed_for": now,
+        "valid_until": until,
+        "refs": [list(r) for r in patient.refs],
+        "rows": [[o, met] for o, met in found],
+    }
+
+
 _READ = sa.select(
     TABLE.c.patient_key,
     TABLE.c.fingerprint,
@@ -96,11 +134,11 @@ def usable(session: Session, keys: Sequence[str], tag: str, now: datetime) -> di
     return out
 
 
-def store(engine: sa.Engine, entries: list[dict[str, Any]]) -> None:
-    """Insert or replace entries (best effort)."""
+def upsert(conn: sa.Connection, entries: list[dict[str, Any]]) -> None:
+    """Insert or replace entries in the caller's transaction (the worker's batch), one statement."""
     if not entries:
         return
-    insert = pg_insert if engine.dialect.name == "postgresql" else sqlite_insert
+    insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
     stmt = insert(TABLE)
     stmt = stmt.on_conflict_do_update(
         index_elements=["patient_key"],
@@ -109,9 +147,16 @@ def store(engine: sa.Engine, entries: list[dict[str, Any]]) -> None:
             for c in ("fingerprint", "engine", "computed_for", "valid_until", "refs", "rows")
         },
     )
+    conn.execute(stmt, entries)
+
+
+def store(engine: sa.Engine, entries: list[dict[str, Any]]) -> None:
+    """Insert or replace entries in a transaction of their own (the summary's; best effort)."""
+    if not entries:
+        return
     try:
         with engine.begin() as conn:
-            conn.execute(stmt, entries)
+            upsert(conn, entries)
     except SQLAlchemyError as exc:
         log.warning("outcomes.cache_write_failed", entries=len(entries), error=type(exc).__name__)
 

@@ -88,20 +88,9 @@ def _rows_of_keys(
             if entry is not None:
                 rows += [Row(o, met) for o, met in entry.rows]
                 continue
-            patient = loaded[key]
-            found, until = assessor.procedure_outcomes(patient.resources, now)
+            found, stored_entry = cache.evaluate(assessor, tag, key, loaded[key], now)
             rows += [Row(o, met) for o, met in found]
-            fresh.append(
-                {
-                    "patient_key": key,
-                    "fingerprint": patient.fingerprint,
-                    "engine": tag,
-                    "computed_for": now,
-                    "valid_until": until,
-                    "refs": [list(r) for r in patient.refs],
-                    "rows": [[o, met] for o, met in found],
-                }
-            )
+            fresh.append(stored_entry)
         evaluated += len(fresh)
         cache.store(engine, fresh)
     return rows, evaluated
