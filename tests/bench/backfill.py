@@ -14,6 +14,10 @@ PostgreSQL database:
 3. ``W`` × ``pinpoint worker --once`` at the same time on the filled queue: patients/s to
    CarePlans (suggestions stored), also after the processes' start-up, peak RSS; then everyone
    marked again and the workers run once more on unchanged data (a re-evaluation).
+4. ``--before REF`` (e.g. ``main``): the workers of that commit (its source, ``git archive``, on
+   this environment) run the same two drains on a copy of the imported database (``CREATE
+   DATABASE … TEMPLATE``), interleaved with these (before, after, before again, after again): CPU
+   a patient and patients/s side by side, with ``/proc/loadavg`` at each.
 
 For each stage also the CPU time of its processes and of the PostgreSQL backends serving them
 (per resource / per patient), which the other work on a shared machine does not inflate as much
@@ -46,7 +50,7 @@ sys.path.insert(0, str(ROOT))
 from shared.db.queue import mark_dirty  # noqa: E402
 from shared.db.session import session_scope  # noqa: E402
 from tests.bench._load import loadavg  # noqa: E402
-from tests.bench._pg import BackendCPU, drop_db, fresh_db, raw_copy  # noqa: E402
+from tests.bench._pg import ADMIN_URL, BackendCPU, admin, drop_db, fresh_db, raw_copy  # noqa: E402
 from tests.bench.evaluate import noise, patient  # noqa: E402
 from tests.serving import PINPOINT, clean_env  # noqa: E402
 
@@ -131,6 +135,7 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--workers", type=int, default=2, help="0: import only")
     parser.add_argument("--keep", type=Path, help="write the export here and keep it")
+    parser.add_argument("--before", metavar="REF", help="also run the workers of git REF side by side")
     args = parser.parse_args()
     tmp = tempfile.TemporaryDirectory(prefix="pinpoint-backfill-")
     folder = args.keep or Path(tmp.name)
@@ -146,6 +151,8 @@ def main() -> None:
     work: Stage | None = None
     again: Stage | None = None
     rewritten = 0
+    side: list[tuple[str, str, Stage]] = []  # (code, drain, stage) of --before
+    name_b = f"{name}_before"
     try:
         cpu0 = time.process_time()
         with BackendCPU(name) as copy_server:
@@ -160,8 +167,30 @@ def main() -> None:
             kept = conn.execute(sa.text("SELECT count(*) FROM resource")).scalar_one()
             queued = conn.execute(sa.text("SELECT count(*) FROM evaluation_queue")).scalar_one()
         import_load = loadavg()
+        env_b: dict[str, str] = {}
+        if args.before and args.workers:
+            src = Path(tmp.name) / "before-src"
+            src.mkdir()
+            archive = subprocess.run(
+                ["git", "-C", str(ROOT), "archive", args.before], capture_output=True, check=True
+            )
+            subprocess.run(["tar", "-x", "-C", str(src)], input=archive.stdout, check=True)
+            engine.dispose()
+            admin(ADMIN_URL, f'CREATE DATABASE "{name_b}" TEMPLATE "{name}"')
+            url_b = url.rsplit("/", 1)[0] + f"/{name_b}"
+            env_b = {**env, "PYTHONPATH": str(src), "PINPOINT_DATABASE_URL": url_b}
+            side.append(
+                (
+                    args.before,
+                    f"first drain (load {loadavg()})",
+                    timed(["worker", "--once"], env_b, name_b, procs=args.workers),
+                )
+            )
         if args.workers:
+            first_load = loadavg()
             work = timed(["worker", "--once"], env, name, procs=args.workers)
+            if side:
+                side.append(("this branch", f"first drain (load {first_load})", work))
         with engine.connect() as conn:
             left = conn.execute(sa.text("SELECT count(*) FROM evaluation_queue")).scalar_one()
             plans = conn.execute(
@@ -174,13 +203,42 @@ def main() -> None:
                     sa.text("SELECT DISTINCT patient_key FROM resource WHERE patient_key IS NOT NULL")
                 ).scalars()
                 mark_dirty(session, list(keys))
+            if env_b:
+                engine_b = sa.create_engine(url_b)
+                with session_scope(engine_b) as session:
+                    keys = session.execute(
+                        sa.text("SELECT DISTINCT patient_key FROM resource WHERE patient_key IS NOT NULL")
+                    ).scalars()
+                    mark_dirty(session, list(keys))
+                engine_b.dispose()
+                side.append(
+                    (
+                        args.before,
+                        f"re-evaluation (load {loadavg()})",
+                        timed(["worker", "--once"], env_b, name_b, procs=args.workers),
+                    )
+                )
+            again_load = loadavg()
             again = timed(["worker", "--once"], env, name, procs=args.workers)
+            if side:
+                side.append(("this branch", f"re-evaluation (load {again_load})", again))
             with engine.connect() as conn:
                 rewritten = conn.execute(sa.text("SELECT count(*) FROM suggestion")).scalar_one() - written
+                cached = conn.execute(sa.text("SELECT count(*) FROM outcome_cache")).scalar_one()
+            print(f"  outcome cache entries written by the workers: {cached:,} of {args.n:,} patients")
         engine.dispose()
     finally:
         drop_db(name)
+        if side:
+            drop_db(name_b)
         tmp.cleanup()
+    for code, drain, stage in side:
+        _, rate, cpu = _drain_figures(stage)
+        print(
+            f"  workers of {code:<12} {drain}: {args.n / stage.wall:,.0f} patients/s whole"
+            f" ({stage.wall:.1f} s), {rate:,.0f}/s after start-up; CPU {cpu * 1e3 / args.n:.2f} ms a"
+            f" patient after start-up + server {stage.server * 1e3 / args.n:.2f} ms"
+        )
     cores = os.cpu_count() or 1
     import_rate, copy_rate = resources / imp.wall, n_copy / copy_s
     copy_cpu = copy_client + copy_server.seconds
