@@ -13,7 +13,12 @@
    exactly as ingest writes them (identity, patient key, content hash, raw JSON).
 2. Times ``pinpoint outcomes --format json`` as its own process (wall time, peak RSS of it and
    its worker processes) and checks that the procedures per pathway are those seeded.
-3. ``--baseline``: also times the straightforward path in this process (every patient read in
+3. ``--workers W`` (the first summary after ingest): every seeded patient is marked dirty and
+   drained by ``W`` × ``pinpoint worker --once`` at the same time (wall, CPU a patient), which
+   store each patient's outcome cache entry; then the summary is timed and counts the patients it
+   had to evaluate itself (entries it rewrote: ≈ 0 expected), then again cold (cache emptied: must
+   give the same summary) and after 1 % changed.
+4. ``--baseline``: also times the straightforward path in this process (every patient read in
    batches and evaluated in full, now and on the day before each procedure) and checks it gives
    the same summary.
 
@@ -38,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import sqlalchemy as sa
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
@@ -259,6 +265,77 @@ def timed_outcomes(url: str) -> tuple[dict[str, Any], float, float]:
     return orjson.loads(out.stdout), wall, peak_kb / 1024
 
 
+_WORKERS = """
+import json, resource, subprocess, sys
+procs = [subprocess.Popen(sys.argv[2:], stdout=subprocess.PIPE, text=True) for _ in range(int(sys.argv[1]))]
+outs = [p.communicate()[0] for p in procs]
+use = resource.getrusage(resource.RUSAGE_CHILDREN)
+print(json.dumps({"code": max(p.returncode for p in procs), "cpu": use.ru_utime + use.ru_stime, "out": outs}))
+"""
+
+
+def drain_workers(url: str, n: int, workers: int) -> float:
+    """Every patient marked dirty, then ``workers`` × ``pinpoint worker --once`` at once: wall s."""
+    import json  # lazy
+
+    from shared.db.queue import mark_dirty  # lazy
+    from shared.db.session import make_engine, session_scope  # lazy
+
+    engine = make_engine(url)
+    with session_scope(engine) as session:
+        keys = session.execute(
+            sa.text("SELECT DISTINCT patient_key FROM resource WHERE patient_key IS NOT NULL")
+        ).scalars()
+        marked = mark_dirty(session, list(keys))
+    engine.dispose()
+    env = clean_env(PINPOINT_DATABASE_URL=url, PINPOINT_LOG_LEVEL="warning")
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    print(f"/proc/loadavg before: {loadavg()} ({os.cpu_count()} CPUs, shared)")
+    t0 = time.perf_counter()
+    out = subprocess.run(
+        [sys.executable, "-c", _WORKERS, str(workers), str(PINPOINT), "worker", "--once"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=7200,
+        check=True,
+    )
+    wall = time.perf_counter() - t0
+    result = json.loads(out.stdout)
+    if result["code"] != 0:
+        raise SystemExit("pinpoint worker --once failed")
+    print(
+        f"{workers} x pinpoint worker --once on {marked:,} patients marked: {wall:.1f} s ="
+        f" {marked / wall:,.0f} patients/s (whole processes); CPU {result['cpu'] * 1e3 / marked:.2f} ms"
+        f" a patient; 100,000 patients ~ {100_000 / (marked / wall) / 60:.1f} min"
+    )
+    print(f"/proc/loadavg after:  {loadavg()}")
+    return wall
+
+
+def cache_state(url: str) -> tuple[int, datetime | None]:
+    """(entries, latest ``computed_for``) of the outcome cache."""
+    from shared.db.session import make_engine  # lazy
+
+    engine = make_engine(url)
+    with engine.connect() as conn:
+        count, latest = conn.execute(sa.text("SELECT count(*), max(computed_for) FROM outcome_cache")).one()
+    engine.dispose()
+    return int(count), latest
+
+
+def rewritten_since(url: str, mark: datetime | None) -> int:
+    """Entries written after ``mark``: the patients the summary evaluated itself."""
+    from shared.db.session import make_engine  # lazy
+
+    engine = make_engine(url)
+    with engine.connect() as conn:
+        sql = "SELECT count(*) FROM outcome_cache" + (" WHERE computed_for > :m" if mark else "")
+        n = conn.execute(sa.text(sql), {"m": mark} if mark else {}).scalar_one()
+    engine.dispose()
+    return int(n)
+
+
 def baseline(url: str, now: datetime) -> tuple[dict[str, Any], float]:
     """The straightforward path: every patient read in batches, evaluated in full now and on the
     day before each procedure (what ``pinpoint outcomes`` did before it was made fast)."""
@@ -293,6 +370,9 @@ def main() -> None:
     parser.add_argument("--baseline", action="store_true", help="also time the straightforward path")
     parser.add_argument("--keep", action="store_true", help="keep the database (its URL is printed)")
     parser.add_argument("--url", help="an already seeded database: time only")
+    parser.add_argument(
+        "--workers", type=int, default=0, help="first drain every patient with this many worker processes"
+    )
     args = parser.parse_args()
     now = datetime.now(UTC)
     vs = variants()
@@ -305,7 +385,7 @@ def main() -> None:
     if url is None:
         from shared.db.session import make_engine, upgrade  # lazy
 
-        name = f"h19speed_outcomes_{os.getpid()}"
+        name = f"h19warm_outcomes_{os.getpid()}"
         admin(ADMIN_URL, f'CREATE DATABASE "{name}"')
         url = ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
         engine = make_engine(url)
@@ -328,13 +408,25 @@ def main() -> None:
             ("warm: nothing changed", None),
             ("warm, 1 % of patients changed since", CHANGE),
         ]
+        if args.workers:
+            drain_workers(url, args.n, args.workers)
+            entries, _ = cache_state(url)
+            print(f"  outcome cache entries stored by the workers: {entries:,} of {args.n:,} patients")
+            runs = [
+                ("after the workers drained everyone", None),
+                ("cold: cache emptied (must give the same summary)", "TRUNCATE outcome_cache"),
+                ("warm, 1 % of patients changed since", CHANGE),
+            ]
         first: dict[str, Any] | None = None
         cold_wall = 0.0
         for label, change in runs:
             if change:
                 admin(url, change)
+            before = cache_state(url)[1] if args.workers else None
             print(f"/proc/loadavg before: {loadavg()} ({os.cpu_count()} CPUs, shared)")
             summary, wall, rss = timed_outcomes(url)
+            if args.workers:
+                print(f"  patients the summary evaluated itself: {rewritten_since(url, before):,}")
             got = {p["pathway"]: p["procedures"] for p in summary["pathways"]}
             ok = got == dict(want)
             print(
@@ -359,8 +451,8 @@ def main() -> None:
                         f" (n {p['criteriaMetBefore']['n']}), relief 3 mo {p['relief3Months']['share']},"
                         f" 6 mo {p['relief6Months']['share']}, median relief {p['medianReliefDays']} d"
                     )
-            elif not change and summary != first:
-                print("  the warm summary DIFFERS from the cold one")
+            elif (not change or change.startswith("TRUNCATE")) and summary != first:
+                print("  this summary DIFFERS from the first one")
                 sys.exit(1)
         if args.baseline:
             ref, ref_s = baseline(url, now)
