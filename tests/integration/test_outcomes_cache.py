@@ -181,6 +181,30 @@ def test_the_worker_leaves_every_patient_warm(
     assert again != after and again == _from_scratch(engine, cms, NOW)
 
 
+def test_a_patient_whose_rows_fail_is_still_evaluated_by_the_worker(
+    engine: Engine, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The outcome rows failing for a patient never hold back its evaluation: the suggestions are
+    stored, the mark is cleared, no entry is written, and the summary evaluates it itself."""
+    _import(F05)
+    cms = Assessor.load("cms-lcd")
+    real = Assessor.outcomes_of
+
+    def broken(assessor: Assessor, facts: Any, now: datetime) -> Any:
+        raise ValueError("cannot compute the rows")
+
+    monkeypatch.setattr(Assessor, "outcomes_of", broken)
+    assert Worker(engine, settings, cms).drain(now=NOW).stored == 1
+    assert _entries(engine) == {}
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM evaluation_queue")).scalar_one() == 0
+        assert conn.execute(sa.text("SELECT count(*) FROM suggestion")).scalar_one() > 0
+    monkeypatch.setattr(Assessor, "outcomes_of", real)
+    count = Counting(monkeypatch)
+    assert summarize(collect(engine, cms, NOW)) == _from_scratch(engine, cms, NOW)
+    assert count.take() == 2  # the summary, then the one from scratch
+
+
 def test_worker_processes_give_the_same_rows(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
     """The parallel path (PostgreSQL: spawned processes over ranges of patients) gives the rows of
     the in-process one, and fills the same cache."""
