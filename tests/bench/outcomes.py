@@ -385,7 +385,7 @@ def main() -> None:
     if url is None:
         from shared.db.session import make_engine, upgrade  # lazy
 
-        name = f"h19warm_outcomes_{os.getpid()}"
+        name = f"h19speed_outcomes_{os.getpid()}"
         admin(ADMIN_URL, f'CREATE DATABASE "{name}"')
         url = ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
         engine = make_engine(url)
