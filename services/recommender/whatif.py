@@ -19,6 +19,7 @@ from sqlalchemy.engine import Engine
 from services.recommender.assessor import Assessor
 from services.recommender.container import RecommenderDep
 from services.recommender.engine import wording
+from services.recommender.engine.humanize import plural
 from services.recommender.patients.repository import load_resources, patient_keys_with_data
 from shared.db.session import session_scope
 from shared.web import require_api_token
@@ -146,15 +147,15 @@ def verdict_words(code: str) -> str:
 def _matrix_text(result: WhatIf) -> str:
     lines = [
         f"What-if: {result.candidate[0]} {result.candidate[1]} instead of {result.baseline[0]} "
-        f"{result.baseline[1]}: {result.patients:,} patient(s) judged at "
+        f"{result.baseline[1]}: {result.patients:,} patient{'' if result.patients == 1 else 's'} judged at "
         f"{result.evaluated_at:%Y-%m-%d %H:%M}.",
     ]
     for pathway in sorted(result.matrix):
         cells = result.matrix[pathway]
         lines += [
             "",
-            f"{wording.pathway_text(pathway)}: {sum(cells.values())} assessment(s), "
-            f"{result.changed(pathway)} change(s)",
+            f"{wording.pathway_text(pathway)}: {plural(sum(cells.values()), 'assessment')}, "
+            f"{plural(result.changed(pathway), 'change')}",
         ]
         for (b, a), n in sorted(cells.items(), key=lambda kv: (kv[0][0] == kv[0][1], -kv[1])):
             mark = "  =" if b == a else "  →"

@@ -41,7 +41,7 @@ def test_outcomes_per_pathway(engine: object) -> None:
     assert esi["relief3Months"] == {"n": 1, "share": 0.0}  # 28.6 % at 3 months
 
     text = runner.invoke(app, ["outcomes", "--since", "2024-06-01"])
-    assert text.exit_code == 0 and "facet-rfa: 1 procedure(s)" in text.stdout
+    assert text.exit_code == 0 and "Facet radiofrequency ablation: 1 procedure" in text.stdout
     csv_out = runner.invoke(app, ["outcomes", "--format", "csv"])
     assert csv_out.stdout.splitlines()[0].startswith("pathway,procedures,criteria_met_before")
     bad = runner.invoke(app, ["outcomes", "--since", "yesterday"])

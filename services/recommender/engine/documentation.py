@@ -27,6 +27,7 @@ from collections.abc import Mapping, Sequence
 from datetime import date, datetime, timedelta
 from typing import Any
 
+from services.recommender.engine import humanize
 from services.recommender.engine.relief import PatientContext, sides_compatible
 from services.recommender.engine.wording import PAIN_SCALES
 from shared.domain import terminology as t
@@ -61,7 +62,10 @@ def _baseline_pain(
             if e.get("procedure") in {iv.ref for iv in procs} and e.get("baseline") is None
         ]
         if missing:
-            return MISSING, f"no pain score before the procedure of {missing[0].get('performed', '')[:10]}"
+            return (
+                MISSING,
+                f"no pain score before the procedure of {humanize.day(missing[0].get('performed'))}",
+            )
         return MET, "a pain score was recorded before each procedure"
     days = int(ctx.policy.g("long_term_baseline_days"))
     found = [r for r in ctx.facts.readings if 0 <= (on - r.time.date()).days <= days]

@@ -16,7 +16,7 @@ from typing import Any
 from sqlmodel import Session, col, select
 
 from services.recommender.assessor import Assessor
-from services.recommender.engine import Policy
+from services.recommender.engine import Policy, humanize
 from services.recommender.engine.completeness import mark_unavailable
 from services.recommender.engine.relief import PatientContext
 from services.recommender.engine.wording import (
@@ -285,7 +285,7 @@ def _target_view(
         principal=sentence(reason_text(reasons[0], item.get("unavailable"))) if reasons else None,
         other_reasons=tuple(sentence(reason_text(r)) for r in reasons[1:]),
         next_step=item.get("nextStep"),
-        earliest=item.get("earliestDate"),
+        earliest=humanize.day(item["earliestDate"]) if item.get("earliestDate") else None,
         threshold=relief_threshold(policy, pathway),
         timeline=chart.timeline([b for b, _, _ in blocks]),
         table=tuple(_table(blocks)),

@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from html import escape
 from typing import Any
 
+from services.recommender.engine.humanize import plural
 from services.recommender.engine.wording import pathway_text
 from shared.domain import terminology as t
 
@@ -91,8 +92,8 @@ def render(summary: Mapping[str, Any], policy: str) -> str:
             f"<dt>&ge; 50 % relief at 3 months</dt><dd>{_share(p['relief3Months'])}</dd>"
             f"<dt>&ge; 50 % relief at 6 months</dt><dd>{_share(p['relief6Months'])}</dd>"
             f"<dt>Median relief (Kaplan–Meier)</dt><dd>"
-            f"{f'{median} days' if median is not None else 'not reached'} over {p['reliefDurations']}"
-            " procedure(s), censoring honoured</dd></dl>"
+            f"{f'{median} days' if median is not None else 'not reached'} over "
+            f"{plural(p['reliefDurations'], 'procedure')}, censoring honoured</dd></dl>"
             f"<figure><figcaption>Relief duration</figcaption>{_km_svg(p)}</figure>{function}</section>"
         )
     body = "".join(sections) or "<p>No definitive or therapeutic procedure is stored.</p>"

@@ -41,9 +41,12 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from services.recommender.assessor import Assessor
+from services.recommender.engine.humanize import plural
+from services.recommender.engine.wording import pathway_text
 from services.recommender.outcomes import cache
 from services.recommender.patients.repository import fingerprints, load_patients, patient_keys_with_resources
 from shared.db.session import make_engine
+from shared.domain.terminology import FUNCTION_NAMES
 from shared.logging import get_logger
 
 log = get_logger("pinpoint.outcomes")
@@ -283,17 +286,18 @@ def render(summary: Mapping[str, Any], fmt: str) -> str:
         median = p["medianReliefDays"]
         lines += [
             "",
-            f"{p['pathway']}: {p['procedures']} procedure(s)",
+            f"{pathway_text(str(p['pathway']))}: {plural(p['procedures'], 'procedure')}",
             f"  criteria met the day before: {_pct(p['criteriaMetBefore'])}",
             f"  >= 50 % relief at 3 months: {_pct(p['relief3Months'])}; "
             f"at 6 months: {_pct(p['relief6Months'])}",
             "  median relief: "
             + (f"{median} days" if median is not None else "not reached")
-            + f" (Kaplan-Meier over {p['reliefDurations']} procedure(s), censoring honoured)",
+            + f" (Kaplan-Meier over {plural(p['reliefDurations'], 'procedure')}, censoring honoured)",
         ]
         for f in p["function"]:
             lines.append(
-                f"  {f['instrument']}: median change at 3 months {f['medianChange3Months']:g} points, "
+                f"  {FUNCTION_NAMES.get(str(f['instrument']), str(f['instrument']))}: "
+                f"median change at 3 months {f['medianChange3Months']:g} points, "
                 f"{round(f['shareReachingMcid'] * 100)} % reaching the MCID (n = {f['n']})"
             )
     return "\n".join(lines) + "\n"

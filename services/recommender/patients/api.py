@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict
 from starlette.concurrency import run_in_threadpool
 
 from services.recommender.container import Recommender, RecommenderDep
+from services.recommender.engine.humanize import plural
 from services.recommender.patients.ids import parse_now, patient_key, patient_ref
 from services.recommender.patients.repository import (
     load_patient_resources,
@@ -69,7 +70,7 @@ def _reevaluate(parts: Recommender, body: Reevaluate | None) -> FhirResponse:
         session.add(
             AuditLog(at=utcnow(), actor="admin", action="reevaluate", target=None, detail={"marked": marked})
         )
-    text = f"{marked} patient(s) marked for re-evaluation"
+    text = f"{plural(marked, 'patient')} marked for re-evaluation"
     return FhirResponse(
         {
             "resourceType": "OperationOutcome",

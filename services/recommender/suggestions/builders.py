@@ -27,7 +27,7 @@ from typing import Any
 import orjson
 
 from services.recommender.engine import explain
-from services.recommender.engine.humanize import day
+from services.recommender.engine.humanize import day, plural
 from services.recommender.engine.policy import PolicyRef
 from services.recommender.engine.relief import sides_compatible
 from services.recommender.engine.wording import (
@@ -210,7 +210,7 @@ def describe(assessment: Mapping[str, Any]) -> str:
         if met:
             sentence += f" Met: {met}{f' ({label})' if label else ''}."
     elif evidence:
-        sentence += f" Based on {len(evidence)} block(s), {positive} positive."
+        sentence += f" Based on {plural(len(evidence), 'block')}, {positive} positive."
     step = assessment.get("nextStep")
     if isinstance(step, Mapping) and step.get("code"):
         where = "; ".join(target_text(t) for t in assessment.get("nextStepTargets") or [])

@@ -20,7 +20,7 @@ async def test_outcomes_page_summarises_the_stored_procedures(client: httpx.Asyn
     text = r.text
     assert "Facet radiofrequency ablation" in text
     assert "<dt>Procedures</dt><dd>2</dd>" in text
-    assert "182 days over 2 procedure(s), censoring honoured" in text
+    assert "182 days over 2 procedures, censoring honoured" in text
     assert 'class="km-curve"' in text
     assert "<td>Oswestry Disability Index</td><td>18</td><td>100 %</td>" in text
     later = await client.get("/outcomes", params={"since": "2025-01-01"})

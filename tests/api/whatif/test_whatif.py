@@ -68,7 +68,7 @@ async def test_command_in_every_format_and_with_a_policy_file(
     runner = CliRunner()
     text = runner.invoke(cli, ["whatif", "--policy", "consensus-2020", "--now", NOW])
     assert text.exit_code == 0, text.output
-    assert "Facet radiofrequency ablation: 2 assessment(s), 1 change(s)" in text.output
+    assert "Facet radiofrequency ablation: 2 assessments, 1 change" in text.output
     assert "criteria not met → criteria met" in text.output
     assert "/patients/Q-ONE/evidence" in text.output
     as_json = json.loads(

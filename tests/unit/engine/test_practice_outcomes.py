@@ -48,5 +48,5 @@ def test_summary_per_pathway_and_since() -> None:
     later = summarize(rows, date(2024, 1, 1))
     assert later["pathways"][0]["procedures"] == 2
     text = render(summary, "text")
-    assert "facet-rfa: 3 procedure(s)" in text and "median relief: 182 days" in text
+    assert "Facet radiofrequency ablation: 3 procedures" in text and "median relief: 182 days" in text
     assert render(summary, "csv").splitlines()[1] == "facet-rfa,3,0.5,0.667,,182"

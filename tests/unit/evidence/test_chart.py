@@ -268,6 +268,8 @@ def test_every_vignette_renders_one_section_per_assessment(name: str) -> None:
         parser.feed(html)
         shown = "".join(parser.text)
         assert not re.search(r"\b(Procedure|Observation|QuestionnaireResponse)/", shown), "no resource ids"
+        assert not re.search(r"\b\d{4}-\d{2}-\d{2}\b", shown), "dates are written for people"
+        assert "unknown ·" not in shown and "– min" not in shown, "nothing unknown spelled out"
         panels = sum(len(t.timeline.panels) for t in view.targets)
         assert len(_classes(parser.tags, "block-marker")) == panels
         charts = [a for t, a in parser.tags if t == "svg" and a.get("class") == "chart"]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from datetime import date, datetime, timedelta
 
-from services.recommender.engine.humanize import day, days, number
+from services.recommender.engine.humanize import day, days, number, plural
 from services.recommender.engine.model import (
     Alert,
     Detail,
@@ -72,7 +72,11 @@ def cumulative_steroid_alert(ctx: PatientContext, now: datetime) -> Alert | None
     )
     text = (
         f"Cumulative corticosteroid {measured}"
-        + (f" ({assumed} undocumented dose(s) assumed {number(s['assumed_dose_mg'])} mg)" if assumed else "")
+        + (
+            f" ({plural(assumed, 'undocumented dose')} assumed {number(s['assumed_dose_mg'])} mg)"
+            if assumed
+            else ""
+        )
         + ": "
         + "; ".join(parts)
         + "."
