@@ -17,6 +17,7 @@ from services.ingest import cli as ingest_cli
 from services.recommender import cli as recommender_cli
 from shared.cli import EXIT_CODES_HELP, NOTHING_DONE, engine_or_exit, fail, plain_help_types, settings_or_exit
 from shared.errors import ConfigError
+from shared.humanize import plural
 from shared.paths import default_database_path
 
 if TYPE_CHECKING:
@@ -191,7 +192,7 @@ def worker(
 
 def _report_once(settings: Settings, stats: DrainStats, delivered: DeliveryStats) -> None:
     typer.echo(
-        f"evaluated {stats.evaluated} patient(s): {stats.stored} stored, {stats.failed} failed"
+        f"evaluated {plural(stats.evaluated, 'patient')}: {stats.stored} stored, {stats.failed} failed"
         f" in {stats.seconds:.1f} s ({stats.cpu_seconds:.1f} s CPU)"
     )
     if settings.config.writeback is None:

@@ -19,6 +19,7 @@ import typer
 
 from shared.cli import NOTHING_DONE, PARTLY, engine_or_exit, print_table, settings_or_exit
 from shared.errors import PinpointError
+from shared.humanize import plural
 
 if TYPE_CHECKING:
     from rich.progress import Progress, TaskID
@@ -113,20 +114,21 @@ def import_command(
     rows = [[rtype, *(str(row[k]) for k in counts)] for rtype, row in t.rows()]
     rows.append(["total", *(str(t.total(k)) for k in counts)])
     print_table(
-        f"pinpoint import: {report.files} file(s) into source {src.id}",
+        f"pinpoint import: {plural(report.files, 'file')} into source {src.id}",
         ("type", "kept", "dropped", "unresolved patient", "rejected"),
         rows,
     )
     rejected = t.total("rejected")
     typer.echo(
         f"{report.resources} resources in {report.seconds:.1f} s ({report.rate:,.0f}/s); "
-        f"{report.dead_letters} dead letter(s)",
+        f"{plural(report.dead_letters, 'dead letter')}",
         err=not sys.stdout.isatty(),
     )
     if rejected or report.dead_letters:
         typer.echo(
-            f"pinpoint: {rejected} resource(s) rejected, {report.dead_letters} payload(s) kept as dead "
-            "letters: see `pinpoint dead-letters list`",
+            f"pinpoint: {plural(rejected, 'resource')} rejected, "
+            f"{plural(report.dead_letters, 'payload')} kept as dead letters: "
+            "see `pinpoint dead-letters list`",
             err=True,
         )
         raise typer.Exit(code=PARTLY)

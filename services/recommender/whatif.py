@@ -19,9 +19,9 @@ from sqlalchemy.engine import Engine
 from services.recommender.assessor import Assessor
 from services.recommender.container import RecommenderDep
 from services.recommender.engine import wording
-from services.recommender.engine.humanize import plural
 from services.recommender.patients.repository import load_resources, patient_keys_with_data
 from shared.db.session import session_scope
+from shared.humanize import plural
 from shared.web import require_api_token
 
 NONE = "none"  # no assessment for that pathway and target under this policy

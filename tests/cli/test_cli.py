@@ -204,7 +204,7 @@ def test_exit_codes_are_the_documented_ones(tmp_path: Path) -> None:
     bad.write_text('{"not": "fhir"}\n')
     partly = _pinpoint("import", str(bad), env=env)
     assert partly.returncode == 1
-    assert "1 payload(s) kept as dead letters: see `pinpoint dead-letters list`" in partly.stderr
+    assert "1 payload kept as dead letters: see `pinpoint dead-letters list`" in partly.stderr
     assert _pinpoint("dead-letters", "show", "99", env=env).returncode == 1
     good = FIXTURES / "ingest" / "ndjson" / "Patient.ndjson"
     assert _pinpoint("import", str(good), env=env).returncode == 0

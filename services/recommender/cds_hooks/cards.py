@@ -16,7 +16,6 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from services.recommender.engine import explain
-from services.recommender.engine.humanize import day, listing
 from services.recommender.engine.wording import (
     ALERTS,
     documentation_gaps,
@@ -26,6 +25,7 @@ from services.recommender.engine.wording import (
     summary,
     target_text,
 )
+from shared.humanize import day, listing
 
 SPINAL_JOINT = "urn:pinpoint:spinal-joint"
 CPT = "http://www.ama-assn.org/go/cpt"

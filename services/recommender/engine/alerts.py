@@ -7,11 +7,11 @@ from collections import defaultdict
 from datetime import datetime, timedelta
 
 from services.recommender.engine import why
-from services.recommender.engine.humanize import day, listing, plural
 from services.recommender.engine.model import Alert, Detail
 from services.recommender.engine.relief import POSITIVE, PatientContext
 from services.recommender.engine.sessions import family
 from shared.domain import terminology as t
+from shared.humanize import day, listing, plural
 
 _DIAGNOSTIC_KINDS = frozenset(
     {t.FACET_BLOCK, t.FACET_BLOCK_US, t.SIJ_BLOCK, t.SIJ_NERVE_BLOCK, t.GENICULAR_BLOCK}

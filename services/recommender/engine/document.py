@@ -7,7 +7,6 @@ from datetime import datetime
 from typing import Any
 
 from services.recommender.engine import explain
-from services.recommender.engine.humanize import day, days, listing, percent, plural
 from services.recommender.engine.model import Alert, Assessment, Detail, OrderCheck, PatientResult
 from services.recommender.engine.policy import Policy
 from services.recommender.engine.wording import (
@@ -17,6 +16,7 @@ from services.recommender.engine.wording import (
     reason_text,
     target_text,
 )
+from shared.humanize import day, days, listing, percent, plural
 
 
 def cited(detail: Detail, policy: Policy) -> dict[str, Any]:

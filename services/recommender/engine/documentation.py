@@ -27,9 +27,9 @@ from collections.abc import Mapping, Sequence
 from datetime import date, datetime, timedelta
 from typing import Any
 
-from services.recommender.engine import humanize
 from services.recommender.engine.relief import PatientContext, sides_compatible
 from services.recommender.engine.wording import PAIN_SCALES
+from shared import humanize
 from shared.domain import terminology as t
 from shared.domain.facts import Intervention
 

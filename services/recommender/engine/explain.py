@@ -13,9 +13,9 @@ import itertools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from services.recommender.engine.humanize import day, duration, listing, number, percent, plural
 from services.recommender.engine.wording import reason_text, sentence
 from shared.domain import terminology as t
+from shared.humanize import day, duration, listing, number, percent, plural
 
 SCALES = {
     t.NRS_0_10: "NRS 0–10",

@@ -13,13 +13,13 @@ from datetime import date, timedelta
 from functools import lru_cache
 
 from services.recommender.engine import why
-from services.recommender.engine.humanize import days as days_text
-from services.recommender.engine.humanize import plural
 from services.recommender.engine.model import DEFERRED, NOT_MET, Detail, Finding
 from services.recommender.engine.policy import Policy
 from shared.domain import terminology as t
 from shared.domain._json import add_months
 from shared.domain.facts import ConditionFact, Intervention, PatientFacts
+from shared.humanize import days as days_text
+from shared.humanize import plural
 
 SPINE_CT = frozenset({"cervical", "thoracic"})
 SPINE_LS = frozenset({"lumbar"})

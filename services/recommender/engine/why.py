@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from datetime import date
 
-from services.recommender.engine.humanize import day, days, duration, number, percent, plural
 from services.recommender.engine.model import Detail
 from services.recommender.engine.policy import Policy
 from services.recommender.engine.relief import BlockResult
 from shared.domain import terminology as t
+from shared.humanize import day, days, duration, number, percent, plural
 
 _AGENT_NAMES = {"unknown": "an unnamed anaesthetic", "mixed": "mixed anaesthetics"}
 

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from services.recommender.engine import Policy
-from services.recommender.engine.humanize import duration
 from services.recommender.engine.wording import reason_text, sentence
+from shared.humanize import duration
 
 MET, NOT_MET, MISSING, NOT_ASSESSED = "met", "not-met", "missing-data", "not-assessed"
 NOT_YET = "not-yet"  # a deferral: met once time has passed (CONTRACT §6 "deferred")

@@ -16,7 +16,7 @@ from typing import Any
 from sqlmodel import Session, col, select
 
 from services.recommender.assessor import Assessor
-from services.recommender.engine import Policy, humanize
+from services.recommender.engine import Policy
 from services.recommender.engine.completeness import mark_unavailable
 from services.recommender.engine.relief import PatientContext
 from services.recommender.engine.wording import (
@@ -31,6 +31,7 @@ from services.recommender.evidence import chart
 from services.recommender.evidence.checklist import Row, checklist
 from services.recommender.evidence.outcomes import OutcomeView, outcome_views
 from services.recommender.suggestions.builders import assessment_key, resource_id
+from shared import humanize
 from shared.db.models import Assessment
 from shared.domain.facts import Intervention, PainReading, PatientFacts
 

@@ -7,9 +7,9 @@ from collections.abc import Mapping, Sequence
 from html import escape
 from typing import Any
 
-from services.recommender.engine.humanize import plural
 from services.recommender.engine.wording import pathway_text
 from shared.domain import terminology as t
+from shared.humanize import plural
 
 W, H, L, R, T, B = 420.0, 170.0, 44.0, 12.0, 10.0, 28.0
 

@@ -41,12 +41,12 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from services.recommender.assessor import Assessor
-from services.recommender.engine.humanize import plural
 from services.recommender.engine.wording import pathway_text
 from services.recommender.outcomes import cache
 from services.recommender.patients.repository import fingerprints, load_patients, patient_keys_with_resources
 from shared.db.session import make_engine
 from shared.domain.terminology import FUNCTION_NAMES
+from shared.humanize import plural
 from shared.logging import get_logger
 
 log = get_logger("pinpoint.outcomes")

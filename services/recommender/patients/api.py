@@ -12,7 +12,6 @@ from pydantic import BaseModel, ConfigDict
 from starlette.concurrency import run_in_threadpool
 
 from services.recommender.container import Recommender, RecommenderDep
-from services.recommender.engine.humanize import plural
 from services.recommender.patients.ids import parse_now, patient_key, patient_ref
 from services.recommender.patients.repository import (
     load_patient_resources,
@@ -23,6 +22,7 @@ from shared.db.models import AuditLog, utcnow
 from shared.db.queue import mark_dirty
 from shared.db.session import session_scope
 from shared.errors import NotFound
+from shared.humanize import plural
 from shared.web import FhirResponse, json_request_body, read_json, require_admin_token, require_api_token
 
 router = APIRouter(tags=["recommender"])

@@ -27,7 +27,6 @@ from typing import Any
 import orjson
 
 from services.recommender.engine import explain
-from services.recommender.engine.humanize import day, plural
 from services.recommender.engine.policy import PolicyRef
 from services.recommender.engine.relief import sides_compatible
 from services.recommender.engine.wording import (
@@ -37,6 +36,7 @@ from services.recommender.engine.wording import (
     target_text,
 )
 from services.recommender.suggestions import outcome_obs
+from shared.humanize import day, plural
 
 SYSTEM = "urn:pinpoint:recommendation"
 ALERT_SYSTEM = "urn:pinpoint:alert"

@@ -33,9 +33,9 @@ import html
 from collections.abc import Mapping
 from typing import Any
 
-from services.recommender.engine.humanize import day, number, plural
 from services.recommender.engine.wording import pathway_text, target_text
 from shared.domain import terminology as t
+from shared.humanize import day, number, plural
 
 #: Pinpoint's code system for outcome observations (documented in docs/function-and-outcomes.md).
 OUTCOME_SYSTEM = "urn:pinpoint:outcome"

@@ -14,7 +14,7 @@ def test_once_drains_and_reports(engine: Engine, db_url: str) -> None:
     proc = worker_process(db_url, "--once")
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err[-2000:]
-    assert "evaluated 5 patient(s): 5 stored, 0 failed" in out
+    assert "evaluated 5 patients: 5 stored, 0 failed" in out
     with Session(engine) as s:
         assert list(s.exec(select(EvaluationQueue))) == []
 

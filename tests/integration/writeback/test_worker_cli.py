@@ -34,7 +34,7 @@ async def test_once_delivers_and_reports(
     proc = worker_process(db_url, "--once", PINPOINT_CONFIG_FILE=str(config))
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err[-2000:]
-    assert "evaluated 1 patient(s): 1 stored, 0 failed" in out
+    assert "evaluated 1 patient: 1 stored, 0 failed" in out
     assert "delivered 1 outbox entry: 1 sent, 0 to retry, 0 parked" in out
     assert len(by_identifier(fake, "CarePlan", KEY)) == 1
 

@@ -11,7 +11,6 @@ from typing import Any
 
 from services.recommender.engine import why
 from services.recommender.engine.functional import MET, long_term_function
-from services.recommender.engine.humanize import day, number
 from services.recommender.engine.model import (
     NEEDS_REVIEW,
     NOT_COVERED,
@@ -41,6 +40,7 @@ from services.recommender.engine.sessions import regions_of_group
 from services.recommender.engine.wording import pathway_text
 from shared.domain.facts import Intervention
 from shared.domain.normalize import joint_order
+from shared.humanize import day, number
 
 
 @dataclass(slots=True)

@@ -12,7 +12,6 @@ from datetime import date, datetime, timedelta
 from typing import Any
 
 from services.recommender.engine import why
-from services.recommender.engine.humanize import day, number, plural
 from services.recommender.engine.model import (
     NEEDS_REVIEW,
     NOT_COVERED,
@@ -52,6 +51,7 @@ from shared.domain import terminology as t
 from shared.domain._json import add_months
 from shared.domain.facts import Intervention, Order
 from shared.domain.normalize import joint_region
+from shared.humanize import day, number, plural
 
 CPT = t.CPT
 _SPINE = ("cervical", "thoracic", "lumbar")

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from datetime import date, timedelta
 
-from services.recommender.engine.humanize import day, days, listing, plural
 from services.recommender.engine.model import (
     NOT_MET,
     Detail,
@@ -26,6 +25,7 @@ from services.recommender.engine.sessions import (
 )
 from shared.domain import terminology as t
 from shared.domain.facts import Intervention
+from shared.humanize import day, days, listing, plural
 
 
 def is_genicular_block(iv: Intervention) -> bool:

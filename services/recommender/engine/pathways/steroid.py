@@ -8,13 +8,13 @@ from __future__ import annotations
 
 from datetime import date, datetime, timedelta
 
-from services.recommender.engine.humanize import day, days, number, plural
 from services.recommender.engine.model import (
     Alert,
     Detail,
 )
 from services.recommender.engine.relief import PatientContext
 from shared.domain import terminology as t
+from shared.humanize import day, days, number, plural
 
 
 def _high_risk(ctx: PatientContext, on: date) -> bool:

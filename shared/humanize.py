@@ -1,5 +1,5 @@
 """Numbers, dates and durations as a person reads them — the one formatting of cards, the
-evidence page, CarePlan texts and ``pinpoint evaluate --format text``.
+evidence page, CarePlan texts, the clinic's pages and the commands' messages.
 
 ``day(2025-02-03)`` → ``3 Feb 2025``; ``duration(272205)`` → ``6 months``; ``percent(71.43)`` →
 ``71.4 %``. Pure: no clock, no locale (English month abbreviations, as the cards are English).
