@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import html
 import json
-import re
 import time
 import uuid
 from collections.abc import Iterator
@@ -32,6 +31,7 @@ import httpx
 import jwt
 import pytest
 import sqlalchemy as sa
+from markdown_it import MarkdownIt
 from sqlalchemy.engine import Engine
 
 from shared.settings import CdsConfig, ConfigFile, Settings, Source, TrustedIssuer
@@ -102,24 +102,13 @@ def _call(hook: str, fhir_server: str) -> dict[str, Any]:
     }
 
 
+_MARKDOWN = MarkdownIt("commonmark", {"html": False}).enable("table")
+
+
 def _md(text: str) -> str:
-    """Enough markdown for the card mock: paragraphs, **bold**, pipe tables."""
-    out = []
-    for block in text.split("\n\n"):
-        lines = block.strip().splitlines()
-        if lines and lines[0].startswith("|"):
-            rows = [
-                [html.escape(c.strip()) for c in ln.strip("|").split("|")]
-                for ln in lines
-                if not ln.startswith("|---")
-            ]
-            head = "".join(f"<th>{c}</th>" for c in rows[0])
-            body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows[1:])
-            out.append(f"<table><tr>{head}</tr>{body}</table>")
-        else:
-            para = re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", html.escape(block))
-            out.append(f"<p>{para}</p>")
-    return "".join(out)
+    """The card's detail as an EHR shows it: CommonMark with GitHub's pipe tables (CDS Hooks
+    2.0: detail is GitHub Flavored Markdown); raw HTML in it stays text."""
+    return _MARKDOWN.render(text)
 
 
 def card_mock(card: dict[str, Any]) -> str:

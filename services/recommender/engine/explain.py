@@ -122,6 +122,10 @@ def short_target(target: Mapping[str, Any] | None) -> str:
     return f"{side} {where}".strip()
 
 
+# A block with one of these reasons was not shown to fail: the data to judge it is missing.
+UNJUDGED = frozenset({"no-baseline", "no-follow-up", "data-unavailable", "scale-mismatch", "low-baseline"})
+
+
 def is_block(e: Mapping[str, Any]) -> bool:
     return "steroid-frequency" not in (e.get("reasons") or [])
 
@@ -135,8 +139,14 @@ def block_rows(evidence: Sequence[Mapping[str, Any]]) -> list[dict[str, str]]:
             continue
         base = e.get("baseline")
         before = "no score" if base is None else f"{number(base)} ({scale_name(e.get('scale'))})"
-        result = "positive" if e.get("positive") else "not positive"
-        why_not = [reason_text(str(r)) for r in e.get("reasons") or []]
+        reasons = [str(r) for r in e.get("reasons") or []]
+        if e.get("positive"):
+            result = "positive"
+        elif UNJUDGED.intersection(reasons):
+            result = "cannot be judged"  # missing data is no failed block: find the data first
+        else:
+            result = "not positive"
+        why_not = [reason_text(r) for r in reasons]
         if why_not:
             result += ": " + "; ".join(why_not)
         rows.append(
