@@ -34,6 +34,7 @@ from services.recommender.evidence.smart import COOKIE, SmartSession
 from services.recommender.evidence.snapshots import Snapshot, load_snapshot, patient_header
 from services.recommender.patients.ids import parse_now, patient_key
 from services.recommender.patients.repository import load_patient_resources, patient_known
+from shared import humanize
 from shared.db.models import utcnow
 from shared.db.session import session_scope
 from shared.errors import NotFound, PinpointError, Unauthorized, UpstreamError
@@ -152,7 +153,7 @@ def snapshot_page(parts: Recommender, snap: Snapshot) -> PageView:
         person=Person.of(snap.data.get("patient")),
         policy_ref=(str(snap.data["policy"]["id"]), str(snap.data["policy"]["version"])),
     )
-    day = f"{page.evaluated_at.day} {page.evaluated_at:%b %Y}"
+    day = humanize.day(page.evaluated_at)
     origin = (
         f"As evaluated on {day} at {page.evaluated_at:%H:%M} from the EHR's data "
         "(Pinpoint stores no data for this patient)."

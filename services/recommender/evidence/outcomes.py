@@ -14,6 +14,7 @@ from typing import Any
 
 from services.recommender.engine import Policy
 from services.recommender.engine.wording import pathway_text, target_text
+from shared import humanize
 from shared.domain import terminology as t
 
 WIDTH, HEIGHT, LEFT, RIGHT, TOP, BOTTOM = 420.0, 150.0, 44.0, 12.0, 10.0, 26.0
@@ -199,7 +200,7 @@ def outcome_views(outcomes: Sequence[Mapping[str, Any]], policy: Policy) -> tupl
             rows.append(
                 MilestoneRow(
                     int(m["months"]),
-                    f"{when.day} {when:%b %Y}",
+                    humanize.day(when),
                     pain_text,
                     _function_text(m.get("function") or []),
                     _STATUS.get(str(m.get("status")), ""),
@@ -213,7 +214,7 @@ def outcome_views(outcomes: Sequence[Mapping[str, Any]], policy: Policy) -> tupl
         views.append(
             OutcomeView(
                 anchor=f"outcome-{n}",
-                heading=f"{heading}{', ' + where if where else ''} — {performed.day} {performed:%b %Y}",
+                heading=f"{heading}{', ' + where if where else ''} — {humanize.day(performed)}",
                 summary=_summary(o),
                 rows=tuple(rows),
                 plots=tuple(plots),

@@ -10,6 +10,7 @@ import jinja2
 
 from services.recommender.evidence.chart import scale_name
 from services.recommender.evidence.page import PageView
+from shared import humanize
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 
@@ -34,16 +35,12 @@ def _clock(when: datetime) -> str:
     return f"{when:%H:%M}"
 
 
-def _day(when: datetime) -> str:
-    return f"{when.day} {when:%b %Y}"
-
-
 def _after(when: datetime, minutes: float) -> datetime:
     return when + timedelta(minutes=minutes)
 
 
 def _stamp(when: datetime) -> str:
-    return f"{_day(when)} {_clock(when)} {_offset(when)}".strip()
+    return f"{humanize.day(when)} {_clock(when)} {_offset(when)}".strip()
 
 
 @cache
@@ -56,7 +53,13 @@ def environment() -> jinja2.Environment:
         lstrip_blocks=True,
     )
     env.filters.update(
-        num=_num, clock=_clock, day=_day, stamp=_stamp, offset=_offset, after=_after, scale_name=scale_name
+        num=_num,
+        clock=_clock,
+        day=humanize.day,
+        stamp=_stamp,
+        offset=_offset,
+        after=_after,
+        scale_name=scale_name,
     )
     return env
 

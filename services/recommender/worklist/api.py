@@ -19,6 +19,7 @@ from services.recommender.engine import wording
 from services.recommender.worklist import repository as store
 from services.recommender.worklist.render import PAGE_HEADERS, render
 from services.recommender.worklist.rows import ATTENTION_WORDS, NO_DATE
+from shared import humanize
 from shared.db.models import WorklistEntry
 from shared.db.session import session_scope
 from shared.errors import InvalidInput
@@ -73,7 +74,7 @@ def evidence_href(row: WorklistEntry) -> str:
 
 
 def _day(value: date) -> str:
-    return "" if value == NO_DATE else f"{value.day} {value:%b %Y}"
+    return "" if value == NO_DATE else humanize.day(value)
 
 
 def _alert_titles(alerts: str) -> list[str]:
