@@ -15,7 +15,7 @@ from shared.domain import function as fn
 from shared.domain import terminology as t
 from shared.domain.normalize import normalize
 from shared.domain.relevance import classify
-from shared.fhir.resources import validate_r4b
+from shared.fhir.resources import validate_r4
 from tests.unit.fhirfactory import LN, patient, subj
 
 ORDINAL = "http://hl7.org/fhir/StructureDefinition/ordinalValue"
@@ -50,7 +50,7 @@ def response(canonical: str, items: dict[str, int | None], rid: str = "qr1") -> 
         "authored": "2025-01-20T10:00:00-05:00",
         "item": [{"linkId": "section-1", "text": "Questions", "item": out}],  # a group, as forms nest
     }
-    validate_r4b(qr)
+    validate_r4(qr)
     return qr
 
 
@@ -266,7 +266,7 @@ def test_promis_29_response_shaped_like_the_mii_pro_example() -> None:
             for name, rows in (("PhysicalFunction", pf), ("Anxiety", anxiety), ("PainInterference", pi))
         ],
     }  # fmt: skip
-    validate_r4b(qr)
+    validate_r4(qr)
     assert classify(qr).kept
     assert {x.instrument: x.value for x in fn.questionnaire_totals(qr)} == {
         t.PROMIS_PF: 37.9,
