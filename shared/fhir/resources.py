@@ -95,7 +95,10 @@ class _Schema:
                     continue
                 label = f"{prefix}[x]"
                 if choice["required"]:
-                    self.added[(name, len(checks))] = (label, "required element missing, or more than one type given")
+                    self.added[(name, len(checks))] = (
+                        label,
+                        "required element missing, or more than one type given",
+                    )
                     checks.append({"oneOf": present})
                 else:
                     self.added[(name, len(checks))] = (label, "more than one type given")
@@ -207,7 +210,9 @@ def _describe(err: Any, root: str, s: _Schema) -> list[tuple[str, str]]:
         return [(where, "not the fixed value")]
     if name == "pattern":
         fhir_type = (
-            str(spath[-2]) if len(spath) >= 3 and spath[-3] == "definitions" else s.pattern_types.get(kind.pattern)
+            str(spath[-2])
+            if len(spath) >= 3 and spath[-3] == "definitions"
+            else s.pattern_types.get(kind.pattern)
         )
         if fhir_type in ("string", "markdown"):
             return [(where, f"not a valid {fhir_type}: empty, or with control characters")]

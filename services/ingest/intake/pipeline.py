@@ -95,7 +95,7 @@ def check(candidate: Candidate, validate: bool = True) -> Decision:
         if validate:
             validate_r4(resource)
     except ResourceInvalid as exc:
-        issues = tuple(Issue("invalid", msg, expression=(loc,)) for loc, msg in exc.issues) or (
+        issues = tuple(Issue("invalid", f"{loc}: {msg}", expression=(loc,)) for loc, msg in exc.issues) or (
             Issue("invalid", str(exc)),
         )
         return Decision(candidate, "rejected", str(exc), issues)
