@@ -168,17 +168,20 @@ def _issues(resource: Mapping[str, Any], location: str) -> list[tuple[str, str]]
 
 
 def _described(errors: Iterable[Any], root: str) -> list[tuple[str, str]]:
+    """One issue per location; nothing under an element of the wrong type (its rules are moot)."""
     s = _schema()
     issues: list[tuple[str, str]] = []
-    seen: set[str] = set()
     for err in errors:
-        for location, message in _describe(err, root, s):
-            if location not in seen:
-                seen.add(location)
-                issues.append((location, message))
-        if len(issues) >= MAX_ISSUES:
-            break
-    return issues
+        issues += _describe(err, root, s)
+    wrong = tuple(loc for loc, message in issues if message.startswith("wrong type"))
+    seen: set[str] = set()
+    out = []
+    for location, message in issues:
+        under_wrong = any(location.startswith((w + ".", w + "[")) for w in wrong)
+        if location not in seen and not under_wrong:
+            seen.add(location)
+            out.append((location, message))
+    return out[:MAX_ISSUES]
 
 
 def _path(root: str, parts: Iterable[str | int]) -> str:
