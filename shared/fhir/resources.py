@@ -120,12 +120,19 @@ def _schema() -> _Schema:
     return _Schema()
 
 
-@cache
+_COMPILED: dict[str, Any] = {}  # resource type → its validator, compiled on first use
+
+
 def _validator(resource_type: str) -> Any:
-    s = _schema()
-    return jsonschema_rs.Draft6Validator(
-        {"$schema": _DRAFT6, "$ref": f"#/definitions/{resource_type}", "definitions": s.definitions}
-    )
+    validator = _COMPILED.get(resource_type)
+    if validator is None:
+        schema = {
+            "$schema": _DRAFT6,
+            "$ref": f"#/definitions/{resource_type}",
+            "definitions": _schema().definitions,
+        }
+        validator = _COMPILED[resource_type] = jsonschema_rs.Draft6Validator(schema)
+    return validator
 
 
 def is_known_type(resource_type: str) -> bool:
@@ -143,6 +150,9 @@ def compile_validators(resource_types: Iterable[str]) -> None:
 def validate_r4(resource: Mapping[str, Any]) -> None:
     """Raise :class:`ResourceInvalid` when ``resource`` is not a valid FHIR R4 resource of its type."""
     rtype = resource.get("resourceType")
+    compiled = _COMPILED.get(rtype) if isinstance(rtype, str) else None
+    if compiled is not None and "contained" not in resource and compiled.is_valid(resource):
+        return  # the common case, without a Python call more
     if not isinstance(rtype, str):
         raise ResourceInvalid("Resource", [("Resource.resourceType", "required element missing")])
     issues = _issues(resource, rtype)
