@@ -113,7 +113,7 @@ def timed(args: list[str], env: dict[str, str], database: str, procs: int = 1) -
     wall = time.perf_counter() - t0
     result = json.loads(out.stdout)
     if result["code"] != 0:
-        raise SystemExit(f"pinpoint {' '.join(args)} exited with {result['code']}")
+        raise SystemExit(f"pinpoint {' '.join(args)} exited with {result['code']}:\n{out.stderr[-2000:]}")
     return Stage(wall, result["peak_kb"] / 1024, result["cpu"], server.seconds, result["out"])
 
 
@@ -139,6 +139,7 @@ def main() -> None:
     parser.add_argument("--before", metavar="REF", help="also run the workers of git REF side by side")
     args = parser.parse_args()
     tmp = tempfile.TemporaryDirectory(prefix="pinpoint-backfill-")
+    src_tmp = tempfile.TemporaryDirectory(prefix="pinpoint-backfill-before-")
     folder = args.keep or Path(tmp.name)
     folder.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -165,8 +166,7 @@ def main() -> None:
         env_b: dict[str, str] = {}
         imp_b: tuple[Stage, str] | None = None
         if args.before:
-            src = Path(tmp.name) / "before-src"
-            src.mkdir()
+            src = Path(src_tmp.name)  # not inside the export folder: the import reads it all
             archive = subprocess.run(
                 ["git", "-C", str(ROOT), "archive", args.before], capture_output=True, check=True
             )
@@ -238,6 +238,7 @@ def main() -> None:
         if env_b:
             drop_db(name_b)
         tmp.cleanup()
+        src_tmp.cleanup()
     for code, drain, stage in side:
         _, rate, cpu = _drain_figures(stage)
         print(

@@ -19,12 +19,12 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from fhir.resources.R4B import get_fhir_model_class  # noqa: E402
+from fhir.resources.R4B import get_fhir_model_class
 
-from shared.domain.relevance import classify  # noqa: E402
-from shared.fhir.resources import compile_validators, validate_r4  # noqa: E402
-from tests.bench._load import loadavg  # noqa: E402
-from tests.bench.evaluate import noise, patient  # noqa: E402
+from shared.domain.relevance import classify
+from shared.fhir.resources import compile_validators, validate_r4
+from tests.bench._load import loadavg
+from tests.bench.evaluate import noise, patient
 
 ROUNDS = 4
 
@@ -53,15 +53,17 @@ def main() -> None:
         r4b(r)
     ways: dict[str, Callable[[dict[str, Any]], None]] = {"R4B models": r4b, "R4 schema": validate_r4}
     cpu: dict[str, dict[str, float]] = {w: defaultdict(float) for w in ways}
+    by_type: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for r in resources:
+        by_type[r["resourceType"]].append(r)
     for _ in range(ROUNDS):
         for way, validate in ways.items():
-            for r in resources:
-                t = time.process_time_ns()
-                validate(r)
-                cpu[way][r["resourceType"]] += time.process_time_ns() - t
-    count: dict[str, int] = defaultdict(int)
-    for r in resources:
-        count[r["resourceType"]] += ROUNDS
+            for t, of_type in by_type.items():  # one clock reading a type: the clock costs ~1 µs
+                started = time.process_time_ns()
+                for r in of_type:
+                    validate(r)
+                cpu[way][t] += time.process_time_ns() - started
+    count = {t: len(of_type) * ROUNDS for t, of_type in by_type.items()}
     total = len(resources) * ROUNDS
     print(f"{n} patients, {len(resources):,} kept resources, {ROUNDS} alternating rounds")
     print(f"  compile of the R4 validators of {len(types)} types on first use: {compile_s * 1e3:.0f} ms CPU")
