@@ -16,6 +16,7 @@ output; this is the ONLY module importing ``fhir.resources``.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from datetime import date
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -53,9 +54,11 @@ class _Schema:
         self.resource_types = frozenset(ref["$ref"].rsplit("/", 1)[-1] for ref in raw["oneOf"])
         # (definition, allOf index) → (element label, message) of the rules added below
         self.added: dict[tuple[str, int], tuple[str, str]] = {}
-        for d in defs.values():
-            if "properties" in d and "type" not in d:
-                d["type"] = "object"  # a complex element is an object: null, text or a number is refused
+        for name, d in defs.items():
+            # a complex element is an object: null, text or a number is refused — but for the
+            # ``_element`` extensions of a primitive list, where null is a positional placeholder
+            if "properties" in d and "type" not in d and name != "Element":
+                d["type"] = "object"
         # Numbers as the specification reads them; a numeric string is accepted as the R4B models
         # accepted it (HL7 v2 converters send ``"value": "12.5"``) — the pattern checks a string.
         # The schema copies a primitive's definition into choice elements (``valueInteger``): all
@@ -74,6 +77,26 @@ class _Schema:
                 for n in (node, node.get("items", {})):
                     if n.get("type") == "number" and n.get("pattern") in numbers:
                         n.update(numbers[n["pattern"]])
+        # Dates the calendar has (the patterns allow 2020-02-30), wherever a date is copied.
+        dates = {defs[name]["pattern"] for name in ("date", "dateTime", "instant")}
+        for d in defs.values():
+            for node in (d, *d.get("properties", {}).values()):
+                if node.get("pattern") in dates:
+                    node["format"] = _CALENDAR
+        # A primitive list may hold nulls lining its values up with its ``_element`` list
+        # (FHIR's JSON format; the schema refuses them, the R4B models accepted them).
+        for d in defs.values():
+            for prop in d.get("properties", {}).values():
+                ref = prop.get("items", {}).get("$ref", "") if prop.get("type") == "array" else ""
+                primitive = (
+                    defs.get(ref.rsplit("/", 1)[-1]) if ref[len("#/definitions/") :][:1].islower() else None
+                )
+                if primitive is not None:
+                    types = primitive["type"] if isinstance(primitive["type"], list) else [primitive["type"]]
+                    prop["items"] = {
+                        **{k: v for k, v in primitive.items() if k != "description"},
+                        "type": [*types, "null"],
+                    }
         # a contained resource (or a Bundle entry's) is checked against its own type, not a oneOf of all
         defs["ResourceList"] = {"type": "object", "required": ["resourceType"]}
         for name, rule in orjson.loads(RULES_FILE.read_bytes()).items():
@@ -142,6 +165,20 @@ def _schema() -> _Schema:
     return _Schema()
 
 
+_CALENDAR = "fhir-calendar-date"
+
+
+def _calendar_date(value: str) -> bool:
+    """A date's day exists (a year or a month alone is left to the pattern)."""
+    if len(value) < 10:
+        return True
+    try:
+        date(int(value[0:4]), int(value[5:7]), int(value[8:10]))
+    except ValueError:
+        return False
+    return True
+
+
 _COMPILED: dict[str, Any] = {}  # resource type → its validator, compiled on first use
 
 
@@ -153,7 +190,9 @@ def _validator(resource_type: str) -> Any:
             "$ref": f"#/definitions/{resource_type}",
             "definitions": _schema().reachable(resource_type),
         }
-        validator = _COMPILED[resource_type] = jsonschema_rs.Draft6Validator(schema)
+        validator = _COMPILED[resource_type] = jsonschema_rs.Draft6Validator(
+            schema, formats={_CALENDAR: _calendar_date}, validate_formats=True
+        )
     return validator
 
 
@@ -252,8 +291,10 @@ def _describe(err: Any, root: str, s: _Schema) -> list[tuple[str, str]]:
         if fhir_type in ("string", "markdown"):
             return [(where, f"not a valid {fhir_type}: empty, or with control characters")]
         return [(where, f"not a valid {fhir_type}" if fhir_type else "not in the required format")]
+    if name == "format":
+        return [(where, "not a valid date: no such day")]
     if name == "type":
-        expected = " or ".join(str(t) for t in kind.types)
+        expected = " or ".join(str(t) for t in kind.types if t != "null")
         if len(spath) >= 3 and spath[-3] == "definitions":
             fhir_type = str(spath[-2])
             if fhir_type[:1].isupper():
