@@ -150,6 +150,11 @@ MUTATIONS: list[tuple[str, Any, tuple[str, str]]] = [
         ("Observation.effectiveDateTime", "not a valid dateTime"),
     ),
     (
+        "a day the calendar lacks",
+        lambda r: r.update(effectiveDateTime="2021-02-29T10:00:00Z"),
+        ("Observation.effectiveDateTime", "not a valid date: no such day"),
+    ),
+    (
         "bad code",
         lambda r: r.update(status=SECRET),
         (
@@ -216,7 +221,9 @@ def test_a_mutation_is_refused_at_its_element_without_quoting_the_payload(mutate
 
 #: mutations that touch different elements, so any of them may be combined
 INDEPENDENT = [
-    m for m in MUTATIONS if m[0] not in ("wrong type (list)", "missing primitive", "missing complex")
+    m
+    for m in MUTATIONS
+    if m[0] not in ("wrong type (list)", "missing primitive", "missing complex", "a day the calendar lacks")
 ]
 
 
@@ -245,3 +252,15 @@ def test_numbers_sent_as_text_are_accepted_as_the_r4b_models_accepted_them() -> 
     resource["valueQuantity"]["value"] = "7.5"
     validate_r4(resource)
     assert _issues({**resource, "valueInteger": 1.5, "valueQuantity": None}) != []
+
+
+def test_nulls_lining_a_primitive_list_up_with_its_extensions_are_accepted() -> None:
+    absent = {
+        "extension": [
+            {"url": "http://hl7.org/fhir/StructureDefinition/data-absent-reason", "valueCode": "unknown"}
+        ]
+    }
+    validate_r4({"resourceType": "Patient", "name": [{"given": ["Ann", None], "_given": [None, absent]}]})
+    assert _issues({"resourceType": "Patient", "name": [{"given": ["Ann", 5]}]}) == [
+        ("Patient.name[0].given[1]", "wrong type: expected string")
+    ]
