@@ -123,7 +123,11 @@ _DRAINED = re.compile(r"evaluated ([\d,]+) patients?\b.* in ([\d.]+) s \(([\d.]+
 def _drain_figures(stage: Stage) -> tuple[float, float, float]:
     """From the workers' own report: (the longest drain's seconds, patients/s after start-up,
     CPU seconds of the drains)."""
-    drains = [(int(m[1].replace(",", "")), float(m[2]), float(m[3])) for m in (_DRAINED.search(o) for o in stage.out) if m]
+    drains = [
+        (int(m[1].replace(",", "")), float(m[2]), float(m[3]))
+        for m in (_DRAINED.search(o) for o in stage.out)
+        if m
+    ]
     if not drains:
         return stage.wall, 0.0, stage.cpu
     seconds = max(sec for _, sec, _ in drains)

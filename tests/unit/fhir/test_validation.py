@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 
 from shared.fhir.resources import RULES_FILE, ResourceInvalid, is_known_type, validate_r4
 from tests.conftest import FIXTURES, shared_corpus
+from tests.fakes.fhir_server import dicts_in
 from tests.unit.fhir import r4_rules
 
 #: Resources the R4B models and FHIR R4 judge differently, and why: (file name, resource id).
@@ -51,15 +52,10 @@ def _documents(path: Path) -> Iterator[Any]:
 def _resources(node: Any) -> Iterator[dict[str, Any]]:
     """Every resource inside a document (Bundle entries, CDS Hooks prefetch, Parameters), Bundles
     themselves left out (their entries are judged one by one)."""
-    if isinstance(node, dict):
-        rtype = node.get("resourceType")
+    for d in dicts_in(node):
+        rtype = d.get("resourceType")
         if isinstance(rtype, str) and rtype != "Bundle" and is_known_type(rtype):
-            yield node
-        for value in node.values():
-            yield from _resources(value)
-    elif isinstance(node, list):
-        for value in node:
-            yield from _resources(value)
+            yield d
 
 
 def _r4b_accepts(resource: dict[str, Any]) -> bool:
