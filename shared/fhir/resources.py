@@ -6,8 +6,11 @@ per resource type, on first use. The schema leaves out a few rules of the specif
 ``fhir-r4-rules.json`` adds as data (derived from the fhir.resources models by
 ``tests/unit/fhir/r4_rules.py``): required primitive elements (present as a value or as an
 ``_element`` extension) and ``name[x]`` choices (one type at most, one when required). Complex
-elements must be JSON objects (so a null in a list of them is refused); each ``contained``
-resource is validated against its own type.
+elements must be JSON objects (so a null in a list of them is refused), dates days the calendar
+has; each ``contained`` resource is validated against its own type. As the R4B models did, numbers
+sent as numeric text and the nulls that line a primitive list up with its ``_element`` list pass.
+Issues name elements FHIRPath-style with words for a person, never the value sent
+(jsonschema-rs' own messages quote it).
 
 :func:`validate_r5` uses the fhir.resources top level (R5 models) on purpose, for R5 write-back
 output; this is the ONLY module importing ``fhir.resources``.
