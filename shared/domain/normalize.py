@@ -491,7 +491,7 @@ class _Builder:
         for ref, obs in self.observations.items():
             if ref in replaced or _status(obs) not in t.OBSERVATION_OK_STATUS:
                 continue
-            reading = _reading(obs, self.scales[ref])
+            reading = _reading(obs, self.scales[ref], ref)
             if reading is not None:
                 out.append(reading)
         return out
@@ -532,10 +532,10 @@ class _Builder:
             start, end = j.period_start_end(proc, "performed")
             if start is None or end is None:
                 continue
-            if any(c in t.SEDATION_CPT for c in codes) and status == "completed":
+            if not t.SEDATION_CPT.isdisjoint(codes) and status == "completed":
                 sedations.append(Sedation(ref, start, end, "procedure"))
                 continue
-            if any(c in t.PHYSICAL_THERAPY_CPT for c in codes) and status in ("completed", "in-progress"):
+            if not t.PHYSICAL_THERAPY_CPT.isdisjoint(codes) and status in ("completed", "in-progress"):
                 self.care.append(ConservativeCare(ref, "physical-therapy", start.date()))
                 continue
             kind = _kind(codes)
@@ -709,7 +709,7 @@ def _pain_scale(obs: Mapping[str, Any]) -> str | None:
     return best
 
 
-def _reading(obs: Mapping[str, Any], scale: str) -> PainReading | None:
+def _reading(obs: Mapping[str, Any], scale: str, ref: str) -> PainReading | None:
     value = reading_value(obs, scale)
     if value is None or value < 0:
         return None
@@ -720,7 +720,7 @@ def _reading(obs: Mapping[str, Any], scale: str) -> PainReading | None:
     side = None
     if body is not None:
         side = side_from_codings(body) or side_from_text(*j.texts(body))
-    return PainReading(_ref(obs), scale, value, time, tuple(j.references(obs.get("partOf"))), side)
+    return PainReading(ref, scale, value, time, tuple(j.references(obs.get("partOf"))), side)
 
 
 _VERIFICATION = "http://terminology.hl7.org/CodeSystem/condition-ver-status"
@@ -831,7 +831,7 @@ def normalize(resources: Iterable[Mapping[str, Any]]) -> dict[str, PatientFacts]
             continue
         if rtype == "Procedure":
             codes = j.procedure_codes(res.get("code"))
-            if any(c in _KEPT_PROCEDURE_CODES for c in codes) or classify(res).kept:
+            if not _KEPT_PROCEDURE_CODES.isdisjoint(codes) or classify(res).kept:
                 builder(key).add_procedure(res, codes)
             continue
         if rtype not in _SELF_FILTERED and not classify(res).kept:

@@ -7,14 +7,23 @@ inside Synthea-shaped noise (encounters, claims, vital signs, reports, immunizat
 resources ingest keeps, decoded from JSON as the worker reads them; *light* — the pain history
 alone. Prints CPU time per patient of each step and patients/s per core of the worker's path
 (normalise + evaluate + §3 entry; target >= 2,000 on realistic histories), and the load.
+
+``--before REF`` (e.g. ``main``): that commit's source too (``git archive``, bytecode compiled, on
+this environment), each side a process of its own running the same patients, alternated
+(before, after, before again, …, ``--rounds`` of each); then the realistic set's figures of every
+run side by side with the load average at each.
 """
 
 from __future__ import annotations
 
+import argparse
 import gc
 import os
 import random
+import re
+import subprocess
 import sys
+import tempfile
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -376,6 +385,39 @@ def _run(label: str, patients: list[list[dict[str, Any]]], blobs: list[bytes], n
     return rate
 
 
+def side_by_side(n: int, before: str, rounds: int) -> None:
+    """This tree and ``before`` alternately, each run a fresh process; the realistic set's CPU per
+    patient and rate of each run."""
+    from tests.bench.startup import ROOT, source_of
+
+    with tempfile.TemporaryDirectory(prefix="pinpoint-evaluate-before-") as tmp:
+        sides = [(before, source_of(before, Path(tmp))), ("this branch", ROOT)]
+        rows: list[tuple[str, float, float, str]] = []
+        for _ in range(rounds):
+            for label, src in sides:
+                out = subprocess.run(
+                    [sys.executable, str(src / "tests/bench/evaluate.py"), str(n)],
+                    cwd=src,
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                ).stdout
+                realistic_part = out.split("light (")[0]
+                us = float(re.findall(r"normalise\+evaluate\+entry (\d+) µs", realistic_part)[0])
+                rate = float(re.findall(r"([\d,]+) patients/s", realistic_part)[0].replace(",", ""))
+                rows.append((label, us, rate, loadavg()))
+                print(
+                    f"{label:>12}: {us:5.0f} µs CPU a patient, {rate:6,.0f} patients/s per core;"
+                    f" load {rows[-1][3]}"
+                )
+    for label, _ in sides:
+        mine = sorted(r[1] for r in rows if r[0] == label)
+        print(
+            f"{label:>12}: median {mine[len(mine) // 2]:.0f} µs CPU a patient"
+            " (normalise+evaluate+entry, realistic)"
+        )
+
+
 def main(n: int = 2000) -> None:
     rng = random.Random(20250317)
     now = datetime(2025, 6, 1, 9, tzinfo=UTC)
@@ -390,4 +432,12 @@ def main(n: int = 2000) -> None:
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]) if len(sys.argv) > 1 else 2000)
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("n", nargs="?", type=int, default=2000)
+    parser.add_argument("--before", metavar="REF", help="also run git REF, alternating with this tree")
+    parser.add_argument("--rounds", type=int, default=3, help="runs of each side with --before")
+    args = parser.parse_args()
+    if args.before:
+        side_by_side(args.n, args.before, args.rounds)
+    else:
+        main(args.n)
