@@ -23,6 +23,7 @@ from services.recommender.engine import (
     used_sources,
 )
 from services.recommender.engine.completeness import mark_unavailable
+from services.recommender.engine.document import patient_entry
 from services.recommender.engine.policy import PolicyRef
 from services.recommender.engine.practice import procedure_outcomes, unchanged_until
 from services.recommender.policies import load_policy
@@ -102,7 +103,7 @@ class Assessor:
         if facts is None:
             return empty_entry(patient_ref)
         result = evaluate(facts, self.policy, now=now)
-        entry: dict[str, Any] = assessment_document([result], self.policy, now)["patients"][0]
+        entry = patient_entry(result, self.policy)
         for doc_alert, alert in zip(entry["alerts"], result.alerts, strict=True):
             if alert.evidence:
                 doc_alert["evidence"] = list(alert.evidence)

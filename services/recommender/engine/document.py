@@ -120,19 +120,21 @@ def assessment_document(results: Sequence[PatientResult], policy: Policy, now: d
     document: dict[str, Any] = {
         "policy": {"id": policy.id, "version": policy.version},
         "evaluatedAt": now.isoformat(),
-        "patients": [
-            {
-                "patient": r.patient,
-                "assessments": [_assessment(a, policy) for a in r.assessments],
-                "orderChecks": [_order_check(o, policy) for o in r.order_checks],
-                "alerts": [_alert(a, policy) for a in r.alerts],
-                "outcomes": [dict(o) for o in r.outcomes],
-            }
-            for r in sorted(results, key=lambda r: r.patient)
-        ],
+        "patients": [patient_entry(r, policy) for r in sorted(results, key=lambda r: r.patient)],
     }
     document["sources"] = used_sources(document, policy)
     return document
+
+
+def patient_entry(result: PatientResult, policy: Policy) -> dict[str, Any]:
+    """One patient's entry of :func:`assessment_document` (without the document's ``sources``)."""
+    return {
+        "patient": result.patient,
+        "assessments": [_assessment(a, policy) for a in result.assessments],
+        "orderChecks": [_order_check(o, policy) for o in result.order_checks],
+        "alerts": [_alert(a, policy) for a in result.alerts],
+        "outcomes": [dict(o) for o in result.outcomes],
+    }
 
 
 def _evidence_lines(item: Mapping[str, Any]) -> list[str]:
