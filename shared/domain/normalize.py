@@ -15,6 +15,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from datetime import date, datetime
 from functools import lru_cache
+from operator import attrgetter
 from typing import Any
 
 from shared.domain import _json as j
@@ -385,6 +386,12 @@ def _medication_concept(resource: Mapping[str, Any], meds: Mapping[str, Mapping[
 
 
 # --- per patient -------------------------------------------------------------------------------------
+_BY_END_REF = attrgetter("end", "ref")
+_BY_TIME_REF = attrgetter("time", "ref")
+_BY_START_REF = attrgetter("start", "ref")
+_BY_REF = attrgetter("ref")
+
+
 class _Builder:
     def __init__(
         self, patient: str, bs_index: Mapping[str, Any], meds: Mapping[str, Mapping[str, Any]]
@@ -474,6 +481,8 @@ class _Builder:
         replaced: set[str] = set()
         by_identifier: dict[str, Mapping[str, Any]] = {}
         for obs in self.observations.values():
+            if "derivedFrom" not in obs and "identifier" not in obs:
+                continue  # names no other version (most readings)
             if _status(obs) in ("amended", "corrected"):
                 replaced.update(j.references(obs.get("derivedFrom")))
             for ident in j.as_list(obs.get("identifier")):
@@ -582,19 +591,18 @@ class _Builder:
         orders = [
             o for o in (self._order(r, sr, performed_based_on) for r, sr in requests.items()) if o is not None
         ]
-        key_iv = lambda x: (x.end, x.ref)  # noqa: E731
         return PatientFacts(
             patient=self.patient,
             sex=self.sex,
             birth_date=self.birth,
-            interventions=tuple(sorted(interventions, key=key_iv)),
-            readings=tuple(sorted(self.readings(), key=lambda r: (r.time, r.ref))),
-            function_scores=tuple(self.function_scores()),
-            conditions=tuple(sorted(self.conditions, key=lambda c: c.ref)),
-            conservative_care=tuple(sorted(self.care, key=lambda c: (c.start, c.ref))),
-            steroids=tuple(sorted(steroids, key=lambda s: (s.time, s.ref))),
-            sedations=tuple(sorted(sedations, key=lambda s: (s.start, s.ref))),
-            orders=tuple(sorted(orders, key=lambda o: o.ref)),
+            interventions=tuple(sorted(interventions, key=_BY_END_REF)),
+            readings=tuple(sorted(self.readings(), key=_BY_TIME_REF)),
+            function_scores=tuple(self.function_scores()) if self.function_resources else (),
+            conditions=tuple(sorted(self.conditions, key=_BY_REF)),
+            conservative_care=tuple(sorted(self.care, key=_BY_START_REF)),
+            steroids=tuple(sorted(steroids, key=_BY_TIME_REF)),
+            sedations=tuple(sorted(sedations, key=_BY_START_REF)),
+            orders=tuple(sorted(orders, key=_BY_REF)),
         )
 
     def _procedure_injectate(self, proc: Mapping[str, Any], admins: list[Mapping[str, Any]]) -> Injectate:
@@ -713,14 +721,15 @@ def _reading(obs: Mapping[str, Any], scale: str, ref: str) -> PainReading | None
     value = reading_value(obs, scale)
     if value is None or value < 0:
         return None
-    time, _ = j.period_start_end(obs, "effective")
+    time = j.parse_datetime(obs.get("effectiveDateTime")) or j.period_start_end(obs, "effective")[0]
     if time is None:
         return None
     body = obs.get("bodySite")
     side = None
     if body is not None:
         side = side_from_codings(body) or side_from_text(*j.texts(body))
-    return PainReading(ref, scale, value, time, tuple(j.references(obs.get("partOf"))), side)
+    part_of = tuple(j.references(obs["partOf"])) if "partOf" in obs else ()
+    return PainReading(ref, scale, value, time, part_of, side)
 
 
 _VERIFICATION = "http://terminology.hl7.org/CodeSystem/condition-ver-status"
@@ -810,7 +819,9 @@ def normalize(resources: Iterable[Mapping[str, Any]]) -> dict[str, PatientFacts]
         rtype = res.get("resourceType")
         if rtype in ("BodyStructure", "Medication"):
             continue
-        key = _patient_key(res)
+        subject = res.get("subject")  # most resources name their patient here (fast path)
+        ref = subject.get("reference") if type(subject) is dict and rtype != "Patient" else None
+        key = _key_of(ref) if type(ref) is str and ref else _patient_key(res)
         if key is None:
             continue
         if rtype == "Observation":
