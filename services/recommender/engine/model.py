@@ -123,20 +123,33 @@ def combine(findings: Iterable[Finding]) -> Outcome:
     items = list(findings)
     if not items:
         return Outcome(SUPPORTED, (), None)
-    verdict = min((f.verdict for f in items), key=lambda v: _RANK[v])
-    winners = [f for f in items if f.verdict == verdict]
-    if verdict == DEFERRED:
-        winners.sort(key=lambda f: f.until or date.min, reverse=True)
-    rest = sorted((f for f in items if f.verdict != verdict), key=lambda f: _RANK[f.verdict])
-    reasons: list[str] = []
-    for f in winners + rest:
-        if f.reason not in reasons:
-            reasons.append(f.reason)
+    ranks = [_RANK[f.verdict] for f in items]
+    best = min(ranks)
+    verdict = PRECEDENCE[best]
+    if ranks.count(best) == len(ranks):  # one verdict (most outcomes): the findings as they are
+        ordered = items
+        winners = items
+    else:
+        winners = [f for f in items if f.verdict == verdict]
+        rest = sorted((f for f in items if f.verdict != verdict), key=lambda f: _RANK[f.verdict])
+        ordered = winners + rest
     earliest = None
     if verdict == DEFERRED:
+        winners = sorted(winners, key=lambda f: f.until or date.min, reverse=True)
+        ordered = winners + ordered[len(winners) :]
         dates = [f.until for f in winners if f.until]
         earliest = max(dates) if dates else None
-    return Outcome(verdict, tuple(reasons), earliest, details_for(reasons, winners + rest))
+    # each reason once, in order; its detail: the first finding of that reason that has one
+    reasons: dict[str, None] = {}
+    found: dict[str, Detail] = {}
+    for f in ordered:
+        reason = f.reason
+        if reason not in reasons:
+            reasons[reason] = None
+        if f.detail is not None and reason not in found:
+            found[reason] = f.detail
+    details = tuple(found[r] for r in reasons if r in found)
+    return Outcome(verdict, tuple(reasons), earliest, details)
 
 
 @quick_init
