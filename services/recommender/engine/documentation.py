@@ -56,11 +56,8 @@ def _baseline_pain(
     ctx: PatientContext, procs: Sequence[Intervention], on: date, evidence: Sequence[Mapping[str, Any]]
 ) -> tuple[str, str]:
     if procs:
-        missing = [
-            e
-            for e in evidence
-            if e.get("procedure") in {iv.ref for iv in procs} and e.get("baseline") is None
-        ]
+        refs = {iv.ref for iv in procs}
+        missing = [e for e in evidence if e.get("procedure") in refs and e.get("baseline") is None]
         if missing:
             return (
                 MISSING,
