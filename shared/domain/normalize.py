@@ -216,6 +216,14 @@ def _injectate_from(names: Iterable[str], steroid_mg: float | None) -> Injectate
     return Injectate(agent, anaesthetics, steroids[0] if steroids else None, steroid_mg if steroids else None)
 
 
+def _used_injectate(used: Any) -> Injectate:
+    """The injectate a Procedure's ``usedCode`` names (RxNorm codings or text)."""
+    names: set[str] = set()
+    for cc in j.as_list(used):
+        names |= j.rxnorm_names(cc)
+    return _injectate_from(names, _mg_in(j.texts(used)))
+
+
 def _mg_in(texts: Iterable[str]) -> float | None:
     for text in texts:
         if any(w in text.lower() for w in t.STEROID_WORDS):
@@ -223,6 +231,9 @@ def _mg_in(texts: Iterable[str]) -> float | None:
             if m:
                 return float(m.group(1))
     return None
+
+
+_NO_INJECTATE = _used_injectate(None)
 
 
 def _dose_mg(dosage: Any) -> float | None:
@@ -279,6 +290,18 @@ def _structure_concepts(bs: Mapping[str, Any]) -> tuple[list[Any], list[Any]]:
 
 
 _SITES: dict[tuple[str, str | None, str, str, str], _Site] = {}
+_USED: dict[str, Injectate] = {}
+_REMEMBERED = 4096  # entries of each of these caches (cleared when full)
+
+
+def _remember(cache: dict[Any, Any], key: Any, compute: Any) -> Any:
+    """``cache[key]``, computed by ``compute()`` the first time (the cache is bounded)."""
+    found = cache.get(key)
+    if found is None:
+        if len(cache) >= _REMEMBERED:
+            cache.clear()
+        found = cache[key] = compute()
+    return found
 
 
 def _site(
@@ -296,11 +319,7 @@ def _site(
         repr(resource.get("code")),
         repr(resource.get("note")),
     )
-    site = _SITES.get(key)
-    if site is None:
-        if len(_SITES) >= 4096:
-            _SITES.clear()
-        site = _SITES[key] = _site_of(resource, kind, default_region, bs_index)
+    site: _Site = _remember(_SITES, key, lambda: _site_of(resource, kind, default_region, bs_index))
     return site
 
 
@@ -619,10 +638,11 @@ class _Builder:
             if names:
                 return _injectate_from(names, mg)
         used = proc.get("usedCode")
-        names = set()
-        for cc in j.as_list(used):
-            names |= j.rxnorm_names(cc)
-        return _injectate_from(names, _mg_in(j.texts(used)))
+        if used is None:
+            return _NO_INJECTATE
+        # clinics' templates repeat: remembered by the text of what was used (bounded)
+        injectate: Injectate = _remember(_USED, repr(used), lambda: _used_injectate(used))
+        return injectate
 
     def _order(self, ref: str, sr: Mapping[str, Any], performed_based_on: set[str]) -> Order | None:
         status, intent = _status(sr), sr.get("intent")
