@@ -116,7 +116,7 @@ def timed(args: list[str], env: dict[str, str], database: str, procs: int = 1) -
     return Stage(wall, result["peak_kb"] / 1024, result["cpu"], server.seconds, result["out"])
 
 
-_DRAINED = re.compile(r"evaluated (\d+) patient\(s\).* in ([\d.]+) s \(([\d.]+) s CPU\)")
+_DRAINED = re.compile(r"evaluated (\d+) patients?\b.* in ([\d.]+) s \(([\d.]+) s CPU\)")
 
 
 def _drain_figures(stage: Stage) -> tuple[float, float, float]:
