@@ -111,16 +111,24 @@ class Worker:
         """The outcome cache's engine tag of this worker's policy and code (computed once)."""
         return outcome_cache.engine_tag(self.assessor)
 
+    def load(self, session: Session, keys: list[str], now: datetime) -> tuple[dict[str, Loaded], dict[str, str]]:
+        """The patients' stored input with their fingerprints, and the fingerprints of their outcome
+        cache entries still usable at ``now`` (an entry whose fingerprint is unchanged is current)."""
+        loaded = load_patients(session, keys, fingerprint=True)
+        return loaded, outcome_cache.usable_fingerprints(session, keys, self.outcome_tag, now)
+
     def evaluate(
-        self, key: str, patient: Loaded, now: datetime
+        self, key: str, patient: Loaded, now: datetime, cached_fingerprint: str | None = None
     ) -> tuple[dict[str, Any], dict[str, Any] | None]:
         """The patient's §3 entry and its outcome cache entry, from one normalisation. The cache
-        entry is None for a patient with no stored resource left (the summary does not list it) or
-        when computing it failed (logged by type; the summary will evaluate that patient itself)."""
+        entry is None for a patient with no stored resource left (the summary does not list it),
+        when the stored entry is still usable (``cached_fingerprint``, from :meth:`load`, is the
+        patient's: nothing to write) or when computing it failed (logged by type; the summary will
+        evaluate that patient itself)."""
         facts = self.assessor.facts(patient.resources)
         ref = patient_ref(key)
         entry = self.assessor.entry(facts.get(ref), ref, now)
-        if not patient.resources:
+        if not patient.resources or (cached_fingerprint is not None and cached_fingerprint == patient.fingerprint):
             return entry, None
         try:
             _, cached = outcome_cache.evaluate(self.assessor, self.outcome_tag, key, patient, now, facts)
@@ -180,8 +188,8 @@ class Worker:
     def _process(self, claim: Claim, now: datetime) -> str:
         key = claim.patient_key
         with session_scope(self.engine) as session:
-            patient = load_patients(session, [key], fingerprint=True)[key]
-        entry, cached = self.evaluate(key, patient, now)
+            loaded, stored = self.load(session, [key], now)
+        entry, cached = self.evaluate(key, loaded[key], now, stored.get(key))
         with session_scope(self.engine) as session:
             return self._store(session, [(claim, entry)], {key: cached} if cached else {})[key]
 
@@ -275,14 +283,15 @@ class Worker:
         outcomes: dict[str, str] = {}
         try:
             with session_scope(self.engine) as session:
-                loaded = load_patients(session, [c.patient_key for c in claims], fingerprint=True)
+                loaded, stored = self.load(session, [c.patient_key for c in claims], when)
         except Exception:
             return {c.patient_key: self.process(c, now) for c in claims}
         results: list[tuple[Claim, dict[str, Any]]] = []
         cached: dict[str, dict[str, Any]] = {}
         for c in claims:
             try:
-                entry, outcome_entry = self.evaluate(c.patient_key, loaded[c.patient_key], when)
+                key = c.patient_key
+                entry, outcome_entry = self.evaluate(key, loaded[key], when, stored.get(key))
             except Exception as exc:
                 self._failed(c, exc)
                 outcomes[c.patient_key] = "failed"
