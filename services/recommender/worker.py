@@ -111,7 +111,9 @@ class Worker:
         """The outcome cache's engine tag of this worker's policy and code (computed once)."""
         return outcome_cache.engine_tag(self.assessor)
 
-    def load(self, session: Session, keys: list[str], now: datetime) -> tuple[dict[str, Loaded], dict[str, str]]:
+    def load(
+        self, session: Session, keys: list[str], now: datetime
+    ) -> tuple[dict[str, Loaded], dict[str, str]]:
         """The patients' stored input with their fingerprints, and the fingerprints of their outcome
         cache entries still usable at ``now`` (an entry whose fingerprint is unchanged is current)."""
         loaded = load_patients(session, keys, fingerprint=True)
@@ -128,7 +130,9 @@ class Worker:
         facts = self.assessor.facts(patient.resources)
         ref = patient_ref(key)
         entry = self.assessor.entry(facts.get(ref), ref, now)
-        if not patient.resources or (cached_fingerprint is not None and cached_fingerprint == patient.fingerprint):
+        if not patient.resources or (
+            cached_fingerprint is not None and cached_fingerprint == patient.fingerprint
+        ):
             return entry, None
         try:
             _, cached = outcome_cache.evaluate(self.assessor, self.outcome_tag, key, patient, now, facts)
