@@ -59,6 +59,27 @@ EVALUATION_SECONDS = Histogram(
 SUGGESTION_WRITES = Counter("pinpoint_suggestion_writes_total", "Suggestion groups written", ["action"])
 
 _QUEUE = EvaluationQueue.__table__  # type: ignore[attr-defined]
+#: the claims still ours at the generation evaluated, deleted (one cached statement for any batch)
+_DONE = (
+    sa.delete(_QUEUE)
+    .where(
+        _QUEUE.c.claimed_by == sa.bindparam("ident"),
+        sa.tuple_(_QUEUE.c.patient_key, _QUEUE.c.generation).in_(sa.bindparam("claimed", expanding=True)),
+    )
+    .returning(_QUEUE.c.patient_key)
+)
+
+
+def _patient_resources(loaded: dict[str, Loaded]) -> dict[str, dict[str, Any] | None]:
+    """Each patient's stored Patient resource among what was loaded for its evaluation (None: none
+    stored), so that the store does not read it again; a patient with several is left out (the
+    store reads the latest)."""
+    out: dict[str, dict[str, Any] | None] = {}
+    for key, patient in loaded.items():
+        found = [r for r in patient.resources if r.get("resourceType") == "Patient"]
+        if len(found) <= 1:
+            out[key] = found[0] if found else None
+    return out
 
 
 @dataclass(frozen=True)
@@ -195,27 +216,25 @@ class Worker:
             loaded, stored = self.load(session, [key], now)
         entry, cached = self.evaluate(key, loaded[key], now, stored.get(key))
         with session_scope(self.engine) as session:
-            return self._store(session, [(claim, entry)], {key: cached} if cached else {})[key]
+            return self._store(
+                session, [(claim, entry)], {key: cached} if cached else {}, _patient_resources(loaded)
+            )[key]
 
     def _store(
         self,
         session: Session,
         results: list[tuple[Claim, dict[str, Any]]],
         outcome_entries: dict[str, dict[str, Any]] | None = None,
+        patients: dict[str, dict[str, Any] | None] | None = None,
     ) -> dict[str, str]:
         """In the caller's transaction: drop the queue rows still at the evaluated generation and
         store their results (and their outcome cache entries); clear the claims of the others (a
-        newer mark came in)."""
+        newer mark came in). ``patients``: their Patient resources as loaded for the evaluation
+        (:func:`_patient_resources`; a patient whose mark did not move still has them)."""
         if not results:
             return {}
-        match = sa.or_(
-            *[
-                sa.and_(_QUEUE.c.patient_key == c.patient_key, _QUEUE.c.generation == c.generation)
-                for c, _ in results
-            ]
-        )
         gone = session.execute(
-            sa.delete(_QUEUE).where(_QUEUE.c.claimed_by == self.ident, match).returning(_QUEUE.c.patient_key)
+            _DONE, {"ident": self.ident, "claimed": [(c.patient_key, c.generation) for c, _ in results]}
         )
         current = {k for (k,) in gone}
         others = [c.patient_key for c, _ in results if c.patient_key not in current]
@@ -228,7 +247,8 @@ class Worker:
                 .returning(_QUEUE.c.patient_key)
             )
             kept = {k for (k,) in cleared}
-        pre = preload(session, sorted(current))
+        keys = sorted(current)
+        pre = preload(session, keys, {k: v for k, v in (patients or {}).items() if k in current})
         new_rows = NewRows()
         outcomes: dict[str, str] = {}
         written_at = utcnow()
@@ -273,7 +293,7 @@ class Worker:
             outcomes[key] = "stored"
         new_rows.insert(session)
         entries = outcome_entries or {}
-        outcome_cache.upsert(session.connection(), [entries[k] for k in sorted(current) if k in entries])
+        outcome_cache.upsert(session.connection(), [entries[k] for k in keys if k in entries])
         return outcomes
 
     def process_batch(self, claims: list[Claim], now: datetime | None = None) -> dict[str, str]:
@@ -305,7 +325,7 @@ class Worker:
                 cached[c.patient_key] = outcome_entry
         try:
             with session_scope(self.engine) as session:
-                outcomes.update(self._store(session, results, cached))
+                outcomes.update(self._store(session, results, cached, _patient_resources(loaded)))
         except Exception as exc:
             log.warning("worker.batch_store_failed", size=len(results), error=type(exc).__name__)
             return {**outcomes, **{c.patient_key: self.process(c, now) for c, _ in results}}
