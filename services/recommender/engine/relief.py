@@ -115,6 +115,7 @@ class PatientContext:
         #: results the pathways compute more than once for one patient (an assessment and an
         #: order check of the same joint), keyed by what they depend on
         self.memo: dict[tuple[Any, ...], Any] = {}
+        self._baselines: dict[tuple[str, datetime, str | None, timedelta], PainReading | None] = {}
 
     # readings --------------------------------------------------------------------------------
     def _assign_post_readings(self) -> dict[str, list[PainReading]]:
@@ -145,7 +146,15 @@ class PatientContext:
         return self._post.get(block.ref, [])
 
     def baseline(self, block: Intervention, window: timedelta) -> PainReading | None:
-        """Latest reading of any accepted scale in ``window`` before the block's start."""
+        """Latest reading of any accepted scale in ``window`` before the block's start (once per
+        block and window: each threshold's judgement and the evidence snapshot ask again)."""
+        key = (block.ref, block.start, block.side, window)
+        if key in self._baselines:
+            return self._baselines[key]
+        best = self._baselines[key] = self._baseline(block, window)
+        return best
+
+    def _baseline(self, block: Intervention, window: timedelta) -> PainReading | None:
         best = None
         lo = block.start - window
         for reading in self.facts.readings:

@@ -109,13 +109,17 @@ def _evidence_refs(entry: Mapping[str, Any]) -> set[str]:
     return refs
 
 
-def minimal_facts(facts: PatientFacts, entry: Mapping[str, Any], policy: Policy) -> PatientFacts:
+def minimal_facts(
+    facts: PatientFacts, entry: Mapping[str, Any], policy: Policy, ctx: PatientContext | None = None
+) -> PatientFacts:
     """The facts the entry's evidence used: its procedures, the readings the page draws around
     them (baseline and after, as the engine assigned them) and the sedations that touch them.
-    Re-judged on these facts alone, each block keeps its baseline and its readings."""
+    Re-judged on these facts alone, each block keeps its baseline and its readings. ``ctx``: the
+    engine's context of ``facts`` from the evaluation (its readings already assigned)."""
     refs = _evidence_refs(entry)
     used = tuple(iv for iv in facts.interventions if iv.ref in refs)
-    ctx = PatientContext(facts, policy)
+    if ctx is None or ctx.facts is not facts:
+        ctx = PatientContext(facts, policy)
     readings: dict[str, PainReading] = {}
     for iv in used:
         if iv.diagnostic:
@@ -219,9 +223,10 @@ def snapshot_body(
     patient: Mapping[str, str] | None,
     now: datetime,
     unavailable: Iterable[str] = (),
+    context: PatientContext | None = None,
 ) -> dict[str, Any]:
-    """The snapshot of one call (shared by its cards)."""
-    kept = minimal_facts(facts, entry, policy) if facts is not None else None
+    """The snapshot of one call (shared by its cards); ``context``: the evaluation's, reused."""
+    kept = minimal_facts(facts, entry, policy, context) if facts is not None else None
     body: dict[str, Any] = {
         "format": FORMAT,
         "evaluatedAt": now.isoformat(),
