@@ -145,17 +145,35 @@ def minimal_facts(
 
 
 def policy_values(policy: Policy, entry: Mapping[str, Any]) -> dict[str, Any]:
-    """The policy values behind the entry's verdicts: general, agents and its pathways' keys."""
-    pathways = {
-        str(i.get("pathway")) for i in [*(entry.get("assessments") or ()), *(entry.get("orderChecks") or ())]
-    }
-    return {
-        "id": policy.id,
-        "version": str(policy.version),
-        "general": dict(policy.general),
-        "agents": {k: {"minimumMinutes": a.minimum_minutes} for k, a in policy.agents.items()},
-        "pathways": {p: _encode(dict(policy.pathways[p])) for p in sorted(pathways) if p in policy.pathways},
-    }
+    """The policy values behind the entry's verdicts: general, agents and its pathways' keys, as
+    JSON values — the same for every call of a policy naming the same pathways: computed once per
+    policy and set of pathways (callers must not change them)."""
+    pathways = tuple(
+        sorted(
+            {
+                str(i.get("pathway"))
+                for i in [*(entry.get("assessments") or ()), *(entry.get("orderChecks") or ())]
+            }
+        )
+    )
+    key = (id(policy), pathways)
+    cached = _POLICY_VALUES.get(key)
+    if cached is None or cached[0] is not policy:
+        if len(_POLICY_VALUES) >= 256:  # policies replaced in a long-lived process (tests)
+            _POLICY_VALUES.clear()
+        values = {
+            "id": policy.id,
+            "version": str(policy.version),
+            "general": dict(policy.general),
+            "agents": {k: {"minimumMinutes": a.minimum_minutes} for k, a in policy.agents.items()},
+            "pathways": {p: dict(policy.pathways[p]) for p in pathways if p in policy.pathways},
+        }
+        cached = _POLICY_VALUES[key] = (policy, _encode(values))
+    return cached[1]
+
+
+#: :func:`policy_values` by (policy identity, pathways); the policy is kept so its id stays its own.
+_POLICY_VALUES: dict[tuple[int, tuple[str, ...]], tuple[Policy, dict[str, Any]]] = {}
 
 
 def patient_header(resources: Iterable[Mapping[str, Any]], patient_id: str) -> dict[str, str] | None:
@@ -227,15 +245,19 @@ def snapshot_body(
 ) -> dict[str, Any]:
     """The snapshot of one call (shared by its cards); ``context``: the evaluation's, reused."""
     kept = minimal_facts(facts, entry, policy, context) if facts is not None else None
+    raw: dict[str, Any] = {"entry": entry}
+    if kept is not None:
+        raw["facts"] = kept
+    encoded = _encode(raw)  # one pass for the entry and the facts
     body: dict[str, Any] = {
         "format": FORMAT,
         "evaluatedAt": now.isoformat(),
-        "entry": _encode(dict(entry)),
+        "entry": encoded["entry"],
         "policy": policy_values(policy, entry),
         "unavailable": sorted(unavailable),
     }
     if kept is not None:
-        body["facts"] = _encode(kept)
+        body["facts"] = encoded["facts"]
     if patient:
         body["patient"] = dict(patient)
     return body
