@@ -35,12 +35,12 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-from contextlib import ExitStack
 import sys
 import tempfile
 import time
 import uuid
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
