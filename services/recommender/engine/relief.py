@@ -121,22 +121,25 @@ class PatientContext:
     def _assign_post_readings(self) -> dict[str, list[PainReading]]:
         window = timedelta(hours=self.policy.g("post_window_hours"))
         by_ref = {iv.ref: iv for iv in self.completed}
-        ordered = sorted(self.completed, key=lambda iv: (iv.end, iv.ref))
+        # each block with the end of its window, computed once (not once per reading)
+        ordered = [(iv, iv.end + window) for iv in sorted(self.completed, key=lambda iv: (iv.end, iv.ref))]
         out: dict[str, list[PainReading]] = defaultdict(list)
         for reading in self.facts.readings:
-            linked = [by_ref[r] for r in reading.part_of if r in by_ref]
-            if linked:
-                for iv in linked:
-                    if iv.end < reading.time <= iv.end + window:
-                        out[iv.ref].append(reading)
-                continue
-            if reading.part_of and any(r.startswith("Procedure/") for r in reading.part_of):
-                continue  # linked to a procedure that is not a kept block
+            time = reading.time
+            if reading.part_of:
+                linked = [by_ref[r] for r in reading.part_of if r in by_ref]
+                if linked:
+                    for iv in linked:
+                        if iv.end < time <= iv.end + window:
+                            out[iv.ref].append(reading)
+                    continue
+                if any(r.startswith("Procedure/") for r in reading.part_of):
+                    continue  # linked to a procedure that is not a kept block
             best: Intervention | None = None
-            for iv in ordered:
-                if iv.end >= reading.time:
+            for iv, close in ordered:
+                if iv.end >= time:
                     break
-                if reading.time <= iv.end + window and sides_compatible(reading.side, iv.side):
+                if time <= close and sides_compatible(reading.side, iv.side):
                     best = iv
             if best is not None:
                 out[best.ref].append(reading)

@@ -127,7 +127,8 @@ def minimal_facts(
             post = list(ctx.post_readings(iv))
         else:
             base = ctx.baseline(iv, timedelta(days=policy.g("long_term_baseline_days")))
-            post = [r for r in facts.readings if iv.end < r.time <= iv.end + _DEFINITIVE_LOOK]
+            end, last = iv.end, iv.end + _DEFINITIVE_LOOK
+            post = [r for r in facts.readings if end < r.time <= last]
         for r in [*([base] if base else []), *post]:
             readings[r.ref + r.time.isoformat()] = r
     lookback = timedelta(minutes=policy.g("sedation_lookback_minutes"))
