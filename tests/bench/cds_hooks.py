@@ -1,9 +1,12 @@
 """Benchmark: CDS Hooks patient-view under load, beside a bare FastAPI no-op (not a test).
 
-Run: ``.venv/bin/python tests/bench/cds_hooks.py [SECONDS] [--postgres] [--no-auth] [--profile]``
-(default 8 s per target; ``--postgres``: Pinpoint on a throw-away PostgreSQL database instead of
-SQLite; ``--no-auth``: no trusted issuers, calls unsigned; ``--profile``: a further saturation run
-recorded by py-spy, the file named on the output).
+Run: ``.venv/bin/python tests/bench/cds_hooks.py [SECONDS] [--postgres] [--no-auth] [--profile]
+[--before REV]`` (default 8 s per target; ``--postgres``: Pinpoint on a throw-away PostgreSQL
+database instead of SQLite; ``--no-auth``: no trusted issuers, calls unsigned; ``--profile``: a
+further saturation run recorded by py-spy, the file named on the output; ``--before REV``: a
+second Pinpoint server running git REV's source (``git archive``, on this environment, its own
+database) measured beside this one — saturation before, after, before, after, then one
+connection each — so that both sides see the shared machine's load of the same minutes).
 
 Starts, on 127.0.0.1 (free ports), ONE ``pinpoint serve --role recommender`` process configured as
 deployed — a trusted EHR issuer (ES384 JWKS file), the default log level, JSON logs to /dev/null —
@@ -37,6 +40,7 @@ import tempfile
 import time
 import uuid
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -208,8 +212,18 @@ def _sign(job: tuple[bytes, int]) -> list[str]:
     ]
 
 
+def _before_source(rev: str, into: Path) -> Path:
+    """REV's source tree (``git archive``) under ``into``: run with it first on PYTHONPATH."""
+    src = into / "before-src"
+    src.mkdir()
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev], capture_output=True, check=True)
+    subprocess.run(["tar", "-x", "-C", str(src)], input=archive.stdout, check=True)
+    return src
+
+
 def main() -> None:
-    args = [a for a in sys.argv[1:] if not a.startswith("--")]
+    before = sys.argv[sys.argv.index("--before") + 1] if "--before" in sys.argv else None
+    args = [a for a in sys.argv[1:] if not a.startswith("--") and a != before]
     seconds = float(args[0]) if args else 8.0
     postgres = "--postgres" in sys.argv
     signed = "--no-auth" not in sys.argv
@@ -236,7 +250,16 @@ def main() -> None:
             database(postgres) as url,
             pinpoint_server("recommender", url, **env) as (p_port, p_pid),
             noop_server() as (n_port, n_pid),
+            ExitStack() as stack,
         ):
+            side: list[Any] = []  # --before: (label, Run) in the order measured
+            if before is not None:
+                src = _before_source(before, Path(tmp))
+                b_url = stack.enter_context(database(postgres))
+                b_port, b_pid = stack.enter_context(
+                    pinpoint_server("recommender", b_url, PYTHONPATH=str(src), **env)
+                )
+                b_base = f"http://127.0.0.1:{b_port}"
             p_base, n_base = f"http://127.0.0.1:{p_port}", f"http://127.0.0.1:{n_port}"
             first = template(1)
             auth_header = {"Authorization": f"Bearer {first.tokens[0]}"} if first.tokens else {}
@@ -254,10 +277,35 @@ def main() -> None:
                 n_pid, lambda: wrk(n_base, noop_t, seconds, connections=CONNECTIONS, label="no-op FastAPI")
             )
             main_t = template(int(max(warm.rps, 200) * seconds * 2) + 500)
-            cds = measure(
-                p_pid,
-                lambda: wrk(p_base, main_t, seconds, connections=CONNECTIONS, label="pinpoint patient-view"),
-            )
+            if before is not None:
+                wrk(b_base, template(6000), 2, connections=CONNECTIONS)  # warm-up
+                for rnd in (1, 2):  # before, after, before, after: the same minutes' load on both
+                    b_t = template(int(max(warm.rps, 200) * seconds * 2) + 500)
+                    side.append(
+                        measure(
+                            b_pid,
+                            lambda b_t=b_t, rnd=rnd: wrk(  # type: ignore[misc]
+                                b_base, b_t, seconds, connections=CONNECTIONS, label=f"{before[:12]} #{rnd}"
+                            ),
+                        )
+                    )
+                    a_t = main_t if rnd == 1 else template(int(max(warm.rps, 200) * seconds * 2) + 500)
+                    side.append(
+                        measure(
+                            p_pid,
+                            lambda a_t=a_t, rnd=rnd: wrk(  # type: ignore[misc]
+                                p_base, a_t, seconds, connections=CONNECTIONS, label=f"this tree #{rnd}"
+                            ),
+                        )
+                    )
+                cds = replace(side[1], label="pinpoint patient-view")
+            else:
+                cds = measure(
+                    p_pid,
+                    lambda: wrk(
+                        p_base, main_t, seconds, connections=CONNECTIONS, label="pinpoint patient-view"
+                    ),
+                )
             rate = 0.25 * noop.rps
             noop_paced = paced(n_port, noop_t, rate, seconds, server_pid=n_pid, label="no-op FastAPI")
             if cds.rps >= 0.9 * rate:
@@ -272,6 +320,17 @@ def main() -> None:
                 p_pid,
                 lambda: wrk(p_base, single_t, seconds / 2, connections=1, label="pinpoint, 1 connection"),
             )
+            if before is not None:
+                single_b = template(int(max(warm.rps, 200) * seconds) + 200)
+                side.append(
+                    measure(
+                        b_pid,
+                        lambda: wrk(
+                            b_base, single_b, seconds / 2, connections=1, label=f"{before[:12]}, 1 conn."
+                        ),
+                    )
+                )
+                side.append(replace(single, label="this tree, 1 conn."))
             if profile:  # a separate saturation run: the sampler's own cost stays out of the figures
                 spy_t = template(int(cds.rps * seconds * 2) + 500)
                 spy = _py_spy(p_pid, seconds)
@@ -308,6 +367,17 @@ def main() -> None:
         f" {f'{cds_paced.p99_ms:.1f} ms' if cds_paced else 'beyond capacity'}"
         f" (target <= 40 ms)"
     )
+    if side:
+        print(f"  before ({before}) and after (this tree), alternating, {CONNECTIONS} connections then 1:")
+        for r in side:
+            print(f"    {r.line()}  load {r.loadavg}")
+        b_cpu = [r.server_cpu_ms for r in side[:4:2]]
+        a_cpu = [r.server_cpu_ms for r in side[1:4:2]]
+        print(
+            f"    server CPU per call at saturation: before {min(b_cpu):.2f}-{max(b_cpu):.2f} ms,"
+            f" after {min(a_cpu):.2f}-{max(a_cpu):.2f} ms"
+            f" ({sum(a_cpu) / sum(b_cpu):.2f} x)"
+        )
     print(f"  /proc/loadavg after the runs: {loadavg()} ({os.cpu_count()} CPUs, shared with the generators)")
 
 
@@ -324,6 +394,7 @@ def _py_spy(pid: int, seconds: float) -> subprocess.Popen[bytes] | None:
         [
             str(exe),
             "record",
+            "--gil",
             "-p",
             str(pid),
             "-d",
