@@ -1,8 +1,10 @@
 """Benchmark: CDS Hooks patient-view under load, beside a bare FastAPI no-op (not a test).
 
-Run: ``.venv/bin/python tests/bench/cds_hooks.py [SECONDS] [--postgres] [--no-auth] [--profile]
-[--before REV]`` (default 8 s per target; ``--postgres``: Pinpoint on a throw-away PostgreSQL
-database instead of SQLite; ``--no-auth``: no trusted issuers, calls unsigned; ``--profile``: a
+Run: ``.venv/bin/python tests/bench/cds_hooks.py [SECONDS] [--postgres] [--no-auth] [--rs384]
+[--profile] [--before REV]`` (default 8 s per target; ``--postgres``: Pinpoint on a throw-away
+PostgreSQL database instead of SQLite; ``--no-auth``: no trusted issuers, calls unsigned;
+``--rs384``: the EHR signs with RS384 (RSA 2048) instead of ES384 — the two algorithms CDS Hooks
+recommends, whose verification costs ~0.05 and ~1 ms on this machine; ``--profile``: a
 further saturation run recorded by py-spy, the file named on the output; ``--before REV``: a
 second Pinpoint server running git REV's source (``git archive``, on this environment, its own
 database) measured beside this one — saturation before, after, before, after, then one
@@ -48,7 +50,7 @@ from typing import Any
 import httpx
 import jwt
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
@@ -75,7 +77,7 @@ V02 = ROOT / "tests" / "fixtures" / "vignettes" / "v02-two-concordant-blocks"
 PATIENTS = 1000  # distinct patients' requests wrk and the paced driver rotate over
 BASE_URL = "https://pinpoint.bench.example"  # PINPOINT_PUBLIC_BASE_URL: the JWT audience's base
 ISSUER = "https://ehr.bench.example/cds-client"
-KID = "bench-es384"
+KID = "bench-key"
 
 
 def request_body(k: int = 1) -> dict[str, Any]:
@@ -173,19 +175,26 @@ def request_body(k: int = 1) -> dict[str, Any]:
 
 @dataclass
 class Issuer:
-    """The benchmark's EHR: an ES384 key whose public JWKS Pinpoint trusts (a config file), and
-    one-use client JWTs (``jti`` unique: Pinpoint refuses a replay) minted before each run."""
+    """The benchmark's EHR: an ES384 (or RS384) key whose public JWKS Pinpoint trusts (a config
+    file), and one-use client JWTs (``jti`` unique: Pinpoint refuses a replay) minted before each
+    run."""
 
     directory: Path
+    alg: str = "ES384"
     pem: bytes = b""
 
     def __post_init__(self) -> None:
-        key = ec.generate_private_key(ec.SECP384R1())
+        if self.alg == "RS384":
+            rsa_key = rsa.generate_private_key(65537, 2048)
+            key: Any = rsa_key
+            public = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(rsa_key.public_key()))
+        else:
+            key = ec.generate_private_key(ec.SECP384R1())
+            public = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(key.public_key()))
         self.pem = key.private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
         )
-        public = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(key.public_key()))
-        public.update(kid=KID, alg="ES384", use="sig")
+        public.update(kid=KID, alg=self.alg, use="sig")
         jwks = self.directory / "jwks.json"
         jwks.write_text(json.dumps({"keys": [public]}))
         self.config = self.directory / "pinpoint.yaml"
@@ -195,19 +204,21 @@ class Issuer:
 
     def mint(self, count: int) -> tuple[str, ...]:
         """``count`` fresh tokens (signed on both cores: ES384 signing costs ~0.5 ms each)."""
-        chunks = [(self.pem, 1000) for _ in range(count // 1000)] + [(self.pem, count % 1000)]
+        chunks = [(self.pem, self.alg, 1000) for _ in range(count // 1000)] + [
+            (self.pem, self.alg, count % 1000)
+        ]
         with ProcessPoolExecutor(os.cpu_count() or 2) as pool:
             return tuple(t for part in pool.map(_sign, chunks) for t in part)
 
 
-def _sign(job: tuple[bytes, int]) -> list[str]:
-    pem, count = job
+def _sign(job: tuple[bytes, str, int]) -> list[str]:
+    pem, alg, count = job
     key = serialization.load_pem_private_key(pem, None)
     now = int(time.time())
     claims = {"iss": ISSUER, "aud": BASE_URL + PATH, "iat": now, "exp": now + 300}
     head = {"kid": KID, "typ": "JWT"}
     return [
-        jwt.encode({**claims, "jti": str(uuid.uuid4())}, key, algorithm="ES384", headers=head)  # type: ignore[arg-type]
+        jwt.encode({**claims, "jti": str(uuid.uuid4())}, key, algorithm=alg, headers=head)  # type: ignore[arg-type]
         for _ in range(count)
     ]
 
@@ -227,6 +238,7 @@ def main() -> None:
     seconds = float(args[0]) if args else 8.0
     postgres = "--postgres" in sys.argv
     signed = "--no-auth" not in sys.argv
+    alg = "RS384" if "--rs384" in sys.argv else "ES384"
     profile = "--profile" in sys.argv
     require_wrk()
     bodies = tuple(json.dumps(request_body(k)).encode() for k in range(1, PATIENTS + 1))
@@ -234,7 +246,7 @@ def main() -> None:
     size = sum(len(b) for b in bodies) / len(bodies)
     plain = Template("POST", PATH, headers={"Content-Type": "application/json"}, bodies=bodies)
     with tempfile.TemporaryDirectory(prefix="pinpoint-bench-jwks-") as tmp:
-        issuer = Issuer(Path(tmp)) if signed else None
+        issuer = Issuer(Path(tmp), alg) if signed else None
         # as deployed: the default log level (each call logs its line, JSON to /dev/null here)
         env = {"PINPOINT_PUBLIC_BASE_URL": BASE_URL, "PINPOINT_LOG_LEVEL": "info"}
         if issuer is not None:
@@ -339,7 +351,7 @@ def main() -> None:
                     spy.wait()
     store = "PostgreSQL" if postgres else "SQLite"
     auth = (
-        "each call signed (ES384 JWT, one-use jti) and verified" if signed else "no JWT (no trusted issuers)"
+        f"each call signed ({alg} JWT, one-use jti) and verified" if signed else "no JWT (no trusted issuers)"
     )
     print(
         f"80-resource prefetch ({size:,.0f} bytes on average), {PATIENTS} distinct patients rotated;"
