@@ -134,6 +134,19 @@ def _entries(engine: Engine) -> dict[str, tuple[Any, ...]]:
         return {r[0]: tuple(r[1:]) for r in rows}
 
 
+def _drained_once(
+    engine: Engine, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> tuple[Assessor, Counting, Worker]:
+    """f03 and f05 imported and evaluated by a worker (the rows computed counted)."""
+    _import(F03)
+    _import(F05)
+    cms = Assessor.load("cms-lcd")
+    count = Counting(monkeypatch)
+    worker = Worker(engine, settings, cms)
+    assert worker.drain(now=NOW).stored == 2
+    return cms, count, worker
+
+
 def test_the_worker_leaves_every_patient_warm(
     engine: Engine, settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -141,12 +154,7 @@ def test_the_worker_leaves_every_patient_warm(
     backfill is warm): the summary then evaluates nobody and gives the summary from scratch; the
     entries are the ones the summary itself writes; a patient changed after the worker ran is
     evaluated again by the summary, and by the worker once it drains the new mark."""
-    _import(F03)
-    _import(F05)
-    cms = Assessor.load("cms-lcd")
-    count = Counting(monkeypatch)
-    worker = Worker(engine, settings, cms)
-    assert worker.drain(now=NOW).stored == 2
+    cms, count, worker = _drained_once(engine, settings, monkeypatch)
     assert count.take() == 2  # the worker computed both patients' rows
     by_worker = _entries(engine)
     assert sorted(by_worker) == ["default:P-001", "default:P-016"]
@@ -188,12 +196,7 @@ def test_the_worker_rewrites_no_entry_still_current(
 ) -> None:
     """Re-evaluating unchanged data leaves a current entry as it is (its rows are not computed
     again nor written); an entry that has expired meanwhile (a milestone fell due) is replaced."""
-    _import(F03)
-    _import(F05)
-    cms = Assessor.load("cms-lcd")
-    count = Counting(monkeypatch)
-    worker = Worker(engine, settings, cms)
-    assert worker.drain(now=NOW).stored == 2
+    cms, count, worker = _drained_once(engine, settings, monkeypatch)
     count.take()
     first = _entries(engine)
     with session_scope(engine) as session:
