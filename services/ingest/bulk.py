@@ -152,14 +152,20 @@ class Importer:
     """Writes candidates in batches for one source; counts everything in :attr:`report`."""
 
     def __init__(
-        self, engine: Engine, source: Source, batch_size: int = 1000, statistics: Statistics | None = None
+        self,
+        engine: Engine,
+        source: Source,
+        batch_size: int = 1000,
+        statistics: Statistics | None = None,
+        look_first: bool = True,
     ) -> None:
         self.engine = engine
         self.source = source
         self.batch_size = batch_size
         self.report = ImportReport()
         self.statistics = statistics or Statistics(engine, 2 * batch_size)
-        self._look_first = True
+        #: look up the batch's stored identities before validating (see :meth:`_flush`)
+        self.look_first = look_first
 
     def _flush(self, items: list[Candidate | _Bad], resolver: ReferenceResolver) -> None:
         if not items:
@@ -170,7 +176,7 @@ class Importer:
             decisions: list[Decision] = []
             dead: list[DeadLetter] = []
             now = utcnow()
-            unchanged = self._stored_unchanged(session, items, resolver) if self._look_first else set()
+            unchanged = self._stored_unchanged(session, items, resolver) if self.look_first else set()
             for item in items:
                 if isinstance(item, _Bad):
                     tally.add("(none)", "rejected")
@@ -195,8 +201,8 @@ class Importer:
         self.report.dead_letters += len(dead)
         self.statistics.wrote(len(kept))
         # look before validating while batches meet stored identities (a re-import); a first
-        # import pays the look-up for its first batch only
-        self._look_first = any(r.outcome != "created" for r in results)
+        # import pays the look-up for its first batch only (a process's, whatever its units)
+        self.look_first = any(r.outcome != "created" for r in results)
 
     def _stored_unchanged(
         self, session: Session, items: list[Candidate | _Bad], resolver: ReferenceResolver
@@ -304,7 +310,7 @@ class Importer:
                         tally.add(data["resourceType"], "dropped")
                         report.resources += 1
                         continue
-                    yield Candidate(number, data, None, context(number), relevance)
+                    yield Candidate(number, data, None, context(number), relevance, scanned=True)
 
         self._batches(lines(), ReferenceResolver(None, self.source, ()))
 
@@ -398,6 +404,8 @@ def units(paths: Iterable[Path], unit_bytes: int = UNIT_BYTES) -> Iterator[Unit]
 
 _WORKER_ENGINE: Engine | None = None
 _WORKER_STATISTICS: Statistics | None = None
+#: whether the worker's next unit starts by looking up stored identities (its last batch met some)
+_WORKER_LOOK_FIRST = True
 
 
 def quiet_collector() -> None:
@@ -421,9 +429,11 @@ def _start_worker(url: str, batch_size: int) -> None:
 
 def _import_unit(source: Source, batch_size: int, unit: Unit) -> tuple[dict[str, dict[str, int]], int, int]:
     """One unit in a worker process, with its own report."""
+    global _WORKER_LOOK_FIRST
     assert _WORKER_ENGINE is not None
-    importer = Importer(_WORKER_ENGINE, source, batch_size, _WORKER_STATISTICS)
+    importer = Importer(_WORKER_ENGINE, source, batch_size, _WORKER_STATISTICS, _WORKER_LOOK_FIRST)
     importer.unit(unit[0], unit[1])
+    _WORKER_LOOK_FIRST = importer.look_first
     r = importer.report
     return {t: dict(row) for t, row in r.tally.rows()}, r.resources, r.dead_letters
 
