@@ -23,7 +23,10 @@ Used by the CDS Hooks audit (one audit row per call plus one per card) and evide
 :class:`GroupInsertNew` is the same writer for rows that may already be there (the CDS clients'
 JWT ids, the replay cache): ``INSERT … ON CONFLICT DO NOTHING RETURNING`` for the whole batch, and
 each caller learns whether its row was new — one transaction for the concurrent calls instead of
-one per call.
+one per call. :class:`GroupTransaction` is the same writer for units of work (pushes and
+notifications): each caller's function runs on one ORM session with the others of its batch, one
+commit for all; a function that raises rolls the batch back and every unit of the batch runs
+again alone, so one bad unit fails only its own caller.
 """
 
 from __future__ import annotations
@@ -34,12 +37,13 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from prometheus_client import Counter
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
+from sqlmodel import Session
 
 from shared.logging import get_logger
 
@@ -55,15 +59,21 @@ IDLE_SECONDS = 1.0
 BACKPRESSURE_ITEMS = 1000
 RETRY_DELAYS = (0.2, 1.0)
 
+_T = TypeVar("_T")
 _Item = tuple[list[dict[str, Any]], "asyncio.Future[Any]"]
 
 
 class GroupCommit:
     """Batched inserts into one table by one writer thread (see the module docstring)."""
 
-    def __init__(self, engine: Engine, table: sa.Table, *, linger: float = 0.0) -> None:
+    def __init__(
+        self, engine: Engine, table: sa.Table | None, *, linger: float = 0.0, max_items: int = 0
+    ) -> None:
         self._engine = engine
         self._table = table
+        self._name = table.name if table is not None else "(units of work)"
+        #: Callers per transaction at most (0: no bound beyond MAX_ROWS rows per statement).
+        self._max_items = max_items
         #: Seconds the writer waits after a batch's first write for more to join it: one
         #: transaction for every call of that interval (their callers do not wait for it).
         self._linger = linger
@@ -126,7 +136,7 @@ class GroupCommit:
             if self._linger:
                 time.sleep(self._linger)
             batch = [first]
-            while True:
+            while not self._max_items or len(batch) < self._max_items:
                 try:
                     batch.append(self._queue.get_nowait())
                 except queue.Empty:
@@ -146,6 +156,7 @@ class GroupCommit:
 
     def _insert(self, rows: list[dict[str, Any]]) -> list[Any] | None:
         """Write ``rows`` in one transaction; a result per row for its caller (here: none)."""
+        assert self._table is not None
         with self._engine.begin() as conn:
             for start in range(0, len(rows), MAX_ROWS):
                 conn.execute(sa.insert(self._table), rows[start : start + MAX_ROWS])
@@ -168,8 +179,8 @@ class GroupCommit:
                 error = exc
                 if delay is not None:
                     time.sleep(delay)
-        FAILED_ROWS.labels(self._table.name).inc(len(rows))
-        log.error("group_commit.failed", table=self._table.name, rows=len(rows), error=type(error).__name__)
+        FAILED_ROWS.labels(self._name).inc(len(rows))
+        log.error("group_commit.failed", table=self._name, rows=len(rows), error=type(error).__name__)
         return error
 
 
@@ -251,3 +262,79 @@ class GroupInsertNew(GroupCommit):
                 result = conn.execute(self._statement, unique[start : start + MAX_ROWS])
                 inserted.update(tuple(r) for r in result)
         return [first[k] == i and k in inserted for i, k in enumerate(keys)]
+
+
+class _Failed:
+    """A unit of work's own error, carried in the results to its caller alone."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+class GroupTransaction(GroupCommit):
+    """Units of work of concurrent callers in shared transactions: :meth:`run` hands a function
+    of an ORM session to the writer thread, which runs every function waiting (at most
+    ``max_items``) on one session and commits once; each caller gets its own function's return
+    value once that commit is done (a 2xx sent after it means stored). When a function raises, or
+    the commit fails, the batch is rolled back and each function runs again alone in its own
+    transaction: the others succeed, the failing one's error reaches its caller only. A function
+    may therefore run twice and must not depend on state it changed in a run rolled back (build
+    what it writes from its inputs each time). ``begin(session)`` runs before a batch's functions,
+    ``before_commit(session)`` after them in their transaction (writes they deferred to do once
+    per batch)."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        max_items: int = 100,
+        linger: float = 0.0,
+        begin: Callable[[Session], None] | None = None,
+        before_commit: Callable[[Session], None] | None = None,
+    ) -> None:
+        super().__init__(engine, None, linger=linger, max_items=max_items)
+        self._begin = begin
+        self._before_commit = before_commit
+
+    async def run(self, work: Callable[[Session], _T]) -> _T:
+        """``work(session)`` committed on return, its value; or its error raised."""
+        (result,) = await self._submit([work])
+        if isinstance(result, _Failed):
+            raise result.error
+        return result  # type: ignore[no-any-return]
+
+    def _transaction(self, works: list[Callable[[Session], Any]]) -> list[Any]:
+        with Session(self._engine, expire_on_commit=False) as session:
+            try:
+                if self._begin is not None:
+                    self._begin(session)
+                results = [work(session) for work in works]
+                if self._before_commit is not None:
+                    self._before_commit(session)
+                session.commit()
+            except BaseException:
+                session.rollback()
+                raise
+        return results
+
+    def _write(self, batch: list[_Item], results: list[Any]) -> Exception | None:
+        works = [work for works, _ in batch for work in works]
+        if not works:
+            return None
+        try:
+            results[:] = self._transaction(works)
+            return None
+        except Exception as exc:
+            if len(works) == 1:
+                results[:] = [_Failed(exc)]
+                return None
+        outcomes: list[Any] = []
+        for work in works:  # each alone: one bad unit fails only its own caller
+            try:
+                outcomes.extend(self._transaction([work]))
+            except Exception as exc:
+                outcomes.append(_Failed(exc))
+        results[:] = outcomes
+        return None

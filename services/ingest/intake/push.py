@@ -122,44 +122,71 @@ def _reject_unparsable(
     raise err
 
 
-def receive(
-    engine: Engine,
-    source: Source,
-    body: bytes,
-    ctype: str | None,
-    handler: Callable[[Session, dict[str, Any], bytes], Result] | None = None,
-    subscription: str | None = None,
-) -> Result:
-    """A push: stored in one transaction before the answer; rejections kept as dead letters.
+Handler = Callable[[Session, dict[str, Any], bytes], Result]
 
-    A rejected payload (transaction with an invalid kept entry, invalid single resource) raises
-    :class:`InvalidInput` (400) after its dead letter is stored.
-    """
+#: Bodies up to this size go through the process's group writer (notifications, single
+#: resources: one transaction and one commit for all those arriving together); larger ones
+#: (bulk Bundles) run in their own transaction so they do not hold back the acks of others.
+GROUPED_MAX_BYTES = 256 * 1024
+
+
+class Refused(Exception):
+    """A push whose answer is an error (>= 400): raised so that its transaction writes nothing."""
+
+    def __init__(self, result: Result) -> None:
+        super().__init__(result.status)
+        self.result = result
+
+
+def wrong_media_type(body: bytes, ctype: str | None) -> UnsupportedMediaType | None:
     if body.strip() and ctype and "json" not in ctype:
-        err = UnsupportedMediaType(f"Content-Type {ctype} is not supported; send application/fhir+json")
-        keep_refusal(engine, source, body, ctype, err)
-        raise err
-    try:
-        data = parse_body(body)
-    except PayloadError as exc:
-        _reject_unparsable(engine, source, body, ctype, exc)
-        raise
-    if data is None:
-        with session_scope(engine) as session:
+        return UnsupportedMediaType(f"Content-Type {ctype} is not supported; send application/fhir+json")
+    return None
+
+
+def unit_of_work(
+    source: Source, body: bytes, handler: Handler | None = None, subscription: str | None = None
+) -> Callable[[Session], Result | PayloadError]:
+    """A push's writes, for :func:`receive` or the group writer: the body parsed (each run from
+    its bytes: a run may be repeated after a rollback), processed, booked. A body that is not
+    FHIR comes back as its :class:`PayloadError`; an answer >= 400 raises :class:`Refused`."""
+
+    def work(session: Session) -> Result | PayloadError:
+        try:
+            data = parse_body(body)
+        except PayloadError as exc:
+            return exc
+        if data is None:
             queued = book_ping(session, source, subscription=subscription)
-        log.info("ingest.ping", source=source.id, catch_up=queued)
-        return Result(200, informational("ping received"), Tally())
-    with session_scope(engine) as session:
-        if handler is None:
-            result = process_payload(session, source, data, body)
-        else:
-            result = handler(session, data, body)
+            log.info("ingest.ping", source=source.id, catch_up=queued)
+            return Result(200, informational("ping received"), Tally())
+        result = (
+            process_payload(session, source, data, body) if handler is None else handler(session, data, body)
+        )
         if result.status >= 400:
-            session.rollback()
-        elif subscription is not None:
+            raise Refused(result)
+        if subscription is not None:
             note_classic(session, source, subscription)
-    keep_rejections(engine, source, "push", result.rejections, ctype)
-    if result.status >= 400:
+        return result
+
+    return work
+
+
+def settled(outcome: Result | PayloadError) -> bool:
+    """Whether the answer needs nothing more than its transaction (no dead letter to keep)."""
+    return isinstance(outcome, Result) and outcome.status < 400 and not outcome.rejections
+
+
+def settle(
+    engine: Engine, source: Source, body: bytes, ctype: str | None, outcome: Result | PayloadError
+) -> Result:
+    """After the transaction: rejections kept as dead letters; an error answer raised
+    (:class:`InvalidInput`, 400) once its dead letter is stored."""
+    if isinstance(outcome, PayloadError):
+        _reject_unparsable(engine, source, body, ctype, outcome)
+        raise outcome  # not reached: _reject_unparsable raises
+    keep_rejections(engine, source, "push", outcome.rejections, ctype)
+    if outcome.status >= 400:
         issues = [
             Issue(
                 i["code"],
@@ -167,10 +194,36 @@ def receive(
                 i.get("severity", "error"),
                 tuple(i.get("expression", ())),
             )
-            for i in result.body["issue"]
+            for i in outcome.body["issue"]
         ]
         raise InvalidInput(issues[0].diagnostics, issues=issues)
-    return result
+    return outcome
+
+
+def receive(
+    engine: Engine,
+    source: Source,
+    body: bytes,
+    ctype: str | None,
+    handler: Handler | None = None,
+    subscription: str | None = None,
+) -> Result:
+    """A push in its own transaction, stored before the answer; rejections kept as dead letters.
+
+    A rejected payload (transaction with an invalid kept entry, invalid single resource) raises
+    :class:`InvalidInput` (400) after its dead letter is stored.
+    """
+    err = wrong_media_type(body, ctype)
+    if err is not None:
+        keep_refusal(engine, source, body, ctype, err)
+        raise err
+    outcome: Result | PayloadError
+    try:
+        with session_scope(engine) as session:
+            outcome = unit_of_work(source, body, handler, subscription)(session)
+    except Refused as exc:
+        outcome = exc.result
+    return settle(engine, source, body, ctype, outcome)
 
 
 def refused(body: bytes, reason: str, expression: str | None = None) -> Result:
@@ -179,7 +232,7 @@ def refused(body: bytes, reason: str, expression: str | None = None) -> Result:
     return Result(400, outcome, Tally(), [Rejection(body, reason, outcome)])
 
 
-def put_handler(source: Source, rtype: str, rid: str) -> Callable[[Session, dict[str, Any], bytes], Result]:
+def put_handler(source: Source, rtype: str, rid: str) -> Handler:
     """``PUT {base}/{type}/{id}`` (HAPI rest-hook): the body must be that resource."""
 
     def handle(session: Session, data: dict[str, Any], body: bytes) -> Result:
@@ -193,7 +246,7 @@ def put_handler(source: Source, rtype: str, rid: str) -> Callable[[Session, dict
     return handle
 
 
-def post_type_handler(source: Source, rtype: str) -> Callable[[Session, dict[str, Any], bytes], Result]:
+def post_type_handler(source: Source, rtype: str) -> Handler:
     """``POST {base}/{type}``: the body must be a resource of that type."""
 
     def handle(session: Session, data: dict[str, Any], body: bytes) -> Result:
