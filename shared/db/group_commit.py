@@ -306,11 +306,17 @@ class GroupTransaction(GroupCommit):
         return result  # type: ignore[no-any-return]
 
     def _transaction(self, works: list[Callable[[Session], Any]]) -> list[Any]:
+        """The works on one session, committed; a work's own error as :class:`_UnitFailed`."""
         with Session(self._engine, expire_on_commit=False) as session:
             try:
                 if self._begin is not None:
                     self._begin(session)
-                results = [work(session) for work in works]
+                results = []
+                for position, work in enumerate(works):
+                    try:
+                        results.append(work(session))
+                    except Exception as exc:
+                        raise _UnitFailed(position, exc) from exc
                 if self._before_commit is not None:
                     self._before_commit(session)
                 session.commit()
@@ -320,21 +326,48 @@ class GroupTransaction(GroupCommit):
         return results
 
     def _write(self, batch: list[_Item], results: list[Any]) -> Exception | None:
+        """The batch's units in one transaction. A unit that raises is taken out and the others
+        run together again; it then runs alone (unless it was alone already), and its error goes
+        to its caller only. A failure that is no unit's own (the commit) runs each unit alone."""
         works = [work for works, _ in batch for work in works]
-        if not works:
-            return None
-        try:
-            results[:] = self._transaction(works)
-            return None
-        except Exception as exc:
-            if len(works) == 1:
-                results[:] = [_Failed(exc)]
-                return None
-        outcomes: list[Any] = []
-        for work in works:  # each alone: one bad unit fails only its own caller
+        outcomes: list[Any] = [None] * len(works)
+        together = list(range(len(works)))
+        alone: list[int] = []
+        while together:
             try:
-                outcomes.extend(self._transaction([work]))
+                done = self._transaction([works[i] for i in together])
+            except _UnitFailed as failed:
+                position = together.pop(failed.position)
+                if together:
+                    alone.append(position)
+                else:  # it ran alone: that error is its own
+                    outcomes[position] = _Failed(failed.error)
+                continue
+            except Exception as exc:  # the commit, a hook: no unit's own
+                if len(together) == 1:
+                    outcomes[together[0]] = _Failed(exc)
+                else:
+                    alone.extend(together)
+                together = []
+                continue
+            for i, result in zip(together, done, strict=True):
+                outcomes[i] = result
+            break
+        for i in sorted(alone):
+            try:
+                (outcomes[i],) = self._transaction([works[i]])
+            except _UnitFailed as failed:
+                outcomes[i] = _Failed(failed.error)
             except Exception as exc:
-                outcomes.append(_Failed(exc))
+                outcomes[i] = _Failed(exc)
         results[:] = outcomes
         return None
+
+
+class _UnitFailed(Exception):
+    """A unit of work raised ``error`` (it was at ``position`` in its transaction)."""
+
+    def __init__(self, position: int, error: Exception) -> None:
+        super().__init__(position)
+        self.position = position
+        self.error = error
