@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import queue
 import threading
 import time
@@ -67,7 +68,13 @@ class GroupCommit:
     """Batched inserts into one table by one writer thread (see the module docstring)."""
 
     def __init__(
-        self, engine: Engine, table: sa.Table | None, *, linger: float = 0.0, max_items: int = 0
+        self,
+        engine: Engine,
+        table: sa.Table | None,
+        *,
+        linger: float = 0.0,
+        max_items: int = 0,
+        writers: int = 1,
     ) -> None:
         self._engine = engine
         self._table = table
@@ -78,8 +85,14 @@ class GroupCommit:
         #: transaction for every call of that interval (their callers do not wait for it).
         self._linger = linger
         self._queue: queue.SimpleQueue[_Item] = queue.SimpleQueue()
-        self._lock = threading.Lock()  # a put and the thread's decision to stop never interleave
-        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()  # a put and a thread's decision to stop never interleave
+        #: Writer threads at most: while one waits for the database (a round trip, its commit's
+        #: flush to disk), another takes what has arrived since. One: writes in arrival order.
+        self._writers = writers
+        self._threads = 0  # running
+        self._idle = 0  # running and waiting for work
+        self._tickets = itertools.count()
+        self._inflight: dict[int, asyncio.Future[Any]] = {}  # submitted, not settled (for flush)
         self._failing_since: float | None = None  # monotonic time of the first failed batch in a row
         self._failed_rows = 0
 
@@ -95,9 +108,10 @@ class GroupCommit:
 
     async def flush(self) -> None:
         """Wait until every row queued before this call is committed (or has failed)."""
-        if self._thread is not None:
-            with contextlib.suppress(Exception):  # their failures belong to their writers
-                await self._submit([])  # written after everything queued before it
+        loop = asyncio.get_running_loop()
+        waiting = [done for done in list(self._inflight.values()) if done.get_loop() is loop]
+        if waiting:  # their failures belong to their writers
+            await asyncio.wait(waiting)
 
     close = flush  # shutdown: nothing handed over is left unwritten
 
@@ -115,24 +129,32 @@ class GroupCommit:
 
     def _submit(self, rows: list[dict[str, Any]]) -> asyncio.Future[Any]:
         done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        ticket = next(self._tickets)
+        self._inflight[ticket] = done
+        done.add_done_callback(lambda _: self._inflight.pop(ticket, None))
         with self._lock:
             self._queue.put((rows, done))
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="group-commit", daemon=True)
-                self._thread.start()
+            if self._idle == 0 and self._threads < self._writers:
+                self._threads += 1
+                threading.Thread(target=self._run, name="group-commit", daemon=True).start()
         return done
 
     # -- the writer thread ---------------------------------------------------------------------
     def _run(self) -> None:
         while True:
+            with self._lock:
+                self._idle += 1
             try:
                 first = self._queue.get(timeout=IDLE_SECONDS)
             except queue.Empty:
                 with self._lock:
+                    self._idle -= 1
                     if self._queue.empty():
-                        self._thread = None
+                        self._threads -= 1
                         return
                 continue
+            with self._lock:
+                self._idle -= 1
             if self._linger:
                 time.sleep(self._linger)
             batch = [first]
@@ -291,10 +313,11 @@ class GroupTransaction(GroupCommit):
         *,
         max_items: int = 100,
         linger: float = 0.0,
+        writers: int = 1,
         begin: Callable[[Session], None] | None = None,
         before_commit: Callable[[Session], None] | None = None,
     ) -> None:
-        super().__init__(engine, None, linger=linger, max_items=max_items)
+        super().__init__(engine, None, linger=linger, max_items=max_items, writers=writers)
         self._begin = begin
         self._before_commit = before_commit
 
