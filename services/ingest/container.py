@@ -20,7 +20,8 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from services.ingest.intake.fetched import IntakeStore
-from services.ingest.intake.repository import defer_writes, write_deferred
+from services.ingest.intake.push import begin_batch
+from services.ingest.intake.repository import write_deferred
 from services.ingest.subscriptions import state
 from services.ingest.subscriptions.recovery import SubscriptionWorker
 from shared.db.deadletters import Replayer
@@ -28,7 +29,6 @@ from shared.db.group_commit import GroupTransaction
 from shared.db.models import utcnow
 from shared.fhir.sources import SourceClients
 from shared.settings import Settings
-
 
 #: Writer threads of the push writer on PostgreSQL: while one waits for its round trips and its
 #: commit's flush to disk, the next takes the pushes that arrived meanwhile (measured: a single
@@ -57,7 +57,7 @@ class Ingest:
         writer = GroupTransaction(
             engine,
             writers=PG_WRITERS if engine.dialect.name == "postgresql" else 1,  # SQLite: one writer
-            begin=defer_writes,
+            begin=begin_batch,
             before_commit=write_deferred,
         )
         return cls(settings, engine, sources, worker, writer, dict(replayers or {}))

@@ -5,7 +5,8 @@ everything queued since its last transaction and writes it in the next one: at l
 is one request (no added delay), under load one insert and one commit serve many requests, and
 the process never writes to its database from two threads at once (on SQLite that would be
 busy-waiting on the write lock). The thread is started on demand and ends after a second
-without work.
+without work. With ``writers=n`` (PostgreSQL) up to n threads take turns: while one waits for its
+round trips and its commit's flush to disk, the next takes what arrived meanwhile.
 
 ``write(rows)`` waits until its rows are committed (an insert failure reaches the caller).
 ``write(rows, wait=False)`` returns once the rows are queued — the caller answers its client
@@ -303,7 +304,8 @@ class GroupTransaction(GroupCommit):
     the commit fails, the batch is rolled back and each function runs again alone in its own
     transaction: the others succeed, the failing one's error reaches its caller only. A function
     may therefore run twice and must not depend on state it changed in a run rolled back (build
-    what it writes from its inputs each time). ``begin(session)`` runs before a batch's functions,
+    what it writes from its inputs each time). ``begin(session, functions)`` runs before a batch's
+    functions (reading ahead what they will read),
     ``before_commit(session)`` after them in their transaction (writes they deferred to do once
     per batch)."""
 
@@ -314,7 +316,7 @@ class GroupTransaction(GroupCommit):
         max_items: int = 100,
         linger: float = 0.0,
         writers: int = 1,
-        begin: Callable[[Session], None] | None = None,
+        begin: Callable[[Session, list[Callable[[Session], Any]]], None] | None = None,
         before_commit: Callable[[Session], None] | None = None,
     ) -> None:
         super().__init__(engine, None, linger=linger, max_items=max_items, writers=writers)
@@ -333,7 +335,7 @@ class GroupTransaction(GroupCommit):
         with Session(self._engine, expire_on_commit=False) as session:
             try:
                 if self._begin is not None:
-                    self._begin(session)
+                    self._begin(session, works)
                 results = []
                 for position, work in enumerate(works):
                     try:

@@ -91,7 +91,7 @@ async def _receive(
         )
     outcome: Result | push.PayloadError
     try:
-        outcome = await ingest.writer.run(push.unit_of_work(source, body, handler, subscription))
+        outcome = await ingest.writer.run(push.PushWork(source, body, handler, subscription))
     except push.Refused as exc:
         outcome = exc.result
     if isinstance(outcome, Result) and push.settled(outcome):

@@ -237,11 +237,27 @@ class _Deferred:
     rows: dict[tuple[str, str, str], dict[str, Any]] = field(default_factory=dict)
     current: dict[tuple[str, str, str], _Current] = field(default_factory=dict)
     dirty: set[str] = field(default_factory=set)
+    #: Stored state read ahead by :func:`prefetch` (None: not stored).
+    known: dict[tuple[str, str, str], _Current | None] = field(default_factory=dict)
 
 
 def defer_writes(session: Session) -> None:
     """From now on :func:`store_resources` on ``session`` writes at :func:`write_deferred`."""
     session.info[_DEFERRED] = _Deferred()
+
+
+def prefetch(session: Session, source: str, keys: Iterable[Key]) -> None:
+    """On a deferring session: the stored state of these identities in one read, so that the
+    :func:`store_resources` calls that follow need none of their own for them."""
+    deferred: _Deferred | None = session.info.get(_DEFERRED)
+    if deferred is None:
+        return
+    wanted = {k for k in keys if (source, *k) not in deferred.known and (source, *k) not in deferred.current}
+    if not wanted:
+        return
+    found = _existing(session, source, wanted)
+    for key in wanted:
+        deferred.known[(source, *key)] = found.get(key)
 
 
 def write_deferred(session: Session) -> None:
@@ -267,12 +283,23 @@ def store_resources(session: Session, source: str, items: Sequence[Prepared]) ->
     if not items:
         return []
     deferred: _Deferred | None = session.info.get(_DEFERRED)
-    current = _existing(session, source, ((i.resource_type, i.resource_id) for i in items))
-    if deferred is not None and deferred.current:  # decided earlier in this transaction
-        for i in items:
-            decided = deferred.current.get((source, i.resource_type, i.resource_id))
-            if decided is not None:
-                current[(i.resource_type, i.resource_id)] = decided
+    keys = {(i.resource_type, i.resource_id) for i in items}
+    if deferred is None:
+        current = _existing(session, source, keys)
+    else:  # decided earlier in this transaction, or read ahead, else read now
+        current, unknown = {}, []
+        for key in keys:
+            decided = deferred.current.get((source, *key))
+            if decided is None and (source, *key) in deferred.known:
+                decided = deferred.known[(source, *key)]
+                if decided is None:
+                    continue
+            if decided is None:
+                unknown.append(key)
+            else:
+                current[key] = decided
+        if unknown:
+            current.update(_existing(session, source, unknown))
     pending: dict[Key, dict[str, Any]] = {}
     dirty: set[str] = set()
     results: list[StoreResult] = []
