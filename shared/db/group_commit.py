@@ -62,7 +62,7 @@ BACKPRESSURE_ITEMS = 1000
 RETRY_DELAYS = (0.2, 1.0)
 
 _T = TypeVar("_T")
-_Item = tuple[list[dict[str, Any]], "asyncio.Future[Any]"]
+_Item = tuple[list[Any], "asyncio.Future[Any]"]  # rows, or units of work
 
 
 class GroupCommit:
@@ -128,7 +128,7 @@ class GroupCommit:
             return f"behind: {queued} writes queued"
         return "ok"
 
-    def _submit(self, rows: list[dict[str, Any]]) -> asyncio.Future[Any]:
+    def _submit(self, rows: list[Any]) -> asyncio.Future[Any]:
         done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         ticket = next(self._tickets)
         self._inflight[ticket] = done
