@@ -91,7 +91,6 @@ class GroupCommit:
         #: flush to disk), another takes what has arrived since. One: writes in arrival order.
         self._writers = writers
         self._threads = 0  # running
-        self._idle = 0  # running and waiting for work
         self._tickets = itertools.count()
         self._inflight: dict[int, asyncio.Future[Any]] = {}  # submitted, not settled (for flush)
         self._failing_since: float | None = None  # monotonic time of the first failed batch in a row
@@ -135,7 +134,7 @@ class GroupCommit:
         done.add_done_callback(lambda _: self._inflight.pop(ticket, None))
         with self._lock:
             self._queue.put((rows, done))
-            if self._idle == 0 and self._threads < self._writers:
+            if self._threads < self._writers:  # the writers idle until a second without work
                 self._threads += 1
                 threading.Thread(target=self._run, name="group-commit", daemon=True).start()
         return done
@@ -143,19 +142,14 @@ class GroupCommit:
     # -- the writer thread ---------------------------------------------------------------------
     def _run(self) -> None:
         while True:
-            with self._lock:
-                self._idle += 1
             try:
                 first = self._queue.get(timeout=IDLE_SECONDS)
             except queue.Empty:
                 with self._lock:
-                    self._idle -= 1
                     if self._queue.empty():
                         self._threads -= 1
                         return
                 continue
-            with self._lock:
-                self._idle -= 1
             if self._linger:
                 time.sleep(self._linger)
             batch = [first]
