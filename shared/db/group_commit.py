@@ -5,8 +5,9 @@ everything queued since its last transaction and writes it in the next one: at l
 is one request (no added delay), under load one insert and one commit serve many requests, and
 the process never writes to its database from two threads at once (on SQLite that would be
 busy-waiting on the write lock). The thread is started on demand and ends after a second
-without work. With ``writers=n`` (PostgreSQL) up to n threads take turns: while one waits for its
-round trips and its commit's flush to disk, the next takes what arrived meanwhile.
+without work. With ``writers=n`` (PostgreSQL), once ``HELP_BACKLOG`` writes wait, helper threads
+(up to n in all) take what waits while the others wait for their round trips and their commits'
+flush to disk; a helper ends when nothing waits.
 
 ``write(rows)`` waits until its rows are committed (an insert failure reaches the caller).
 ``write(rows, wait=False)`` returns once the rows are queued — the caller answers its client
@@ -58,6 +59,9 @@ FAILED_ROWS = Counter(
 #: Rows per INSERT statement; a larger backlog is written as several statements, one commit.
 MAX_ROWS = 1000
 IDLE_SECONDS = 1.0
+#: Writes waiting that bring in a helper thread (up to ``writers``); a helper ends once nothing
+#: waits, so that at moderate rates one writer gathers what arrives while it writes (a batch).
+HELP_BACKLOG = 4
 BACKPRESSURE_ITEMS = 1000
 RETRY_DELAYS = (0.2, 1.0)
 
@@ -134,16 +138,19 @@ class GroupCommit:
         done.add_done_callback(lambda _: self._inflight.pop(ticket, None))
         with self._lock:
             self._queue.put((rows, done))
-            if self._threads < self._writers:  # the writers idle until a second without work
+            backlog = self._queue.qsize() >= HELP_BACKLOG
+            if self._threads == 0 or (backlog and self._threads < self._writers):
+                helper = self._threads > 0
                 self._threads += 1
-                threading.Thread(target=self._run, name="group-commit", daemon=True).start()
+                threading.Thread(target=self._run, args=(helper,), name="group-commit", daemon=True).start()
         return done
 
     # -- the writer thread ---------------------------------------------------------------------
-    def _run(self) -> None:
+    def _run(self, helper: bool = False) -> None:
+        """The writer (until a second without work), or a helper (until the backlog is gone)."""
         while True:
             try:
-                first = self._queue.get(timeout=IDLE_SECONDS)
+                first = self._queue.get_nowait() if helper else self._queue.get(timeout=IDLE_SECONDS)
             except queue.Empty:
                 with self._lock:
                     if self._queue.empty():
