@@ -44,7 +44,7 @@ from shared.db.models import DeadLetter, utcnow
 from shared.db.session import make_engine, session_scope
 from shared.domain.relevance import KEPT_TYPES
 from shared.errors import Issue, operation_outcome
-from shared.fhir.resources import load_models
+from shared.fhir.resources import compile_validators
 from shared.fhir.text import unstorable_in_body, unstorable_message
 from shared.jsonlimits import TOO_DEEP, too_deep
 from shared.logging import get_logger
@@ -380,7 +380,7 @@ _WORKER_STATISTICS: Statistics | None = None
 
 
 def quiet_collector() -> None:
-    """For a process that does nothing but import: what is loaded now (modules, R4B models) is
+    """For a process that does nothing but import: what is loaded now (modules, compiled validators) is
     left out of the cyclic garbage collector's walks (``gc.freeze``; in a forked worker its
     pages also stay shared), and young collections run less often. Parsing allocates tens of
     objects a line, and each collection walked everything alive: ~20 % of an import's CPU.
@@ -409,13 +409,13 @@ def _import_unit(source: Source, batch_size: int, unit: Unit) -> tuple[dict[str,
 
 def _workers_context(engine: Engine) -> multiprocessing.context.BaseContext:
     """``fork`` where it is safe — Linux, and this process runs no other thread (a forked child
-    would inherit the locks another thread holds): the workers start with the modules and R4B
-    models already loaded here, instead of importing them again each (~1 s of CPU a process
+    would inherit the locks another thread holds): the workers start with the modules and FHIR
+    validators already loaded here, instead of importing them again each (~1 s of CPU a process
     with ``spawn``). The parent's pooled connections are closed first, so no worker inherits a
     socket; each opens its own (:func:`_start_worker`). Elsewhere ``spawn``: a clean start."""
     if sys.platform != "linux" or threading.active_count() > 1:
         return multiprocessing.get_context("spawn")
-    load_models(KEPT_TYPES)
+    compile_validators(KEPT_TYPES)
     engine.dispose()
     return multiprocessing.get_context("fork")
 

@@ -15,6 +15,7 @@ from datetime import datetime
 from typing import Any
 
 from services.recommender.engine import (
+    PatientContext,
     PatientResult,
     Policy,
     PolicyError,
@@ -39,10 +40,12 @@ def empty_entry(patient_ref: str) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class Assessed:
-    """A CDS call's evaluation: the §3 document and the facts it was drawn from (per patient)."""
+    """A CDS call's evaluation: the §3 document, the facts it was drawn from and the engine's
+    per-patient indexes over them (the evidence snapshot reads both), per patient."""
 
     document: dict[str, Any]
     facts: dict[str, PatientFacts]
+    contexts: dict[str, PatientContext]
 
 
 @dataclass(frozen=True)
@@ -86,11 +89,12 @@ class Assessor:
         (:data:`~services.recommender.engine.completeness.DATA_KINDS`); the targets that need them
         are ``not-evaluable`` / ``data-unavailable``."""
         facts = self.facts(resources)
-        results = [evaluate(f, self.policy, now=now) for f in facts.values()]
+        contexts = {ref: PatientContext(f, self.policy) for ref, f in facts.items()}
+        results = [evaluate(f, self.policy, now=now, ctx=contexts[ref]) for ref, f in facts.items()]
         document: dict[str, Any] = assessment_document(results, self.policy, now)
         if unavailable:
             document["patients"] = [mark_unavailable(p, unavailable) for p in document["patients"]]
-        return Assessed(document, facts)
+        return Assessed(document, facts, contexts)
 
     def patient_entry(self, resources: Resources, patient_ref: str, now: datetime) -> dict[str, Any]:
         """The §3 entry of ``patient_ref`` (``Patient/<id>``), each alert with its evidence references

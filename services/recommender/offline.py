@@ -2,7 +2,7 @@
 
 Reads FHIR R4 Bundles (any type), single resources and NDJSON files (folders: every ``*.json``
 and ``*.ndjson`` inside), applies the relevance filter of ingest (CONTRACT §2), validates kept
-resources with the fhir.resources R4B models (an invalid one is skipped and named on stderr),
+resources against FHIR R4 (its published JSON schema) (an invalid one is skipped and named on stderr),
 normalises, evaluates and prints the assessment document (§3) as JSON or plain text.
 
 Nothing is dropped silently: every input that cannot be used — a resource that fails
@@ -31,7 +31,7 @@ from services.recommender.engine import render_text
 from shared.domain import _json as j
 from shared.domain.relevance import classify
 from shared.fhir.bundle import flatten, resolve
-from shared.fhir.resources import ResourceInvalid, validate_r4b
+from shared.fhir.resources import ResourceInvalid, validate_r4
 
 #: exit code when the evaluation ran but some input was ignored
 EXIT_IGNORED = 1
@@ -113,14 +113,14 @@ def _documents(path: Path, ignored: Ignored) -> Iterator[tuple[Mapping[str, Any]
 
 
 def _valid(resource: Mapping[str, Any], label: str, ignored: Ignored) -> bool:
-    """Validated with the R4B models; an invalid resource is ignored and named with its first
+    """Validated against FHIR R4; an invalid resource is ignored and named with its first
     problem (field and message), with a hint when the field is an R5 element."""
     rtype = str(resource.get("resourceType"))
     ref = f"{rtype}/{resource.get('id')}"
     try:
-        validate_r4b(resource)
+        validate_r4(resource)
     except ResourceInvalid as exc:
-        if exc.issues and exc.issues[0][0] == "resourceType":
+        if exc.issues and exc.issues[0][0] == f"{rtype}.resourceType":
             ignored.add(label, ref, "resourceType", f"{rtype} is not an R4 resource type")
             return False
         where, what = exc.issues[0] if exc.issues else ("", "invalid")

@@ -73,6 +73,7 @@ from shared.fhir.errors import (
 )
 from shared.fhir.resources import ResourceInvalid, validate_r5
 from shared.fhir.sources import client_for, source_http_client
+from shared.humanize import plural
 from shared.logging import get_logger
 from shared.settings import Settings, Source, Writeback
 from shared.web import Check
@@ -431,7 +432,7 @@ class Delivery:
             )
 
     def _park(self, claimed: Claimed, exc: Exception, sent: Mapping[str, Any] | None) -> int:
-        reason = f"write-back failed after {claimed.attempts} attempt(s): {str(exc)[:500]}"
+        reason = f"write-back failed after {plural(claimed.attempts, 'attempt')}: {str(exc)[:500]}"
         with session_scope(self.engine) as session:
             session.execute(
                 sa.update(_OUTBOX)

@@ -50,6 +50,7 @@ from shared.fhir.errors import (
     PagingLimitExceeded,
     SmartAuthError,
 )
+from shared.humanize import plural
 from shared.jsonlimits import TOO_DEEP, too_deep
 
 __all__ = [
@@ -428,7 +429,7 @@ class FhirClient:
                     )
                     kind = "timed out" if timed_out else "could not reach the FHIR server"
                     raise FhirTransportError(
-                        f"{what}: {kind} ({type(exc).__name__}) after {attempt} attempt(s)",
+                        f"{what}: {kind} ({type(exc).__name__}) after {plural(attempt, 'attempt')}",
                         timeout=timed_out,
                     ) from exc
                 reason = type(exc).__name__

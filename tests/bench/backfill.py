@@ -14,10 +14,11 @@ PostgreSQL database:
 3. ``W`` × ``pinpoint worker --once`` at the same time on the filled queue: patients/s to
    CarePlans (suggestions stored), also after the processes' start-up, peak RSS; then everyone
    marked again and the workers run once more on unchanged data (a re-evaluation).
-4. ``--before REF`` (e.g. ``main``): the workers of that commit (its source, ``git archive``, on
-   this environment) run the same two drains on a copy of the imported database (``CREATE
-   DATABASE … TEMPLATE``), interleaved with these (before, after, before again, after again): CPU
-   a patient and patients/s side by side, with ``/proc/loadavg`` at each.
+4. ``--before REF`` (e.g. ``main``): that commit (its source, ``git archive``, on this
+   environment) imports the same export into a database of its own just before this branch's
+   import, and its workers run the same two drains on that database, interleaved with these
+   (before, after, before again, after again): CPU a resource / a patient and rates side by side,
+   with ``/proc/loadavg`` at each.
 
 For each stage also the CPU time of its processes and of the PostgreSQL backends serving them
 (per resource / per patient), which the other work on a shared machine does not inflate as much
@@ -50,7 +51,7 @@ sys.path.insert(0, str(ROOT))
 from shared.db.queue import mark_dirty  # noqa: E402
 from shared.db.session import session_scope  # noqa: E402
 from tests.bench._load import loadavg  # noqa: E402
-from tests.bench._pg import ADMIN_URL, BackendCPU, admin, drop_db, fresh_db, raw_copy  # noqa: E402
+from tests.bench._pg import BackendCPU, drop_db, fresh_db, raw_copy  # noqa: E402
 from tests.bench.evaluate import noise, patient  # noqa: E402
 from tests.serving import PINPOINT, clean_env  # noqa: E402
 
@@ -112,17 +113,21 @@ def timed(args: list[str], env: dict[str, str], database: str, procs: int = 1) -
     wall = time.perf_counter() - t0
     result = json.loads(out.stdout)
     if result["code"] != 0:
-        raise SystemExit(f"pinpoint {' '.join(args)} exited with {result['code']}")
+        raise SystemExit(f"pinpoint {' '.join(args)} exited with {result['code']}:\n{out.stderr[-2000:]}")
     return Stage(wall, result["peak_kb"] / 1024, result["cpu"], server.seconds, result["out"])
 
 
-_DRAINED = re.compile(r"evaluated (\d+) patient\(s\).* in ([\d.]+) s \(([\d.]+) s CPU\)")
+_DRAINED = re.compile(r"evaluated ([\d,]+) patients?\b.* in ([\d.]+) s \(([\d.]+) s CPU\)")
 
 
 def _drain_figures(stage: Stage) -> tuple[float, float, float]:
     """From the workers' own report: (the longest drain's seconds, patients/s after start-up,
     CPU seconds of the drains)."""
-    drains = [(int(m[1]), float(m[2]), float(m[3])) for m in (_DRAINED.search(o) for o in stage.out) if m]
+    drains = [
+        (int(m[1].replace(",", "")), float(m[2]), float(m[3]))
+        for m in (_DRAINED.search(o) for o in stage.out)
+        if m
+    ]
     if not drains:
         return stage.wall, 0.0, stage.cpu
     seconds = max(sec for _, sec, _ in drains)
@@ -138,6 +143,7 @@ def main() -> None:
     parser.add_argument("--before", metavar="REF", help="also run the workers of git REF side by side")
     args = parser.parse_args()
     tmp = tempfile.TemporaryDirectory(prefix="pinpoint-backfill-")
+    src_tmp = tempfile.TemporaryDirectory(prefix="pinpoint-backfill-before-")
     folder = args.keep or Path(tmp.name)
     folder.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -152,7 +158,7 @@ def main() -> None:
     again: Stage | None = None
     rewritten = 0
     side: list[tuple[str, str, Stage]] = []  # (code, drain, stage) of --before
-    name_b = f"{name}_before"
+    name_b = url_b = ""
     try:
         cpu0 = time.process_time()
         with BackendCPU(name) as copy_server:
@@ -161,24 +167,28 @@ def main() -> None:
         env = clean_env(PINPOINT_DATABASE_URL=url, PINPOINT_LOG_LEVEL="warning")
         # Bytecode cached as in an installed deployment: not recompiled by every process started.
         env.pop("PYTHONDONTWRITEBYTECODE", None)
+        env_b: dict[str, str] = {}
+        imp_b: tuple[Stage, str] | None = None
+        if args.before:
+            src = Path(src_tmp.name)  # not inside the export folder: the import reads it all
+            archive = subprocess.run(
+                ["git", "-C", str(ROOT), "archive", args.before], capture_output=True, check=True
+            )
+            subprocess.run(["tar", "-x", "-C", str(src)], input=archive.stdout, check=True)
+            subprocess.run(
+                [sys.executable, "-m", "compileall", "-q", str(src / "services"), str(src / "shared")]
+            )
+            name_b, url_b = fresh_db()
+            env_b = {**env, "PYTHONPATH": str(src), "PINPOINT_DATABASE_URL": url_b}
+            load_b = loadavg()
+            imp_b = (timed(["import", str(folder), "--jobs", str(args.jobs)], env_b, name_b), load_b)
         imp = timed(["import", str(folder), "--jobs", str(args.jobs)], env, name)
         engine = sa.create_engine(url)
         with engine.connect() as conn:
             kept = conn.execute(sa.text("SELECT count(*) FROM resource")).scalar_one()
             queued = conn.execute(sa.text("SELECT count(*) FROM evaluation_queue")).scalar_one()
         import_load = loadavg()
-        env_b: dict[str, str] = {}
-        if args.before and args.workers:
-            src = Path(tmp.name) / "before-src"
-            src.mkdir()
-            archive = subprocess.run(
-                ["git", "-C", str(ROOT), "archive", args.before], capture_output=True, check=True
-            )
-            subprocess.run(["tar", "-x", "-C", str(src)], input=archive.stdout, check=True)
-            engine.dispose()
-            admin(ADMIN_URL, f'CREATE DATABASE "{name_b}" TEMPLATE "{name}"')
-            url_b = url.rsplit("/", 1)[0] + f"/{name_b}"
-            env_b = {**env, "PYTHONPATH": str(src), "PINPOINT_DATABASE_URL": url_b}
+        if env_b and args.workers:
             side.append(
                 (
                     args.before,
@@ -229,9 +239,10 @@ def main() -> None:
         engine.dispose()
     finally:
         drop_db(name)
-        if side:
+        if env_b:
             drop_db(name_b)
         tmp.cleanup()
+        src_tmp.cleanup()
     for code, drain, stage in side:
         _, rate, cpu = _drain_figures(stage)
         print(
@@ -256,6 +267,14 @@ def main() -> None:
         f" per CPU second, import {(copy_cpu / n_copy) / (import_cpu / resources):.2f} x raw COPY"
     )
     print(f"  /proc/loadavg after the import: {import_load}")
+    if imp_b is not None:
+        for code, stage, load in ((args.before, *imp_b), ("this branch", imp, import_load)):
+            print(
+                f"  import of {code:<12} (load {load}): {resources / stage.wall:,.0f} resources/s"
+                f" ({stage.wall:.1f} s); CPU {stage.cpu:.1f} + server {stage.server:.1f} s ="
+                f" {1e6 * (stage.cpu + stage.server) / resources:.0f} us a resource"
+                f" ({1e6 * stage.cpu / resources:.0f} us without the server)"
+            )
     if work is None:
         return
     done = queued - left

@@ -1,9 +1,14 @@
 """Benchmark: CDS Hooks patient-view under load, beside a bare FastAPI no-op (not a test).
 
-Run: ``.venv/bin/python tests/bench/cds_hooks.py [SECONDS] [--postgres] [--no-auth] [--profile]``
-(default 8 s per target; ``--postgres``: Pinpoint on a throw-away PostgreSQL database instead of
-SQLite; ``--no-auth``: no trusted issuers, calls unsigned; ``--profile``: a further saturation run
-recorded by py-spy, the file named on the output).
+Run: ``.venv/bin/python tests/bench/cds_hooks.py [SECONDS] [--postgres] [--no-auth] [--rs384]
+[--profile] [--before REV]`` (default 8 s per target; ``--postgres``: Pinpoint on a throw-away
+PostgreSQL database instead of SQLite; ``--no-auth``: no trusted issuers, calls unsigned;
+``--rs384``: the EHR signs with RS384 (RSA 2048) instead of ES384 — the two algorithms CDS Hooks
+recommends, whose verification costs ~0.05 and ~1 ms on this machine; ``--profile``: a
+further saturation run recorded by py-spy, the file named on the output; ``--before REV``: a
+second Pinpoint server running git REV's source (``git archive``, on this environment, its own
+database) measured beside this one — saturation before, after, before, after, then one
+connection each — so that both sides see the shared machine's load of the same minutes).
 
 Starts, on 127.0.0.1 (free ports), ONE ``pinpoint serve --role recommender`` process configured as
 deployed — a trusted EHR issuer (ES384 JWKS file), the default log level, JSON logs to /dev/null —
@@ -37,6 +42,7 @@ import tempfile
 import time
 import uuid
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -44,7 +50,7 @@ from typing import Any
 import httpx
 import jwt
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
@@ -71,7 +77,7 @@ V02 = ROOT / "tests" / "fixtures" / "vignettes" / "v02-two-concordant-blocks"
 PATIENTS = 1000  # distinct patients' requests wrk and the paced driver rotate over
 BASE_URL = "https://pinpoint.bench.example"  # PINPOINT_PUBLIC_BASE_URL: the JWT audience's base
 ISSUER = "https://ehr.bench.example/cds-client"
-KID = "bench-es384"
+KID = "bench-key"
 
 
 def request_body(k: int = 1) -> dict[str, Any]:
@@ -169,19 +175,26 @@ def request_body(k: int = 1) -> dict[str, Any]:
 
 @dataclass
 class Issuer:
-    """The benchmark's EHR: an ES384 key whose public JWKS Pinpoint trusts (a config file), and
-    one-use client JWTs (``jti`` unique: Pinpoint refuses a replay) minted before each run."""
+    """The benchmark's EHR: an ES384 (or RS384) key whose public JWKS Pinpoint trusts (a config
+    file), and one-use client JWTs (``jti`` unique: Pinpoint refuses a replay) minted before each
+    run."""
 
     directory: Path
+    alg: str = "ES384"
     pem: bytes = b""
 
     def __post_init__(self) -> None:
-        key = ec.generate_private_key(ec.SECP384R1())
+        if self.alg == "RS384":
+            rsa_key = rsa.generate_private_key(65537, 2048)
+            key: Any = rsa_key
+            public = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(rsa_key.public_key()))
+        else:
+            key = ec.generate_private_key(ec.SECP384R1())
+            public = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(key.public_key()))
         self.pem = key.private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
         )
-        public = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(key.public_key()))
-        public.update(kid=KID, alg="ES384", use="sig")
+        public.update(kid=KID, alg=self.alg, use="sig")
         jwks = self.directory / "jwks.json"
         jwks.write_text(json.dumps({"keys": [public]}))
         self.config = self.directory / "pinpoint.yaml"
@@ -191,28 +204,41 @@ class Issuer:
 
     def mint(self, count: int) -> tuple[str, ...]:
         """``count`` fresh tokens (signed on both cores: ES384 signing costs ~0.5 ms each)."""
-        chunks = [(self.pem, 1000) for _ in range(count // 1000)] + [(self.pem, count % 1000)]
+        chunks = [(self.pem, self.alg, 1000) for _ in range(count // 1000)] + [
+            (self.pem, self.alg, count % 1000)
+        ]
         with ProcessPoolExecutor(os.cpu_count() or 2) as pool:
             return tuple(t for part in pool.map(_sign, chunks) for t in part)
 
 
-def _sign(job: tuple[bytes, int]) -> list[str]:
-    pem, count = job
+def _sign(job: tuple[bytes, str, int]) -> list[str]:
+    pem, alg, count = job
     key = serialization.load_pem_private_key(pem, None)
     now = int(time.time())
     claims = {"iss": ISSUER, "aud": BASE_URL + PATH, "iat": now, "exp": now + 300}
     head = {"kid": KID, "typ": "JWT"}
     return [
-        jwt.encode({**claims, "jti": str(uuid.uuid4())}, key, algorithm="ES384", headers=head)  # type: ignore[arg-type]
+        jwt.encode({**claims, "jti": str(uuid.uuid4())}, key, algorithm=alg, headers=head)  # type: ignore[arg-type]
         for _ in range(count)
     ]
 
 
+def _before_source(rev: str, into: Path) -> Path:
+    """REV's source tree (``git archive``) under ``into``: run with it first on PYTHONPATH."""
+    src = into / "before-src"
+    src.mkdir()
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev], capture_output=True, check=True)
+    subprocess.run(["tar", "-x", "-C", str(src)], input=archive.stdout, check=True)
+    return src
+
+
 def main() -> None:
-    args = [a for a in sys.argv[1:] if not a.startswith("--")]
+    before = sys.argv[sys.argv.index("--before") + 1] if "--before" in sys.argv else None
+    args = [a for a in sys.argv[1:] if not a.startswith("--") and a != before]
     seconds = float(args[0]) if args else 8.0
     postgres = "--postgres" in sys.argv
     signed = "--no-auth" not in sys.argv
+    alg = "RS384" if "--rs384" in sys.argv else "ES384"
     profile = "--profile" in sys.argv
     require_wrk()
     bodies = tuple(json.dumps(request_body(k)).encode() for k in range(1, PATIENTS + 1))
@@ -220,7 +246,7 @@ def main() -> None:
     size = sum(len(b) for b in bodies) / len(bodies)
     plain = Template("POST", PATH, headers={"Content-Type": "application/json"}, bodies=bodies)
     with tempfile.TemporaryDirectory(prefix="pinpoint-bench-jwks-") as tmp:
-        issuer = Issuer(Path(tmp)) if signed else None
+        issuer = Issuer(Path(tmp), alg) if signed else None
         # as deployed: the default log level (each call logs its line, JSON to /dev/null here)
         env = {"PINPOINT_PUBLIC_BASE_URL": BASE_URL, "PINPOINT_LOG_LEVEL": "info"}
         if issuer is not None:
@@ -236,7 +262,16 @@ def main() -> None:
             database(postgres) as url,
             pinpoint_server("recommender", url, **env) as (p_port, p_pid),
             noop_server() as (n_port, n_pid),
+            ExitStack() as stack,
         ):
+            side: list[Any] = []  # --before: (label, Run) in the order measured
+            if before is not None:
+                src = _before_source(before, Path(tmp))
+                b_url = stack.enter_context(database(postgres))
+                b_port, b_pid = stack.enter_context(
+                    pinpoint_server("recommender", b_url, PYTHONPATH=str(src), **env)
+                )
+                b_base = f"http://127.0.0.1:{b_port}"
             p_base, n_base = f"http://127.0.0.1:{p_port}", f"http://127.0.0.1:{n_port}"
             first = template(1)
             auth_header = {"Authorization": f"Bearer {first.tokens[0]}"} if first.tokens else {}
@@ -254,10 +289,35 @@ def main() -> None:
                 n_pid, lambda: wrk(n_base, noop_t, seconds, connections=CONNECTIONS, label="no-op FastAPI")
             )
             main_t = template(int(max(warm.rps, 200) * seconds * 2) + 500)
-            cds = measure(
-                p_pid,
-                lambda: wrk(p_base, main_t, seconds, connections=CONNECTIONS, label="pinpoint patient-view"),
-            )
+            if before is not None:
+                wrk(b_base, template(6000), 2, connections=CONNECTIONS)  # warm-up
+                for rnd in (1, 2):  # before, after, before, after: the same minutes' load on both
+                    b_t = template(int(max(warm.rps, 200) * seconds * 2) + 500)
+                    side.append(
+                        measure(
+                            b_pid,
+                            lambda b_t=b_t, rnd=rnd: wrk(  # type: ignore[misc]
+                                b_base, b_t, seconds, connections=CONNECTIONS, label=f"{before[:12]} #{rnd}"
+                            ),
+                        )
+                    )
+                    a_t = main_t if rnd == 1 else template(int(max(warm.rps, 200) * seconds * 2) + 500)
+                    side.append(
+                        measure(
+                            p_pid,
+                            lambda a_t=a_t, rnd=rnd: wrk(  # type: ignore[misc]
+                                p_base, a_t, seconds, connections=CONNECTIONS, label=f"this tree #{rnd}"
+                            ),
+                        )
+                    )
+                cds = replace(side[1], label="pinpoint patient-view")
+            else:
+                cds = measure(
+                    p_pid,
+                    lambda: wrk(
+                        p_base, main_t, seconds, connections=CONNECTIONS, label="pinpoint patient-view"
+                    ),
+                )
             rate = 0.25 * noop.rps
             noop_paced = paced(n_port, noop_t, rate, seconds, server_pid=n_pid, label="no-op FastAPI")
             if cds.rps >= 0.9 * rate:
@@ -272,6 +332,17 @@ def main() -> None:
                 p_pid,
                 lambda: wrk(p_base, single_t, seconds / 2, connections=1, label="pinpoint, 1 connection"),
             )
+            if before is not None:
+                single_b = template(int(max(warm.rps, 200) * seconds) + 200)
+                side.append(
+                    measure(
+                        b_pid,
+                        lambda: wrk(
+                            b_base, single_b, seconds / 2, connections=1, label=f"{before[:12]}, 1 conn."
+                        ),
+                    )
+                )
+                side.append(replace(single, label="this tree, 1 conn."))
             if profile:  # a separate saturation run: the sampler's own cost stays out of the figures
                 spy_t = template(int(cds.rps * seconds * 2) + 500)
                 spy = _py_spy(p_pid, seconds)
@@ -280,7 +351,7 @@ def main() -> None:
                     spy.wait()
     store = "PostgreSQL" if postgres else "SQLite"
     auth = (
-        "each call signed (ES384 JWT, one-use jti) and verified" if signed else "no JWT (no trusted issuers)"
+        f"each call signed ({alg} JWT, one-use jti) and verified" if signed else "no JWT (no trusted issuers)"
     )
     print(
         f"80-resource prefetch ({size:,.0f} bytes on average), {PATIENTS} distinct patients rotated;"
@@ -308,6 +379,17 @@ def main() -> None:
         f" {f'{cds_paced.p99_ms:.1f} ms' if cds_paced else 'beyond capacity'}"
         f" (target <= 40 ms)"
     )
+    if side:
+        print(f"  before ({before}) and after (this tree), alternating, {CONNECTIONS} connections then 1:")
+        for r in side:
+            print(f"    {r.line()}  load {r.loadavg}")
+        b_cpu = [r.server_cpu_ms for r in side[:4:2]]
+        a_cpu = [r.server_cpu_ms for r in side[1:4:2]]
+        print(
+            f"    server CPU per call at saturation: before {min(b_cpu):.2f}-{max(b_cpu):.2f} ms,"
+            f" after {min(a_cpu):.2f}-{max(a_cpu):.2f} ms"
+            f" ({sum(a_cpu) / sum(b_cpu):.2f} x)"
+        )
     print(f"  /proc/loadavg after the runs: {loadavg()} ({os.cpu_count()} CPUs, shared with the generators)")
 
 
@@ -324,6 +406,7 @@ def _py_spy(pid: int, seconds: float) -> subprocess.Popen[bytes] | None:
         [
             str(exe),
             "record",
+            "--gil",
             "-p",
             str(pid),
             "-d",

@@ -209,17 +209,21 @@ def _parse_instant(value: str) -> datetime:
     return ts if ts.tzinfo else ts.replace(tzinfo=UTC)
 
 
+def dicts_in(value: Any) -> Iterator[dict[str, Any]]:
+    """Every JSON object inside ``value`` (itself included), depth first."""
+    if isinstance(value, dict):
+        yield value
+        for child in value.values():
+            yield from dicts_in(child)
+    elif isinstance(value, list):
+        for child in value:
+            yield from dicts_in(child)
+
+
 def _references(value: Any) -> Iterator[dict[str, Any]]:
     """Every Reference-like dict (has a string ``reference``) inside a resource. A resource is
     never one (DetectedIssue has a top-level ``reference`` uri)."""
-    if isinstance(value, dict):
-        if isinstance(value.get("reference"), str) and "resourceType" not in value:
-            yield value
-        for child in value.values():
-            yield from _references(child)
-    elif isinstance(value, list):
-        for child in value:
-            yield from _references(child)
+    return (d for d in dicts_in(value) if isinstance(d.get("reference"), str) and "resourceType" not in d)
 
 
 def _token_matches(codings: list[dict[str, Any]], token: str) -> bool:

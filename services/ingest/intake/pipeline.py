@@ -17,7 +17,7 @@ from services.ingest.intake.references import ReferenceResolver
 from services.ingest.intake.repository import Prepared, StoreResult
 from shared.domain.relevance import classify, patient_reference
 from shared.errors import Issue
-from shared.fhir.resources import ResourceInvalid, validate_r4b
+from shared.fhir.resources import ResourceInvalid, validate_r4
 from shared.fhir.text import unstorable_in, unstorable_message
 
 NO_PATIENT_TYPES = frozenset({"Medication", "Substance"})
@@ -75,10 +75,10 @@ class Tally:
 
 
 def check(candidate: Candidate, validate: bool = True) -> Decision:
-    """Relevance on the raw dict, then R4B validation of what is kept. Does not modify it.
+    """Relevance on the raw dict, then FHIR R4 validation of what is kept. Does not modify it.
 
     ``validate=False`` is for a resource the caller found stored with the same content (it was
-    validated when it was stored): everything but the model validation is still checked."""
+    validated when it was stored): everything but the schema validation is still checked."""
     resource = candidate.resource
     if not isinstance(resource.get("resourceType"), str):
         return Decision(
@@ -93,9 +93,9 @@ def check(candidate: Candidate, validate: bool = True) -> Decision:
         return Decision(candidate, "rejected", text, (Issue("invalid", text, expression=(bad[0],)),))
     try:
         if validate:
-            validate_r4b(resource)
+            validate_r4(resource)
     except ResourceInvalid as exc:
-        issues = tuple(Issue("invalid", msg, expression=(loc,)) for loc, msg in exc.issues) or (
+        issues = tuple(Issue("invalid", f"{loc}: {msg}", expression=(loc,)) for loc, msg in exc.issues) or (
             Issue("invalid", str(exc)),
         )
         return Decision(candidate, "rejected", str(exc), issues)

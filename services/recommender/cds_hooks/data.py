@@ -110,10 +110,10 @@ class UserToken(httpx.Auth):
 
 
 def _is_ours(resource: dict[str, Any]) -> bool:
-    return any(
-        isinstance(i, dict) and i.get("system") == RECOMMENDATION_SYSTEM
-        for i in resource.get("identifier") or ()
-    )
+    identifiers = resource.get("identifier")
+    if not identifiers:  # most resources of a chart: no generator to build
+        return False
+    return any(isinstance(i, dict) and i.get("system") == RECOMMENDATION_SYSTEM for i in identifiers)
 
 
 def bundle_resources(bundle: dict[str, Any]) -> list[dict[str, Any]]:

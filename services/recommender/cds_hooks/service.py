@@ -168,6 +168,7 @@ async def handle_call(cds: Cds, service: CdsService, body: bytes, outcome: CallO
         snapshot = snapshot_body(
             entry=entry,
             facts=assessed.facts.get(patient_ref),
+            context=assessed.contexts.get(patient_ref),
             policy=cds.assessor.policy,
             patient=patient_header(data.resources, call.patient_id),
             now=now,

@@ -27,9 +27,14 @@ STEROID_PATHWAYS = frozenset({"knee-steroid", "esi", "sij-therapeutic", "facet-t
 _GOING_AHEAD = frozenset({"supported", "partially-supported", "deferred", "needs-review"})
 
 
-def evaluate(facts: PatientFacts, policy: Policy, *, now: datetime) -> PatientResult:
-    """Assessments, order checks and alerts for one patient at ``now`` (CONTRACT §3, §6)."""
-    ctx = PatientContext(facts, policy)
+def evaluate(
+    facts: PatientFacts, policy: Policy, *, now: datetime, ctx: PatientContext | None = None
+) -> PatientResult:
+    """Assessments, order checks and alerts for one patient at ``now`` (CONTRACT §3, §6).
+    ``ctx``: the patient's :class:`PatientContext` when the caller keeps it (its indexes serve
+    the evidence snapshot drawn after the answer); built here otherwise."""
+    if ctx is None:
+        ctx = PatientContext(facts, policy)
     assessments: list[Assessment] = facet.assessments(ctx, now) + dispatch.assessments(ctx, now)
     checks: list[OrderCheck] = []
     for order in facts.orders:
@@ -93,6 +98,7 @@ __all__ = [
     "Alert",
     "Assessment",
     "OrderCheck",
+    "PatientContext",
     "PatientResult",
     "Policy",
     "PolicyError",

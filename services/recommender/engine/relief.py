@@ -115,27 +115,31 @@ class PatientContext:
         #: results the pathways compute more than once for one patient (an assessment and an
         #: order check of the same joint), keyed by what they depend on
         self.memo: dict[tuple[Any, ...], Any] = {}
+        self._baselines: dict[tuple[str, datetime, str | None, timedelta], PainReading | None] = {}
 
     # readings --------------------------------------------------------------------------------
     def _assign_post_readings(self) -> dict[str, list[PainReading]]:
         window = timedelta(hours=self.policy.g("post_window_hours"))
         by_ref = {iv.ref: iv for iv in self.completed}
-        ordered = sorted(self.completed, key=lambda iv: (iv.end, iv.ref))
+        # each block with the end of its window, computed once (not once per reading)
+        ordered = [(iv, iv.end + window) for iv in sorted(self.completed, key=lambda iv: (iv.end, iv.ref))]
         out: dict[str, list[PainReading]] = defaultdict(list)
         for reading in self.facts.readings:
-            linked = [by_ref[r] for r in reading.part_of if r in by_ref]
-            if linked:
-                for iv in linked:
-                    if iv.end < reading.time <= iv.end + window:
-                        out[iv.ref].append(reading)
-                continue
-            if reading.part_of and any(r.startswith("Procedure/") for r in reading.part_of):
-                continue  # linked to a procedure that is not a kept block
+            time = reading.time
+            if reading.part_of:
+                linked = [by_ref[r] for r in reading.part_of if r in by_ref]
+                if linked:
+                    for iv in linked:
+                        if iv.end < time <= iv.end + window:
+                            out[iv.ref].append(reading)
+                    continue
+                if any(r.startswith("Procedure/") for r in reading.part_of):
+                    continue  # linked to a procedure that is not a kept block
             best: Intervention | None = None
-            for iv in ordered:
-                if iv.end >= reading.time:
+            for iv, close in ordered:
+                if iv.end >= time:
                     break
-                if reading.time <= iv.end + window and sides_compatible(reading.side, iv.side):
+                if time <= close and sides_compatible(reading.side, iv.side):
                     best = iv
             if best is not None:
                 out[best.ref].append(reading)
@@ -145,7 +149,15 @@ class PatientContext:
         return self._post.get(block.ref, [])
 
     def baseline(self, block: Intervention, window: timedelta) -> PainReading | None:
-        """Latest reading of any accepted scale in ``window`` before the block's start."""
+        """Latest reading of any accepted scale in ``window`` before the block's start (once per
+        block and window: each threshold's judgement and the evidence snapshot ask again)."""
+        key = (block.ref, block.start, block.side, window)
+        if key in self._baselines:
+            return self._baselines[key]
+        best = self._baselines[key] = self._baseline(block, window)
+        return best
+
+    def _baseline(self, block: Intervention, window: timedelta) -> PainReading | None:
         best = None
         lo = block.start - window
         for reading in self.facts.readings:

@@ -109,13 +109,17 @@ def _evidence_refs(entry: Mapping[str, Any]) -> set[str]:
     return refs
 
 
-def minimal_facts(facts: PatientFacts, entry: Mapping[str, Any], policy: Policy) -> PatientFacts:
+def minimal_facts(
+    facts: PatientFacts, entry: Mapping[str, Any], policy: Policy, ctx: PatientContext | None = None
+) -> PatientFacts:
     """The facts the entry's evidence used: its procedures, the readings the page draws around
     them (baseline and after, as the engine assigned them) and the sedations that touch them.
-    Re-judged on these facts alone, each block keeps its baseline and its readings."""
+    Re-judged on these facts alone, each block keeps its baseline and its readings. ``ctx``: the
+    engine's context of ``facts`` from the evaluation (its readings already assigned)."""
     refs = _evidence_refs(entry)
     used = tuple(iv for iv in facts.interventions if iv.ref in refs)
-    ctx = PatientContext(facts, policy)
+    if ctx is None or ctx.facts is not facts:
+        ctx = PatientContext(facts, policy)
     readings: dict[str, PainReading] = {}
     for iv in used:
         if iv.diagnostic:
@@ -123,7 +127,8 @@ def minimal_facts(facts: PatientFacts, entry: Mapping[str, Any], policy: Policy)
             post = list(ctx.post_readings(iv))
         else:
             base = ctx.baseline(iv, timedelta(days=policy.g("long_term_baseline_days")))
-            post = [r for r in facts.readings if iv.end < r.time <= iv.end + _DEFINITIVE_LOOK]
+            end, last = iv.end, iv.end + _DEFINITIVE_LOOK
+            post = [r for r in facts.readings if end < r.time <= last]
         for r in [*([base] if base else []), *post]:
             readings[r.ref + r.time.isoformat()] = r
     lookback = timedelta(minutes=policy.g("sedation_lookback_minutes"))
@@ -141,17 +146,35 @@ def minimal_facts(facts: PatientFacts, entry: Mapping[str, Any], policy: Policy)
 
 
 def policy_values(policy: Policy, entry: Mapping[str, Any]) -> dict[str, Any]:
-    """The policy values behind the entry's verdicts: general, agents and its pathways' keys."""
-    pathways = {
-        str(i.get("pathway")) for i in [*(entry.get("assessments") or ()), *(entry.get("orderChecks") or ())]
-    }
-    return {
-        "id": policy.id,
-        "version": str(policy.version),
-        "general": dict(policy.general),
-        "agents": {k: {"minimumMinutes": a.minimum_minutes} for k, a in policy.agents.items()},
-        "pathways": {p: _encode(dict(policy.pathways[p])) for p in sorted(pathways) if p in policy.pathways},
-    }
+    """The policy values behind the entry's verdicts: general, agents and its pathways' keys, as
+    JSON values — the same for every call of a policy naming the same pathways: computed once per
+    policy and set of pathways (callers must not change them)."""
+    pathways = tuple(
+        sorted(
+            {
+                str(i.get("pathway"))
+                for i in [*(entry.get("assessments") or ()), *(entry.get("orderChecks") or ())]
+            }
+        )
+    )
+    key = (id(policy), pathways)
+    cached = _POLICY_VALUES.get(key)
+    if cached is None or cached[0] is not policy:
+        if len(_POLICY_VALUES) >= 256:  # policies replaced in a long-lived process (tests)
+            _POLICY_VALUES.clear()
+        values = {
+            "id": policy.id,
+            "version": str(policy.version),
+            "general": dict(policy.general),
+            "agents": {k: {"minimumMinutes": a.minimum_minutes} for k, a in policy.agents.items()},
+            "pathways": {p: dict(policy.pathways[p]) for p in pathways if p in policy.pathways},
+        }
+        cached = _POLICY_VALUES[key] = (policy, _encode(values))
+    return cached[1]
+
+
+#: :func:`policy_values` by (policy identity, pathways); the policy is kept so its id stays its own.
+_POLICY_VALUES: dict[tuple[int, tuple[str, ...]], tuple[Policy, dict[str, Any]]] = {}
 
 
 def patient_header(resources: Iterable[Mapping[str, Any]], patient_id: str) -> dict[str, str] | None:
@@ -219,18 +242,23 @@ def snapshot_body(
     patient: Mapping[str, str] | None,
     now: datetime,
     unavailable: Iterable[str] = (),
+    context: PatientContext | None = None,
 ) -> dict[str, Any]:
-    """The snapshot of one call (shared by its cards)."""
-    kept = minimal_facts(facts, entry, policy) if facts is not None else None
+    """The snapshot of one call (shared by its cards); ``context``: the evaluation's, reused."""
+    kept = minimal_facts(facts, entry, policy, context) if facts is not None else None
+    raw: dict[str, Any] = {"entry": entry}
+    if kept is not None:
+        raw["facts"] = kept
+    encoded = _encode(raw)  # one pass for the entry and the facts
     body: dict[str, Any] = {
         "format": FORMAT,
         "evaluatedAt": now.isoformat(),
-        "entry": _encode(dict(entry)),
+        "entry": encoded["entry"],
         "policy": policy_values(policy, entry),
         "unavailable": sorted(unavailable),
     }
     if kept is not None:
-        body["facts"] = _encode(kept)
+        body["facts"] = encoded["facts"]
     if patient:
         body["patient"] = dict(patient)
     return body

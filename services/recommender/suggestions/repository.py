@@ -16,7 +16,7 @@ from services.recommender.suggestions import builders as sg
 from services.recommender.worklist.repository import load_state, sync_worklist
 from shared.db.models import Assessment, Outbox, Suggestion, WorklistEntry, utcnow
 from shared.db.session import NewRows
-from shared.fhir.resources import validate_r4b
+from shared.fhir.resources import validate_r4
 
 SUGGESTION_TYPES = ("CarePlan", "ServiceRequest", "Provenance", "DetectedIssue", "Observation")
 
@@ -177,7 +177,7 @@ def _write_group(
     written: list[dict[str, Any]] = []
     for rtype, rid, identifier, body, row in items:
         resource = sg.with_meta(body, revision, now)
-        validate_r4b(resource)
+        validate_r4(resource)
         if row is None:
             new_rows.add(
                 Suggestion,
@@ -207,7 +207,7 @@ def _write_group(
         now,
         created=action == "create",
     )
-    validate_r4b(prov)
+    validate_r4(prov)
     new_rows.add(
         Suggestion,
         resource_type="Provenance",

@@ -116,7 +116,7 @@ class FakeAssessor:
         self, resources: Sequence[dict[str, Any]], now: datetime, unavailable: frozenset[str] = frozenset()
     ) -> Assessed:
         self.unavailable.append(unavailable)
-        return Assessed(self.document(resources, now), {})
+        return Assessed(self.document(resources, now), {}, {})
 
     def ids(self, call: int = -1) -> set[str]:
         return {f"{r['resourceType']}/{r.get('id')}" for r in self.seen[call]}

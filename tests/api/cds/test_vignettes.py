@@ -14,7 +14,7 @@ import pytest
 from services.ingest.intake.repository import Prepared, store_resources
 from services.recommender.assessor import Assessor
 from shared.db.session import session_scope
-from shared.fhir.resources import validate_r4b
+from shared.fhir.resources import validate_r4
 from tests.api.cds.conftest import CdsApp, assert_valid_response
 from tests.conftest import FIXTURES
 
@@ -233,7 +233,7 @@ async def test_every_vignette_card_is_readable_and_shows_measured_vs_required_wi
                         assert action["resourceId"] in drafts
                     else:
                         new = action["resource"]
-                        validate_r4b(new)
+                        validate_r4(new)
                         assert new["subject"] == drafts[next(iter(drafts))]["subject"]
                         assert new["status"] == "draft"
             assert len(card["summary"]) <= 140, card["summary"]

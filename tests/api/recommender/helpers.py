@@ -14,7 +14,7 @@ from sqlalchemy.engine import Engine
 
 from services.recommender.assessor import Assessor
 from services.recommender.worker import DrainStats, Worker
-from shared.fhir.resources import validate_r4b
+from shared.fhir.resources import SCHEMA_FILE, validate_r4
 from shared.settings import Settings
 from tests.conftest import FIXTURES
 
@@ -104,13 +104,14 @@ async def search(client: httpx.AsyncClient, rtype: str, patient: str = "P-001") 
 
 @cache
 def _schema() -> dict[str, Any]:
-    data: dict[str, Any] = json.loads((FIXTURES / "schemas" / "fhir-r4-fhir.schema.json").read_text())
+    data: dict[str, Any] = json.loads(SCHEMA_FILE.read_text())
     return data
 
 
 def assert_valid_r4(resource: dict[str, Any]) -> None:
-    """fhir.resources R4B, the official R4 JSON schema, and the required code bindings."""
-    validate_r4b(resource)
+    """Pinpoint's R4 validator, the official R4 JSON schema read by Python ``jsonschema`` (an
+    independent reader), and the required code bindings."""
+    validate_r4(resource)
     rtype = resource["resourceType"]
     schema = {"$ref": f"#/definitions/{rtype}", "definitions": _schema()["definitions"]}
     errors = [

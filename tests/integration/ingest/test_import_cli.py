@@ -145,8 +145,8 @@ def test_a_reimport_validates_only_what_changed_and_still_refuses_the_invalid(
     marks = dirty(engine)
 
     validated: list[str] = []
-    real = pipeline.validate_r4b
-    monkeypatch.setattr(pipeline, "validate_r4b", lambda r: (validated.append(r["id"]), real(r))[1])
+    real = pipeline.validate_r4
+    monkeypatch.setattr(pipeline, "validate_r4", lambda r: (validated.append(r["id"]), real(r))[1])
     changed = pain("obs-3", value=2, subject="Patient/P-0")
     invalid = pain("obs-7", subject="Patient/P-1", effectiveDateTime="last Tuesday")
     lines[3], lines[7] = orjson.dumps(changed), orjson.dumps(invalid)

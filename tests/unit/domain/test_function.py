@@ -14,7 +14,7 @@ from shared.domain.facts import FunctionScore
 from shared.domain.normalize import normalize
 from shared.domain.relevance import KEPT_TYPES, classify
 from shared.fhir.bundle import flatten, resolve
-from shared.fhir.resources import validate_r4b
+from shared.fhir.resources import validate_r4
 from tests.conftest import FIXTURES
 from tests.unit.fhirfactory import LN, patient, subj
 
@@ -236,7 +236,7 @@ def response_score(qr: dict[str, Any]) -> FunctionScore:
 
 def test_pacio_responses_are_valid_and_kept() -> None:
     qr = fixture("pacio-odi-example2.json")
-    validate_r4b(qr)
+    validate_r4(qr)
     assert "QuestionnaireResponse" in KEPT_TYPES
     assert classify(qr).category == "function-score"
 

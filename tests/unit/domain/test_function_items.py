@@ -15,7 +15,7 @@ from shared.domain import function as fn
 from shared.domain import terminology as t
 from shared.domain.normalize import normalize
 from shared.domain.relevance import classify
-from shared.fhir.resources import validate_r4b
+from shared.fhir.resources import validate_r4
 from tests.unit.fhirfactory import LN, patient, subj
 
 ORDINAL = "http://hl7.org/fhir/StructureDefinition/ordinalValue"
@@ -50,7 +50,7 @@ def response(canonical: str, items: dict[str, int | None], rid: str = "qr1") -> 
         "authored": "2025-01-20T10:00:00-05:00",
         "item": [{"linkId": "section-1", "text": "Questions", "item": out}],  # a group, as forms nest
     }
-    validate_r4b(qr)
+    validate_r4(qr)
     return qr
 
 
@@ -125,12 +125,13 @@ def test_koos_panel_observation_with_item_components() -> None:
 # --- PROMIS 4a --------------------------------------------------------------------------------------
 PI = ("PAININ9", "PAININ22", "PAININ31", "PAININ34")
 PF = ("PFA11", "PFA21", "PFA23", "PFA53")
+PF_4A = "http://example.org/Questionnaire/PROMIS-SF-v2.0-PhysicalFunction-4a"
 
 
 def promis(
     values: list[int | None],
     ids: tuple[str, ...] = PI,
-    canonical: str = "PROMIS SF v1.0 - Pain Interference 4a",
+    canonical: str = "http://example.org/Questionnaire/PROMIS-SF-v1.0-PainInterference-4a",
 ) -> dict[str, Any]:
     return response(canonical, dict(zip(ids, values, strict=True)))
 
@@ -157,15 +158,16 @@ def test_promis_not_scored_with_an_item_missing_or_out_of_range_or_a_longer_form
     assert fn.questionnaire_totals(promis([3, None, None, None])) == []
     assert fn.questionnaire_totals(promis([0, 2, 2, 2])) == []  # PROMIS items are 1-5
     six_a = response(
-        "PROMIS Pain Interference 6a", {"PAININ3": 2, **dict(zip(PI, [2, 2, 2, 2], strict=True))}
+        "http://example.org/Questionnaire/PROMIS-PainInterference-6a",
+        {"PAININ3": 2, **dict(zip(PI, [2, 2, 2, 2], strict=True))},
     )
     assert fn.questionnaire_totals(six_a) == []  # the 4a table does not apply to the 6a form
 
 
 def test_promis_physical_function_4a_t_score() -> None:
-    (total,) = fn.questionnaire_totals(promis([4, 4, 3, 5], PF, "PROMIS SF v2.0 - Physical Function 4a"))
+    (total,) = fn.questionnaire_totals(promis([4, 4, 3, 5], PF, PF_4A))
     assert (total.instrument, total.value) == (t.PROMIS_PF, 41.9)  # raw 16
-    (low,) = fn.questionnaire_totals(promis([1, 1, 1, 1], PF, "PROMIS SF v2.0 - Physical Function 4a"))
+    (low,) = fn.questionnaire_totals(promis([1, 1, 1, 1], PF, PF_4A))
     assert low.value == 22.5
 
 
@@ -266,7 +268,7 @@ def test_promis_29_response_shaped_like_the_mii_pro_example() -> None:
             for name, rows in (("PhysicalFunction", pf), ("Anxiety", anxiety), ("PainInterference", pi))
         ],
     }  # fmt: skip
-    validate_r4b(qr)
+    validate_r4(qr)
     assert classify(qr).kept
     assert {x.instrument: x.value for x in fn.questionnaire_totals(qr)} == {
         t.PROMIS_PF: 37.9,

@@ -15,7 +15,7 @@ from services.recommender.suggestions import builders as sg
 from services.recommender.suggestions import outcome_obs
 from services.recommender.writeback import linked_references, to_r5
 from shared.domain.relevance import classify
-from shared.fhir.resources import validate_r4b, validate_r5
+from shared.fhir.resources import validate_r4, validate_r5
 from tests.api.recommender.helpers import assert_valid_r4
 from tests.conftest import FIXTURES
 
@@ -56,7 +56,7 @@ def test_one_observation_group_per_procedure_before_the_careplans(groups: list[s
     for g in groups:
         for m in g.members:
             resource = sg.with_meta(m.body, 1, datetime(2025, 2, 1, tzinfo=UTC))
-            validate_r4b(resource)
+            validate_r4(resource)
             assert_valid_r4(resource)
 
 
@@ -150,7 +150,7 @@ def test_a_vanished_outcome_is_entered_in_error(groups: list[sg.Group]) -> None:
     obs = groups[0].members[0].body
     gone = sg.withdrawn(obs)
     assert gone["status"] == "entered-in-error" and sg.is_withdrawn(gone)
-    validate_r4b(sg.with_meta(gone, 2, datetime(2025, 2, 1, tzinfo=UTC)))
+    validate_r4(sg.with_meta(gone, 2, datetime(2025, 2, 1, tzinfo=UTC)))
 
 
 def test_r5_form(groups: list[sg.Group]) -> None:
