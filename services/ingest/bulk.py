@@ -42,7 +42,7 @@ from services.ingest.intake.repository import content_hash, store_resources, sto
 from shared.db.deadletters import add_dead_letters
 from shared.db.models import DeadLetter, utcnow
 from shared.db.session import make_engine, session_scope
-from shared.domain.relevance import KEPT_TYPES
+from shared.domain.relevance import KEPT_TYPES, classify
 from shared.errors import Issue, operation_outcome
 from shared.fhir.resources import compile_validators
 from shared.fhir.text import unstorable_in_body, unstorable_message
@@ -58,6 +58,8 @@ Progress = Callable[[int], None]
 
 #: Bytes of NDJSON per unit of work when importing with several processes.
 UNIT_BYTES = 4 * 1024 * 1024
+#: Bytes read at a time while cutting a file into units.
+_PIECE = 256 * 1024
 #: A line whose first key is its resourceType (as Bulk Data exporters and Synthea write them).
 _LEADING_TYPE = re.compile(rb'\s*\{\s*"resourceType"\s*:\s*"([A-Za-z]{1,64})"')
 _KEPT = frozenset(t.encode() for t in KEPT_TYPES)
@@ -150,14 +152,20 @@ class Importer:
     """Writes candidates in batches for one source; counts everything in :attr:`report`."""
 
     def __init__(
-        self, engine: Engine, source: Source, batch_size: int = 1000, statistics: Statistics | None = None
+        self,
+        engine: Engine,
+        source: Source,
+        batch_size: int = 1000,
+        statistics: Statistics | None = None,
+        look_first: bool = True,
     ) -> None:
         self.engine = engine
         self.source = source
         self.batch_size = batch_size
         self.report = ImportReport()
         self.statistics = statistics or Statistics(engine, 2 * batch_size)
-        self._look_first = True
+        #: look up the batch's stored identities before validating (see :meth:`_flush`)
+        self.look_first = look_first
 
     def _flush(self, items: list[Candidate | _Bad], resolver: ReferenceResolver) -> None:
         if not items:
@@ -168,7 +176,7 @@ class Importer:
             decisions: list[Decision] = []
             dead: list[DeadLetter] = []
             now = utcnow()
-            unchanged = self._stored_unchanged(session, items, resolver) if self._look_first else set()
+            unchanged = self._stored_unchanged(session, items, resolver) if self.look_first else set()
             for item in items:
                 if isinstance(item, _Bad):
                     tally.add("(none)", "rejected")
@@ -193,8 +201,8 @@ class Importer:
         self.report.dead_letters += len(dead)
         self.statistics.wrote(len(kept))
         # look before validating while batches meet stored identities (a re-import); a first
-        # import pays the look-up for its first batch only
-        self._look_first = any(r.outcome != "created" for r in results)
+        # import pays the look-up for its first batch only (a process's, whatever its units)
+        self.look_first = any(r.outcome != "created" for r in results)
 
     def _stored_unchanged(
         self, session: Session, items: list[Candidate | _Bad], resolver: ReferenceResolver
@@ -253,6 +261,11 @@ class Importer:
     ) -> None:
         """The file, or its bytes ``[start, end)`` starting at line ``first`` (``span``)."""
         tally = self.report.tally
+        report = self.report
+        name = str(path)
+
+        def context(number: int) -> dict[str, Any]:
+            return {"file": name, "line": number}
 
         def lines() -> Iterator[Candidate | _Bad]:
             with _open(path) as fh:
@@ -269,29 +282,35 @@ class Importer:
                     dropped = never_kept(line)
                     if dropped is not None:
                         tally.add(dropped, "dropped")
-                        self.report.resources += 1
+                        report.resources += 1
                         continue
-                    if not line.strip():
-                        continue
-                    context = {"file": str(path), "line": number}
                     try:
                         data = orjson.loads(line)
                     except orjson.JSONDecodeError as exc:
-                        yield _Bad(line.rstrip(b"\r\n"), f"line is not JSON: {exc.msg}", context)
+                        if line.strip():  # a blank line is no resource (checked here: rare)
+                            yield _Bad(line.rstrip(b"\r\n"), f"line is not JSON: {exc.msg}", context(number))
                         continue
                     if not isinstance(data, dict) or not isinstance(data.get("resourceType"), str):
                         yield _Bad(
-                            line.rstrip(b"\r\n"), "line is not a FHIR resource (no resourceType)", context
+                            line.rstrip(b"\r\n"),
+                            "line is not a FHIR resource (no resourceType)",
+                            context(number),
                         )
                         continue
                     if too_deep(data, body=line):
-                        yield _Bad(line.rstrip(b"\r\n"), f"line is not FHIR: {TOO_DEEP}", context)
+                        yield _Bad(line.rstrip(b"\r\n"), f"line is not FHIR: {TOO_DEEP}", context(number))
                         continue
                     bad = unstorable_in_body(line, data)
                     if bad is not None:
-                        yield _Bad(line.rstrip(b"\r\n"), unstorable_message(*bad), context)
+                        yield _Bad(line.rstrip(b"\r\n"), unstorable_message(*bad), context(number))
                         continue
-                    yield Candidate(number, data, None, context)
+                    # relevance here, on the dict: what is dropped goes no further than this line
+                    relevance = classify(data)
+                    if not relevance.kept:
+                        tally.add(data["resourceType"], "dropped")
+                        report.resources += 1
+                        continue
+                    yield Candidate(number, data, None, context(number), relevance, scanned=True)
 
         self._batches(lines(), ReferenceResolver(None, self.source, ()))
 
@@ -357,7 +376,7 @@ Unit = tuple[Path, "tuple[int, int, int] | None", int]
 
 def units(paths: Iterable[Path], unit_bytes: int = UNIT_BYTES) -> Iterator[Unit]:
     """``(path, (start, end, first line) or None, bytes)``: plain NDJSON cut at line boundaries
-    (one pass over the file, a unit's bytes in memory at a time), other files whole."""
+    (one pass over the file, :data:`_PIECE` bytes of it in memory at a time), other files whole."""
     for path in paths:
         size = path.stat().st_size
         if not _is_ndjson(path) or path.name.lower().endswith(".gz") or size <= unit_bytes:
@@ -366,17 +385,27 @@ def units(paths: Iterable[Path], unit_bytes: int = UNIT_BYTES) -> Iterator[Unit]
         with path.open("rb") as fh:
             start, line = 0, 1
             while True:
-                block = fh.read(unit_bytes)
-                if not block:
+                size = newlines = 0
+                while size < unit_bytes:  # counted a piece at a time: the parent's memory stays small
+                    piece = fh.read(min(_PIECE, unit_bytes - size))
+                    if not piece:
+                        break
+                    size += len(piece)
+                    newlines += piece.count(b"\n")
+                rest = fh.readline()
+                size += len(rest)
+                newlines += rest.count(b"\n")
+                if not size:
                     break
-                block += fh.readline()
-                yield path, (start, start + len(block), line), len(block)
-                start += len(block)
-                line += block.count(b"\n")
+                yield path, (start, start + size, line), size
+                start += size
+                line += newlines
 
 
 _WORKER_ENGINE: Engine | None = None
 _WORKER_STATISTICS: Statistics | None = None
+#: whether the worker's next unit starts by looking up stored identities (its last batch met some)
+_WORKER_LOOK_FIRST = True
 
 
 def quiet_collector() -> None:
@@ -400,9 +429,11 @@ def _start_worker(url: str, batch_size: int) -> None:
 
 def _import_unit(source: Source, batch_size: int, unit: Unit) -> tuple[dict[str, dict[str, int]], int, int]:
     """One unit in a worker process, with its own report."""
+    global _WORKER_LOOK_FIRST
     assert _WORKER_ENGINE is not None
-    importer = Importer(_WORKER_ENGINE, source, batch_size, _WORKER_STATISTICS)
+    importer = Importer(_WORKER_ENGINE, source, batch_size, _WORKER_STATISTICS, _WORKER_LOOK_FIRST)
     importer.unit(unit[0], unit[1])
+    _WORKER_LOOK_FIRST = importer.look_first
     r = importer.report
     return {t: dict(row) for t, row in r.tally.rows()}, r.resources, r.dead_letters
 
@@ -430,15 +461,19 @@ def import_parallel(
     progress: Progress | None = None,
     unit_bytes: int = UNIT_BYTES,
 ) -> ImportReport:
-    """The files' units over ``jobs`` processes (largest first); one report for all."""
+    """The files' units over ``jobs`` processes; one report for all. The largest files go first
+    (their units are cut while the workers already import the first ones: no pass over every
+    file before the work starts); the last units are small, so the processes finish together."""
     report = ImportReport(files=len(files))
     start = time.perf_counter()
     url = engine.url.render_as_string(hide_password=False)
-    work = sorted(units(files, unit_bytes), key=lambda u: -u[2])
+    largest_first = sorted(files, key=lambda p: -p.stat().st_size)
     with ProcessPoolExecutor(
         jobs, mp_context=_workers_context(engine), initializer=_start_worker, initargs=(url, batch_size)
     ) as pool:
-        futures = {pool.submit(_import_unit, source, batch_size, u): u for u in work}
+        futures = {
+            pool.submit(_import_unit, source, batch_size, u): u for u in units(largest_first, unit_bytes)
+        }
         for done in as_completed(futures):
             counts, resources, dead = done.result()
             for rtype, row in counts.items():

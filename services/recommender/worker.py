@@ -59,6 +59,27 @@ EVALUATION_SECONDS = Histogram(
 SUGGESTION_WRITES = Counter("pinpoint_suggestion_writes_total", "Suggestion groups written", ["action"])
 
 _QUEUE = EvaluationQueue.__table__  # type: ignore[attr-defined]
+#: the claims still ours at the generation evaluated, deleted (one cached statement for any batch)
+_DONE = (
+    sa.delete(_QUEUE)
+    .where(
+        _QUEUE.c.claimed_by == sa.bindparam("ident"),
+        sa.tuple_(_QUEUE.c.patient_key, _QUEUE.c.generation).in_(sa.bindparam("claimed", expanding=True)),
+    )
+    .returning(_QUEUE.c.patient_key)
+)
+
+
+def _patient_resources(loaded: dict[str, Loaded]) -> dict[str, dict[str, Any] | None]:
+    """Each patient's stored Patient resource among what was loaded for its evaluation (None: none
+    stored), so that the store does not read it again; a patient with several is left out (the
+    store reads the latest)."""
+    out: dict[str, dict[str, Any] | None] = {}
+    for key, patient in loaded.items():
+        found = [r for r in patient.resources if r.get("resourceType") == "Patient"]
+        if len(found) <= 1:
+            out[key] = found[0] if found else None
+    return out
 
 
 @dataclass(frozen=True)
@@ -111,16 +132,28 @@ class Worker:
         """The outcome cache's engine tag of this worker's policy and code (computed once)."""
         return outcome_cache.engine_tag(self.assessor)
 
+    def load(
+        self, session: Session, keys: list[str], now: datetime
+    ) -> tuple[dict[str, Loaded], dict[str, str]]:
+        """The patients' stored input with their fingerprints, and the fingerprints of their outcome
+        cache entries still usable at ``now`` (an entry whose fingerprint is unchanged is current)."""
+        loaded = load_patients(session, keys, fingerprint=True)
+        return loaded, outcome_cache.usable_fingerprints(session, keys, self.outcome_tag, now)
+
     def evaluate(
-        self, key: str, patient: Loaded, now: datetime
+        self, key: str, patient: Loaded, now: datetime, cached_fingerprint: str | None = None
     ) -> tuple[dict[str, Any], dict[str, Any] | None]:
         """The patient's §3 entry and its outcome cache entry, from one normalisation. The cache
-        entry is None for a patient with no stored resource left (the summary does not list it) or
-        when computing it failed (logged by type; the summary will evaluate that patient itself)."""
+        entry is None for a patient with no stored resource left (the summary does not list it),
+        when the stored entry is still usable (``cached_fingerprint``, from :meth:`load`, is the
+        patient's: nothing to write) or when computing it failed (logged by type; the summary will
+        evaluate that patient itself)."""
         facts = self.assessor.facts(patient.resources)
         ref = patient_ref(key)
         entry = self.assessor.entry(facts.get(ref), ref, now)
-        if not patient.resources:
+        if not patient.resources or (
+            cached_fingerprint is not None and cached_fingerprint == patient.fingerprint
+        ):
             return entry, None
         try:
             _, cached = outcome_cache.evaluate(self.assessor, self.outcome_tag, key, patient, now, facts)
@@ -180,30 +213,28 @@ class Worker:
     def _process(self, claim: Claim, now: datetime) -> str:
         key = claim.patient_key
         with session_scope(self.engine) as session:
-            patient = load_patients(session, [key], fingerprint=True)[key]
-        entry, cached = self.evaluate(key, patient, now)
+            loaded, stored = self.load(session, [key], now)
+        entry, cached = self.evaluate(key, loaded[key], now, stored.get(key))
         with session_scope(self.engine) as session:
-            return self._store(session, [(claim, entry)], {key: cached} if cached else {})[key]
+            return self._store(
+                session, [(claim, entry)], {key: cached} if cached else {}, _patient_resources(loaded)
+            )[key]
 
     def _store(
         self,
         session: Session,
         results: list[tuple[Claim, dict[str, Any]]],
         outcome_entries: dict[str, dict[str, Any]] | None = None,
+        patients: dict[str, dict[str, Any] | None] | None = None,
     ) -> dict[str, str]:
         """In the caller's transaction: drop the queue rows still at the evaluated generation and
         store their results (and their outcome cache entries); clear the claims of the others (a
-        newer mark came in)."""
+        newer mark came in). ``patients``: their Patient resources as loaded for the evaluation
+        (:func:`_patient_resources`; a patient whose mark did not move still has them)."""
         if not results:
             return {}
-        match = sa.or_(
-            *[
-                sa.and_(_QUEUE.c.patient_key == c.patient_key, _QUEUE.c.generation == c.generation)
-                for c, _ in results
-            ]
-        )
         gone = session.execute(
-            sa.delete(_QUEUE).where(_QUEUE.c.claimed_by == self.ident, match).returning(_QUEUE.c.patient_key)
+            _DONE, {"ident": self.ident, "claimed": [(c.patient_key, c.generation) for c, _ in results]}
         )
         current = {k for (k,) in gone}
         others = [c.patient_key for c, _ in results if c.patient_key not in current]
@@ -216,7 +247,8 @@ class Worker:
                 .returning(_QUEUE.c.patient_key)
             )
             kept = {k for (k,) in cleared}
-        pre = preload(session, sorted(current))
+        keys = sorted(current)
+        pre = preload(session, keys, {k: v for k, v in (patients or {}).items() if k in current})
         new_rows = NewRows()
         outcomes: dict[str, str] = {}
         written_at = utcnow()
@@ -261,7 +293,7 @@ class Worker:
             outcomes[key] = "stored"
         new_rows.insert(session)
         entries = outcome_entries or {}
-        outcome_cache.upsert(session.connection(), [entries[k] for k in sorted(current) if k in entries])
+        outcome_cache.upsert(session.connection(), [entries[k] for k in keys if k in entries])
         return outcomes
 
     def process_batch(self, claims: list[Claim], now: datetime | None = None) -> dict[str, str]:
@@ -275,14 +307,15 @@ class Worker:
         outcomes: dict[str, str] = {}
         try:
             with session_scope(self.engine) as session:
-                loaded = load_patients(session, [c.patient_key for c in claims], fingerprint=True)
+                loaded, stored = self.load(session, [c.patient_key for c in claims], when)
         except Exception:
             return {c.patient_key: self.process(c, now) for c in claims}
         results: list[tuple[Claim, dict[str, Any]]] = []
         cached: dict[str, dict[str, Any]] = {}
         for c in claims:
             try:
-                entry, outcome_entry = self.evaluate(c.patient_key, loaded[c.patient_key], when)
+                key = c.patient_key
+                entry, outcome_entry = self.evaluate(key, loaded[key], when, stored.get(key))
             except Exception as exc:
                 self._failed(c, exc)
                 outcomes[c.patient_key] = "failed"
@@ -292,7 +325,7 @@ class Worker:
                 cached[c.patient_key] = outcome_entry
         try:
             with session_scope(self.engine) as session:
-                outcomes.update(self._store(session, results, cached))
+                outcomes.update(self._store(session, results, cached, _patient_resources(loaded)))
         except Exception as exc:
             log.warning("worker.batch_store_failed", size=len(results), error=type(exc).__name__)
             return {**outcomes, **{c.patient_key: self.process(c, now) for c, _ in results}}

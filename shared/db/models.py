@@ -104,10 +104,13 @@ class EvaluationQueue(SQLModel, table=True):
     """
 
     __tablename__ = "evaluation_queue"
+    # the claim's order: a claim reads its batch off this index whatever the queue's depth (one
+    # instant for everyone marked at once, a re-evaluation of everyone, sorted nothing)
+    __table_args__ = (sa.Index("ix_evaluation_queue_claim_order", "dirty_since", "patient_key"),)
 
     patient_key: str = Field(primary_key=True, max_length=200)
     generation: int = 1
-    dirty_since: datetime = _ts(nullable=False, index=True)
+    dirty_since: datetime = _ts(nullable=False)
     claimed_by: str | None = Field(default=None, max_length=100)
     claimed_until: datetime | None = _ts()
     attempts: int = 0

@@ -20,7 +20,7 @@ from typing import Any
 
 from shared.domain import _json as j
 from shared.domain import terminology as t
-from shared.domain.function import observation_instrument, questionnaire_instrument
+from shared.domain.function import instrument_in_text, questionnaire_instrument
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,15 +109,26 @@ def _classify_procedure(resource: Mapping[str, Any]) -> Relevance:
     return _drop("procedure", "no code of a pain intervention, sedation or physical therapy")
 
 
+_PAIN_SCORE = Relevance(True, "pain-score")
+_FUNCTION_SCORE = Relevance(True, "function-score")
+_NOT_USED_OBSERVATION = Relevance(False, "observation", "not a pain, function or provocation observation")
+
+
 def _classify_observation(resource: Mapping[str, Any]) -> Relevance:
-    loinc = j.code_set(resource.get("code"), t.LOINC)
+    # one pass over the code: what ``observation_instrument`` would find (a functional LOINC
+    # code, else an instrument named in the code's text) without reading the codings again
+    code = resource.get("code")
+    loinc = j.code_set(code, t.LOINC)
     if loinc & t.PAIN_SCALES:
-        return Relevance(True, "pain-score")
-    if loinc & t.FUNCTION_SCALES or observation_instrument(resource) is not None:
-        return Relevance(True, "function-score")
-    if any(_PROVOCATION.search(x) for x in j.texts(resource.get("code"))):
+        return _PAIN_SCORE
+    if loinc & t.FUNCTION_SCALES or not loinc.isdisjoint(t.FUNCTION_CODES):
+        return _FUNCTION_SCORE
+    names = j.texts(code)
+    if instrument_in_text(*names) is not None:
+        return _FUNCTION_SCORE
+    if any(_PROVOCATION.search(x) for x in names):
         return Relevance(True, "provocation-test")
-    return _drop("observation", "not a pain, function or provocation observation")
+    return _NOT_USED_OBSERVATION
 
 
 def classify(resource: Mapping[str, Any]) -> Relevance:

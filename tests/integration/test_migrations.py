@@ -3,6 +3,7 @@ and downgrades cleanly to nothing (so a model change without its migration fails
 
 from __future__ import annotations
 
+import pytest
 import sqlalchemy as sa
 from alembic import command
 from alembic.autogenerate import compare_metadata
@@ -30,3 +31,28 @@ def test_downgrade_to_base_and_back(engine: Engine) -> None:
     with engine.connect() as conn:
         assert MigrationContext.configure(conn).get_current_revision() == head_revision()
     assert "ix_audit_log_action_target" in {i["name"] for i in sa.inspect(engine).get_indexes("audit_log")}
+
+
+def test_the_workers_large_json_is_compressed_with_lz4_where_the_server_has_it(engine: Engine) -> None:
+    if engine.dialect.name != "postgresql":
+        pytest.skip("PostgreSQL's TOAST compression")
+    with engine.connect() as conn:
+        methods = conn.execute(
+            sa.text("SELECT enumvals FROM pg_settings WHERE name = 'default_toast_compression'")
+        ).scalar()
+        if "lz4" not in (methods or []):
+            pytest.skip("this server was built without lz4")
+        found = conn.execute(
+            sa.text(
+                "SELECT c.relname || '.' || a.attname, a.attcompression FROM pg_attribute a"
+                " JOIN pg_class c ON c.oid = a.attrelid"
+                " WHERE (c.relname, a.attname) IN (('suggestion', 'resource'), ('outbox', 'payload'),"
+                " ('assessment', 'document'), ('outcome_cache', 'rows'))"
+            )
+        ).all()
+    assert sorted(found) == [
+        ("assessment.document", "l"),
+        ("outbox.payload", "l"),
+        ("outcome_cache.rows", "l"),
+        ("suggestion.resource", "l"),
+    ]

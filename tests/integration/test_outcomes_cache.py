@@ -19,6 +19,8 @@ from services.cli import app
 from services.recommender.assessor import Assessor
 from services.recommender.outcomes.summary import collect, summarize
 from services.recommender.worker import Worker
+from shared.db.queue import mark_dirty
+from shared.db.session import session_scope
 from shared.settings import Settings
 from tests.conftest import FIXTURES
 
@@ -132,6 +134,19 @@ def _entries(engine: Engine) -> dict[str, tuple[Any, ...]]:
         return {r[0]: tuple(r[1:]) for r in rows}
 
 
+def _drained_once(
+    engine: Engine, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> tuple[Assessor, Counting, Worker]:
+    """f03 and f05 imported and evaluated by a worker (the rows computed counted)."""
+    _import(F03)
+    _import(F05)
+    cms = Assessor.load("cms-lcd")
+    count = Counting(monkeypatch)
+    worker = Worker(engine, settings, cms)
+    assert worker.drain(now=NOW).stored == 2
+    return cms, count, worker
+
+
 def test_the_worker_leaves_every_patient_warm(
     engine: Engine, settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -139,12 +154,7 @@ def test_the_worker_leaves_every_patient_warm(
     backfill is warm): the summary then evaluates nobody and gives the summary from scratch; the
     entries are the ones the summary itself writes; a patient changed after the worker ran is
     evaluated again by the summary, and by the worker once it drains the new mark."""
-    _import(F03)
-    _import(F05)
-    cms = Assessor.load("cms-lcd")
-    count = Counting(monkeypatch)
-    worker = Worker(engine, settings, cms)
-    assert worker.drain(now=NOW).stored == 2
+    cms, count, worker = _drained_once(engine, settings, monkeypatch)
     assert count.take() == 2  # the worker computed both patients' rows
     by_worker = _entries(engine)
     assert sorted(by_worker) == ["default:P-001", "default:P-016"]
@@ -179,6 +189,37 @@ def test_the_worker_leaves_every_patient_warm(
     again = summarize(collect(engine, cms, NOW))
     assert count.take() == 0
     assert again != after and again == _from_scratch(engine, cms, NOW)
+
+
+def test_the_worker_rewrites_no_entry_still_current(
+    engine: Engine, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Re-evaluating unchanged data leaves a current entry as it is (its rows are not computed
+    again nor written); an entry that has expired meanwhile (a milestone fell due) is replaced."""
+    cms, count, worker = _drained_once(engine, settings, monkeypatch)
+    count.take()
+    first = _entries(engine)
+    with session_scope(engine) as session:
+        mark_dirty(session, list(first))
+    assert worker.drain(now=NOW).stored == 2
+    assert count.take() == 0
+    assert _entries(engine) == first
+
+    def aware(value: datetime | str) -> datetime:  # SQLite gives the text back
+        value = datetime.fromisoformat(value) if isinstance(value, str) else value
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+    expiring = {k: aware(e[3]) for k, e in first.items() if e[3] is not None}
+    assert expiring  # f05's pending milestone
+    later = min(expiring.values())
+    with session_scope(engine) as session:
+        mark_dirty(session, list(first))
+    assert worker.drain(now=later).stored == 2
+    replaced = {k for k, until in expiring.items() if until <= later}
+    assert replaced and count.take() == len(replaced)
+    now_stored = _entries(engine)
+    assert {k for k in first if now_stored[k] != first[k]} == replaced
+    assert summarize(collect(engine, cms, later)) == _from_scratch(engine, cms, later)
 
 
 def test_a_patient_whose_rows_fail_is_still_evaluated_by_the_worker(

@@ -15,7 +15,7 @@ from typing import Any
 
 from services.ingest.intake.references import ReferenceResolver
 from services.ingest.intake.repository import Prepared, StoreResult
-from shared.domain.relevance import classify, patient_reference
+from shared.domain.relevance import Relevance, classify, patient_reference
 from shared.errors import Issue
 from shared.fhir.resources import ResourceInvalid, validate_r4
 from shared.fhir.text import unstorable_in, unstorable_message
@@ -26,12 +26,18 @@ OUTCOMES = ("kept", "dropped", "unresolved", "rejected")
 
 @dataclass(slots=True)
 class Candidate:
-    """A resource found in a payload; ``slot`` is its top-level Bundle entry (0 for a resource)."""
+    """A resource found in a payload; ``slot`` is its top-level Bundle entry (0 for a resource).
+    ``relevance``: already decided on this very dict by the caller (an import's line loop, which
+    drops the irrelevant as it parses), else :func:`check` decides it; ``scanned``: the JSON text
+    it was parsed from was searched for what cannot be stored
+    (:func:`~shared.fhir.text.unstorable_in_body`), so :func:`check` does not serialise it again."""
 
     slot: int
     resource: dict[str, Any]
     full_url: str | None = None
     context: dict[str, Any] | None = None
+    relevance: Relevance | None = None
+    scanned: bool = False
 
     @property
     def resource_type(self) -> str:
@@ -84,10 +90,11 @@ def check(candidate: Candidate, validate: bool = True) -> Decision:
         return Decision(
             candidate, "rejected", "not FHIR: no resourceType", (Issue("structure", "no resourceType"),)
         )
-    relevance = classify(resource)
+    relevance = candidate.relevance or classify(resource)
     if not relevance.kept:
         return Decision(candidate, "dropped", relevance.reason or f"not used ({relevance.category})")
-    bad = unstorable_in(resource, candidate.resource_type)  # a fetched resource: no bytes scanned
+    # a fetched resource has no bytes to scan: serialised and searched here
+    bad = None if candidate.scanned else unstorable_in(resource, candidate.resource_type)
     if bad is not None:
         text = unstorable_message(*bad)
         return Decision(candidate, "rejected", text, (Issue("invalid", text, expression=(bad[0],)),))

@@ -102,14 +102,19 @@ class ReferenceResolver:
         return self._conditional(local_reference(url), exclude=self.identity(own, full_url))
 
     def rewrite(self, node: Any) -> None:
-        """Rewrite every ``reference`` in ``node`` in place (contained resources included)."""
-        if isinstance(node, dict):
+        """Rewrite every ``reference`` in ``node`` in place (contained resources included). Parsed
+        JSON holds plain dicts, lists and strings: their exact types are compared (cheaper than
+        ``isinstance``; this walks every element of every kept resource)."""
+        if type(node) is dict:
             for key, value in node.items():
-                if key == "reference" and isinstance(value, str):
-                    node[key] = self.resolve(value)
-                elif isinstance(value, dict | list):
+                kind = type(value)
+                if kind is str:
+                    if key == "reference":
+                        node[key] = self.resolve(value)
+                elif kind is dict or kind is list:
                     self.rewrite(value)
-        elif isinstance(node, list):
+        elif type(node) is list:
             for value in node:
-                if isinstance(value, dict | list):
+                kind = type(value)
+                if kind is dict or kind is list:
                     self.rewrite(value)

@@ -34,7 +34,7 @@ _LOOKUP_CHUNK = 900
 
 def content_hash(resource: dict[str, Any]) -> str:
     """Hash of a resource's content, ignoring ``meta`` (a re-delivery with new meta is the same)."""
-    body = {k: v for k, v in resource.items() if k != "meta"}
+    body = {k: v for k, v in resource.items() if k != "meta"} if "meta" in resource else resource
     return hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 

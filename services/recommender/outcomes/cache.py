@@ -107,17 +107,20 @@ def evaluate(
     }
 
 
-_READ = sa.select(
-    TABLE.c.patient_key,
-    TABLE.c.fingerprint,
-    sa.cast(TABLE.c.refs, sa.Text),
-    sa.cast(TABLE.c.rows, sa.Text),
-).where(
+#: the entries of ``keys`` computed with ``engine`` and valid at ``now``
+_USABLE = sa.and_(
     TABLE.c.patient_key.in_(sa.bindparam("keys", expanding=True)),
     TABLE.c.engine == sa.bindparam("engine"),
     TABLE.c.computed_for <= sa.bindparam("now"),
     sa.or_(TABLE.c.valid_until.is_(None), TABLE.c.valid_until > sa.bindparam("now")),
 )
+_READ = sa.select(
+    TABLE.c.patient_key,
+    TABLE.c.fingerprint,
+    sa.cast(TABLE.c.refs, sa.Text),
+    sa.cast(TABLE.c.rows, sa.Text),
+).where(_USABLE)
+_FINGERPRINTS = sa.select(TABLE.c.patient_key, TABLE.c.fingerprint).where(_USABLE)
 
 
 def usable(session: Session, keys: Sequence[str], tag: str, now: datetime) -> dict[str, Entry]:
@@ -132,6 +135,13 @@ def usable(session: Session, keys: Sequence[str], tag: str, now: datetime) -> di
             [(o, met) for o, met in orjson.loads(rows)] if rows else [],
         )
     return out
+
+
+def usable_fingerprints(session: Session, keys: Sequence[str], tag: str, now: datetime) -> dict[str, str]:
+    """The fingerprints of the entries :func:`usable` would return, without reading their rows: a
+    patient whose fingerprint is among them has a current entry that need not be written again."""
+    params = {"keys": list(keys), "engine": tag, "now": now}
+    return {key: fp for key, fp in session.connection().execute(_FINGERPRINTS, params)}
 
 
 def upsert(conn: sa.Connection, entries: list[dict[str, Any]]) -> None:

@@ -49,7 +49,7 @@ def load_patients(
     refs_of: dict[str, set[tuple[str, str]]] = {k: set() for k in patient_keys}
     have: dict[str, set[tuple[str, str]]] = {k: set() for k in patient_keys}
     own: dict[str, list[tuple[str, str, str]]] = {k: [] for k in patient_keys}
-    rows = session.connection().execute(_BY_PATIENT, {"keys": list(patient_keys)})
+    rows = session.connection().execute(_BY_PATIENT, {"keys": list(patient_keys)}).all()
     for key, rtype, rid, digest, text in rows:
         if key is None:
             continue

@@ -32,8 +32,13 @@ class Preloaded:
     patients: dict[str, dict[str, Any]]
 
 
-def preload(session: Session, patient_keys: Sequence[str]) -> Preloaded:
-    """One query per table for a whole batch of patients (nothing is read per patient after)."""
+def preload(
+    session: Session,
+    patient_keys: Sequence[str],
+    patients: Mapping[str, Mapping[str, Any] | None] | None = None,
+) -> Preloaded:
+    """One query per table for a whole batch of patients (nothing is read per patient after).
+    ``patients``: the Patient resources already read (:func:`load_state`'s ``known``)."""
     suggestions: dict[str, list[Suggestion]] = {k: [] for k in patient_keys}
     assessments: dict[str, list[Assessment]] = {k: [] for k in patient_keys}
     if patient_keys:
@@ -45,8 +50,8 @@ def preload(session: Session, patient_keys: Sequence[str]) -> Preloaded:
             suggestions[row.patient_key].append(row)
         for arow in session.exec(select(Assessment).where(col(Assessment.patient_key).in_(patient_keys))):
             assessments[arow.patient_key].append(arow)
-    worklist, patients = load_state(session, patient_keys)
-    return Preloaded(suggestions, assessments, worklist, patients)
+    worklist, found = load_state(session, patient_keys, patients)
+    return Preloaded(suggestions, assessments, worklist, found)
 
 
 @dataclass
@@ -106,7 +111,10 @@ def apply_entry(
             session,
             patient_key,
             group.key,
-            [(m.resource_type, m.resource_id, m.identifier, m.body, row) for m, row in members],
+            [
+                (m.resource_type, m.resource_id, m.identifier, m.body, h, row)
+                for (m, row), h in zip(members, hashes, strict=True)
+            ],
             group.inputs,
             policy,
             at,
@@ -145,9 +153,10 @@ def apply_entry(
         stale.setdefault(row.identifier.removesuffix(":request"), []).append(row)
     for key, rows in sorted(stale.items()):
         rows.sort(key=lambda r: SUGGESTION_TYPES.index(r.resource_type))
-        items = [
-            (r.resource_type, r.resource_id, r.identifier, sg.withdrawn(r.resource or {}), r) for r in rows
-        ]
+        items = []
+        for r in rows:
+            body = sg.withdrawn(r.resource or {})
+            items.append((r.resource_type, r.resource_id, r.identifier, body, sg.content_hash(body), r))
         _write_group(
             session, patient_key, key, items, (), policy, at, new_rows, deliver=deliver, action="revoke"
         )
@@ -163,7 +172,7 @@ def _write_group(
     session: Session,
     patient_key: str,
     key: str,
-    items: Sequence[tuple[str, str, str, dict[str, Any], Suggestion | None]],
+    items: Sequence[tuple[str, str, str, dict[str, Any], str, Suggestion | None]],
     inputs: Iterable[str],
     policy: PolicyRef,
     now: datetime,
@@ -172,10 +181,11 @@ def _write_group(
     deliver: bool,
     action: str,
 ) -> None:
-    """Write every member with one new version (the group's revision), its Provenance, an outbox row."""
+    """Write every member with one new version (the group's revision), its Provenance, an outbox row.
+    ``items``: (type, id, identifier, body, its content hash, the stored row or None)."""
     revision = max((row.version for *_, row in items if row is not None), default=0) + 1
     written: list[dict[str, Any]] = []
-    for rtype, rid, identifier, body, row in items:
+    for rtype, rid, identifier, body, digest, row in items:
         resource = sg.with_meta(body, revision, now)
         validate_r4(resource)
         if row is None:
@@ -187,14 +197,14 @@ def _write_group(
                 patient_key=patient_key,
                 version=revision,
                 resource=resource,
-                content_hash=sg.content_hash(body),
+                content_hash=digest,
                 updated_at=now,
             )
         else:
             row.patient_key = patient_key
             row.version = revision
             row.resource = resource
-            row.content_hash = sg.content_hash(body)
+            row.content_hash = digest
             row.updated_at = now
             session.add(row)
         written.append(resource)

@@ -18,20 +18,27 @@ _COLUMNS = [f.name for f in fields(Row)]
 
 
 def load_state(
-    session: Session, patient_keys: Sequence[str]
+    session: Session,
+    patient_keys: Sequence[str],
+    known: Mapping[str, Mapping[str, Any] | None] | None = None,
 ) -> tuple[dict[str, list[WorklistEntry]], dict[str, dict[str, Any]]]:
     """For a batch of patients, one query each: their worklist rows, and their latest stored
-    Patient resource (the name, birth date and identifiers a row shows)."""
+    Patient resource (the name, birth date and identifiers a row shows). ``known``: the Patient
+    resource of some of them, already read (None: none stored) — not read again."""
     rows: dict[str, list[WorklistEntry]] = {k: [] for k in patient_keys}
-    patients: dict[str, dict[str, Any]] = {}
+    known = known or {}
+    patients: dict[str, dict[str, Any]] = {k: dict(v) for k, v in known.items() if v}
     if not patient_keys:
         return rows, patients
     for row in session.exec(select(WorklistEntry).where(col(WorklistEntry.patient_key).in_(patient_keys))):
         rows[row.patient_key].append(row)
+    unknown = [k for k in patient_keys if k not in known]
+    if not unknown:
+        return rows, patients
     found = session.exec(
         select(Resource.patient_key, Resource.raw)
         .where(
-            col(Resource.patient_key).in_(patient_keys),
+            col(Resource.patient_key).in_(unknown),
             Resource.resource_type == "Patient",
             col(Resource.deleted).is_(False),
         )
