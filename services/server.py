@@ -90,6 +90,7 @@ def build_app(settings: Settings, role: Role = Role.all, engine: Engine | None =
         app.include_router(intake_api.router)
         app.include_router(deadletters_api.router)
         runtime.checks.setdefault("inbox", ingest.inbox_check)
+        runtime.on_shutdown.append(ingest.aclose)
         if ingest.subscribes:
             runtime.background.append(("subscriptions", ingest.subscriptions.run_forever))
         else:  # topic notifications may still arrive: their gaps are counted, the log pruned

@@ -5,7 +5,9 @@ everything queued since its last transaction and writes it in the next one: at l
 is one request (no added delay), under load one insert and one commit serve many requests, and
 the process never writes to its database from two threads at once (on SQLite that would be
 busy-waiting on the write lock). The thread is started on demand and ends after a second
-without work.
+without work. With ``writers=n`` (PostgreSQL), once ``HELP_BACKLOG`` writes wait, helper threads
+(up to n in all) take what waits while the others wait for their round trips and their commits'
+flush to disk; a helper ends when nothing waits.
 
 ``write(rows)`` waits until its rows are committed (an insert failure reaches the caller).
 ``write(rows, wait=False)`` returns once the rows are queued — the caller answers its client
@@ -23,23 +25,28 @@ Used by the CDS Hooks audit (one audit row per call plus one per card) and evide
 :class:`GroupInsertNew` is the same writer for rows that may already be there (the CDS clients'
 JWT ids, the replay cache): ``INSERT … ON CONFLICT DO NOTHING RETURNING`` for the whole batch, and
 each caller learns whether its row was new — one transaction for the concurrent calls instead of
-one per call.
+one per call. :class:`GroupTransaction` is the same writer for units of work (pushes and
+notifications): each caller's function runs on one ORM session with the others of its batch, one
+commit for all; a function that raises rolls the batch back and every unit of the batch runs
+again alone, so one bad unit fails only its own caller.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from prometheus_client import Counter
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
+from sqlmodel import Session
 
 from shared.logging import get_logger
 
@@ -52,24 +59,44 @@ FAILED_ROWS = Counter(
 #: Rows per INSERT statement; a larger backlog is written as several statements, one commit.
 MAX_ROWS = 1000
 IDLE_SECONDS = 1.0
+#: Writes waiting that bring in a helper thread (up to ``writers``); a helper ends once nothing
+#: waits, so that at moderate rates one writer gathers what arrives while it writes (a batch).
+HELP_BACKLOG = 4
 BACKPRESSURE_ITEMS = 1000
 RETRY_DELAYS = (0.2, 1.0)
 
-_Item = tuple[list[dict[str, Any]], "asyncio.Future[Any]"]
+_T = TypeVar("_T")
+_Item = tuple[list[Any], "asyncio.Future[Any]"]  # rows, or units of work
 
 
 class GroupCommit:
     """Batched inserts into one table by one writer thread (see the module docstring)."""
 
-    def __init__(self, engine: Engine, table: sa.Table, *, linger: float = 0.0) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        table: sa.Table | None,
+        *,
+        linger: float = 0.0,
+        max_items: int = 0,
+        writers: int = 1,
+    ) -> None:
         self._engine = engine
         self._table = table
+        self._name = table.name if table is not None else "(units of work)"
+        #: Callers per transaction at most (0: no bound beyond MAX_ROWS rows per statement).
+        self._max_items = max_items
         #: Seconds the writer waits after a batch's first write for more to join it: one
         #: transaction for every call of that interval (their callers do not wait for it).
         self._linger = linger
         self._queue: queue.SimpleQueue[_Item] = queue.SimpleQueue()
-        self._lock = threading.Lock()  # a put and the thread's decision to stop never interleave
-        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()  # a put and a thread's decision to stop never interleave
+        #: Writer threads at most: while one waits for the database (a round trip, its commit's
+        #: flush to disk), another takes what has arrived since. One: writes in arrival order.
+        self._writers = writers
+        self._threads = 0  # running
+        self._tickets = itertools.count()
+        self._inflight: dict[int, asyncio.Future[Any]] = {}  # submitted, not settled (for flush)
         self._failing_since: float | None = None  # monotonic time of the first failed batch in a row
         self._failed_rows = 0
 
@@ -85,9 +112,10 @@ class GroupCommit:
 
     async def flush(self) -> None:
         """Wait until every row queued before this call is committed (or has failed)."""
-        if self._thread is not None:
-            with contextlib.suppress(Exception):  # their failures belong to their writers
-                await self._submit([])  # written after everything queued before it
+        loop = asyncio.get_running_loop()
+        waiting = [done for done in list(self._inflight.values()) if done.get_loop() is loop]
+        if waiting:  # their failures belong to their writers
+            await asyncio.wait(waiting)
 
     close = flush  # shutdown: nothing handed over is left unwritten
 
@@ -103,30 +131,36 @@ class GroupCommit:
             return f"behind: {queued} writes queued"
         return "ok"
 
-    def _submit(self, rows: list[dict[str, Any]]) -> asyncio.Future[Any]:
+    def _submit(self, rows: list[Any]) -> asyncio.Future[Any]:
         done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        ticket = next(self._tickets)
+        self._inflight[ticket] = done
+        done.add_done_callback(lambda _: self._inflight.pop(ticket, None))
         with self._lock:
             self._queue.put((rows, done))
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="group-commit", daemon=True)
-                self._thread.start()
+            backlog = self._queue.qsize() >= HELP_BACKLOG
+            if self._threads == 0 or (backlog and self._threads < self._writers):
+                helper = self._threads > 0
+                self._threads += 1
+                threading.Thread(target=self._run, args=(helper,), name="group-commit", daemon=True).start()
         return done
 
     # -- the writer thread ---------------------------------------------------------------------
-    def _run(self) -> None:
+    def _run(self, helper: bool = False) -> None:
+        """The writer (until a second without work), or a helper (until the backlog is gone)."""
         while True:
             try:
-                first = self._queue.get(timeout=IDLE_SECONDS)
+                first = self._queue.get_nowait() if helper else self._queue.get(timeout=IDLE_SECONDS)
             except queue.Empty:
                 with self._lock:
                     if self._queue.empty():
-                        self._thread = None
+                        self._threads -= 1
                         return
                 continue
             if self._linger:
                 time.sleep(self._linger)
             batch = [first]
-            while True:
+            while not self._max_items or len(batch) < self._max_items:
                 try:
                     batch.append(self._queue.get_nowait())
                 except queue.Empty:
@@ -146,6 +180,7 @@ class GroupCommit:
 
     def _insert(self, rows: list[dict[str, Any]]) -> list[Any] | None:
         """Write ``rows`` in one transaction; a result per row for its caller (here: none)."""
+        assert self._table is not None
         with self._engine.begin() as conn:
             for start in range(0, len(rows), MAX_ROWS):
                 conn.execute(sa.insert(self._table), rows[start : start + MAX_ROWS])
@@ -168,8 +203,8 @@ class GroupCommit:
                 error = exc
                 if delay is not None:
                     time.sleep(delay)
-        FAILED_ROWS.labels(self._table.name).inc(len(rows))
-        log.error("group_commit.failed", table=self._table.name, rows=len(rows), error=type(error).__name__)
+        FAILED_ROWS.labels(self._name).inc(len(rows))
+        log.error("group_commit.failed", table=self._name, rows=len(rows), error=type(error).__name__)
         return error
 
 
@@ -251,3 +286,114 @@ class GroupInsertNew(GroupCommit):
                 result = conn.execute(self._statement, unique[start : start + MAX_ROWS])
                 inserted.update(tuple(r) for r in result)
         return [first[k] == i and k in inserted for i, k in enumerate(keys)]
+
+
+class _Failed:
+    """A unit of work's own error, carried in the results to its caller alone."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+class GroupTransaction(GroupCommit):
+    """Units of work of concurrent callers in shared transactions: :meth:`run` hands a function
+    of an ORM session to the writer thread, which runs every function waiting (at most
+    ``max_items``) on one session and commits once; each caller gets its own function's return
+    value once that commit is done (a 2xx sent after it means stored). When a function raises, or
+    the commit fails, the batch is rolled back and each function runs again alone in its own
+    transaction: the others succeed, the failing one's error reaches its caller only. A function
+    may therefore run twice and must not depend on state it changed in a run rolled back (build
+    what it writes from its inputs each time). ``begin(session, functions)`` runs before a batch's
+    functions (reading ahead what they will read),
+    ``before_commit(session)`` after them in their transaction (writes they deferred to do once
+    per batch)."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        max_items: int = 100,
+        linger: float = 0.0,
+        writers: int = 1,
+        begin: Callable[[Session, list[Callable[[Session], Any]]], None] | None = None,
+        before_commit: Callable[[Session], None] | None = None,
+    ) -> None:
+        super().__init__(engine, None, linger=linger, max_items=max_items, writers=writers)
+        self._begin = begin
+        self._before_commit = before_commit
+
+    async def run(self, work: Callable[[Session], _T]) -> _T:
+        """``work(session)`` committed on return, its value; or its error raised."""
+        (result,) = await self._submit([work])
+        if isinstance(result, _Failed):
+            raise result.error
+        return result  # type: ignore[no-any-return]
+
+    def _transaction(self, works: list[Callable[[Session], Any]]) -> list[Any]:
+        """The works on one session, committed; a work's own error as :class:`_UnitFailed`."""
+        with Session(self._engine, expire_on_commit=False) as session:
+            try:
+                if self._begin is not None:
+                    self._begin(session, works)
+                results = []
+                for position, work in enumerate(works):
+                    try:
+                        results.append(work(session))
+                    except Exception as exc:
+                        raise _UnitFailed(position, exc) from exc
+                if self._before_commit is not None:
+                    self._before_commit(session)
+                session.commit()
+            except BaseException:
+                session.rollback()
+                raise
+        return results
+
+    def _write(self, batch: list[_Item], results: list[Any]) -> Exception | None:
+        """The batch's units in one transaction. A unit that raises is taken out and the others
+        run together again; it then runs alone (unless it was alone already), and its error goes
+        to its caller only. A failure that is no unit's own (the commit) runs each unit alone."""
+        works = [work for works, _ in batch for work in works]
+        outcomes: list[Any] = [None] * len(works)
+        together = list(range(len(works)))
+        alone: list[int] = []
+        while together:
+            try:
+                done = self._transaction([works[i] for i in together])
+            except _UnitFailed as failed:
+                position = together.pop(failed.position)
+                if together:
+                    alone.append(position)
+                else:  # it ran alone: that error is its own
+                    outcomes[position] = _Failed(failed.error)
+                continue
+            except Exception as exc:  # the commit, a hook: no unit's own
+                if len(together) == 1:
+                    outcomes[together[0]] = _Failed(exc)
+                else:
+                    alone.extend(together)
+                together = []
+                continue
+            for i, result in zip(together, done, strict=True):
+                outcomes[i] = result
+            break
+        for i in sorted(alone):
+            try:
+                (outcomes[i],) = self._transaction([works[i]])
+            except _UnitFailed as failed:
+                outcomes[i] = _Failed(failed.error)
+            except Exception as exc:
+                outcomes[i] = _Failed(exc)
+        results[:] = outcomes
+        return None
+
+
+class _UnitFailed(Exception):
+    """A unit of work raised ``error`` (it was at ``position`` in its transaction)."""
+
+    def __init__(self, position: int, error: Exception) -> None:
+        super().__init__(position)
+        self.position = position
+        self.error = error

@@ -11,13 +11,16 @@ FastAPI no-op measured in the same run. For each shape:
   (wrk's Lua script counts ``{n}`` per request): the rate one subscription can be booked at.
 
     .venv/bin/python tests/bench/notify.py [--rate 200] [--seconds 20] [--shape hapi|medplum|backport|all]
-                                          [--connections 32] [--paths]
+                                          [--connections 32] [--paths] [--before REV]
 
 Shapes: ``hapi`` = ``PUT /sources/hosp/fhir/Observation/{id}`` (classic rest-hook, stored before
 the answer); ``medplum`` = ``POST /sources/medplum/fhir`` with ``X-Medplum-*`` headers and an
 ``X-Signature`` HMAC (one signed body, so repeats of one resource); ``backport`` = a Backport R4
 ``history`` Bundle with one full resource and an event number. Targets: p99 <= 20 ms at
 200 notifications/s, server CPU <= 1.5 ms per notification, Backport >= 500/s of one subscription.
+``--before REV`` (e.g. ``main``): the server of that commit too (its source from ``git archive``,
+run with this environment's packages, its own database), measured alternately with this one
+shape by shape (before, then this branch): CPU per notification comparable under the same load.
 Not collected by pytest.
 """
 
@@ -27,8 +30,10 @@ import argparse
 import hashlib
 import hmac
 import os
+import subprocess
 import sys
 import tempfile
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -162,6 +167,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--shape", choices=["hapi", "medplum", "backport", "all"], default="all")
     parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--before", metavar="REV", help="also the server of git REV, measured alternately")
     parser.add_argument("--saturation-connections", type=int, default=8)
     parser.add_argument(
         "--paths",
@@ -181,16 +187,25 @@ def main() -> None:
         f"  - {{id: hosp, inbound: {{bearer: {TOKEN}}}}}\n"
         f"  - {{id: medplum, inbound: {{hmac_secret: {SECRET}, header: X-Signature}}}}\n"
     )
-    results: list[tuple[str, Run, Run, Run, Run]] = []
-    with (
-        database(True) as url,
-        pinpoint_server("ingest", url, PINPOINT_CONFIG_FILE=str(config)) as (
-            port,
-            pid,
-        ),
-        noop_server() as (n_port, n_pid),
-    ):
-        base, n_base = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{n_port}"
+    results: list[tuple[str, str, Run, Run, Run, Run]] = []
+    with ExitStack() as stack:
+        servers: list[tuple[str, int, int]] = []  # (label, port, pid)
+        if args.before:
+            src = Path(tempfile.mkdtemp(prefix="pinpoint-bench-before-"))
+            archive = subprocess.run(
+                ["git", "-C", str(ROOT), "archive", args.before], capture_output=True, check=True
+            )
+            subprocess.run(["tar", "-x", "-C", str(src)], input=archive.stdout, check=True)
+            url_b = stack.enter_context(database(True))
+            port_b, pid_b = stack.enter_context(
+                pinpoint_server("ingest", url_b, PINPOINT_CONFIG_FILE=str(config), PYTHONPATH=str(src))
+            )
+            servers.append((args.before, port_b, pid_b))
+        url = stack.enter_context(database(True))
+        port, pid = stack.enter_context(pinpoint_server("ingest", url, PINPOINT_CONFIG_FILE=str(config)))
+        servers.append(("this branch" if args.before else "pinpoint", port, pid))
+        n_port, n_pid = stack.enter_context(noop_server())
+        n_base = f"http://127.0.0.1:{n_port}"
         first = 0
         for shape in shapes:
             t = template(shape)
@@ -204,27 +219,32 @@ def main() -> None:
                 server_pid=n_pid,
                 label="no-op FastAPI",
             )
-            done = int(args.rate * (args.seconds + 2) * 1.1) + 1000
-            pt = Template(t.method, t.path, t.body, t.headers, first)
-            first += done
-            ours = paced(
-                port,
-                pt,
-                args.rate,
-                args.seconds,
-                connections=args.connections,
-                server_pid=pid,
-                label=f"pinpoint {shape}",
-            )
-            st = Template(t.method, t.path, t.body, t.headers, first)
-            first += 10_000_000  # wrk's counter: far beyond anything sent
             sat, half = args.saturation_connections, args.seconds / 2
             noop = measure(n_pid, lambda: wrk(n_base, nt, half, connections=sat, label="no-op FastAPI"))  # noqa: B023
-            full = measure(pid, lambda: wrk(base, st, half, connections=sat, label=f"pinpoint {shape}"))  # noqa: B023
-            results.append((shape, noop_paced, ours, noop, full))
-    print(f"one `pinpoint serve --role ingest` process on PostgreSQL; {os.cpu_count()} CPUs (shared)")
-    for shape, noop_paced, ours, noop, full in results:
-        print(f"== {shape}")
+            start = first
+            for name, s_port, s_pid in servers:  # the same numbers on each server: its own database
+                first = start
+                done = int(args.rate * (args.seconds + 2) * 1.1) + 1000
+                pt = Template(t.method, t.path, t.body, t.headers, first)
+                first += done
+                ours = paced(
+                    s_port,
+                    pt,
+                    args.rate,
+                    args.seconds,
+                    connections=args.connections,
+                    server_pid=s_pid,
+                    label=f"{name} {shape}"[:24],
+                )
+                st = Template(t.method, t.path, t.body, t.headers, first)
+                first += 10_000_000  # wrk's counter: far beyond anything sent
+                label = f"{name} {shape}"[:24]
+                base = f"http://127.0.0.1:{s_port}"
+                full = measure(s_pid, lambda: wrk(base, st, half, connections=sat, label=label))  # noqa: B023
+                results.append((shape, name, noop_paced, ours, noop, full))
+    print(f"`pinpoint serve --role ingest` processes on PostgreSQL; {os.cpu_count()} CPUs (shared)")
+    for shape, name, noop_paced, ours, noop, full in results:
+        print(f"== {shape}: {name}")
         print(
             f"  paced open loop at {args.rate:.0f}/s, {args.connections} connections, {args.seconds:.0f} s:"
         )

@@ -206,3 +206,40 @@ def test_insert_new_tells_each_caller_whether_its_key_was_new(engine: Engine) ->
     with engine.connect() as conn:
         kept = {r[0] for r in conn.execute(sa.select(SEEN_JTI.c.jti))}
     assert "gone" not in kept and len(kept) == 41
+
+
+def test_units_of_work_share_commits_and_a_failing_one_fails_only_its_caller(engine: Engine) -> None:
+    """The push writer (GroupTransaction): concurrent units run on one session and commit once;
+    a unit that raises is rolled back and reaches its own caller, the others of its batch are
+    committed; before_commit runs in each transaction."""
+    from sqlmodel import Session
+
+    from shared.db.group_commit import GroupTransaction
+
+    commits: list[int] = []
+    sa.event.listen(engine, "commit", lambda _conn: commits.append(1))
+    hooked: list[int] = []
+    writer = GroupTransaction(engine, before_commit=lambda _s: hooked.append(1))
+
+    def unit(actor: str, fail: bool = False) -> Any:
+        def work(session: Session) -> str:
+            session.execute(sa.insert(AUDIT), [_row(actor)])
+            if fail:
+                raise ValueError(f"{actor} is bad")
+            return actor
+
+        return work
+
+    async def main() -> list[Any]:
+        calls = [writer.run(unit(f"u-{i}", fail=i in (7, 23))) for i in range(40)]
+        return await asyncio.gather(*calls, return_exceptions=True)
+
+    answers = asyncio.run(main())
+    for i, answer in enumerate(answers):
+        if i in (7, 23):
+            assert isinstance(answer, ValueError) and str(answer) == f"u-{i} is bad"
+            assert _count(engine, f"u-{i}") == 0
+        else:
+            assert answer == f"u-{i}" and _count(engine, f"u-{i}") == 1
+    assert len(commits) < 20, "concurrent units were not grouped"
+    assert len(hooked) >= len(commits)

@@ -7,11 +7,12 @@ need the API token.
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
+from services.ingest.container import IngestDep
 from services.ingest.intake import push, reads
 from services.ingest.intake.auth import check_writable, verify_inbound
 from services.ingest.intake.pipeline import Result
@@ -74,14 +75,28 @@ async def _body(request: Request, runtime: RuntimeDep, source: Source) -> bytes:
 async def _receive(
     request: Request,
     runtime: RuntimeDep,
+    ingest: IngestDep,
     source: Source,
-    handler: Any = None,
+    handler: push.Handler | None = None,
     subscription: str | None = None,
 ) -> Result:
+    """A small body is handed from here to the group writer (no thread-pool hop; its answer waits
+    for the commit of its batch); a large one, or one of a wrong media type, is received in the
+    thread pool in its own transaction."""
     body = await _body(request, runtime, source)
-    return await run_in_threadpool(
-        push.receive, runtime.engine, source, body, _ctype(request), handler, subscription
-    )
+    ctype = _ctype(request)
+    if len(body) > push.GROUPED_MAX_BYTES or push.wrong_media_type(body, ctype) is not None:
+        return await run_in_threadpool(
+            push.receive, runtime.engine, source, body, ctype, handler, subscription
+        )
+    outcome: Result | push.PayloadError
+    try:
+        outcome = await ingest.writer.run(push.PushWork(source, body, handler, subscription))
+    except push.Refused as exc:
+        outcome = exc.result
+    if isinstance(outcome, Result) and push.settled(outcome):
+        return outcome
+    return await run_in_threadpool(push.settle, runtime.engine, source, body, ctype, outcome)
 
 
 def _answer(result: Result) -> Response:
@@ -94,7 +109,7 @@ def _answer(result: Result) -> Response:
 @router.post(SOURCE, dependencies=SourceOnly)
 @router.post(DEFAULT + "/", include_in_schema=False)
 @router.post(SOURCE + "/", include_in_schema=False, dependencies=SourceOnly)
-async def post_base(request: Request, runtime: RuntimeDep, source: SourceDep) -> Response:
+async def post_base(request: Request, runtime: RuntimeDep, ingest: IngestDep, source: SourceDep) -> Response:
     """A Bundle, a single resource, an empty ping, or a Medplum rest-hook (``X-Medplum-*``)."""
     medplum = medplum_delivery(request.headers)
     if medplum.deleted is not None:
@@ -103,32 +118,40 @@ async def post_base(request: Request, runtime: RuntimeDep, source: SourceDep) ->
         return FhirResponse(
             await run_in_threadpool(push.delete, runtime.engine, source, rtype, rid, medplum.subscription)
         )
-    return _answer(await _receive(request, runtime, source, subscription=medplum.subscription))
+    return _answer(await _receive(request, runtime, ingest, source, subscription=medplum.subscription))
 
 
 @router.post(DEFAULT + "/{rtype}")
 @router.post(SOURCE + "/{rtype}", dependencies=SourceOnly)
-async def post_type(rtype: str, request: Request, runtime: RuntimeDep, source: SourceDep) -> Response:
-    return _answer(await _receive(request, runtime, source, push.post_type_handler(source, rtype)))
+async def post_type(
+    rtype: str, request: Request, runtime: RuntimeDep, ingest: IngestDep, source: SourceDep
+) -> Response:
+    return _answer(await _receive(request, runtime, ingest, source, push.post_type_handler(source, rtype)))
 
 
 @router.put(DEFAULT + "/{rtype}/{rid}")
 @router.put(SOURCE + "/{rtype}/{rid}", dependencies=SourceOnly)
 async def put_resource(
-    rtype: str, rid: str, request: Request, runtime: RuntimeDep, source: SourceDep
+    rtype: str, rid: str, request: Request, runtime: RuntimeDep, ingest: IngestDep, source: SourceDep
 ) -> Response:
     """Also HAPI FHIR's classic rest-hook delivery (``PUT {endpoint}/{type}/{id}``)."""
     handler = push.put_handler(source, rtype, rid)
-    return _answer(await _receive(request, runtime, source, handler, subscription=CLASSIC_ROW))
+    return _answer(await _receive(request, runtime, ingest, source, handler, subscription=CLASSIC_ROW))
 
 
 @router.put(DEFAULT + "/{rtype}/{rid}/_history/{vid}")
 @router.put(SOURCE + "/{rtype}/{rid}/_history/{vid}", dependencies=SourceOnly)
 async def put_version(
-    rtype: str, rid: str, vid: str, request: Request, runtime: RuntimeDep, source: SourceDep
+    rtype: str,
+    rid: str,
+    vid: str,
+    request: Request,
+    runtime: RuntimeDep,
+    ingest: IngestDep,
+    source: SourceDep,
 ) -> Response:
     """HAPI without "strip version ids" PUTs ``{endpoint}/{type}/{id}/_history/{vid}``."""
-    return await put_resource(rtype, rid, request, runtime, source)
+    return await put_resource(rtype, rid, request, runtime, ingest, source)
 
 
 @router.delete(DEFAULT + "/{rtype}/{rid}")

@@ -3,7 +3,9 @@ rejected as dead letters, and answer only once the writes are durable."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -12,7 +14,7 @@ from sqlmodel import Session
 
 from services.ingest.intake.bundles import process_payload, process_resource
 from services.ingest.intake.pipeline import Rejection, Result, Tally, informational
-from services.ingest.intake.repository import delete_resource
+from services.ingest.intake.repository import defer_writes, delete_resource, prefetch
 from services.ingest.subscriptions.intake import book_ping, note_classic
 from shared.db.deadletters import record_dead_letter
 from shared.db.session import session_scope
@@ -122,44 +124,115 @@ def _reject_unparsable(
     raise err
 
 
-def receive(
-    engine: Engine,
-    source: Source,
-    body: bytes,
-    ctype: str | None,
-    handler: Callable[[Session, dict[str, Any], bytes], Result] | None = None,
-    subscription: str | None = None,
-) -> Result:
-    """A push: stored in one transaction before the answer; rejections kept as dead letters.
+Handler = Callable[[Session, dict[str, Any], bytes], Result]
 
-    A rejected payload (transaction with an invalid kept entry, invalid single resource) raises
-    :class:`InvalidInput` (400) after its dead letter is stored.
-    """
+#: Bodies up to this size go through the process's group writer (notifications, single
+#: resources: one transaction and one commit for all those arriving together); larger ones
+#: (bulk Bundles) run in their own transaction so they do not hold back the acks of others.
+GROUPED_MAX_BYTES = 256 * 1024
+
+
+_TYPE = re.compile(r"[A-Z][A-Za-z]{0,63}")
+_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
+
+
+class Refused(Exception):
+    """A push whose answer is an error (>= 400): raised so that its transaction writes nothing."""
+
+    def __init__(self, result: Result) -> None:
+        super().__init__(result.status)
+        self.result = result
+
+
+def wrong_media_type(body: bytes, ctype: str | None) -> UnsupportedMediaType | None:
     if body.strip() and ctype and "json" not in ctype:
-        err = UnsupportedMediaType(f"Content-Type {ctype} is not supported; send application/fhir+json")
-        keep_refusal(engine, source, body, ctype, err)
-        raise err
-    try:
-        data = parse_body(body)
-    except PayloadError as exc:
-        _reject_unparsable(engine, source, body, ctype, exc)
-        raise
-    if data is None:
-        with session_scope(engine) as session:
+        return UnsupportedMediaType(f"Content-Type {ctype} is not supported; send application/fhir+json")
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class PushWork:
+    """A push's writes, for :func:`receive` or the group writer: the body parsed (each run from
+    its bytes: a run may be repeated after a rollback), processed, booked. A body that is not
+    FHIR comes back as its :class:`PayloadError`; an answer >= 400 raises :class:`Refused`."""
+
+    source: Source
+    body: bytes
+    handler: Handler | None = None
+    subscription: str | None = None
+
+    def __call__(self, session: Session) -> Result | PayloadError:
+        source, body, subscription = self.source, self.body, self.subscription
+        try:
+            data = parse_body(body)
+        except PayloadError as exc:
+            return exc
+        if data is None:
             queued = book_ping(session, source, subscription=subscription)
-        log.info("ingest.ping", source=source.id, catch_up=queued)
-        return Result(200, informational("ping received"), Tally())
-    with session_scope(engine) as session:
-        if handler is None:
+            log.info("ingest.ping", source=source.id, catch_up=queued)
+            return Result(200, informational("ping received"), Tally())
+        if self.handler is None:
             result = process_payload(session, source, data, body)
         else:
-            result = handler(session, data, body)
+            result = self.handler(session, data, body)
         if result.status >= 400:
-            session.rollback()
-        elif subscription is not None:
+            raise Refused(result)
+        if subscription is not None:
             note_classic(session, source, subscription)
-    keep_rejections(engine, source, "push", result.rejections, ctype)
-    if result.status >= 400:
+        return result
+
+    def identities(self) -> list[tuple[str, str]]:
+        """``(type, id)`` of the resources the body names (a hint for reading ahead)."""
+        try:
+            data = orjson.loads(self.body.removeprefix(BOM) or b"null")
+        except orjson.JSONDecodeError:
+            return []
+        if not isinstance(data, dict):
+            return []
+        entries = data.get("entry") if data.get("resourceType") == "Bundle" else [{"resource": data}]
+        found = []
+        for entry in entries if isinstance(entries, list) else ():
+            resource = entry.get("resource") if isinstance(entry, dict) else None
+            if isinstance(resource, dict):
+                rtype, rid = resource.get("resourceType"), resource.get("id")
+                if (  # FHIR's syntax only: anything else is for the intake to refuse
+                    isinstance(rtype, str)
+                    and isinstance(rid, str)
+                    and rtype != "Bundle"
+                    and _TYPE.fullmatch(rtype)
+                    and _ID.fullmatch(rid)
+                ):
+                    found.append((rtype, rid))
+        return found
+
+
+def begin_batch(session: Session, works: Sequence[Callable[[Session], Any]]) -> None:
+    """The group writer's transaction begins: writes deferred to its end, and the stored state
+    of every resource its pushes name read in one statement per source."""
+    defer_writes(session)
+    by_source: dict[str, list[tuple[str, str]]] = {}
+    for work in works:
+        if isinstance(work, PushWork):
+            by_source.setdefault(work.source.id, []).extend(work.identities())
+    for source_id, keys in by_source.items():
+        prefetch(session, source_id, keys)
+
+
+def settled(outcome: Result | PayloadError) -> bool:
+    """Whether the answer needs nothing more than its transaction (no dead letter to keep)."""
+    return isinstance(outcome, Result) and outcome.status < 400 and not outcome.rejections
+
+
+def settle(
+    engine: Engine, source: Source, body: bytes, ctype: str | None, outcome: Result | PayloadError
+) -> Result:
+    """After the transaction: rejections kept as dead letters; an error answer raised
+    (:class:`InvalidInput`, 400) once its dead letter is stored."""
+    if isinstance(outcome, PayloadError):
+        _reject_unparsable(engine, source, body, ctype, outcome)
+        raise outcome  # not reached: _reject_unparsable raises
+    keep_rejections(engine, source, "push", outcome.rejections, ctype)
+    if outcome.status >= 400:
         issues = [
             Issue(
                 i["code"],
@@ -167,10 +240,36 @@ def receive(
                 i.get("severity", "error"),
                 tuple(i.get("expression", ())),
             )
-            for i in result.body["issue"]
+            for i in outcome.body["issue"]
         ]
         raise InvalidInput(issues[0].diagnostics, issues=issues)
-    return result
+    return outcome
+
+
+def receive(
+    engine: Engine,
+    source: Source,
+    body: bytes,
+    ctype: str | None,
+    handler: Handler | None = None,
+    subscription: str | None = None,
+) -> Result:
+    """A push in its own transaction, stored before the answer; rejections kept as dead letters.
+
+    A rejected payload (transaction with an invalid kept entry, invalid single resource) raises
+    :class:`InvalidInput` (400) after its dead letter is stored.
+    """
+    err = wrong_media_type(body, ctype)
+    if err is not None:
+        keep_refusal(engine, source, body, ctype, err)
+        raise err
+    outcome: Result | PayloadError
+    try:
+        with session_scope(engine) as session:
+            outcome = PushWork(source, body, handler, subscription)(session)
+    except Refused as exc:
+        outcome = exc.result
+    return settle(engine, source, body, ctype, outcome)
 
 
 def refused(body: bytes, reason: str, expression: str | None = None) -> Result:
@@ -179,7 +278,7 @@ def refused(body: bytes, reason: str, expression: str | None = None) -> Result:
     return Result(400, outcome, Tally(), [Rejection(body, reason, outcome)])
 
 
-def put_handler(source: Source, rtype: str, rid: str) -> Callable[[Session, dict[str, Any], bytes], Result]:
+def put_handler(source: Source, rtype: str, rid: str) -> Handler:
     """``PUT {base}/{type}/{id}`` (HAPI rest-hook): the body must be that resource."""
 
     def handle(session: Session, data: dict[str, Any], body: bytes) -> Result:
@@ -193,7 +292,7 @@ def put_handler(source: Source, rtype: str, rid: str) -> Callable[[Session, dict
     return handle
 
 
-def post_type_handler(source: Source, rtype: str) -> Callable[[Session, dict[str, Any], bytes], Result]:
+def post_type_handler(source: Source, rtype: str) -> Handler:
     """``POST {base}/{type}``: the body must be a resource of that type."""
 
     def handle(session: Session, data: dict[str, Any], body: bytes) -> Result:

@@ -2,14 +2,18 @@
 
 Everything here runs in the caller's transaction and never commits, so a push's resources
 and dirty marks land together or not at all. Writes are batched: one SELECT of the identities
-already stored and one multi-row upsert per batch, whatever the number of resources.
+already stored and one multi-row upsert per batch, whatever the number of resources. A session
+given :func:`defer_writes` (the group writer's, shared by concurrent pushes) keeps the upserts
+and dirty marks of all its :func:`store_resources` calls for :func:`write_deferred` before its
+commit: one upsert and one dirty mark per transaction; a later call of the same transaction
+sees what an earlier one decided.
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -223,6 +227,54 @@ def _write(session: Session, source: str, rows: list[dict[str, Any]], now: datet
         session.execute(stmt, rows[start : start + _CHUNK])
 
 
+_DEFERRED = "pinpoint.deferred_writes"
+
+
+@dataclass(slots=True)
+class _Deferred:
+    """A transaction's upserts and dirty marks not written yet, by (source, type, id)."""
+
+    rows: dict[tuple[str, str, str], dict[str, Any]] = field(default_factory=dict)
+    current: dict[tuple[str, str, str], _Current] = field(default_factory=dict)
+    dirty: set[str] = field(default_factory=set)
+    #: Stored state read ahead by :func:`prefetch` (None: not stored).
+    known: dict[tuple[str, str, str], _Current | None] = field(default_factory=dict)
+
+
+def defer_writes(session: Session) -> None:
+    """From now on :func:`store_resources` on ``session`` writes at :func:`write_deferred`."""
+    session.info[_DEFERRED] = _Deferred()
+
+
+def prefetch(session: Session, source: str, keys: Iterable[Key]) -> None:
+    """On a deferring session: the stored state of these identities in one read, so that the
+    :func:`store_resources` calls that follow need none of their own for them."""
+    deferred: _Deferred | None = session.info.get(_DEFERRED)
+    if deferred is None:
+        return
+    wanted = {k for k in keys if (source, *k) not in deferred.known and (source, *k) not in deferred.current}
+    if not wanted:
+        return
+    found = _existing(session, source, wanted)
+    for key in wanted:
+        deferred.known[(source, *key)] = found.get(key)
+
+
+def write_deferred(session: Session) -> None:
+    """The upserts and dirty marks deferred on ``session``: one statement of each per source."""
+    deferred: _Deferred | None = session.info.get(_DEFERRED)
+    if deferred is None or not (deferred.rows or deferred.dirty):
+        return
+    session.info[_DEFERRED] = _Deferred()
+    by_source: dict[str, list[dict[str, Any]]] = {}
+    for key in sorted(deferred.rows):  # key order: no deadlock between writers (see below)
+        by_source.setdefault(key[0], []).append(deferred.rows[key])
+    now = utcnow()
+    for source, rows in by_source.items():
+        _write(session, source, rows, now)
+    mark_dirty(session, deferred.dirty)
+
+
 def store_resources(session: Session, source: str, items: Sequence[Prepared]) -> list[StoreResult]:
     """Upsert kept resources of one source and mark their patients dirty; one result per item.
 
@@ -230,7 +282,24 @@ def store_resources(session: Session, source: str, items: Sequence[Prepared]) ->
     """
     if not items:
         return []
-    current = _existing(session, source, ((i.resource_type, i.resource_id) for i in items))
+    deferred: _Deferred | None = session.info.get(_DEFERRED)
+    keys = {(i.resource_type, i.resource_id) for i in items}
+    if deferred is None:
+        current = _existing(session, source, keys)
+    else:  # decided earlier in this transaction, or read ahead, else read now
+        current, unknown = {}, []
+        for key in keys:
+            decided = deferred.current.get((source, *key))
+            if decided is None and (source, *key) in deferred.known:
+                decided = deferred.known[(source, *key)]
+                if decided is None:
+                    continue
+            if decided is None:
+                unknown.append(key)
+            else:
+                current[key] = decided
+        if unknown:
+            current.update(_existing(session, source, unknown))
     pending: dict[Key, dict[str, Any]] = {}
     dirty: set[str] = set()
     results: list[StoreResult] = []
@@ -260,6 +329,12 @@ def store_resources(session: Session, source: str, items: Sequence[Prepared]) ->
             "raw": item.raw,
             "received_at": now,
         }
+    if deferred is not None:
+        for key, row in pending.items():
+            deferred.rows[(source, *key)] = row
+            deferred.current[(source, *key)] = current[key]
+        deferred.dirty |= dirty
+        return results
     if pending:
         # in key order: two writers upserting overlapping batches take their row locks in the
         # same order (no deadlock), as mark_dirty does for the queue
@@ -274,6 +349,7 @@ def delete_resource(session: Session, source: str, rtype: str, rid: str) -> bool
     The tombstone's ``last_updated`` is now, so a late re-delivery of an older version does not
     bring the resource back.
     """
+    write_deferred(session)  # a resource stored earlier in this transaction, then deleted
     row = read_resource(session, source, rtype, rid)
     now = utcnow()
     if row is None:
