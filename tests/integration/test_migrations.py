@@ -33,9 +33,9 @@ def test_downgrade_to_base_and_back(engine: Engine) -> None:
     assert "ix_audit_log_action_target" in {i["name"] for i in sa.inspect(engine).get_indexes("audit_log")}
 
 
+@pytest.mark.postgres
+@pytest.mark.parametrize("db_url", ["postgres"], indirect=True)  # TOAST compression is PostgreSQL's
 def test_the_workers_large_json_is_compressed_with_lz4_where_the_server_has_it(engine: Engine) -> None:
-    if engine.dialect.name != "postgresql":
-        pytest.skip("PostgreSQL's TOAST compression")
     with engine.connect() as conn:
         methods = conn.execute(
             sa.text("SELECT enumvals FROM pg_settings WHERE name = 'default_toast_compression'")
