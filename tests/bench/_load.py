@@ -456,15 +456,19 @@ def pinpoint_server(role: str, database_url: str, **settings: str) -> Iterator[t
 
 
 @contextmanager
-def database(postgres: bool) -> Iterator[str]:
-    """A throw-away database URL: PostgreSQL (created at migration head, dropped after) or SQLite."""
+def database(postgres: bool, source: Path | None = None) -> Iterator[str]:
+    """A throw-away database URL: PostgreSQL (created at migration head, dropped after) or SQLite.
+    ``source``: the source tree of an earlier commit whose server will use it (PostgreSQL: taken
+    to that commit's head; SQLite: migrated by that server at its start)."""
     if not postgres:
         with tempfile.TemporaryDirectory(prefix="pinpoint-bench-") as tmp:
             yield f"sqlite:///{tmp}/bench.db"
         return
-    from tests.bench._pg import drop_db, fresh_db
+    from tests.bench._pg import at_head_of, drop_db, fresh_db
 
     name, url = fresh_db()
+    if source is not None:
+        at_head_of(source, url)
     try:
         yield url
     finally:

@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -11,8 +13,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import sqlalchemy as sa
+from alembic import command
 
-from shared.db.session import make_engine, upgrade
+from shared.db.session import alembic_config, current_revision, make_engine, upgrade
+from tests.serving import clean_env
 
 ADMIN_URL = os.environ.get("PINPOINT_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 
@@ -35,6 +39,27 @@ def fresh_db(pg: str = ADMIN_URL) -> tuple[str, str]:
     upgrade(eng)
     eng.dispose()
     return name, url
+
+
+def at_head_of(src: Path, url: str) -> None:
+    """The database's schema taken down to the migration head of the source tree ``src`` (a
+    ``git archive`` of an earlier commit: its processes refuse a database at a later revision),
+    with this tree's migrations, which know both."""
+    head = subprocess.run(
+        [sys.executable, "-c", "from shared.db.session import head_revision; print(head_revision())"],
+        env=clean_env(PYTHONPATH=str(src)),
+        cwd=src,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    engine = make_engine(url)
+    if current_revision(engine) != head:
+        cfg = alembic_config(url)
+        with engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.downgrade(cfg, head)
+    engine.dispose()
 
 
 def drop_db(name: str, pg: str = ADMIN_URL) -> None:

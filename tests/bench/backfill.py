@@ -44,15 +44,14 @@ from typing import IO
 
 import orjson
 import sqlalchemy as sa
-from alembic import command
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from shared.db.queue import mark_dirty  # noqa: E402
-from shared.db.session import alembic_config, current_revision, make_engine, session_scope  # noqa: E402
+from shared.db.session import session_scope  # noqa: E402
 from tests.bench._load import loadavg  # noqa: E402
-from tests.bench._pg import BackendCPU, drop_db, fresh_db, raw_copy  # noqa: E402
+from tests.bench._pg import BackendCPU, at_head_of, drop_db, fresh_db, raw_copy  # noqa: E402
 from tests.bench.evaluate import noise, patient  # noqa: E402
 from tests.serving import PINPOINT, clean_env  # noqa: E402
 
@@ -135,27 +134,6 @@ def _drain_figures(stage: Stage) -> tuple[float, float, float]:
     return seconds, sum(n for n, _, _ in drains) / seconds, sum(cpu for _, _, cpu in drains)
 
 
-def _schema_of(src: Path, url: str, env: dict[str, str]) -> None:
-    """The database's schema taken down to the head of the commit in ``src`` (its import and
-    workers refuse a database at a later revision), with this branch's migrations, which know
-    both."""
-    head = subprocess.run(
-        [sys.executable, "-c", "from shared.db.session import head_revision; print(head_revision())"],
-        env=env,
-        cwd=src,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
-    engine = make_engine(url)
-    if current_revision(engine) != head:
-        cfg = alembic_config(url)
-        with engine.begin() as conn:
-            cfg.attributes["connection"] = conn
-            command.downgrade(cfg, head)
-    engine.dispose()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("n", nargs="?", type=int, default=2000)
@@ -202,7 +180,7 @@ def main() -> None:
             )
             name_b, url_b = fresh_db()
             env_b = {**env, "PYTHONPATH": str(src), "PINPOINT_DATABASE_URL": url_b}
-            _schema_of(src, url_b, env_b)
+            at_head_of(src, url_b)
             load_b = loadavg()
             imp_b = (timed(["import", str(folder), "--jobs", str(args.jobs)], env_b, name_b), load_b)
         imp = timed(["import", str(folder), "--jobs", str(args.jobs)], env, name)

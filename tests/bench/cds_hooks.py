@@ -267,7 +267,7 @@ def main() -> None:
             side: list[Any] = []  # --before: (label, Run) in the order measured
             if before is not None:
                 src = _before_source(before, Path(tmp))
-                b_url = stack.enter_context(database(postgres))
+                b_url = stack.enter_context(database(postgres, src))
                 b_port, b_pid = stack.enter_context(
                     pinpoint_server("recommender", b_url, PYTHONPATH=str(src), **env)
                 )

@@ -196,7 +196,7 @@ def main() -> None:
                 ["git", "-C", str(ROOT), "archive", args.before], capture_output=True, check=True
             )
             subprocess.run(["tar", "-x", "-C", str(src)], input=archive.stdout, check=True)
-            url_b = stack.enter_context(database(True))
+            url_b = stack.enter_context(database(True, src))
             port_b, pid_b = stack.enter_context(
                 pinpoint_server("ingest", url_b, PINPOINT_CONFIG_FILE=str(config), PYTHONPATH=str(src))
             )
