@@ -48,6 +48,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 from sqlmodel import Session
 
+from shared.humanize import plural
 from shared.logging import get_logger
 
 log = get_logger("pinpoint.db.group_commit")
@@ -125,10 +126,11 @@ class GroupCommit:
         since = self._failing_since
         if since is not None:
             seconds = int(time.monotonic() - since)
-            return f"failing: {self._failed_rows} row(s) not written in the last {seconds}s"
+            rows = plural(self._failed_rows, "row")
+            return f"failing: {rows} not written in the last {plural(seconds, 'second')}"
         queued = self._queue.qsize()
         if queued > BACKPRESSURE_ITEMS:
-            return f"behind: {queued} writes queued"
+            return f"behind: {plural(queued, 'write')} queued"
         return "ok"
 
     def _submit(self, rows: list[Any]) -> asyncio.Future[Any]:

@@ -165,7 +165,7 @@ def test_health_reports_failing_writes_until_one_succeeds(
         monkeypatch.setattr(writer, "_insert", down)
         await writer.write([_row("a"), _row("b")], wait=False)
         await writer.flush()
-        assert writer.health().startswith("failing: 2 row(s) not written")
+        assert writer.health().startswith("failing: 2 rows not written")
         monkeypatch.setattr(writer, "_insert", real)
         await writer.write([_row("c")])
         assert writer.health() == "ok"

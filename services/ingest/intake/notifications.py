@@ -17,6 +17,7 @@ from sqlmodel import Session
 from services.ingest.intake.pipeline import Result, Tally, informational
 from services.ingest.subscriptions.intake import book_topic_notification
 from services.ingest.subscriptions.status import carried_resources, first_resource, read_status
+from shared.humanize import plural
 from shared.settings import Source
 
 STATUS_TYPES = frozenset({"Parameters", "SubscriptionStatus"})
@@ -58,6 +59,6 @@ def handle(
     booking = book_topic_notification(session, source, bundle)
     kept = result.tally.total("kept")
     result.status = 200
-    result.body = informational(f"{booking.summary}; {kept} resource(s) kept")
+    result.body = informational(f"{booking.summary}; {plural(kept, 'resource')} kept")
     result.empty = True
     return result

@@ -29,6 +29,7 @@ from services.ingest.subscriptions.status import (
 )
 from shared.db.models import utcnow
 from shared.domain.relevance import KEPT_TYPES
+from shared.humanize import plural
 from shared.logging import get_logger
 from shared.settings import Source
 
@@ -179,7 +180,9 @@ def book_topic_notification(
             reference=ref,
         )
         queued += 1
-    return Booking(note, bool(carried), queued, f"{len(note.events)} event(s) received; {queued} to fetch")
+    return Booking(
+        note, bool(carried), queued, f"{plural(len(note.events), 'event')} received; {queued} to fetch"
+    )
 
 
 def book_ping(session: Session, source: Source, *, subscription: str | None = None) -> bool:
