@@ -44,6 +44,10 @@ SCT = "http://snomed.info/sct"
 LN = "http://loinc.org"
 RX = "http://www.nlm.nih.gov/research/umls/rxnorm"
 JOINTS = [("L3-L4", "L4-L5"), ("L4-L5", "L5-S1"), ("C5-C6", "C6-C7"), ("L5-S1",)]
+#: a Synthea claim's and explanation of benefit's type
+INSTITUTIONAL = {
+    "coding": [{"system": "http://terminology.hl7.org/CodeSystem/claim-type", "code": "institutional"}]
+}
 SIDES = {"right": "24028007", "left": "7771000", "bilateral": "51440002"}
 
 
@@ -219,14 +223,7 @@ def noise(pid: str, rng: random.Random) -> list[dict[str, Any]]:
                 "resourceType": "Claim",
                 "id": f"{pid}-cl{k}",
                 "status": "active",
-                "type": {
-                    "coding": [
-                        {
-                            "system": "http://terminology.hl7.org/CodeSystem/claim-type",
-                            "code": "institutional",
-                        }
-                    ]
-                },
+                "type": INSTITUTIONAL,
                 "use": "claim",
                 "patient": subj,
                 "billablePeriod": period,
@@ -247,14 +244,7 @@ def noise(pid: str, rng: random.Random) -> list[dict[str, Any]]:
                 "resourceType": "ExplanationOfBenefit",
                 "id": f"{pid}-eob{k}",
                 "status": "active",
-                "type": {
-                    "coding": [
-                        {
-                            "system": "http://terminology.hl7.org/CodeSystem/claim-type",
-                            "code": "institutional",
-                        }
-                    ]
-                },
+                "type": INSTITUTIONAL,
                 "use": "claim",
                 "patient": subj,
                 "billablePeriod": period,

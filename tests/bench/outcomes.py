@@ -34,7 +34,6 @@ import multiprocessing
 import os
 import random
 import re
-import subprocess
 import sys
 import time
 from collections import Counter
@@ -51,9 +50,9 @@ sys.path.insert(0, str(ROOT))
 from services.ingest.intake.pipeline import Candidate, check, patient_key_of  # noqa: E402
 from services.ingest.intake.repository import content_hash  # noqa: E402
 from tests.bench._load import loadavg  # noqa: E402
-from tests.bench._pg import ADMIN_URL, admin  # noqa: E402
-from tests.bench.backfill import noise  # noqa: E402
-from tests.serving import PINPOINT, clean_env  # noqa: E402
+from tests.bench._pg import admin, drop_db, fresh_db  # noqa: E402
+from tests.bench.backfill import noise, timed  # noqa: E402
+from tests.serving import clean_env  # noqa: E402
 
 VIGNETTES = ROOT / "tests" / "fixtures" / "vignettes"
 SOURCE = "default"
@@ -236,48 +235,20 @@ def expected(n: int, now: datetime) -> Counter[str]:
     return total
 
 
-_STAGE = """
-import resource, subprocess, sys
-p = subprocess.run(sys.argv[1:], capture_output=True)
-sys.stderr.buffer.write(p.stderr)
-sys.stdout.buffer.write(p.stdout)
-print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, p.returncode, file=sys.stderr)
-"""
-
-
 def timed_outcomes(url: str) -> tuple[dict[str, Any], float, float]:
     """``pinpoint outcomes --format json`` as its own process: (summary, wall s, peak RSS MB)."""
     env = clean_env(PINPOINT_DATABASE_URL=url, PINPOINT_LOG_LEVEL="warning")
     env.pop("PYTHONDONTWRITEBYTECODE", None)
-    t0 = time.perf_counter()
-    out = subprocess.run(
-        [sys.executable, "-c", _STAGE, str(PINPOINT), "outcomes", "--format", "json"],
-        env=env,
-        capture_output=True,
-        timeout=7200,
-        check=True,
-    )
-    wall = time.perf_counter() - t0
-    *log, last = out.stderr.decode().strip().splitlines()
-    peak_kb, code = (int(x) for x in last.split())
-    if code != 0:
-        raise SystemExit("pinpoint outcomes failed:\n" + "\n".join(log[-20:]))
-    return orjson.loads(out.stdout), wall, peak_kb / 1024
+    stage = timed(["outcomes", "--format", "json"], env, _database_name(url))
+    return orjson.loads(stage.out[0]), stage.wall, stage.peak_mb
 
 
-_WORKERS = """
-import json, resource, subprocess, sys
-procs = [subprocess.Popen(sys.argv[2:], stdout=subprocess.PIPE, text=True) for _ in range(int(sys.argv[1]))]
-outs = [p.communicate()[0] for p in procs]
-use = resource.getrusage(resource.RUSAGE_CHILDREN)
-print(json.dumps({"code": max(p.returncode for p in procs), "cpu": use.ru_utime + use.ru_stime, "out": outs}))
-"""
+def _database_name(url: str) -> str:
+    return url.rsplit("/", 1)[-1]
 
 
 def drain_workers(url: str, n: int, workers: int) -> float:
     """Every patient marked dirty, then ``workers`` × ``pinpoint worker --once`` at once: wall s."""
-    import json  # lazy
-
     from shared.db.queue import mark_dirty  # lazy
     from shared.db.session import make_engine, session_scope  # lazy
 
@@ -291,23 +262,13 @@ def drain_workers(url: str, n: int, workers: int) -> float:
     env = clean_env(PINPOINT_DATABASE_URL=url, PINPOINT_LOG_LEVEL="warning")
     env.pop("PYTHONDONTWRITEBYTECODE", None)
     print(f"/proc/loadavg before: {loadavg()} ({os.cpu_count()} CPUs, shared)")
-    t0 = time.perf_counter()
-    out = subprocess.run(
-        [sys.executable, "-c", _WORKERS, str(workers), str(PINPOINT), "worker", "--once"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=7200,
-        check=True,
-    )
-    wall = time.perf_counter() - t0
-    result = json.loads(out.stdout)
-    if result["code"] != 0:
-        raise SystemExit("pinpoint worker --once failed")
+    stage = timed(["worker", "--once"], env, _database_name(url), procs=workers)
+    wall = stage.wall
     print(
         f"{workers} x pinpoint worker --once on {marked:,} patients marked: {wall:.1f} s ="
-        f" {marked / wall:,.0f} patients/s (whole processes); CPU {result['cpu'] * 1e3 / marked:.2f} ms"
-        f" a patient; 100,000 patients ~ {100_000 / (marked / wall) / 60:.1f} min"
+        f" {marked / wall:,.0f} patients/s (whole processes); CPU {stage.cpu * 1e3 / marked:.2f} ms"
+        f" a patient (+ {stage.server * 1e3 / marked:.2f} ms in PostgreSQL);"
+        f" 100,000 patients ~ {100_000 / (marked / wall) / 60:.1f} min"
     )
     print(f"/proc/loadavg after:  {loadavg()}")
     return wall
@@ -383,14 +344,7 @@ def main() -> None:
     name = None
     url = args.url
     if url is None:
-        from shared.db.session import make_engine, upgrade  # lazy
-
-        name = f"h19speed_outcomes_{os.getpid()}"
-        admin(ADMIN_URL, f'CREATE DATABASE "{name}"')
-        url = ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
-        engine = make_engine(url)
-        upgrade(engine)
-        engine.dispose()
+        name, url = fresh_db()
     try:
         if name is not None:
             t0 = time.perf_counter()
@@ -470,7 +424,7 @@ def main() -> None:
             if args.keep:
                 print(f"kept: {url}")
             else:
-                admin(ADMIN_URL, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+                drop_db(name)
 
 
 if __name__ == "__main__":

@@ -36,6 +36,16 @@ def _db_env(db_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PINPOINT_DATABASE_URL", db_url)
 
 
+def _change_f05_follow_up(tmp_path: Path, value: int) -> None:
+    """f05's follow-up score o-6 imported again with ``value``."""
+    bundle = json.loads(F05.read_text())
+    [obs] = [e for e in bundle["entry"] if e["resource"].get("id") == "o-6"]
+    obs["resource"]["valueInteger"] = value
+    changed = tmp_path / "changed.json"
+    changed.write_text(json.dumps(bundle))
+    _import(changed)
+
+
 def _import(path: Path) -> None:
     result = runner.invoke(app, ["import", str(path)])
     assert result.exit_code == 0, result.output
@@ -78,12 +88,7 @@ def test_reused_only_while_the_same(engine: Engine, tmp_path: Path, monkeypatch:
     assert count.take() == 0  # nothing changed: every row from the cache
 
     # a later follow-up score of f05 changes: that patient alone is evaluated again
-    bundle = json.loads(F05.read_text())
-    [obs] = [e for e in bundle["entry"] if e["resource"].get("id") == "o-6"]
-    obs["resource"]["valueInteger"] = 6
-    changed = tmp_path / "changed.json"
-    changed.write_text(json.dumps(bundle))
-    _import(changed)
+    _change_f05_follow_up(tmp_path, 6)
     after = summarize(collect(engine, cms, NOW))
     assert count.take() == 1
     assert after != cold
@@ -168,21 +173,14 @@ def test_the_worker_leaves_every_patient_warm(
     assert _entries(engine) == by_worker
 
     # f05 changed after the worker ran (its new mark not yet drained): the summary evaluates it
-    bundle = json.loads(F05.read_text())
-    [obs] = [e for e in bundle["entry"] if e["resource"].get("id") == "o-6"]
-    obs["resource"]["valueInteger"] = 6
-    changed = tmp_path / "changed.json"
-    changed.write_text(json.dumps(bundle))
-    _import(changed)
+    _change_f05_follow_up(tmp_path, 6)
     count.take()
     after = summarize(collect(engine, cms, NOW))
     assert count.take() == 1
     assert after != warm and after == _from_scratch(engine, cms, NOW)
 
     # changed again, and this time the worker drains the mark first: the summary is warm again
-    obs["resource"]["valueInteger"] = 1
-    changed.write_text(json.dumps(bundle))
-    _import(changed)
+    _change_f05_follow_up(tmp_path, 1)
     count.take()
     assert worker.drain(now=NOW).stored == 1
     assert count.take() == 1
