@@ -77,23 +77,21 @@ def never_kept(line: bytes) -> str | None:
 
 
 _TYPE_FIRST = b'{"resourceType":"'
+_HEAD = re.compile(rb'\{"resourceType":"[A-Za-z]{1,64}"')
 
 
-def never_kept_block(block: bytes) -> tuple[str, int] | None:
+def one_type(block: bytes) -> tuple[str, int] | None:
     """``(type, lines)`` when every line of ``block`` (whole lines) begins with the same
-    ``{"resourceType":"<type>"``, a type Pinpoint never keeps — as a Bulk Data export's
-    ``Claim.ndjson`` does: what :func:`never_kept` says of each line, found by counting instead
-    of a match a line. Else None (then each line is read on its own)."""
-    if not block.startswith(_TYPE_FIRST):
-        return None
-    head = block[: block.find(b'"', len(_TYPE_FIRST)) + 1]
-    rtype = never_kept(head)
-    if rtype is None:
+    ``{"resourceType":"<type>"``, as the lines of a Bulk Data export's file do; else None. Found by
+    counting: a block of a type never kept (``Claim.ndjson``) is dropped whole, as
+    :func:`never_kept` would drop each line, and the lines of a kept type skip that test."""
+    head = block[: block.find(b'"', len(_TYPE_FIRST)) + 1] if block.startswith(_TYPE_FIRST) else b""
+    if not _HEAD.fullmatch(head):
         return None
     lines = block.count(b"\n") + (not block.endswith(b"\n"))
     if block.count(b"\n" + head) != lines - 1:  # each line after the first begins with it
         return None
-    return rtype, lines
+    return head[len(_TYPE_FIRST) : -1].decode(), lines
 
 
 def _blocks(fh: IO[bytes], start: int, end: int) -> Iterator[bytes]:
@@ -312,21 +310,22 @@ class Importer:
                 for block in _blocks(fh, start, end):
                     if progress:
                         progress(len(block))
-                    uniform = never_kept_block(block)
-                    if uniform is not None:  # lines of one type never kept: counted a block at a time
-                        tally.add(uniform[0], "dropped", uniform[1])
-                        report.resources += uniform[1]
-                        number += uniform[1]
+                    same = one_type(block)
+                    if same is not None and same[0] not in KEPT_TYPES:  # counted a block at a time
+                        tally.add(same[0], "dropped", same[1])
+                        report.resources += same[1]
+                        number += same[1]
                         continue
                     for line in io.BytesIO(block):
                         number += 1
-                        item = read(line, number - 1)
+                        item = read(line, number - 1, kept_type=same is not None)
                         if item is not None:
                             yield item
 
-        def read(line: bytes, number: int) -> Candidate | _Bad | None:
-            """The line's candidate, or why it is refused; None when it is dropped (counted) or blank."""
-            dropped = never_kept(line)
+        def read(line: bytes, number: int, kept_type: bool) -> Candidate | _Bad | None:
+            """The line's candidate, or why it is refused; None when it is dropped (counted) or
+            blank. ``kept_type``: the line is known to begin with a type Pinpoint keeps."""
+            dropped = None if kept_type else never_kept(line)
             if dropped is not None:
                 tally.add(dropped, "dropped")
                 report.resources += 1
