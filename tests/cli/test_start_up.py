@@ -63,6 +63,7 @@ def test_import_loads_neither_the_web_server_nor_the_migrations(db_url: str, tmp
     assert "services.ingest.bulk" in modules  # it did import
     assert _of(modules, SERVING) == []
     assert _of(modules, MIGRATING) == []
+    assert [m for m in modules if m.startswith("fhir.resources.")] == []  # validated by schema
 
 
 def test_the_worker_loads_neither_the_web_server_nor_the_migrations(db_url: str, tmp_path: Path) -> None:
