@@ -4,8 +4,9 @@
   (settings, database engine, readiness checks, background tasks, shutdown hooks, the metrics
   registry), the ingest parts (:class:`~services.ingest.container.Ingest`) and the recommender
   parts (:class:`~services.recommender.container.Recommender`,
-  :class:`~services.recommender.container.Evaluation`), their routers, checks, gauges and loops.
-- :func:`build_evaluation` — the worker process (``pinpoint worker``).
+  :class:`~services.recommender.evaluation.Evaluation`), their routers, checks, gauges and loops.
+  The worker process (``pinpoint worker``) is built by ``services/cli.py``, without this module
+  and its web framework.
 - :func:`replayers` — the dead-letter replayers of the recommender's kinds, handed to ingest.
 
 Nothing else creates a long-lived part: routes receive them through FastAPI dependencies
@@ -14,7 +15,6 @@ Nothing else creates a long-lived part: routes receive them through FastAPI depe
 
 from __future__ import annotations
 
-import gc
 from collections.abc import Mapping
 from enum import StrEnum
 
@@ -29,7 +29,8 @@ from services.recommender.assessor import Assessor
 from services.recommender.cds_hooks import api as cds_api
 from services.recommender.cds_hooks import report as feedback_report
 from services.recommender.cds_hooks.feedback import OverrideRatioCollector
-from services.recommender.container import Evaluation, Recommender
+from services.recommender.container import Recommender
+from services.recommender.evaluation import Evaluation
 from services.recommender.evidence import api as evidence_api
 from services.recommender.metrics import QueueCollector
 from services.recommender.outcomes import api as outcomes_api
@@ -52,30 +53,9 @@ class Role(StrEnum):
     worker = "worker"
 
 
-#: Young-generation threshold for a long-running server: one CDS call allocates thousands of
-#: containers (parsed prefetch, facts, cards); at CPython's default (700) that meant several
-#: collections per call and a full collection every few hundred calls.
-GC_THRESHOLDS = (50_000, 20, 20)
-
-
-def tune_gc() -> None:
-    """Once the process has imported and built everything: move the startup heap (~140 k
-    objects: modules, models, routes) out of the collector's sight and collect less often.
-    Measured on the CDS benchmark: full collections of ~85 ms each, a quarter of the CPU under
-    load and the source of the latency tail, are gone (Python docs, gc.freeze)."""
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(*GC_THRESHOLDS)
-
-
 def replayers() -> Mapping[str, Replayer]:
     """Dead-letter kinds that ingest does not replay itself, by kind."""
     return {"delivery": replay_delivery}
-
-
-def build_evaluation(settings: Settings, engine: Engine, assessor: Assessor | None = None) -> Evaluation:
-    """The worker process's parts (an invalid policy fails here, before any loop starts)."""
-    return Evaluation.build(settings, engine, assessor)
 
 
 def build_app(settings: Settings, role: Role = Role.all, engine: Engine | None = None) -> FastAPI:
@@ -118,7 +98,7 @@ def build_app(settings: Settings, role: Role = Role.all, engine: Engine | None =
         runtime.checks.setdefault("queue", queue_check(runtime.engine, settings.ready_max_queue_age))
         runtime.metrics.register(QueueCollector(runtime.engine))
     if role in (Role.all, Role.worker):
-        evaluation = build_evaluation(settings, runtime.engine, assessor)
+        evaluation = Evaluation.build(settings, runtime.engine, assessor)
         app.state.evaluation = evaluation
         runtime.background.append(("worker", evaluation.run_worker))
         runtime.checks.setdefault("outbox", outbox_check(runtime.engine, settings.ready_max_outbox_age))

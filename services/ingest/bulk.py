@@ -1,6 +1,8 @@
 """``pinpoint import``: Bulk Data NDJSON files/folders and Bundle files into the store.
 
-- NDJSON is streamed line by line (flat memory whatever the file size) and written in batched
+- NDJSON is streamed a block of whole lines at a time (flat memory whatever the file size) and
+  read line by line, but for a block of lines that all begin with the same type Pinpoint never
+  keeps (a Bulk Data export's ``Claim.ndjson``), counted as dropped at once; written in batched
   transactions (``batch_size`` resources per transaction: one SELECT and one multi-row upsert).
 - A Bundle file (any type; nested Bundles unwrapped) is read whole — its ``urn:uuid:``
   references need every fullUrl — and written in the same bounded batches. Each resource counts
@@ -19,23 +21,21 @@ from __future__ import annotations
 
 import gc
 import gzip
-import multiprocessing
+import io
 import re
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, cast
+from typing import IO, TYPE_CHECKING, Any, cast
 
 import orjson
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
-from services.ingest.intake.bundles import flatten
 from services.ingest.intake.pipeline import Candidate, Decision, Tally, check, prepare
 from services.ingest.intake.references import ReferenceResolver
 from services.ingest.intake.repository import content_hash, store_resources, stored_digests
@@ -50,6 +50,9 @@ from shared.jsonlimits import TOO_DEEP, too_deep
 from shared.logging import get_logger
 from shared.settings import Source
 
+if TYPE_CHECKING:
+    import multiprocessing.context
+
 log = get_logger("pinpoint.ingest.bulk")
 
 NDJSON_SUFFIXES = (".ndjson", ".ndjson.gz", ".jsonl")
@@ -58,7 +61,7 @@ Progress = Callable[[int], None]
 
 #: Bytes of NDJSON per unit of work when importing with several processes.
 UNIT_BYTES = 4 * 1024 * 1024
-#: Bytes read at a time while cutting a file into units.
+#: Bytes read at a time: while cutting a file into units, and while reading NDJSON.
 _PIECE = 256 * 1024
 #: A line whose first key is its resourceType (as Bulk Data exporters and Synthea write them).
 _LEADING_TYPE = re.compile(rb'\s*\{\s*"resourceType"\s*:\s*"([A-Za-z]{1,64})"')
@@ -71,6 +74,40 @@ def never_kept(line: bytes) -> str | None:
     if m is None or m.group(1) in _KEPT:
         return None
     return m.group(1).decode()
+
+
+_TYPE_FIRST = b'{"resourceType":"'
+_HEAD = re.compile(rb'\{"resourceType":"[A-Za-z]{1,64}"')
+
+
+def one_type(block: bytes) -> tuple[str, int] | None:
+    """``(type, lines)`` when every line of ``block`` (whole lines) begins with the same
+    ``{"resourceType":"<type>"``, as the lines of a Bulk Data export's file do; else None. Found by
+    counting: a block of a type never kept (``Claim.ndjson``) is dropped whole, as
+    :func:`never_kept` would drop each line, and the lines of a kept type skip that test."""
+    head = block[: block.find(b'"', len(_TYPE_FIRST)) + 1] if block.startswith(_TYPE_FIRST) else b""
+    if not _HEAD.fullmatch(head):
+        return None
+    lines = block.count(b"\n") + (not block.endswith(b"\n"))
+    if block.count(b"\n" + head) != lines - 1:  # each line after the first begins with it
+        return None
+    return head[len(_TYPE_FIRST) : -1].decode(), lines
+
+
+def _blocks(fh: IO[bytes], start: int, end: int) -> Iterator[bytes]:
+    """The bytes of ``fh`` from ``start`` to ``end`` (-1: to its end), :data:`_PIECE` bytes at a
+    time extended to the end of their last line: whole lines, memory flat in the file's size."""
+    if start:
+        fh.seek(start)
+    at = start
+    while end < 0 or at < end:
+        block = fh.read(_PIECE if end < 0 else min(_PIECE, end - at))
+        if not block:
+            return
+        if not block.endswith(b"\n"):
+            block += fh.readline()
+        at += len(block)
+        yield block
 
 
 @dataclass
@@ -268,53 +305,59 @@ class Importer:
             return {"file": name, "line": number}
 
         def lines() -> Iterator[Candidate | _Bad]:
+            start, end, number = span or (0, -1, 1)
             with _open(path) as fh:
-                start, end, first = span or (0, -1, 1)
-                if start:
-                    fh.seek(start)
-                at = start
-                for number, line in enumerate(fh, start=first):
-                    if end >= 0 and at >= end:
-                        break
-                    at += len(line)
+                for block in _blocks(fh, start, end):
                     if progress:
-                        progress(len(line))
-                    dropped = never_kept(line)
-                    if dropped is not None:
-                        tally.add(dropped, "dropped")
-                        report.resources += 1
+                        progress(len(block))
+                    same = one_type(block)
+                    if same is not None and same[0] not in KEPT_TYPES:  # counted a block at a time
+                        tally.add(same[0], "dropped", same[1])
+                        report.resources += same[1]
+                        number += same[1]
                         continue
-                    try:
-                        data = orjson.loads(line)
-                    except orjson.JSONDecodeError as exc:
-                        if line.strip():  # a blank line is no resource (checked here: rare)
-                            yield _Bad(line.rstrip(b"\r\n"), f"line is not JSON: {exc.msg}", context(number))
-                        continue
-                    if not isinstance(data, dict) or not isinstance(data.get("resourceType"), str):
-                        yield _Bad(
-                            line.rstrip(b"\r\n"),
-                            "line is not a FHIR resource (no resourceType)",
-                            context(number),
-                        )
-                        continue
-                    if too_deep(data, body=line):
-                        yield _Bad(line.rstrip(b"\r\n"), f"line is not FHIR: {TOO_DEEP}", context(number))
-                        continue
-                    bad = unstorable_in_body(line, data)
-                    if bad is not None:
-                        yield _Bad(line.rstrip(b"\r\n"), unstorable_message(*bad), context(number))
-                        continue
-                    # relevance here, on the dict: what is dropped goes no further than this line
-                    relevance = classify(data)
-                    if not relevance.kept:
-                        tally.add(data["resourceType"], "dropped")
-                        report.resources += 1
-                        continue
-                    yield Candidate(number, data, None, context(number), relevance, scanned=True)
+                    for line in io.BytesIO(block):
+                        number += 1
+                        item = read(line, number - 1, kept_type=same is not None)
+                        if item is not None:
+                            yield item
+
+        def read(line: bytes, number: int, kept_type: bool) -> Candidate | _Bad | None:
+            """The line's candidate, or why it is refused; None when it is dropped (counted) or
+            blank. ``kept_type``: the line is known to begin with a type Pinpoint keeps."""
+            dropped = None if kept_type else never_kept(line)
+            if dropped is not None:
+                tally.add(dropped, "dropped")
+                report.resources += 1
+                return None
+            try:
+                data = orjson.loads(line)
+            except orjson.JSONDecodeError as exc:
+                if line.strip():  # a blank line is no resource (checked here: rare)
+                    return _Bad(line.rstrip(b"\r\n"), f"line is not JSON: {exc.msg}", context(number))
+                return None
+            if not isinstance(data, dict) or not isinstance(data.get("resourceType"), str):
+                return _Bad(
+                    line.rstrip(b"\r\n"), "line is not a FHIR resource (no resourceType)", context(number)
+                )
+            if too_deep(data, body=line):
+                return _Bad(line.rstrip(b"\r\n"), f"line is not FHIR: {TOO_DEEP}", context(number))
+            bad = unstorable_in_body(line, data)
+            if bad is not None:
+                return _Bad(line.rstrip(b"\r\n"), unstorable_message(*bad), context(number))
+            # relevance here, on the dict: what is dropped goes no further than this line
+            relevance = classify(data)
+            if not relevance.kept:
+                tally.add(data["resourceType"], "dropped")
+                report.resources += 1
+                return None
+            return Candidate(number, data, None, context(number), relevance, scanned=True)
 
         self._batches(lines(), ReferenceResolver(None, self.source, ()))
 
     def json_file(self, path: Path, progress: Progress | None = None) -> None:
+        from services.ingest.intake.bundles import flatten  # lazy: NDJSON needs no Bundle reader
+
         raw = path.read_bytes()
         if progress:
             progress(len(raw))
@@ -402,6 +445,14 @@ def units(paths: Iterable[Path], unit_bytes: int = UNIT_BYTES) -> Iterator[Unit]
                 line += newlines
 
 
+def _most_units(files: Iterable[Path], unit_bytes: int = UNIT_BYTES) -> int:
+    """How many units :func:`units` makes of the files at most, without reading them."""
+    return sum(
+        -(-p.stat().st_size // unit_bytes) if _is_ndjson(p) and not p.name.lower().endswith(".gz") else 1
+        for p in files
+    )
+
+
 _WORKER_ENGINE: Engine | None = None
 _WORKER_STATISTICS: Statistics | None = None
 #: whether the worker's next unit starts by looking up stored identities (its last batch met some)
@@ -444,6 +495,8 @@ def _workers_context(engine: Engine) -> multiprocessing.context.BaseContext:
     validators already loaded here, instead of importing them again each (~1 s of CPU a process
     with ``spawn``). The parent's pooled connections are closed first, so no worker inherits a
     socket; each opens its own (:func:`_start_worker`). Elsewhere ``spawn``: a clean start."""
+    import multiprocessing  # lazy: a serial import needs no processes
+
     if sys.platform != "linux" or threading.active_count() > 1:
         return multiprocessing.get_context("spawn")
     compile_validators(KEPT_TYPES)
@@ -464,6 +517,8 @@ def import_parallel(
     """The files' units over ``jobs`` processes; one report for all. The largest files go first
     (their units are cut while the workers already import the first ones: no pass over every
     file before the work starts); the last units are small, so the processes finish together."""
+    from concurrent.futures import ProcessPoolExecutor, as_completed  # lazy
+
     report = ImportReport(files=len(files))
     start = time.perf_counter()
     url = engine.url.render_as_string(hide_password=False)
@@ -506,10 +561,19 @@ def import_paths(
     jobs: int = 1,
     unit_bytes: int = UNIT_BYTES,
 ) -> ImportReport:
-    """Serial, or over ``jobs`` processes on PostgreSQL (SQLite has one writer: serial)."""
+    """Serial, or over ``jobs`` processes on PostgreSQL (SQLite has one writer: serial) — no
+    more processes than the files make units: an import of one unit is not worth a process."""
     files = expand(paths)
     if jobs > 1 and engine.dialect.name != "sqlite":
-        return import_parallel(
-            engine, source, files, jobs=jobs, batch_size=batch_size, progress=progress, unit_bytes=unit_bytes
-        )
+        jobs = min(jobs, _most_units(files, unit_bytes))
+        if jobs > 1:
+            return import_parallel(
+                engine,
+                source,
+                files,
+                jobs=jobs,
+                batch_size=batch_size,
+                progress=progress,
+                unit_bytes=unit_bytes,
+            )
     return Importer(engine, source, batch_size).run(files, progress)

@@ -62,13 +62,6 @@ def import_command(
 ) -> None:
     """Load FHIR Bundles and Bulk Data NDJSON into the store; prints kept / dropped / rejected."""
     from rich.console import Console  # lazy
-    from rich.progress import (  # lazy
-        BarColumn,
-        DownloadColumn,
-        Progress,
-        TimeRemainingColumn,
-        TransferSpeedColumn,
-    )
 
     from services.ingest.bulk import expand, import_paths, quiet_collector  # lazy
 
@@ -90,6 +83,14 @@ def import_command(
     total = sum(f.stat().st_size for f in files)
     try:
         if console.is_terminal:
+            from rich.progress import (  # lazy: a bar only on a terminal
+                BarColumn,
+                DownloadColumn,
+                Progress,
+                TimeRemainingColumn,
+                TransferSpeedColumn,
+            )
+
             columns = ("[progress.description]{task.description}", BarColumn(), DownloadColumn())
             # Redrawn by the import's own thread (no refresh thread: the import may fork workers).
             bar = Progress(

@@ -47,7 +47,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
 import httpx
@@ -72,11 +72,12 @@ from shared.fhir.errors import (
     SmartAuthError,
 )
 from shared.fhir.resources import ResourceInvalid, validate_r5
-from shared.fhir.sources import client_for, source_http_client
 from shared.humanize import plural
 from shared.logging import get_logger
 from shared.settings import Settings, Source, Writeback
-from shared.web import Check
+
+if TYPE_CHECKING:
+    from shared.web import Check  # a type only: the worker process loads no web framework
 
 log = get_logger("pinpoint.writeback")
 
@@ -685,6 +686,8 @@ def writeback_source(settings: Settings) -> Source | None:
 def writeback_client(settings: Settings, http: httpx.AsyncClient) -> FhirClient:
     """The write-back source's client: SMART Backend Services asking for :data:`WRITEBACK_SCOPES`
     (or the source's bearer token), no client-side retries (the outbox schedules them)."""
+    from shared.fhir.sources import client_for  # lazy: SMART's keys are loaded when write-back is on
+
     source = writeback_source(settings)
     assert source is not None, "writeback is not configured"
     outbound = source.outbound
@@ -695,6 +698,8 @@ def writeback_client(settings: Settings, http: httpx.AsyncClient) -> FhirClient:
 
 
 def http_client_for(settings: Settings) -> httpx.AsyncClient:
+    from shared.fhir.sources import source_http_client  # lazy
+
     wb = settings.config.writeback
     timeout = wb.timeout.total_seconds() if wb is not None else 30.0
     return source_http_client(timeout=httpx.Timeout(timeout, connect=min(timeout, 5.0)))

@@ -1,29 +1,35 @@
-"""Engines, sessions and migrations for SQLite (embedded) and PostgreSQL (production)."""
+"""Engines, sessions and migrations for SQLite (embedded) and PostgreSQL (production).
+
+A command's start-up checks the schema with one query (:func:`current_revision` against
+:data:`HEAD_REVISION`); alembic and the migration scripts are loaded only to migrate.
+"""
 
 from __future__ import annotations
 
 import json
-import logging
 import time
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
-from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 import sqlalchemy as sa
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, SQLModel
 
 from shared.errors import ConfigError
 
+if TYPE_CHECKING:
+    from alembic.config import Config
+
 MIGRATIONS = Path(__file__).parent / "migrations"
+#: The revision of the newest migration (``migrations/versions``): what ``alembic_version`` holds
+#: in a database at the current schema. Written here so that start-up does not load alembic and
+#: every script to learn it; a new migration changes it too (a test compares it with alembic's
+#: own head).
+HEAD_REVISION = "wk09"
 
 
 def make_engine(url: str, **kwargs: Any) -> Engine:
@@ -139,6 +145,8 @@ def session_scope(engine: Engine) -> Iterator[Session]:
 
 
 def alembic_config(url: str) -> Config:
+    from alembic.config import Config  # lazy: only migrating needs alembic
+
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
     cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
@@ -147,26 +155,30 @@ def alembic_config(url: str) -> Config:
 
 def upgrade(engine: Engine, revision: str = "head") -> None:
     """Apply migrations up to ``revision`` on the engine's database."""
+    from alembic import command  # lazy
+
     cfg = alembic_config(engine.url.render_as_string(hide_password=False))
     with engine.begin() as connection:
         cfg.attributes["connection"] = connection
         command.upgrade(cfg, revision)
 
 
-@cache
-def head_revision() -> str | None:
-    script = ScriptDirectory.from_config(alembic_config("sqlite://"))
-    return script.get_current_head()
+def head_revision() -> str:
+    return HEAD_REVISION
 
 
 def current_revision(engine: Engine) -> str | None:
-    logging.getLogger("alembic.runtime.migration").setLevel(logging.WARNING)
+    """The revision the database's schema is at (``alembic_version``), None before any
+    migration; one query, without loading alembic."""
     with engine.connect() as connection:
-        return MigrationContext.configure(connection).get_current_revision()
+        if not engine.dialect.has_table(connection, "alembic_version"):
+            return None
+        found = connection.execute(sa.text("SELECT version_num FROM alembic_version")).scalars().all()
+    return " ".join(sorted(found)) or None
 
 
 def migrations_at_head(engine: Engine) -> bool:
-    return current_revision(engine) == head_revision()
+    return current_revision(engine) == HEAD_REVISION
 
 
 def prepare_database(url: str, *, embedded: bool) -> Engine:
@@ -175,7 +187,8 @@ def prepare_database(url: str, *, embedded: bool) -> Engine:
     else :class:`~shared.errors.ConfigError`."""
     engine = make_engine(url)
     if embedded:
-        upgrade(engine)
+        if not migrations_at_head(engine):
+            upgrade(engine)
     elif not migrations_at_head(engine):
         engine.dispose()
         raise ConfigError("database migrations are not at head: run `pinpoint db upgrade` first")

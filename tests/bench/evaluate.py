@@ -33,9 +33,9 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from services.cli import GC_THRESHOLDS
 from services.recommender.assessor import Assessor
 from services.recommender.engine import evaluate
-from services.server import GC_THRESHOLDS
 from shared.domain.relevance import classify
 from tests.bench._load import loadavg
 
@@ -338,7 +338,7 @@ def _run(label: str, patients: list[list[dict[str, Any]]], blobs: list[bytes], n
     assessor = Assessor.load("cms-lcd")
     for resources in patients[:100]:  # warm-up: policy, caches
         assessor.results(resources, now)
-    # as in the worker after start-up (services.server.tune_gc): the heap built so far (here the
+    # as in the worker after start-up (services.cli.tune_gc): the heap built so far (here the
     # input) out of the collector's sight, collections as often as there
     gc.collect()
     gc.freeze()

@@ -8,11 +8,72 @@ import sqlalchemy as sa
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Engine
 from sqlmodel import SQLModel
 
 import shared.db.models  # noqa: F401  (registers every table)
-from shared.db.session import alembic_config, head_revision, upgrade
+from shared.db.session import (
+    HEAD_REVISION,
+    alembic_config,
+    current_revision,
+    head_revision,
+    make_engine,
+    prepare_database,
+    upgrade,
+)
+from shared.errors import ConfigError
+
+
+def test_the_head_known_at_start_up_is_the_head_of_the_migration_history() -> None:
+    """Commands check the database against HEAD_REVISION without loading alembic's scripts."""
+    heads = ScriptDirectory.from_config(alembic_config("sqlite://")).get_heads()
+    assert heads == [HEAD_REVISION], (
+        f"a migration was added: set HEAD_REVISION in shared/db/session.py to {heads}"
+    )
+
+
+def test_the_revision_read_without_alembic_is_alembics(engine: Engine) -> None:
+    with engine.connect() as conn:
+        assert current_revision(engine) == MigrationContext.configure(conn).get_current_revision()
+    assert current_revision(engine) == HEAD_REVISION
+
+
+def test_a_database_behind_or_ahead_is_refused_on_postgres_and_migrated_on_sqlite(
+    engine: Engine, db_url: str
+) -> None:
+    """A server database not at this version's head stops the command with the way out; the
+    embedded one is brought up to head."""
+    refused = pytest.raises(ConfigError, match="run `pinpoint db upgrade`")
+    if engine.dialect.name == "postgresql":
+        with engine.begin() as conn:  # ahead: a revision of a newer version
+            conn.execute(sa.text("UPDATE alembic_version SET version_num = 'zz99_newer'"))
+        try:
+            with refused:
+                prepare_database(db_url, embedded=False)
+        finally:
+            with engine.begin() as conn:
+                conn.execute(sa.text("UPDATE alembic_version SET version_num = :v"), {"v": HEAD_REVISION})
+    cfg = alembic_config(engine.url.render_as_string(hide_password=False))
+    with engine.begin() as conn:  # behind: the previous revision
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, "-1")
+    try:
+        assert current_revision(engine) not in (None, HEAD_REVISION)
+        if engine.dialect.name == "sqlite":
+            prepare_database(db_url, embedded=True).dispose()
+            assert current_revision(engine) == HEAD_REVISION
+        else:
+            with refused:
+                prepare_database(db_url, embedded=False)
+    finally:
+        upgrade(engine)
+
+
+def test_a_database_never_migrated_has_no_revision(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    empty = make_engine(f"sqlite:///{tmp_path / 'empty.db'}")
+    assert current_revision(empty) is None
+    empty.dispose()
 
 
 def test_migrated_schema_matches_the_models(engine: Engine) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from services.ingest.bulk import never_kept, units
+from services.ingest.bulk import never_kept, one_type, units
 
 
 def test_a_line_naming_a_type_never_kept_is_recognised_without_parsing() -> None:
@@ -15,6 +15,31 @@ def test_a_line_naming_a_type_never_kept_is_recognised_without_parsing() -> None
     assert never_kept(b'{"id":"1","resourceType":"Claim"}') is None
     assert never_kept(b"{not json") is None
     assert never_kept(b"") is None
+
+
+def test_a_block_of_lines_of_one_type_is_counted_whole_and_a_block_of_mixed_lines_is_not() -> None:
+    claim = b'{"resourceType":"Claim","id":"%d","status":"active"}'
+    block = b"\n".join(claim % i for i in range(50))
+    assert one_type(block + b"\n") == ("Claim", 50)
+    assert one_type(block) == ("Claim", 50)  # the file's last line, without its newline
+    assert one_type(block.replace(b"\n", b"\r\n") + b"\r\n") == ("Claim", 50)
+    assert one_type(b'{"resourceType":"Observation","id":"o"}\n' * 3) == ("Observation", 3)
+    # one line of another type, a kept type, a blank line, a type that only begins alike, a
+    # line whose type is not first, spaces, junk: each line is read on its own
+    for odd in (
+        b'{"resourceType":"Encounter","id":"e"}',
+        b'{"resourceType":"Observation","id":"o"}',
+        b"",
+        b'{"resourceType":"ClaimResponse","id":"r"}',
+        b'{"id":"x","resourceType":"Claim"}',
+        b" " + claim % 99,
+        b"{not json",
+    ):
+        assert one_type(b"\n".join([claim % 1, odd, claim % 2]) + b"\n") is None, odd
+        assert one_type(b"\n".join([claim % 1, claim % 2, odd]) + b"\n") is None, odd
+    assert one_type(b'{"resourceType":"Claim') is None
+    assert one_type(b'{"resourceType":"","id":"x"}\n') is None
+    assert one_type(b"") is None
 
 
 def test_units_cut_at_line_boundaries_with_their_first_line_numbers(tmp_path: Path) -> None:

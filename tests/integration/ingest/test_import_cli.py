@@ -175,3 +175,48 @@ def test_a_json_file_too_deep_or_not_a_resource_is_one_dead_letter_saying_why(
     assert report.dead_letters == 2 and not stored(engine)
     reasons = {d.context["file"].rsplit("/", 1)[1]: d.reason for d in dead_letters(engine) if d.context}
     assert reasons == {"deep.json": TOO_DEEP, "list.json": "file is not a FHIR resource"}
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_lines_of_a_type_never_kept_are_counted_by_the_block_and_the_others_read_with_their_numbers(
+    engine: Engine, tmp_path, monkeypatch: pytest.MonkeyPatch, jobs: int
+) -> None:  # type: ignore[no-untyped-def]
+    """A Bulk Data export's ``Claim.ndjson`` is counted a block at a time; a kept line, a bad line
+    and a blank line among the claims are read as ever, numbered as in the file, whichever blocks
+    (and, with two processes, units) they fall in."""
+    import orjson
+
+    import services.ingest.bulk as bulk
+    from shared.settings import Source
+
+    monkeypatch.setattr(bulk, "_PIECE", 300)  # blocks of about five lines
+    claims = [orjson.dumps({"resourceType": "Claim", "id": f"cl{i}", "status": "active"}) for i in range(40)]
+    obs = [orjson.dumps(pain(f"obs-{i}", subject="Patient/P-1")) for i in range(2)]
+    lines = [*claims[:20], obs[0], b"{not json", b"", *claims[20:], obs[1]]
+    path = tmp_path / "Claim.ndjson"
+    path.write_bytes(b"\r\n".join(lines))  # CRLF, and no newline after the last line
+    report = bulk.import_paths(engine, Source(id="default"), [path], jobs=jobs, unit_bytes=700)
+    assert report.tally.counts["Claim"]["dropped"] == 40 and report.tally.total("rejected") == 1
+    assert report.tally.total("kept") == 2 and report.resources == 43  # the blank line is no resource
+    assert {rid for rtype, rid in stored(engine) if rtype == "Observation"} == {"obs-0", "obs-1"}
+    assert [d.context["line"] for d in dead_letters(engine) if d.context] == [22]
+
+
+def test_an_import_of_one_unit_runs_in_the_command_s_own_process(
+    engine: Engine, tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    """Starting processes costs more than a small file takes: ``--jobs`` gives no more processes
+    than the files make units."""
+    import orjson
+
+    import services.ingest.bulk as bulk
+    from shared.settings import Source
+
+    def no_processes(*args: object, **kwargs: object) -> None:
+        raise AssertionError("processes started for one unit")
+
+    monkeypatch.setattr(bulk, "import_parallel", no_processes)
+    path = tmp_path / "Observation.ndjson"
+    path.write_bytes(b"\n".join(orjson.dumps(pain(f"obs-{i}")) for i in range(5)) + b"\n")
+    report = bulk.import_paths(engine, Source(id="default"), [path], jobs=4)
+    assert report.tally.total("kept") == 5
