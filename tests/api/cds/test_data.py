@@ -4,6 +4,7 @@ allow-listed fhirServer only, stored facts in the right id space, 412 vs {"cards
 from __future__ import annotations
 
 import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -254,6 +255,24 @@ async def test_stored_facts_are_merged_and_the_ehr_version_wins(cds: CdsApp) -> 
     assert cds.assessor.ids() == {"Procedure/mbb-1", "Procedure/mbb-0"}
     mbb1 = next(r for r in cds.assessor.seen[-1] if r["id"] == "mbb-1")
     assert mbb1["note"] == [{"text": "ehr"}]
+
+
+async def test_the_stored_read_leaves_its_pooled_connection_transactional(cds: CdsApp) -> None:
+    """The read runs in autocommit on the driver's connection; the next user of that pooled
+    connection gets transactions again: a write it rolls back is not kept."""
+    store(cds, "default", proc("p1", "d-0"))
+    r = await cds.client.post(PV, json=call())
+    assert r.status_code == 200 and cds.assessor.ids() == {"Procedure/d-0"}
+    audit = AuditLog.__table__  # type: ignore[attr-defined]
+    with cds.engine.connect() as conn:
+        before = conn.execute(sa.select(sa.func.count()).select_from(audit)).scalar_one()
+        conn.commit()
+        conn.execute(
+            sa.insert(audit), {"at": datetime.now(UTC), "actor": "t", "action": "probe", "detail": {}}
+        )
+        conn.rollback()
+        after = conn.execute(sa.select(sa.func.count()).select_from(audit)).scalar_one()
+    assert after == before
 
 
 async def test_stored_facts_alone_answer_in_the_default_id_space(cds: CdsApp) -> None:
