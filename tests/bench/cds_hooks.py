@@ -27,6 +27,9 @@ ES384 client JWT (signed before the run; Pinpoint verifies each signature and re
   each request's scheduled send time), first against the no-op to show the driver keeps the
   schedule, then against Pinpoint (skipped when its saturation rate is below the offered rate:
   the latency would be the growing backlog's);
+- paced, open loop, at 0.8 x Pinpoint's own measured saturation rate (with ``--before``: of the
+  slower side's, both sides offered that rate): the latency under a load it sustains, printed
+  with its rate;
 - one connection back to back (the latency of a lone call).
 
 Targets (issue 21): throughput >= 0.25 x the no-op's; p99 <= 40 ms at the paced rate.
@@ -70,6 +73,9 @@ from tests.bench._load import (  # noqa: E402
 )
 
 CONNECTIONS = 32
+#: The paced rate a reader can compare with the target's: this share of Pinpoint's own measured
+#: saturation rate (open loop, as the 0.25 x no-op figure), a load it sustains.
+SUSTAINED = 0.8
 PATH = "/cds-services/pinpoint-patient-view"
 V02 = ROOT / "tests" / "fixtures" / "vignettes" / "v02-two-concordant-blocks"
 
@@ -327,6 +333,24 @@ def main() -> None:
                 )
             else:  # its queue would grow for the whole run: the latency would be the backlog's
                 cds_paced = None
+            # the latency under a load it sustains: 0.8 x its measured saturation rate (with
+            # --before, of the slower side's, both sides offered the same rate)
+            capacity = min([cds.rps, *(r.rps for r in side[:4])])
+            sustained_rate = SUSTAINED * capacity
+            sustained = [
+                paced(
+                    port,
+                    template(int(sustained_rate * (seconds + 2)) + 200),
+                    sustained_rate,
+                    seconds,
+                    server_pid=pid,
+                    label=label,
+                )
+                for port, pid, label in (
+                    ((b_port, b_pid, f"{before[:12]}, paced"),) if before is not None else ()
+                )
+                + ((p_port, p_pid, "pinpoint patient-view" if before is None else "this tree, paced"),)
+            ]
             single_t = template(int(max(warm.rps, 200) * seconds) + 200)
             single = measure(
                 p_pid,
@@ -371,13 +395,20 @@ def main() -> None:
             " is below the offered rate"
         )
     print("    " + paced_verdict(noop_paced))
+    print(
+        f"  paced open loop at {SUSTAINED} x Pinpoint's measured saturation rate"
+        f" ({sustained[-1].offered:.0f} req/s: a load it sustains), latency from each scheduled send:"
+    )
+    for r in sustained:
+        print(f"    {r.line()}  load {r.loadavg}")
     print("    " + single.line())
     ratio = cds.rps / noop.rps
     print(
         f"  throughput ratio {ratio:.3f} (target >= 0.25); server CPU per call no-op/pinpoint"
         f" {noop.server_cpu_ms / cds.server_cpu_ms:.3f}; p99 at 0.25 x no-op"
         f" {f'{cds_paced.p99_ms:.1f} ms' if cds_paced else 'beyond capacity'}"
-        f" (target <= 40 ms)"
+        f" (target <= 40 ms); p99 at {SUSTAINED} x its own capacity ({sustained[-1].offered:.0f} req/s)"
+        f" {sustained[-1].p99_ms:.1f} ms"
     )
     if side:
         print(f"  before ({before}) and after (this tree), alternating, {CONNECTIONS} connections then 1:")
