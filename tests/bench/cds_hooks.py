@@ -300,25 +300,25 @@ def main() -> None:
                 for rnd in (1, 2):  # before, after, before, after: the same minutes' load on both
                     b_t = template(int(max(warm.rps, 200) * seconds * 2) + 500)
                     side.append(
-                        measure(
+                        _measure(
                             b_pid,
-                            lambda b_t=b_t, rnd=rnd: wrk(  # type: ignore[misc]
+                            lambda b_t=b_t, rnd=rnd: wrk(
                                 b_base, b_t, seconds, connections=CONNECTIONS, label=f"{before[:12]} #{rnd}"
                             ),
                         )
                     )
                     a_t = main_t if rnd == 1 else template(int(max(warm.rps, 200) * seconds * 2) + 500)
                     side.append(
-                        measure(
+                        _measure(
                             p_pid,
-                            lambda a_t=a_t, rnd=rnd: wrk(  # type: ignore[misc]
+                            lambda a_t=a_t, rnd=rnd: wrk(
                                 p_base, a_t, seconds, connections=CONNECTIONS, label=f"this tree #{rnd}"
                             ),
                         )
                     )
                 cds = replace(side[1], label="pinpoint patient-view")
             else:
-                cds = measure(
+                cds = _measure(
                     p_pid,
                     lambda: wrk(
                         p_base, main_t, seconds, connections=CONNECTIONS, label="pinpoint patient-view"
@@ -352,14 +352,14 @@ def main() -> None:
                 + ((p_port, p_pid, "pinpoint patient-view" if before is None else "this tree, paced"),)
             ]
             single_t = template(int(max(warm.rps, 200) * seconds) + 200)
-            single = measure(
+            single = _measure(
                 p_pid,
                 lambda: wrk(p_base, single_t, seconds / 2, connections=1, label="pinpoint, 1 connection"),
             )
             if before is not None:
                 single_b = template(int(max(warm.rps, 200) * seconds) + 200)
                 side.append(
-                    measure(
+                    _measure(
                         b_pid,
                         lambda: wrk(
                             b_base, single_b, seconds / 2, connections=1, label=f"{before[:12]}, 1 conn."
@@ -367,6 +367,7 @@ def main() -> None:
                     )
                 )
                 side.append(replace(single, label="this tree, 1 conn."))
+                THREADS["this tree, 1 conn."] = THREADS[single.label]
             if profile:  # a separate saturation run: the sampler's own cost stays out of the figures
                 spy_t = template(int(cds.rps * seconds * 2) + 500)
                 spy = _py_spy(p_pid, seconds)
@@ -384,6 +385,7 @@ def main() -> None:
     print(f"  saturation: wrk, {CONNECTIONS} connections, 1 thread, {seconds:.0f} s each")
     for r in (noop, cds):
         print("    " + r.line())
+    print("    " + _split(side[1].label if side else cds.label))
     print("    " + generator_verdict(noop))
     print("  paced open loop at 0.25 x the no-op's throughput, latency from each scheduled send:")
     print("    " + noop_paced.line())
@@ -402,6 +404,7 @@ def main() -> None:
     for r in sustained:
         print(f"    {r.line()}  load {r.loadavg}")
     print("    " + single.line())
+    print("    " + _split(single.label))
     ratio = cds.rps / noop.rps
     print(
         f"  throughput ratio {ratio:.3f} (target >= 0.25); server CPU per call no-op/pinpoint"
@@ -414,6 +417,7 @@ def main() -> None:
         print(f"  before ({before}) and after (this tree), alternating, {CONNECTIONS} connections then 1:")
         for r in side:
             print(f"    {r.line()}  load {r.loadavg}")
+            print("    " + _split(r.label))
         b_cpu = [r.server_cpu_ms for r in side[:4:2]]
         a_cpu = [r.server_cpu_ms for r in side[1:4:2]]
         print(
@@ -422,6 +426,47 @@ def main() -> None:
             f" ({sum(a_cpu) / sum(b_cpu):.2f} x)"
         )
     print(f"  /proc/loadavg after the runs: {loadavg()} ({os.cpu_count()} CPUs, shared with the generators)")
+
+
+#: Per run label: the server's main thread's CPU per call (the event loop: parsing, the engine,
+#: cards) and its other threads' (the writers' transactions, the PostgreSQL read's thread pool).
+THREADS: dict[str, tuple[float, float]] = {}
+
+
+def _thread_cpu(pid: int) -> tuple[float, float]:
+    """CPU seconds so far of ``pid``'s main thread and of its other threads (``/proc``)."""
+    main = others = 0.0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            seconds = _cpu_seconds_of(task / "stat")
+        except FileNotFoundError:  # a thread that ended meanwhile
+            continue
+        if task.name == str(pid):
+            main += seconds
+        else:
+            others += seconds
+    return main, others
+
+
+def _cpu_seconds_of(stat: Path) -> float:
+    fields = stat.read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _measure(pid: int, run: Any) -> Any:
+    """:func:`measure` plus the split of the server's CPU between its threads (``THREADS``); a
+    thread that ended during the run is missed (the writers end after a second idle)."""
+    main0, others0 = _thread_cpu(pid)
+    result = measure(pid, run)
+    main1, others1 = _thread_cpu(pid)
+    calls = max(1, result.ok)
+    THREADS[result.label] = ((main1 - main0) * 1000 / calls, (others1 - others0) * 1000 / calls)
+    return result
+
+
+def _split(label: str) -> str:
+    main, others = THREADS.get(label, (float("nan"), float("nan")))
+    return f"  main thread {main:.2f} ms/call, other threads {others:.2f} ms/call"
 
 
 def _py_spy(pid: int, seconds: float) -> subprocess.Popen[bytes] | None:

@@ -3,6 +3,7 @@ allow-listed fhirServer only, stored facts in the right id space, 412 vs {"cards
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -13,6 +14,7 @@ import respx
 import sqlalchemy as sa
 
 from services.ingest.intake.repository import Prepared, store_resources
+from services.recommender.cds_hooks.data import Admission
 from services.recommender.cds_hooks.discovery import PREFETCH
 from shared.db.models import AuditLog
 from shared.db.session import session_scope
@@ -463,3 +465,29 @@ async def test_what_could_not_be_retrieved_is_named_to_the_engine(cds: CdsApp) -
         mock.route(host="fhir.hospital-a.example").respond(503)
         r = await cds.client.post(PV, json=call(prefetch=prefetch, server=SOURCE_BASE))
     assert r.status_code == 200 and cds.assessor.unavailable[-1] == frozenset()
+
+
+async def test_a_call_waiting_for_a_slow_fhir_server_holds_no_other_call_up(cds: CdsApp) -> None:
+    """Calls working on a parsed prefetch are bounded (``Admission``); one waiting for an EHR's
+    fhirServer gives its place back: with a single place, a prefetch-only call is answered while
+    the other's fetch hangs, and the hanging one is answered once its server answers."""
+    cds.parts.cds.admission = Admission(1)
+    release = asyncio.Event()
+    fetching = asyncio.Event()
+
+    async def slow(request: httpx.Request) -> httpx.Response:
+        fetching.set()
+        await release.wait()
+        return httpx.Response(200, json=searchset())
+
+    with respx.mock(assert_all_mocked=True) as mock:
+        mock.route(host="fhir.hospital-a.example").mock(side_effect=slow)
+        waiting = asyncio.ensure_future(cds.client.post(PV, json=call(server=SOURCE_BASE, token=True)))
+        await asyncio.wait_for(fetching.wait(), 5)
+        quick = await asyncio.wait_for(
+            cds.client.post(PV, json=call(prefetch={"procedures": searchset(proc("p1", "q-1"))})), 5
+        )
+        assert quick.status_code == 200 and not waiting.done()
+        release.set()
+        slow_answer = await asyncio.wait_for(waiting, 5)
+    assert slow_answer.status_code == 200
