@@ -32,6 +32,10 @@ ES384 client JWT (signed before the run; Pinpoint verifies each signature and re
   with its rate;
 - one connection back to back (the latency of a lone call).
 
+Each Pinpoint run at saturation or on one connection also prints the server's CPU per call split
+between its main thread (the event loop) and its other threads (the group-commit writers,
+PostgreSQL's stored-data read in the thread pool): where a difference between the modes lives.
+
 Targets (issue 21): throughput >= 0.25 x the no-op's; p99 <= 40 ms at the paced rate.
 """
 
