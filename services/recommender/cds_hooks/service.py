@@ -17,7 +17,7 @@ from sqlalchemy.engine import Engine
 from services.recommender.assessor import Assessor
 from services.recommender.cds_hooks.auth import Caller, JwksStore, jti_ledger, verify_client_jwt
 from services.recommender.cds_hooks.cards import CardContext, RenderedCard, cards_for
-from services.recommender.cds_hooks.data import as_draft_orders, gather
+from services.recommender.cds_hooks.data import Admission, Slot, as_draft_orders, gather
 from services.recommender.cds_hooks.discovery import CdsService
 from services.recommender.cds_hooks.feedback import count_feedback, store_feedback
 from services.recommender.cds_hooks.models import HookCall, parse_feedback, parse_hook_request
@@ -38,6 +38,10 @@ AUDIT = AuditLog.__table__  # type: ignore[attr-defined]
 #: them but feedback, which flushes, and shutdown): one commit per 20 ms however many calls.
 AUDIT_LINGER = 0.02
 
+#: CDS calls working on a parsed prefetch at once (:class:`~.data.Admission`): enough that one
+#: computes while others wait for their stored-data read, few enough that the heap stays small.
+CALLS_IN_HAND = 4
+
 CARDS = Counter("pinpoint_cds_cards_total", "CDS cards returned", ["service", "pathway", "indicator"])
 CALLS = Counter("pinpoint_cds_calls_total", "CDS service calls", ["service", "outcome"])
 
@@ -56,11 +60,13 @@ class Cds:
     snapshots: GroupCommit  # the cards' evidence snapshots, written off the answering path
     sources: SourceClients | None = None  # the sources' own outbound credentials (token caches)
     jwks: JwksStore = field(init=False)
+    admission: Admission = field(init=False)
     seen: GroupInsertNew = field(init=False)  # the JWT ids accepted (replay cache), batched
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
 
     def __post_init__(self) -> None:
         self.jwks = JwksStore(http=lambda: self.http)
+        self.admission = Admission(CALLS_IN_HAND)
         self.seen = jti_ledger(self.engine, lambda: self.clock())
 
     @classmethod
@@ -123,10 +129,19 @@ async def handle_call(cds: Cds, service: CdsService, body: bytes, outcome: CallO
     (:meth:`EvidenceLinks.card_link`); ``outcome.after`` builds the call's evidence snapshot and
     queues it for the cards' group commit once the answer has left (measured on v02: the snapshot
     costs about a third of the evaluation, which the EHR no longer waits for)."""
+    slot = cds.admission.slot()
+    await slot.take()
+    try:
+        await _handle_call(cds, service, body, outcome, slot)
+    finally:
+        slot.give()
+
+
+async def _handle_call(cds: Cds, service: CdsService, body: bytes, outcome: CallOutcome, slot: Slot) -> None:
     settings = cds.settings
     call = parse_hook_request(body, service.id, service.hook)
     outcome.call = call
-    data = await gather(call, settings, cds.engine, cds.http, cds.sources)
+    data = await gather(call, settings, cds.engine, cds.http, cds.sources, slot)
     outcome.patient_key, outcome.used = data.patient_key, data.used
     if not data.available:
         log.warning("cds.no_data", service=service.id, hook_instance=call.hook_instance, **data.problems)

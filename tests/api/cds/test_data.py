@@ -3,7 +3,9 @@ allow-listed fhirServer only, stored facts in the right id space, 412 vs {"cards
 
 from __future__ import annotations
 
+import asyncio
 import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -12,6 +14,7 @@ import respx
 import sqlalchemy as sa
 
 from services.ingest.intake.repository import Prepared, store_resources
+from services.recommender.cds_hooks.data import Admission
 from services.recommender.cds_hooks.discovery import PREFETCH
 from shared.db.models import AuditLog
 from shared.db.session import session_scope
@@ -256,6 +259,24 @@ async def test_stored_facts_are_merged_and_the_ehr_version_wins(cds: CdsApp) -> 
     assert mbb1["note"] == [{"text": "ehr"}]
 
 
+async def test_the_stored_read_leaves_its_pooled_connection_transactional(cds: CdsApp) -> None:
+    """The read runs in autocommit on the driver's connection; the next user of that pooled
+    connection gets transactions again: a write it rolls back is not kept."""
+    store(cds, "default", proc("p1", "d-0"))
+    r = await cds.client.post(PV, json=call())
+    assert r.status_code == 200 and cds.assessor.ids() == {"Procedure/d-0"}
+    audit = AuditLog.__table__  # type: ignore[attr-defined]
+    with cds.engine.connect() as conn:
+        before = conn.execute(sa.select(sa.func.count()).select_from(audit)).scalar_one()
+        conn.commit()
+        conn.execute(
+            sa.insert(audit), {"at": datetime.now(UTC), "actor": "t", "action": "probe", "detail": {}}
+        )
+        conn.rollback()
+        after = conn.execute(sa.select(sa.func.count()).select_from(audit)).scalar_one()
+    assert after == before
+
+
 async def test_stored_facts_alone_answer_in_the_default_id_space(cds: CdsApp) -> None:
     store(cds, "default", proc("p1", "d-1"))
     store(cds, "hospital-b", proc("p1", "b-1"))
@@ -444,3 +465,29 @@ async def test_what_could_not_be_retrieved_is_named_to_the_engine(cds: CdsApp) -
         mock.route(host="fhir.hospital-a.example").respond(503)
         r = await cds.client.post(PV, json=call(prefetch=prefetch, server=SOURCE_BASE))
     assert r.status_code == 200 and cds.assessor.unavailable[-1] == frozenset()
+
+
+async def test_a_call_waiting_for_a_slow_fhir_server_holds_no_other_call_up(cds: CdsApp) -> None:
+    """Calls working on a parsed prefetch are bounded (``Admission``); one waiting for an EHR's
+    fhirServer gives its place back: with a single place, a prefetch-only call is answered while
+    the other's fetch hangs, and the hanging one is answered once its server answers."""
+    cds.parts.cds.admission = Admission(1)
+    release = asyncio.Event()
+    fetching = asyncio.Event()
+
+    async def slow(request: httpx.Request) -> httpx.Response:
+        fetching.set()
+        await release.wait()
+        return httpx.Response(200, json=searchset())
+
+    with respx.mock(assert_all_mocked=True) as mock:
+        mock.route(host="fhir.hospital-a.example").mock(side_effect=slow)
+        waiting = asyncio.ensure_future(cds.client.post(PV, json=call(server=SOURCE_BASE, token=True)))
+        await asyncio.wait_for(fetching.wait(), 5)
+        quick = await asyncio.wait_for(
+            cds.client.post(PV, json=call(prefetch={"procedures": searchset(proc("p1", "q-1"))})), 5
+        )
+        assert quick.status_code == 200 and not waiting.done()
+        release.set()
+        slow_answer = await asyncio.wait_for(waiting, 5)
+    assert slow_answer.status_code == 200
