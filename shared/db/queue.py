@@ -39,11 +39,12 @@ def mark_dirty(session: Session, patient_keys: Iterable[str]) -> int:
 #: PostgreSQL: one round trip and one statement text whatever the number of keys (the upsert as a
 #: data-modifying CTE over an array parameter; the wake-up of LISTENing workers, delivered at
 #: commit, as its SELECT).
-_MARK_PG = sa.text(
-    "WITH marked AS ("
+#: The marking itself (parameters ``keys``, sorted, and ``now``), for statements that do more.
+MARK_PG_CTE = (
+    "marked AS ("
     " INSERT INTO evaluation_queue (patient_key, generation, dirty_since, attempts)"
     " SELECT k, 1, :now, 0 FROM unnest(CAST(:keys AS varchar[])) AS k"
     " ON CONFLICT (patient_key) DO UPDATE SET generation = evaluation_queue.generation + 1"
     " RETURNING 1)"
-    " SELECT pg_notify('pinpoint_dirty', '')"
 )
+_MARK_PG = sa.text("WITH " + MARK_PG_CTE + " SELECT pg_notify('pinpoint_dirty', '')")

@@ -24,6 +24,7 @@ from shared.web import FhirResponse, Runtime, RuntimeDep, read_body, require_api
 
 DEFAULT = "/fhir"  # the default source's FHIR base
 SOURCE = "/sources/{source_id}/fhir"  # a configured source's FHIR base
+_SOURCE_ID_DOC = "The id of a source configured in the config file"
 
 
 async def get_source(request: Request, runtime: RuntimeDep) -> Source:
@@ -31,13 +32,27 @@ async def get_source(request: Request, runtime: RuntimeDep) -> Source:
 
 
 async def declare_source_id(
-    source_id: Annotated[str, Path(description="The id of a source configured in the config file")],
+    source_id: Annotated[str, Path(description=_SOURCE_ID_DOC)],
 ) -> None:
     """Declares ``/sources/{source_id}`` on the routes of that base (so the OpenAPI lists and
     validates it); :func:`get_source`, shared with ``/fhir``, reads it."""
 
 
 SourceDep = Annotated[Source, Depends(get_source)]
+
+#: ``source_id`` declared in the OpenAPI only (as :func:`declare_source_id` declares it): the
+#: delivery routes resolve nothing through FastAPI's dependencies (see :func:`_parts`).
+SOURCE_ID = {
+    "parameters": [
+        {
+            "name": "source_id",
+            "in": "path",
+            "required": True,
+            "schema": {"type": "string", "description": _SOURCE_ID_DOC, "title": "Source Id"},
+            "description": _SOURCE_ID_DOC,
+        }
+    ]
+}
 
 
 def _parts(request: Request) -> tuple[Runtime, Ingest, Source]:
@@ -120,9 +135,9 @@ def _answer(result: Result) -> Response:
 
 
 @router.post(DEFAULT)
-@router.post(SOURCE, dependencies=SourceOnly)
+@router.post(SOURCE, openapi_extra=SOURCE_ID)
 @router.post(DEFAULT + "/", include_in_schema=False)
-@router.post(SOURCE + "/", include_in_schema=False, dependencies=SourceOnly)
+@router.post(SOURCE + "/", include_in_schema=False)
 async def post_base(request: Request) -> Response:
     """A Bundle, a single resource, an empty ping, or a Medplum rest-hook (``X-Medplum-*``)."""
     runtime, ingest, source = _parts(request)
@@ -145,7 +160,7 @@ async def post_type(
 
 
 @router.put(DEFAULT + "/{rtype}/{rid}")
-@router.put(SOURCE + "/{rtype}/{rid}", dependencies=SourceOnly)
+@router.put(SOURCE + "/{rtype}/{rid}", openapi_extra=SOURCE_ID)
 async def put_resource(rtype: str, rid: str, request: Request) -> Response:
     """Also HAPI FHIR's classic rest-hook delivery (``PUT {endpoint}/{type}/{id}``)."""
     runtime, ingest, source = _parts(request)
@@ -154,7 +169,7 @@ async def put_resource(rtype: str, rid: str, request: Request) -> Response:
 
 
 @router.put(DEFAULT + "/{rtype}/{rid}/_history/{vid}")
-@router.put(SOURCE + "/{rtype}/{rid}/_history/{vid}", dependencies=SourceOnly)
+@router.put(SOURCE + "/{rtype}/{rid}/_history/{vid}", openapi_extra=SOURCE_ID)
 async def put_version(rtype: str, rid: str, vid: str, request: Request) -> Response:
     """HAPI without "strip version ids" PUTs ``{endpoint}/{type}/{id}/_history/{vid}``."""
     return await put_resource(rtype, rid, request)

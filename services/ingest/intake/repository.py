@@ -24,7 +24,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlmodel import Session, col, select
 
 from shared.db.models import Resource, utcnow
-from shared.db.queue import mark_dirty
+from shared.db.queue import MARK_PG_CTE, mark_dirty
 from shared.domain._json import parse_instant
 
 RESOURCE = Resource.__table__  # type: ignore[attr-defined]
@@ -195,6 +195,16 @@ _UPSERT_PG = sa.text(
     + " WHERE resource.last_updated IS NULL OR excluded.last_updated IS NULL"
     " OR excluded.last_updated >= resource.last_updated"
 )
+#: PostgreSQL: a transaction's upsert and its patients' dirty marks in one statement, one round
+#: trip. The main query reads the upsert, so it runs first; the marks, which nothing reads, run
+#: to completion after it: resources then marks, each in key order, as in two statements.
+_UPSERT_AND_MARK_PG = sa.text(
+    "WITH up AS ("
+    + _UPSERT_PG.text
+    + " RETURNING 1), "
+    + MARK_PG_CTE
+    + " SELECT pg_notify('pinpoint_dirty', '') FROM (SELECT count(*) FROM up) AS u"
+)
 _PG_FIELDS = (
     "resource_type",
     "resource_id",
@@ -211,7 +221,11 @@ def _json_doc(value: Any) -> str:
     return orjson.dumps(value).decode()
 
 
-def _write(session: Session, source: str, rows: list[dict[str, Any]], now: datetime) -> None:
+def _write(
+    session: Session, source: str, rows: list[dict[str, Any]], now: datetime, dirty: Iterable[str] = ()
+) -> bool:
+    """Upsert ``rows``; on PostgreSQL with the dirty marks of ``dirty`` in the same statement
+    (returns whether they were marked)."""
     if session.get_bind().dialect.name == "postgresql":
         doc = _json_doc(
             [
@@ -220,11 +234,16 @@ def _write(session: Session, source: str, rows: list[dict[str, Any]], now: datet
                 for r in rows
             ]
         )
+        keys = sorted(set(dirty))
+        if keys:
+            session.execute(_UPSERT_AND_MARK_PG, {"source": source, "now": now, "rows": doc, "keys": keys})
+            return True
         session.execute(_UPSERT_PG, {"source": source, "now": now, "rows": doc})
-        return
+        return False
     stmt = _upsert_statement(session)
     for start in range(0, len(rows), _CHUNK):
         session.execute(stmt, rows[start : start + _CHUNK])
+    return False
 
 
 _DEFERRED = "pinpoint.deferred_writes"
@@ -270,8 +289,13 @@ def write_deferred(session: Session) -> None:
     for key in sorted(deferred.rows):  # key order: no deadlock between writers (see below)
         by_source.setdefault(key[0], []).append(deferred.rows[key])
     now = utcnow()
-    for source, rows in by_source.items():
-        _write(session, source, rows, now)
+    if len(by_source) == 1:  # the usual case: one statement (PostgreSQL) for both
+        ((source, rows),) = by_source.items()
+        if _write(session, source, rows, now, deferred.dirty):
+            return
+    else:
+        for source, rows in by_source.items():
+            _write(session, source, rows, now)
     mark_dirty(session, deferred.dirty)
 
 
