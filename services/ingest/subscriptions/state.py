@@ -20,6 +20,7 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
+import orjson
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -179,11 +180,17 @@ _LOG_PG = sa.text(
 )
 
 
-#: PostgreSQL: the event numbers of a whole batch, every subscription, inserted in key order.
+#: PostgreSQL: the event numbers of a whole batch, every subscription, inserted in key order;
+#: the keys as one JSON document (written by orjson in C; psycopg dumps arrays item by item in
+#: Python), or, for one number (the usual batch at a moderate rate), as plain parameters.
 _BOOK_PG = (
     "INSERT INTO subscription_event (source, subscription, event_number, received_at)"
-    " SELECT s, b, n, %s FROM unnest(%s::text[], %s::text[], %s::bigint[]) AS t(s, b, n)"
+    " SELECT s, b, n, %s FROM jsonb_to_recordset(%s::jsonb) AS t(s text, b text, n bigint)"
     " ORDER BY s, b, n ON CONFLICT DO NOTHING RETURNING source, subscription, event_number"
+)
+_BOOK_ONE_PG = (
+    "INSERT INTO subscription_event (source, subscription, event_number, received_at)"
+    " VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING RETURNING source, subscription, event_number"
 )
 
 _BOOKED = "pinpoint.booked_events"
@@ -206,7 +213,11 @@ def book_events(session: Session, wanted: dict[Key, set[int]], *, now: datetime)
         # 45-60 µs of CPU instead of ~145 µs for a notification).
         raw = session.connection().connection.driver_connection
         with raw.cursor() as cursor:  # type: ignore[union-attr]
-            cursor.execute(_BOOK_PG, (now, [k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys]))
+            if len(keys) == 1:
+                cursor.execute(_BOOK_ONE_PG, (*keys[0], now))
+            else:
+                doc = orjson.dumps([{"s": a, "b": b, "n": n} for a, b, n in keys]).decode()
+                cursor.execute(_BOOK_PG, (now, doc))
             rows = cursor.fetchall()
     else:
         values = [{"source": a, "subscription": b, "event_number": n, "received_at": now} for a, b, n in keys]
