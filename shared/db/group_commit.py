@@ -421,8 +421,8 @@ class GroupTransaction(GroupCommit):
                 settled[i] = failed.effects[0]
             except Exception as exc:  # the begin hook
                 outcomes[i] = _Failed(exc)
-        for effects in settled:
-            for effect in effects:
+        for unit_effects in settled:
+            for effect in unit_effects:
                 try:
                     effect()
                 except Exception as exc:  # a log line or a metric never fails a committed unit

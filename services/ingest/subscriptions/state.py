@@ -28,6 +28,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from shared.db.models import Inbox, SubscriptionEvent, SubscriptionState, utcnow
+from shared.db.session import driver_rows
 
 SOURCE_ROW = "(source)"
 CLASSIC_ROW = "(classic)"
@@ -209,16 +210,11 @@ def book_events(session: Session, wanted: dict[Key, set[int]], *, now: datetime)
     if not keys:
         return
     if session.get_bind().dialect.name == "postgresql":
-        # The driver's cursor: one round trip without the ORM's per-statement work (measured:
-        # 45-60 µs of CPU instead of ~145 µs for a notification).
-        raw = session.connection().connection.driver_connection
-        with raw.cursor() as cursor:  # type: ignore[union-attr]
-            if len(keys) == 1:
-                cursor.execute(_BOOK_ONE_PG, (*keys[0], now))
-            else:
-                doc = orjson.dumps([{"s": a, "b": b, "n": n} for a, b, n in keys]).decode()
-                cursor.execute(_BOOK_PG, (now, doc))
-            rows = cursor.fetchall()
+        if len(keys) == 1:
+            rows = driver_rows(session, _BOOK_ONE_PG, (*keys[0], now))
+        else:
+            doc = orjson.dumps([{"s": a, "b": b, "n": n} for a, b, n in keys]).decode()
+            rows = driver_rows(session, _BOOK_PG, (now, doc))
     else:
         values = [{"source": a, "subscription": b, "event_number": n, "received_at": now} for a, b, n in keys]
         stmt = sqlite_insert(EVENTS).values(values).on_conflict_do_nothing()
@@ -253,10 +249,10 @@ def log_events(
     wanted = sorted(set(numbers))
     if not wanted:
         return set()
-    booked = session.info.get(_BOOKED, {}).get((source, subscription))
+    booked: tuple[set[int], set[int]] | None = session.info.get(_BOOKED, {}).get((source, subscription))
     if booked is not None and booked[0].issuperset(wanted):
         fresh = booked[1]
-        mine = fresh.intersection(wanted)
+        mine: set[int] = fresh.intersection(wanted)
         fresh.difference_update(mine)  # claimed: a repeat in the transaction is not new
         return mine
     if session.get_bind().dialect.name == "postgresql":
