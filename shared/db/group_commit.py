@@ -28,7 +28,8 @@ each caller learns whether its row was new — one transaction for the concurren
 one per call. :class:`GroupTransaction` is the same writer for units of work (pushes and
 notifications): each caller's function runs on one ORM session with the others of its batch, one
 commit for all; a function that raises rolls the batch back and every unit of the batch runs
-again alone, so one bad unit fails only its own caller.
+again alone, so one bad unit fails only its own caller. A unit's logs and metrics go through
+:func:`when_settled`: done once, after its last run, however many runs it took.
 """
 
 from __future__ import annotations
