@@ -6,6 +6,7 @@ break); a notification run again alone after its batch rolled back is counted an
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -40,16 +41,16 @@ class _Paused(PushWork):
     """A delivery that, once run, waits (a little) for the other transaction to have run its
     first delivery too: the interleaving in which units booking their own numbers deadlock."""
 
+    barrier: threading.Barrier
+
     def __init__(self, work: PushWork, barrier: threading.Barrier) -> None:
         super().__init__(work.source, work.body)
         object.__setattr__(self, "barrier", barrier)
 
     def __call__(self, session: Session) -> Any:
         result = super().__call__(session)
-        try:
-            self.barrier.wait(timeout=0.5)  # booked ahead, the other writer waits on our rows
-        except threading.BrokenBarrierError:
-            pass
+        with contextlib.suppress(threading.BrokenBarrierError):  # booked ahead: the other one waits
+            self.barrier.wait(timeout=0.5)
         return result
 
 
