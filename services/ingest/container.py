@@ -20,8 +20,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from services.ingest.intake.fetched import IntakeStore
-from services.ingest.intake.push import begin_batch
-from services.ingest.intake.repository import write_deferred
+from services.ingest.intake.push import begin_batch, end_batch
 from services.ingest.subscriptions import state
 from services.ingest.subscriptions.recovery import SubscriptionWorker
 from shared.db.deadletters import Replayer
@@ -60,7 +59,7 @@ class Ingest:
             engine,
             writers=PG_WRITERS if engine.dialect.name == "postgresql" else 1,  # SQLite: one writer
             begin=begin_batch,
-            before_commit=write_deferred,
+            before_commit=end_batch,
         )
         return cls(settings, engine, sources, worker, writer, dict(replayers or {}))
 

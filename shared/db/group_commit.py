@@ -28,7 +28,8 @@ each caller learns whether its row was new — one transaction for the concurren
 one per call. :class:`GroupTransaction` is the same writer for units of work (pushes and
 notifications): each caller's function runs on one ORM session with the others of its batch, one
 commit for all; a function that raises rolls the batch back and every unit of the batch runs
-again alone, so one bad unit fails only its own caller.
+again alone, so one bad unit fails only its own caller. A unit's logs and metrics go through
+:func:`when_settled`: done once, after its last run, however many runs it took.
 """
 
 from __future__ import annotations
@@ -290,6 +291,22 @@ class GroupInsertNew(GroupCommit):
         return [first[k] == i and k in inserted for i, k in enumerate(keys)]
 
 
+Effect = Callable[[], None]
+_EFFECTS = "pinpoint.unit_effects"
+
+
+def when_settled(session: Session, effect: Effect) -> None:
+    """Do ``effect`` (a log line, a metric) once for the unit of work running on ``session``: at
+    once on an ordinary session; on a :class:`GroupTransaction`'s, after the unit's last run (its
+    batch committed, or its own failure alone). A unit run again after its batch rolled back is
+    then logged and counted once, not once a run."""
+    effects: list[Effect] | None = session.info.get(_EFFECTS)
+    if effects is None:
+        effect()
+    else:
+        effects.append(effect)
+
+
 class _Failed:
     """A unit of work's own error, carried in the results to its caller alone."""
 
@@ -333,61 +350,84 @@ class GroupTransaction(GroupCommit):
             raise result.error
         return result  # type: ignore[no-any-return]
 
-    def _transaction(self, works: list[Callable[[Session], Any]]) -> list[Any]:
-        """The works on one session, committed; a work's own error as :class:`_UnitFailed`."""
+    def _transaction(self, works: list[Callable[[Session], Any]]) -> tuple[list[Any], list[list[Effect]]]:
+        """The works on one session, committed: their results and the effects each deferred
+        (:func:`when_settled`); a work's own error as :class:`_UnitFailed`."""
         with Session(self._engine, expire_on_commit=False) as session:
             try:
                 if self._begin is not None:
                     self._begin(session, works)
-                results = []
+                results, effects = [], []
                 for position, work in enumerate(works):
+                    mine: list[Effect] = []
+                    session.info[_EFFECTS] = mine
                     try:
                         results.append(work(session))
                     except Exception as exc:
-                        raise _UnitFailed(position, exc) from exc
-                if self._before_commit is not None:
-                    self._before_commit(session)
-                session.commit()
+                        raise _UnitFailed(position, exc, mine) from exc
+                    effects.append(mine)
+                del session.info[_EFFECTS]
+                try:
+                    if self._before_commit is not None:
+                        self._before_commit(session)
+                    session.commit()
+                except Exception as exc:
+                    raise _NotOwn(exc, effects) from exc
             except BaseException:
                 session.rollback()
                 raise
-        return results
+        return results, effects
 
     def _write(self, batch: list[_Item], results: list[Any]) -> Exception | None:
         """The batch's units in one transaction. A unit that raises is taken out and the others
         run together again; it then runs alone (unless it was alone already), and its error goes
-        to its caller only. A failure that is no unit's own (the commit) runs each unit alone."""
+        to its caller only. A failure that is no unit's own (the commit) runs each unit alone.
+        Each unit's deferred effects (:func:`when_settled`) are those of its last run, done once."""
         works = [work for works, _ in batch for work in works]
         outcomes: list[Any] = [None] * len(works)
+        settled: list[list[Effect]] = [[] for _ in works]
         together = list(range(len(works)))
         alone: list[int] = []
         while together:
             try:
-                done = self._transaction([works[i] for i in together])
+                done, effects = self._transaction([works[i] for i in together])
             except _UnitFailed as failed:
                 position = together.pop(failed.position)
                 if together:
                     alone.append(position)
                 else:  # it ran alone: that error is its own
                     outcomes[position] = _Failed(failed.error)
+                    settled[position] = failed.effects
                 continue
             except Exception as exc:  # the commit, a hook: no unit's own
                 if len(together) == 1:
-                    outcomes[together[0]] = _Failed(exc)
+                    outcomes[together[0]] = _Failed(exc.error if isinstance(exc, _NotOwn) else exc)
+                    settled[together[0]] = exc.effects[0] if isinstance(exc, _NotOwn) else []
                 else:
                     alone.extend(together)
                 together = []
                 continue
-            for i, result in zip(together, done, strict=True):
+            for i, result, mine in zip(together, done, effects, strict=True):
                 outcomes[i] = result
+                settled[i] = mine
             break
         for i in sorted(alone):
             try:
-                (outcomes[i],) = self._transaction([works[i]])
+                (outcomes[i],), (settled[i],) = self._transaction([works[i]])
             except _UnitFailed as failed:
                 outcomes[i] = _Failed(failed.error)
-            except Exception as exc:
+                settled[i] = failed.effects
+            except _NotOwn as failed:
+                outcomes[i] = _Failed(failed.error)
+                settled[i] = failed.effects[0]
+            except Exception as exc:  # the begin hook
                 outcomes[i] = _Failed(exc)
+        for unit_effects in settled:
+            for effect in unit_effects:
+                try:
+                    effect()
+                except Exception as exc:  # a log line or a metric never fails a committed unit
+                    log.error("group_commit.effect_failed", error=type(exc).__name__)
         results[:] = outcomes
         return None
 
@@ -395,7 +435,18 @@ class GroupTransaction(GroupCommit):
 class _UnitFailed(Exception):
     """A unit of work raised ``error`` (it was at ``position`` in its transaction)."""
 
-    def __init__(self, position: int, error: Exception) -> None:
+    def __init__(self, position: int, error: Exception, effects: list[Effect]) -> None:
         super().__init__(position)
         self.position = position
         self.error = error
+        self.effects = effects
+
+
+class _NotOwn(Exception):
+    """The transaction failed after its units ran (``before_commit``, the commit): ``error``,
+    and the effects each unit deferred."""
+
+    def __init__(self, error: Exception, effects: list[list[Effect]]) -> None:
+        super().__init__(type(error).__name__)
+        self.error = error
+        self.effects = effects

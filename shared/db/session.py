@@ -193,3 +193,14 @@ def prepare_database(url: str, *, embedded: bool) -> Engine:
         engine.dispose()
         raise ConfigError("database migrations are not at head: run `pinpoint db upgrade` first")
     return engine
+
+
+def driver_rows(session: Session, sql: str, params: Any) -> list[tuple[Any, ...]]:
+    """PostgreSQL: one statement on the session's connection, in its transaction, through the
+    driver's cursor (``sql`` in its parameter style, ``%(name)s`` or ``%s``); its rows. None of
+    SQLAlchemy's per-statement result machinery: measured at 45-60 µs of CPU a statement against
+    110-145 µs through ``session.execute`` (the hot statements of the push writer)."""
+    raw = session.connection().connection.driver_connection
+    with raw.cursor() as cursor:  # type: ignore[union-attr]
+        cursor.execute(sql, params)
+        return list(cursor.fetchall()) if cursor.description is not None else []

@@ -6,17 +6,28 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import orjson
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
-from services.ingest.intake.bundles import process_payload, process_resource
+from services.ingest.intake.bundles import NOTIFICATION_TYPES, process_payload, process_resource
+from services.ingest.intake.notifications import is_notification, is_transaction_notification
 from services.ingest.intake.pipeline import Rejection, Result, Tally, informational
-from services.ingest.intake.repository import defer_writes, delete_resource, prefetch
-from services.ingest.subscriptions.intake import book_ping, note_classic
+from services.ingest.intake.repository import defer_writes, delete_resource, prefetch, write_deferred
+from services.ingest.subscriptions.intake import (
+    Ahead,
+    book_ahead,
+    book_ping,
+    classic_ahead,
+    note_classic,
+    topic_ahead,
+)
+from services.ingest.subscriptions.state import unclaimed_events
 from shared.db.deadletters import record_dead_letter
+from shared.db.group_commit import when_settled
 from shared.db.session import session_scope
 from shared.errors import (
     InvalidInput,
@@ -169,7 +180,7 @@ class PushWork:
             return exc
         if data is None:
             queued = book_ping(session, source, subscription=subscription)
-            log.info("ingest.ping", source=source.id, catch_up=queued)
+            when_settled(session, partial(log.info, "ingest.ping", source=source.id, catch_up=queued))
             return Result(200, informational("ping received"), Tally())
         if self.handler is None:
             result = process_payload(session, source, data, body)
@@ -181,12 +192,37 @@ class PushWork:
             note_classic(session, source, subscription)
         return result
 
-    def identities(self) -> list[tuple[str, str]]:
-        """``(type, id)`` of the resources the body names (a hint for reading ahead)."""
+    def peek(self) -> Any:
+        """The body's JSON, leniently (a hint for reading and booking ahead: ``None`` for an empty
+        body, ``...`` for one that is not JSON); the run itself checks it."""
+        body = self.body.removeprefix(BOM)
+        if not body.strip():
+            return None
         try:
-            data = orjson.loads(self.body.removeprefix(BOM) or b"null")
+            return orjson.loads(body)
         except orjson.JSONDecodeError:
-            return []
+            return ...
+
+    def ahead(self, data: Any) -> list[Ahead]:
+        """What the run will book on subscription rows and event logs (:func:`book_ahead`)."""
+        if data is None:  # a ping
+            return [classic_ahead(self.source, self.subscription)]
+        found = []
+        if self.handler is None and isinstance(data, dict) and data.get("resourceType") == "Bundle":
+            btype = data.get("type")
+            if (btype in NOTIFICATION_TYPES and is_notification(data)) or (
+                btype == "transaction" and is_transaction_notification(data)
+            ):
+                found.append(topic_ahead(self.source, data))
+        if self.subscription is not None:
+            found.append(classic_ahead(self.source, self.subscription))
+        return found
+
+    def identities(self, data: Any = ...) -> list[tuple[str, str]]:
+        """``(type, id)`` of the resources the body (its JSON: ``data``) names (a hint for
+        reading ahead)."""
+        if data is ...:
+            data = self.peek()
         if not isinstance(data, dict):
             return []
         entries = data.get("entry") if data.get("resourceType") == "Bundle" else [{"resource": data}]
@@ -207,15 +243,30 @@ class PushWork:
 
 
 def begin_batch(session: Session, works: Sequence[Callable[[Session], Any]]) -> None:
-    """The group writer's transaction begins: writes deferred to its end, and the stored state
-    of every resource its pushes name read in one statement per source."""
+    """The group writer's transaction begins: writes deferred to its end; the subscription rows
+    and event numbers its deliveries book, booked in key order (:func:`book_ahead`: no deadlock
+    between writers); the stored state of every resource its pushes name read in one statement
+    per source (none when they name none)."""
     defer_writes(session)
     by_source: dict[str, list[tuple[str, str]]] = {}
+    aheads: list[Ahead] = []
     for work in works:
         if isinstance(work, PushWork):
-            by_source.setdefault(work.source.id, []).extend(work.identities())
+            data = work.peek()
+            aheads.extend(work.ahead(data))
+            by_source.setdefault(work.source.id, []).extend(work.identities(data))
+    if aheads:
+        book_ahead(session, aheads)
     for source_id, keys in by_source.items():
-        prefetch(session, source_id, keys)
+        if keys:
+            prefetch(session, source_id, keys)
+
+
+def end_batch(session: Session) -> None:
+    """Before the group writer's commit: numbers booked ahead that no delivery claimed taken out
+    of the log again, then the deferred upserts and dirty marks (in key order)."""
+    unclaimed_events(session)
+    write_deferred(session)
 
 
 def settled(outcome: Result | PayloadError) -> bool:

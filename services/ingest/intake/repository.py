@@ -24,7 +24,8 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlmodel import Session, col, select
 
 from shared.db.models import Resource, utcnow
-from shared.db.queue import mark_dirty
+from shared.db.queue import MARK_PG_CTE, mark_dirty, mark_params
+from shared.db.session import driver_rows
 from shared.domain._json import parse_instant
 
 RESOURCE = Resource.__table__  # type: ignore[attr-defined]
@@ -103,10 +104,11 @@ _EXISTING = sa.select(
 #: PostgreSQL: every identity of a batch, all types at once, in one round trip and one statement
 #: text. The keys travel as one JSON document (``[{"t": type, "i": id}, …]``): orjson writes it
 #: in C, where psycopg would escape an array's items one by one in Python.
-_EXISTING_PG = sa.text(
+#: Run through the driver (:func:`driver_rows`).
+_EXISTING_PG = (
     "SELECT r.resource_type, r.resource_id, r.content_hash, r.version_id, r.last_updated,"
-    " r.deleted, r.patient_key FROM jsonb_to_recordset(CAST(:keys AS jsonb)) AS k(t text, i text)"
-    " JOIN resource AS r ON r.source = :source AND r.resource_type = k.t AND r.resource_id = k.i"
+    " r.deleted, r.patient_key FROM jsonb_to_recordset(CAST(%(keys)s AS jsonb)) AS k(t text, i text)"
+    " JOIN resource AS r ON r.source = %(source)s AND r.resource_type = k.t AND r.resource_id = k.i"
 )
 
 
@@ -115,7 +117,7 @@ def _existing(session: Session, source: str, keys: Iterable[Key]) -> dict[Key, _
     found: dict[Key, _Current] = {}
     if session.get_bind().dialect.name == "postgresql":
         keys_json = _json_doc([{"t": t, "i": i} for t, i in unique])
-        for row in session.execute(_EXISTING_PG, {"source": source, "keys": keys_json}):
+        for row in driver_rows(session, _EXISTING_PG, {"source": source, "keys": keys_json}):
             found[(row[0], row[1])] = _Current(row[2], row[3], row[4], row[5], row[6])
         return found
     by_type: dict[str, list[str]] = {}
@@ -182,18 +184,28 @@ def _build_upsert(dialect: str) -> Any:
 
 #: PostgreSQL: a whole batch in one statement, one round trip — the rows as one JSON document
 #: (written by orjson in C; the server reads each ``raw`` straight into jsonb), the same conflict
-#: rule as :func:`_build_upsert`.
-_UPSERT_PG = sa.text(
+#: rule as :func:`_build_upsert`. Run through the driver (:func:`driver_rows`).
+_UPSERT_PG = (
     "INSERT INTO resource (source, resource_type, resource_id, patient_key, version_id,"
     " last_updated, content_hash, deleted, raw, received_at)"
-    " SELECT :source, t.resource_type, t.resource_id, t.patient_key, t.version_id, t.last_updated,"
-    " t.content_hash, false, t.raw, :now FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS t("
+    " SELECT %(source)s, t.resource_type, t.resource_id, t.patient_key, t.version_id, t.last_updated,"
+    " t.content_hash, false, t.raw, %(now)s FROM jsonb_to_recordset(CAST(%(rows)s AS jsonb)) AS t("
     "resource_type text, resource_id text, patient_key text, version_id text,"
     " last_updated timestamptz, content_hash text, raw jsonb)"
     " ON CONFLICT (source, resource_type, resource_id) DO UPDATE SET "
     + ", ".join(f"{name} = excluded.{name}" for name in _UPDATED)
     + " WHERE resource.last_updated IS NULL OR excluded.last_updated IS NULL"
     " OR excluded.last_updated >= resource.last_updated"
+)
+#: PostgreSQL: a transaction's upsert and its patients' dirty marks in one statement, one round
+#: trip. The main query reads the upsert, so it runs first; the marks, which nothing reads, run
+#: to completion after it: resources then marks, each in key order, as in two statements.
+_UPSERT_AND_MARK_PG = (
+    "WITH up AS ("
+    + _UPSERT_PG
+    + " RETURNING 1), "
+    + MARK_PG_CTE
+    + " SELECT pg_notify('pinpoint_dirty', '') FROM (SELECT count(*) FROM up) AS u"
 )
 _PG_FIELDS = (
     "resource_type",
@@ -211,7 +223,11 @@ def _json_doc(value: Any) -> str:
     return orjson.dumps(value).decode()
 
 
-def _write(session: Session, source: str, rows: list[dict[str, Any]], now: datetime) -> None:
+def _write(
+    session: Session, source: str, rows: list[dict[str, Any]], now: datetime, dirty: Iterable[str] = ()
+) -> bool:
+    """Upsert ``rows``; on PostgreSQL with the dirty marks of ``dirty`` in the same statement
+    (returns whether they were marked)."""
     if session.get_bind().dialect.name == "postgresql":
         doc = _json_doc(
             [
@@ -220,11 +236,17 @@ def _write(session: Session, source: str, rows: list[dict[str, Any]], now: datet
                 for r in rows
             ]
         )
-        session.execute(_UPSERT_PG, {"source": source, "now": now, "rows": doc})
-        return
+        keys = sorted(set(dirty))
+        params = {"source": source, "now": now, "rows": doc}
+        if keys:
+            driver_rows(session, _UPSERT_AND_MARK_PG, params | mark_params(keys, now))
+            return True
+        driver_rows(session, _UPSERT_PG, params)
+        return False
     stmt = _upsert_statement(session)
     for start in range(0, len(rows), _CHUNK):
         session.execute(stmt, rows[start : start + _CHUNK])
+    return False
 
 
 _DEFERRED = "pinpoint.deferred_writes"
@@ -270,8 +292,13 @@ def write_deferred(session: Session) -> None:
     for key in sorted(deferred.rows):  # key order: no deadlock between writers (see below)
         by_source.setdefault(key[0], []).append(deferred.rows[key])
     now = utcnow()
-    for source, rows in by_source.items():
-        _write(session, source, rows, now)
+    if len(by_source) == 1:  # the usual case: one statement (PostgreSQL) for both
+        ((source, rows),) = by_source.items()
+        if _write(session, source, rows, now, deferred.dirty):
+            return
+    else:
+        for source, rows in by_source.items():
+            _write(session, source, rows, now)
     mark_dirty(session, deferred.dirty)
 
 

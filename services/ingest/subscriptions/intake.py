@@ -11,9 +11,10 @@ patient data is logged.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import partial
 from typing import Any
 
 from prometheus_client import Counter
@@ -27,6 +28,7 @@ from services.ingest.subscriptions.status import (
     listed_without_resource,
     read_status,
 )
+from shared.db.group_commit import when_settled
 from shared.db.models import utcnow
 from shared.domain.relevance import KEPT_TYPES
 from shared.humanize import plural
@@ -54,6 +56,11 @@ class Booking:
     summary: str
 
 
+def _gap_seen(source: str, subscription: str, low: int, high: int) -> None:
+    GAPS.labels(source).inc()
+    log.warning("subscriptions.gap", source=source, subscription=subscription, first=low, last=high)
+
+
 def _empty_content(note: Notification, bundle: Mapping[str, Any]) -> bool:
     return bool(note.events) and all(e.focus is None for e in note.events) and not carried_resources(bundle)
 
@@ -73,9 +80,7 @@ def record_gaps(
     queued = 0
     for low, high in found:
         row.gaps_detected = (row.gaps_detected or 0) + 1
-        GAPS.labels(source.id).inc()
-        sub = row.subscription
-        log.warning("subscriptions.gap", source=source.id, subscription=sub, first=low, last=high)
+        when_settled(session, partial(_gap_seen, source.id, row.subscription, low, high))
         if source.fhir_base_url is None:
             continue
         state.enqueue(
@@ -103,7 +108,7 @@ def book_topic_notification(
     compare its counter with what was received (:func:`state.announce`)."""
     now = now or utcnow()
     note = read_status(first_resource(bundle) or {})
-    NOTIFICATIONS.labels(source.id, note.type).inc()
+    when_settled(session, NOTIFICATIONS.labels(source.id, note.type).inc)
     # Without a subscription reference, numbers of different subscriptions could mix: no gaps.
     numbered = note.subscription is not None
     sub = note.subscription or state.UNKNOWN_ROW
@@ -134,7 +139,12 @@ def book_topic_notification(
     new_events = [e for e in note.events if e.number is None or e.number in fresh]
     replay = bool(note.events) and not new_events
     if replay:
-        log.info("subscriptions.replay", source=source.id, subscription=sub, events=len(note.events))
+        when_settled(
+            session,
+            partial(
+                log.info, "subscriptions.replay", source=source.id, subscription=sub, events=len(note.events)
+            ),
+        )
 
     if _empty_content(note, bundle):
         if replay:
@@ -165,7 +175,16 @@ def book_topic_notification(
         if ref not in carried and ref not in skipped:
             targets.setdefault(ref, None)
     if targets and not fetchable:
-        log.warning("subscriptions.unfetchable", source=source.id, subscription=sub, focuses=len(targets))
+        when_settled(
+            session,
+            partial(
+                log.warning,
+                "subscriptions.unfetchable",
+                source=source.id,
+                subscription=sub,
+                focuses=len(targets),
+            ),
+        )
     queued = 0
     for ref, target_number in targets.items():
         if ref.split("/", 1)[0] not in KEPT_TYPES or not fetchable:
@@ -188,7 +207,7 @@ def book_topic_notification(
 def book_ping(session: Session, source: Source, *, subscription: str | None = None) -> bool:
     """A classic rest-hook without payload (empty POST): one coalesced catch-up search."""
     now = utcnow()
-    NOTIFICATIONS.labels(source.id, "ping").inc()
+    when_settled(session, NOTIFICATIONS.labels(source.id, "ping").inc)
     state.touch(session, source.id, subscription or state.CLASSIC_ROW, now=now)
     if source.fhir_base_url is None:
         return False
@@ -200,5 +219,61 @@ def book_ping(session: Session, source: Source, *, subscription: str | None = No
 
 def note_classic(session: Session, source: Source, subscription: str | None) -> None:
     """A classic rest-hook delivery with payload (HAPI PUT, Medplum POST): lag bookkeeping."""
-    NOTIFICATIONS.labels(source.id, "rest-hook").inc()
+    when_settled(session, NOTIFICATIONS.labels(source.id, "rest-hook").inc)
     state.touch(session, source.id, subscription or state.CLASSIC_ROW, now=utcnow())
+
+
+@dataclass(slots=True)
+class Ahead:
+    """What a delivery will write on its subscription's row and event log, read from its body
+    before the deliveries of its transaction run (:func:`book_ahead`)."""
+
+    source: str
+    subscription: str
+    numbers: set[int] = field(default_factory=set)
+    lock: bool = False  # a handshake or heartbeat: the row locked
+    topic_note: tuple[str | None, str | None] | None = None  # a topic notification: (status, topic)
+    classic: bool = False  # a classic delivery: the row touched
+
+
+def topic_ahead(source: Source, bundle: Mapping[str, Any]) -> Ahead:
+    """The :class:`Ahead` of a topic notification: what :func:`book_topic_notification` books."""
+    note = read_status(first_resource(bundle) or {})
+    sub = note.subscription or state.UNKNOWN_ROW
+    if note.type in ("handshake", "heartbeat"):
+        return Ahead(source.id, sub, lock=True)
+    ahead = Ahead(source.id, sub, topic_note=(note.status, note.topic))
+    if note.type in ("event-notification", "query-event"):
+        ahead.numbers = {e.number for e in note.events if e.number is not None}
+    return ahead
+
+
+def classic_ahead(source: Source, subscription: str | None) -> Ahead:
+    """The :class:`Ahead` of a classic rest-hook delivery (a ping, a HAPI PUT, a Medplum POST)."""
+    return Ahead(source.id, subscription or state.CLASSIC_ROW, classic=True)
+
+
+def book_ahead(session: Session, aheads: Iterable[Ahead], *, now: datetime | None = None) -> None:
+    """At the start of a transaction of several deliveries: the rows of their subscriptions
+    (locked, noted, touched) in key order, then every event number in one statement, in key order
+    (:func:`state.book_events`). Every transaction takes these locks in the same order: two that
+    book the same subscriptions or numbers (re-deliveries landing in two writers) wait for each
+    other, never in a cycle. The deliveries then find their bookings done."""
+    now = now or utcnow()
+    rows: dict[tuple[str, str], list[Ahead]] = {}
+    for ahead in aheads:
+        rows.setdefault((ahead.source, ahead.subscription), []).append(ahead)
+    for (source, sub), mine in sorted(rows.items()):
+        if any(a.lock for a in mine):
+            state.lock_state(session, source, sub)
+            continue  # handshakes and heartbeats write the row they hold
+        notes = [a.topic_note for a in mine if a.topic_note is not None]
+        if notes:  # the status and topic the last of them leaves
+            status = next((s for s, _ in reversed(notes) if s), None)
+            topic = next((t for _, t in reversed(notes) if t), None)
+            state.note_topic(session, source, sub, now=now, status=status, topic=topic)
+        elif any(a.classic for a in mine):
+            state.touch(session, source, sub, now=now)
+        state.note_ahead(session, source, sub)
+    numbers = {key: {n for a in mine for n in a.numbers} for key, mine in rows.items()}
+    state.book_events(session, {k: v for k, v in numbers.items() if v}, now=now)

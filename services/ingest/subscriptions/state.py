@@ -20,6 +20,7 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
+import orjson
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -27,6 +28,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from shared.db.models import Inbox, SubscriptionEvent, SubscriptionState, utcnow
+from shared.db.session import driver_rows
 
 SOURCE_ROW = "(source)"
 CLASSIC_ROW = "(classic)"
@@ -70,11 +72,25 @@ def lock_state(session: Session, source: str, subscription: str) -> Subscription
 
 
 _TOUCHED: dict[tuple[int, str, str, str], datetime] = {}
+#: The subscription rows whose bookkeeping this transaction did ahead (:func:`note_ahead`).
+_AHEAD = "pinpoint.noted_ahead"
+
+
+def note_ahead(session: Session, source: str, subscription: str) -> None:
+    """The row's bookkeeping (:func:`touch`, :func:`note_topic`) is done for this transaction:
+    later calls in it write nothing (they would take the row's lock out of key order)."""
+    session.info.setdefault(_AHEAD, set()).add((source, subscription))
+
+
+def _noted_ahead(session: Session, source: str, subscription: str) -> bool:
+    return (source, subscription) in session.info.get(_AHEAD, ())
 
 
 def touch(session: Session, source: str, subscription: str, *, now: datetime, every: float = 1.0) -> None:
     """Note a delivery cheaply: at most one write per ``every`` seconds per subscription (and
     none at all when this process wrote it less than ``every`` seconds ago)."""
+    if _noted_ahead(session, source, subscription):
+        return
     bind = session.get_bind()
     key = (id(bind), str(bind.engine.url), source, subscription)
     last = _TOUCHED.get(key)
@@ -121,6 +137,8 @@ def note_topic(
     """A topic notification's bookkeeping on the subscription's row (created if missing): its
     time, status and topic. Written when the status or topic differ from what this process last
     wrote, else at most once per ``every`` seconds: the row is not locked by every notification."""
+    if _noted_ahead(session, source, subscription):
+        return
     bind = session.get_bind()
     key = (id(bind), str(bind.engine.url), source, subscription)
     status = status[:32] if status else None
@@ -163,14 +181,80 @@ _LOG_PG = sa.text(
 )
 
 
+#: PostgreSQL: the event numbers of a whole batch, every subscription, inserted in key order;
+#: the keys as one JSON document (written by orjson in C; psycopg dumps arrays item by item in
+#: Python), or, for one number (the usual batch at a moderate rate), as plain parameters.
+_BOOK_PG = (
+    "INSERT INTO subscription_event (source, subscription, event_number, received_at)"
+    " SELECT s, b, n, %s FROM jsonb_to_recordset(%s::jsonb) AS t(s text, b text, n bigint)"
+    " ORDER BY s, b, n ON CONFLICT DO NOTHING RETURNING source, subscription, event_number"
+)
+_BOOK_ONE_PG = (
+    "INSERT INTO subscription_event (source, subscription, event_number, received_at)"
+    " VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING RETURNING source, subscription, event_number"
+)
+
+_BOOKED = "pinpoint.booked_events"
+Key = tuple[str, str]
+
+
+def book_events(session: Session, wanted: dict[Key, set[int]], *, now: datetime) -> None:
+    """Append the event numbers of a whole transaction (every subscription) to the log at once,
+    in one global key order (source, subscription, number): two transactions booking the same
+    numbers wait for each other in the same order and never deadlock. :func:`log_events` then
+    answers from what this booked; what no :func:`log_events` claims is taken out again by
+    :func:`unclaimed_events` (the log holds what was booked by a delivery, nothing else)."""
+    keys = sorted((source, sub, n) for (source, sub), numbers in wanted.items() for n in numbers)
+    booked: dict[Key, tuple[set[int], set[int]]] = {k: (set(v), set()) for k, v in wanted.items() if v}
+    session.info[_BOOKED] = booked
+    if not keys:
+        return
+    if session.get_bind().dialect.name == "postgresql":
+        if len(keys) == 1:
+            rows = driver_rows(session, _BOOK_ONE_PG, (*keys[0], now))
+        else:
+            doc = orjson.dumps([{"s": a, "b": b, "n": n} for a, b, n in keys]).decode()
+            rows = driver_rows(session, _BOOK_PG, (now, doc))
+    else:
+        values = [{"source": a, "subscription": b, "event_number": n, "received_at": now} for a, b, n in keys]
+        stmt = sqlite_insert(EVENTS).values(values).on_conflict_do_nothing()
+        cols = (EVENTS.c.source, EVENTS.c.subscription, EVENTS.c.event_number)
+        rows = list(session.execute(stmt.returning(*cols)))
+    for source, sub, n in rows:
+        booked[(str(source), str(sub))][1].add(int(n))
+
+
+def unclaimed_events(session: Session) -> None:
+    """Before the commit: numbers :func:`book_events` inserted that no delivery claimed (a body
+    that did not reach the booking after all) are taken out of the log again."""
+    booked: dict[Key, tuple[set[int], set[int]]] | None = session.info.pop(_BOOKED, None)
+    for (source, sub), (_, fresh) in (booked or {}).items():
+        if fresh:
+            session.execute(
+                sa.delete(EVENTS).where(
+                    EVENTS.c.source == source,
+                    EVENTS.c.subscription == sub,
+                    EVENTS.c.event_number.in_(sorted(fresh)),
+                )
+            )
+
+
 def log_events(
     session: Session, source: str, subscription: str, numbers: Iterable[int], *, now: datetime
 ) -> set[int]:
     """Append event numbers to the log; returns those received for the first time. No lock: a
-    concurrent delivery of the same number waits for the first one's commit and finds it there."""
+    concurrent delivery of the same number waits for the first one's commit and finds it there.
+    Numbers :func:`book_events` booked for this transaction are answered from its booking (the
+    first delivery of the transaction to claim a number gets it as new, a repeat does not)."""
     wanted = sorted(set(numbers))
     if not wanted:
         return set()
+    booked: tuple[set[int], set[int]] | None = session.info.get(_BOOKED, {}).get((source, subscription))
+    if booked is not None and booked[0].issuperset(wanted):
+        fresh = booked[1]
+        mine: set[int] = fresh.intersection(wanted)
+        fresh.difference_update(mine)  # claimed: a repeat in the transaction is not new
+        return mine
     if session.get_bind().dialect.name == "postgresql":
         params = {"source": source, "subscription": subscription, "numbers": wanted, "now": now}
         return {int(n) for n in session.execute(_LOG_PG, params).scalars()}
