@@ -756,31 +756,47 @@ _VERIFICATION = "http://terminology.hl7.org/CodeSystem/condition-ver-status"
 _CLINICAL = "http://terminology.hl7.org/CodeSystem/condition-clinical"
 
 
+@lru_cache(maxsize=4096)  # a chart's codes come from a small vocabulary
+def _condition_code(system: str, code: str) -> str | None:
+    """A Condition coding as a fact code: ICD-10-CM without dots, upper case; SNOMED ``SCT:<code>``."""
+    if system == t.ICD10CM:
+        return _icd(code)
+    if system == t.SNOMED:
+        return f"SCT:{code.strip()}"
+    return None
+
+
 def _condition(cond: Mapping[str, Any]) -> ConditionFact | None:
     verification = cond.get("verificationStatus")
-    if verification is not None and j.code_set(verification, _VERIFICATION) & _VOID_VERIFICATION:
+    if verification is not None and not _VOID_VERIFICATION.isdisjoint(j.code_set(verification, _VERIFICATION)):
         return None
     clinical = cond.get("clinicalStatus")
-    inactive = clinical is not None and bool(j.code_set(clinical, _CLINICAL) & _INACTIVE_CONDITION)
+    inactive = clinical is not None and not _INACTIVE_CONDITION.isdisjoint(j.code_set(clinical, _CLINICAL))
     icd: set[str] = set()
-    snomed_codes: set[str] = set()
-    for c in j.codings(cond.get("code")):
-        if "code" not in c:
-            continue
-        system = c.get("system")
-        if system == t.ICD10CM:
-            icd.add(_icd(str(c["code"])))
-        elif system == t.SNOMED:
-            snomed_codes.add(f"SCT:{str(c['code']).strip()}")
+    codes: set[str] = set()
+    concept = cond.get("code")
+    for cc in concept if type(concept) is list else (concept,):
+        coding = cc.get("coding") if type(cc) is dict else None
+        if type(coding) is list:
+            for c in coding:
+                system = c.get("system") if type(c) is dict and "code" in c else None
+                if type(system) is str:
+                    found = _condition_code(system, str(c["code"]))
+                    if found is not None:
+                        codes.add(found)
+                        if not found.startswith("SCT:"):
+                            icd.add(found)
     onset = j.parse_date(cond.get("onsetDateTime"))
-    if onset is None and isinstance(cond.get("onsetPeriod"), Mapping):
-        onset = j.parse_date(cond["onsetPeriod"].get("start"))
     if onset is None:
-        onset = j.parse_date(cond.get("recordedDate"))
+        period = cond.get("onsetPeriod")
+        if isinstance(period, Mapping):
+            onset = j.parse_date(period.get("start"))
+        if onset is None:
+            onset = j.parse_date(cond.get("recordedDate"))
     body = cond.get("bodySite")
     side = side_from_codings(body) or side_from_text(*j.texts(body)) if body is not None else None
-    icd_sorted = sorted(icd)  # the first ICD-10-CM code (in code order) naming a region decides
-    region = next((r for r in map(condition_region, icd_sorted) if r), None)
+    # the first ICD-10-CM code (in code order) naming a region decides
+    region = next((r for r in map(condition_region, sorted(icd)) if r), None) if icd else None
     if region is None and body is not None:
         snomed = j.code_set(body, t.SNOMED)
         if t.SACROILIAC_JOINT in snomed:
@@ -788,8 +804,8 @@ def _condition(cond: Mapping[str, Any]) -> ConditionFact | None:
         elif t.KNEE in snomed:
             region = "knee"
     return ConditionFact(
-        ref=_ref(cond),
-        codes=tuple(sorted(icd | snomed_codes)),
+        ref=f"{cond.get('resourceType')}/{cond.get('id')}",
+        codes=tuple(sorted(codes)),
         onset=onset,
         active=not inactive,
         side=side,
