@@ -8,6 +8,7 @@ on the reading's side when it states one). Readings on another scale are ignored
 
 from __future__ import annotations
 
+from bisect import bisect_left, bisect_right
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -116,6 +117,7 @@ class PatientContext:
         #: order check of the same joint), keyed by what they depend on
         self.memo: dict[tuple[Any, ...], Any] = {}
         self._baselines: dict[tuple[str, datetime, str | None, timedelta], PainReading | None] = {}
+        self._reading_times: list[datetime] | None = None  # of facts.readings (time order), once asked
 
     # readings --------------------------------------------------------------------------------
     def _assign_post_readings(self) -> dict[str, list[PainReading]]:
@@ -158,14 +160,18 @@ class PatientContext:
         return best
 
     def _baseline(self, block: Intervention, window: timedelta) -> PainReading | None:
-        best = None
-        lo = block.start - window
-        for reading in self.facts.readings:
-            if reading.time > block.start:
-                break
-            if reading.time >= lo and sides_compatible(reading.side, block.side):
-                best = reading
-        return best
+        """The last reading (in time, then ref order) in ``[start - window, start]`` on a
+        compatible side: found from the window's end backwards (readings are in time order)."""
+        readings = self.facts.readings
+        times = self._reading_times
+        if times is None:
+            times = self._reading_times = [r.time for r in readings]
+        first = bisect_left(times, block.start - window)
+        for i in range(bisect_right(times, block.start) - 1, first - 1, -1):
+            reading = readings[i]
+            if sides_compatible(reading.side, block.side):
+                return reading
+        return None
 
     def sedated(self, block: Intervention) -> bool:
         """IV sedation from ``sedation_lookback_minutes`` before the start to the end (CONTRACT §4)."""
