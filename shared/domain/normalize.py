@@ -1,4 +1,4 @@
-"""FHIR R4 raw JSON → clinical facts (CONTRACT §4), pure and stdlib-only.
+"""FHIR R4 raw JSON → clinical facts (CONTRACT §4), pure (the standard library and orjson).
 
 :func:`normalize` takes reference-resolved resources of one or several patients (see
 :mod:`shared.fhir.bundle`) and returns ``{"Patient/<id>": PatientFacts}``. Each fact is read from
@@ -17,6 +17,8 @@ from datetime import date, datetime
 from functools import lru_cache
 from operator import attrgetter
 from typing import Any
+
+import orjson
 
 from shared.domain import _json as j
 from shared.domain import terminology as t
@@ -312,13 +314,12 @@ def _site(
     ``bodySite``, ``code`` and ``note`` read, so it is remembered by their text (bounded)."""
     if "extension" in resource:
         return _site_of(resource, kind, default_region, bs_index)
-    key = (
-        kind,
-        default_region,
-        repr(resource.get("bodySite")),
-        repr(resource.get("code")),
-        repr(resource.get("note")),
-    )
+    read = (resource.get("bodySite"), resource.get("code"), resource.get("note"))
+    try:
+        text = orjson.dumps(read)  # a tenth of repr's cost
+    except TypeError:  # not plain JSON (a key that is not a string, a huge integer): as written
+        text = repr(read).encode()
+    key = (kind, default_region, text)
     site: _Site = _remember(_SITES, key, lambda: _site_of(resource, kind, default_region, bs_index))
     return site
 
