@@ -156,8 +156,21 @@ def parse_datetime(value: Any) -> datetime | None:
         pass
     if len(_PARSED) >= _PARSED_MAX:
         _PARSED.clear()
-    found = _PARSED[value] = _parse_datetime(value)
+    found = _parse_datetime(value)
+    if found is not None:
+        zone = found.tzinfo
+        same = _ZONES.setdefault(zone, zone)
+        if same is not zone:
+            found = found.replace(tzinfo=same)
+    _PARSED[value] = found
     return found
+
+
+#: One ``timezone`` object per offset: ``fromisoformat`` makes a new one for every string with an
+#: offset, and two aware datetimes compare quickly only when their ``tzinfo`` is the same object
+#: (else each comparison asks both for their offset) — the engine compares times by the thousand.
+#: ``timezone`` objects of one offset are equal and print alike, so nothing read changes.
+_ZONES: dict[Any, Any] = {UTC: UTC}
 
 
 def _parse_datetime(value: str) -> datetime | None:
