@@ -785,7 +785,9 @@ def _condition_code(system: str, code: str) -> str | None:
 
 def _condition(cond: Mapping[str, Any]) -> ConditionFact | None:
     verification = cond.get("verificationStatus")
-    if verification is not None and not _VOID_VERIFICATION.isdisjoint(j.code_set(verification, _VERIFICATION)):
+    if verification is not None and not _VOID_VERIFICATION.isdisjoint(
+        j.code_set(verification, _VERIFICATION)
+    ):
         return None
     clinical = cond.get("clinicalStatus")
     inactive = clinical is not None and not _INACTIVE_CONDITION.isdisjoint(j.code_set(clinical, _CLINICAL))
