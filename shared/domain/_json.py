@@ -112,7 +112,7 @@ def words_in(text: str) -> frozenset[str]:
 
 
 def reference(value: Any) -> str | None:
-    if isinstance(value, Mapping):
+    if type(value) is dict or (value is not None and isinstance(value, Mapping)):
         ref = value.get("reference")
         if isinstance(ref, str):
             return ref
@@ -222,7 +222,7 @@ def period_start_end(resource: Mapping[str, Any], prefix: str) -> tuple[datetime
     if dt:
         return dt, dt
     period = resource.get(prefix + "Period")
-    if isinstance(period, Mapping):
+    if period is not None and isinstance(period, Mapping):
         start = parse_datetime(period.get("start"))
         end = parse_datetime(period.get("end"))
         return start or end, end or start

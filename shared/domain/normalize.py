@@ -141,7 +141,7 @@ def reading_value(obs: Mapping[str, Any], scale: str) -> float | None:
     if "valueInteger" in obs and isinstance(obs["valueInteger"], int | float):
         return float(obs["valueInteger"])
     q = obs.get("valueQuantity")
-    if isinstance(q, Mapping) and isinstance(q.get("value"), int | float):
+    if q is not None and isinstance(q, Mapping) and isinstance(q.get("value"), int | float):
         value = float(q["value"])
         if scale == t.VAS and str(q.get("code") or q.get("unit") or "").lower() == "cm":
             value *= 10
@@ -808,14 +808,18 @@ def _condition(cond: Mapping[str, Any]) -> ConditionFact | None:
     onset = j.parse_date(cond.get("onsetDateTime"))
     if onset is None:
         period = cond.get("onsetPeriod")
-        if isinstance(period, Mapping):
+        if period is not None and isinstance(period, Mapping):
             onset = j.parse_date(period.get("start"))
         if onset is None:
             onset = j.parse_date(cond.get("recordedDate"))
     body = cond.get("bodySite")
     side = side_from_codings(body) or side_from_text(*j.texts(body)) if body is not None else None
     # the first ICD-10-CM code (in code order) naming a region decides
-    region = next((r for r in map(condition_region, sorted(icd)) if r), None) if icd else None
+    region = None
+    for code in sorted(icd) if len(icd) > 1 else icd:
+        region = condition_region(code)
+        if region:
+            break
     if region is None and body is not None:
         snomed = j.code_set(body, t.SNOMED)
         if t.SACROILIAC_JOINT in snomed:
