@@ -83,6 +83,8 @@ def _classify_medication(resource: Mapping[str, Any]) -> Relevance:
     names = _medication_names(resource)
     if names is None:
         return _relevance(True, "medication", "agent in a referenced Medication")
+    if not names:  # most of a chart's medications: no agent the rules know
+        return _drop("medication", "not a medication Pinpoint's rules use")
     steroids = names & t.STEROID_NAMES
     if steroids and not any(j.route_is_oral(r) for r in j.dosage_routes(resource)):
         return _relevance(True, "steroid-injection")
