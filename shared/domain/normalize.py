@@ -13,7 +13,7 @@ import json
 import re
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime
 from functools import lru_cache
 from operator import attrgetter
 from typing import Any
@@ -33,6 +33,9 @@ from shared.domain.facts import (
     PatientFacts,
     Sedation,
     SteroidExposure,
+    by_end_ref,
+    by_start_ref,
+    by_time_ref,
 )
 from shared.domain.function import SCALES, Total, observation_totals, questionnaire_totals
 from shared.domain.relevance import classify, patient_reference
@@ -406,24 +409,6 @@ def _medication_concept(resource: Mapping[str, Any], meds: Mapping[str, Mapping[
 
 
 # --- per patient -------------------------------------------------------------------------------------
-# Facts in time order, then by reference. A sort key of aware datetimes compares slowly when
-# their offsets differ (a chart mixes "Z" and "-05:00"): each comparison asks both for their
-# offset. The time since the epoch (a timedelta, exact) orders alike at a fraction of the cost.
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-def _by_end_ref(fact: Intervention) -> tuple[timedelta, str]:
-    return fact.end - _EPOCH, fact.ref
-
-
-def _by_time_ref(fact: PainReading | SteroidExposure | FunctionScore) -> tuple[timedelta, str]:
-    return fact.time - _EPOCH, fact.ref
-
-
-def _by_start_ref(fact: Sedation) -> tuple[timedelta, str]:
-    return fact.start - _EPOCH, fact.ref
-
-
 _BY_DAY_REF = attrgetter("start", "ref")  # conservative care: a date
 _BY_REF = attrgetter("ref")
 
@@ -511,7 +496,7 @@ class _Builder:
                 key = (score.instrument, score.time, score.value)
                 if key not in out or (score.code is not None and out[key].code is None):
                     out[key] = score
-        return sorted(out.values(), key=_by_time_ref)
+        return sorted(out.values(), key=by_time_ref)
 
     def readings(self) -> list[PainReading]:
         replaced: set[str] = set()
@@ -631,13 +616,13 @@ class _Builder:
             patient=self.patient,
             sex=self.sex,
             birth_date=self.birth,
-            interventions=tuple(sorted(interventions, key=_by_end_ref)),
-            readings=tuple(sorted(self.readings(), key=_by_time_ref)),
+            interventions=tuple(sorted(interventions, key=by_end_ref)),
+            readings=tuple(sorted(self.readings(), key=by_time_ref)),
             function_scores=tuple(self.function_scores()) if self.function_resources else (),
             conditions=tuple(sorted(self.conditions, key=_BY_REF)),
             conservative_care=tuple(sorted(self.care, key=_BY_DAY_REF)),
-            steroids=tuple(sorted(steroids, key=_by_time_ref)),
-            sedations=tuple(sorted(sedations, key=_by_start_ref)),
+            steroids=tuple(sorted(steroids, key=by_time_ref)),
+            sedations=tuple(sorted(sedations, key=by_start_ref)),
             orders=tuple(sorted(orders, key=_BY_REF)),
         )
 
@@ -826,13 +811,13 @@ def _condition(cond: Mapping[str, Any]) -> ConditionFact | None:
             region = "sacroiliac"
         elif t.KNEE in snomed:
             region = "knee"
-    return ConditionFact(
-        ref=f"{cond.get('resourceType')}/{cond.get('id')}",
-        codes=tuple(sorted(codes)),
-        onset=onset,
-        active=not inactive,
-        side=side,
-        region=region,
+    return ConditionFact(  # positional: the fields' order (ref, codes, onset, active, side, region)
+        f"{cond.get('resourceType')}/{cond.get('id')}",
+        tuple(sorted(codes)),
+        onset,
+        not inactive,
+        side,
+        region,
     )
 
 

@@ -14,6 +14,7 @@ import pytest
 
 from shared.domain import _json as j
 from shared.domain._frozen import quick_init, quick_replace
+from shared.domain.facts import PainReading, by_time_ref
 from shared.fhir.bundle import flatten, resolve
 from tests.conftest import FIXTURES, shared_path
 
@@ -96,8 +97,8 @@ def test_remembered_dates_are_the_dates_parsed_each_time() -> None:
         assert [j.parse_date(t) for t in texts] == [d.date() if d else None for d in fresh]
     minus5 = {id(j.parse_datetime(t).tzinfo) for t in texts[:3:2]}  # type: ignore[union-attr]
     assert len(minus5) == 1, "one timezone object for -05:00"
-    facts = [n.PainReading(f"Observation/{i}", "72514-3", 1.0, d, (), None) for i, d in enumerate(got) if d]
-    assert sorted(facts, key=n._by_time_ref) == sorted(facts, key=lambda f: (f.time, f.ref))
+    facts = [PainReading(f"Observation/{i}", "72514-3", 1.0, d, (), None) for i, d in enumerate(got) if d]
+    assert sorted(facts, key=by_time_ref) == sorted(facts, key=lambda f: (f.time, f.ref))
 
 
 def test_quick_init_runs_post_init() -> None:
