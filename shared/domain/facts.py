@@ -175,6 +175,11 @@ class PatientFacts:
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
+def since_epoch(time: datetime) -> timedelta:
+    """An aware datetime as time since the epoch: orders and compares as the datetime does."""
+    return time - _EPOCH
+
+
 def by_time_ref(fact: PainReading | SteroidExposure | FunctionScore) -> tuple[timedelta, str]:
     return fact.time - _EPOCH, fact.ref
 
