@@ -159,8 +159,11 @@ def parse_datetime(value: Any) -> datetime | None:
     found = _parse_datetime(value)
     if found is not None:
         zone = found.tzinfo
-        same = _ZONES.setdefault(zone, zone)
-        if same is not zone:
+        same = _ZONES.get(zone)
+        if same is None:
+            if len(_ZONES) < _ZONES_MAX:  # offsets of hostile input: past the bound, kept as read
+                _ZONES[zone] = zone
+        elif same is not zone:
             found = found.replace(tzinfo=same)
     _PARSED[value] = found
     return found
@@ -171,6 +174,7 @@ def parse_datetime(value: Any) -> datetime | None:
 #: (else each comparison asks both for their offset) — the engine compares times by the thousand.
 #: ``timezone`` objects of one offset are equal and print alike, so nothing read changes.
 _ZONES: dict[Any, Any] = {UTC: UTC}
+_ZONES_MAX = 1024
 
 
 def _parse_datetime(value: str) -> datetime | None:
