@@ -42,7 +42,11 @@ sys.path.insert(
 
 from services.recommender.assessor import Assessor
 from services.recommender.engine import evaluate
-from services.server import GC_THRESHOLDS
+
+try:
+    from services.cli import GC_THRESHOLDS
+except ImportError:  # a tree from before the start-up work moved it (--before, --tree)
+    from services.server import GC_THRESHOLDS  # type: ignore[attr-defined,no-redef]
 from shared.domain.relevance import classify
 from tests.bench._load import loadavg
 
