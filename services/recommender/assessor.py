@@ -102,11 +102,20 @@ class Assessor:
         (``alerts[].evidence``, for the DetectedIssues); empty lists when nothing applies."""
         return self.entry(self.facts(resources).get(patient_ref), patient_ref, now)
 
-    def entry(self, facts: PatientFacts | None, patient_ref: str, now: datetime) -> dict[str, Any]:
-        """:meth:`patient_entry` from facts already normalised (the evidence page draws them too)."""
+    def contexts(self, facts: Mapping[str, PatientFacts]) -> dict[str, PatientContext]:
+        """Each patient's :class:`PatientContext` (the engine's indexes and judged blocks, which
+        depend on the facts and the policy only), for a caller that asks both :meth:`entry` and
+        :meth:`outcomes_of` of one patient (the worker): built once, they serve both."""
+        return {ref: PatientContext(f, self.policy) for ref, f in facts.items()}
+
+    def entry(
+        self, facts: PatientFacts | None, patient_ref: str, now: datetime, ctx: PatientContext | None = None
+    ) -> dict[str, Any]:
+        """:meth:`patient_entry` from facts already normalised (the evidence page draws them too);
+        ``ctx``: their context when the caller keeps it (:meth:`contexts`)."""
         if facts is None:
             return empty_entry(patient_ref)
-        result = evaluate(facts, self.policy, now=now)
+        result = evaluate(facts, self.policy, now=now, ctx=ctx)
         entry = patient_entry(result, self.policy)
         for doc_alert, alert in zip(entry["alerts"], result.alerts, strict=True):
             if alert.evidence:
@@ -124,15 +133,18 @@ class Assessor:
         return self.outcomes_of(self.facts(resources).values(), now)
 
     def outcomes_of(
-        self, facts: Iterable[PatientFacts], now: datetime
+        self, patients: Iterable[PatientFacts | PatientContext], now: datetime
     ) -> tuple[list[tuple[Mapping[str, Any], bool | None]], datetime | None]:
-        """:meth:`procedure_outcomes` from facts already normalised (the worker has them)."""
+        """:meth:`procedure_outcomes` from facts already normalised, or from their contexts
+        (:meth:`contexts`: the worker's, which its :meth:`entry` has used already — the outcomes at
+        ``now`` are then not computed again)."""
         rows: list[tuple[Mapping[str, Any], bool | None]] = []
         until: datetime | None = None
-        for one in facts:
-            found = procedure_outcomes(one, self.policy, now)
+        for one in patients:
+            ctx = one if isinstance(one, PatientContext) else PatientContext(one, self.policy)
+            found = procedure_outcomes(ctx, now)
             rows += found
-            end = unchanged_until(one, found, now)
+            end = unchanged_until(ctx.facts, found, now)
             if end is not None and (until is None or end < until):
                 until = end
         return rows, until

@@ -149,14 +149,15 @@ class Worker:
         patient's: nothing to write) or when computing it failed (logged by type; the summary will
         evaluate that patient itself)."""
         facts = self.assessor.facts(patient.resources)
+        contexts = self.assessor.contexts(facts)  # one per patient, for the entry and the outcomes
         ref = patient_ref(key)
-        entry = self.assessor.entry(facts.get(ref), ref, now)
+        entry = self.assessor.entry(facts.get(ref), ref, now, contexts.get(ref))
         if not patient.resources or (
             cached_fingerprint is not None and cached_fingerprint == patient.fingerprint
         ):
             return entry, None
         try:
-            _, cached = outcome_cache.evaluate(self.assessor, self.outcome_tag, key, patient, now, facts)
+            _, cached = outcome_cache.evaluate(self.assessor, self.outcome_tag, key, patient, now, contexts)
         except Exception as exc:
             log.warning("worker.outcomes_failed", error=type(exc).__name__)
             return entry, None

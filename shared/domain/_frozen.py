@@ -53,3 +53,25 @@ def quick_init(cls: type[T]) -> type[T]:
     init.__doc__ = cls.__init__.__doc__
     cls.__init__ = init  # type: ignore[method-assign]
     return cls
+
+
+_REPLACERS: dict[type, Any] = {}
+
+
+def quick_replace(obj: T, /, **changes: Any) -> T:
+    """:func:`dataclasses.replace` for a :func:`quick_init` class at a fraction of its cost (which
+    lists the fields and builds the arguments anew on every call): the copy is built by a function
+    written once per class, through the class's own ``__init__`` (``__post_init__`` runs)."""
+    cls = type(obj)
+    replacer = _REPLACERS.get(cls)
+    if replacer is None:
+        names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+        args = ", ".join(f"{n}=c[{n!r}] if {n!r} in c else o.{n}" for n in names)
+        namespace: dict[str, Any] = {"cls": cls}
+        exec(f"def replace(o, c):\n    return cls({args})\n", namespace)
+        replacer = _REPLACERS[cls] = (frozenset(names), namespace["replace"])
+    known, build = replacer
+    if not known.issuperset(changes):
+        raise TypeError(f"{cls.__name__}: no field {sorted(set(changes) - known)[0]!r}")
+    result: T = build(obj, changes)
+    return result

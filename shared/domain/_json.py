@@ -31,41 +31,61 @@ def codings(concept: Any) -> Iterator[Mapping[str, Any]]:
                         yield c
 
 
+# The readers below walk the codings inline (no generator): they run on every resource read.
+
+
 def code_set(concept: Any, systems: frozenset[str] | str) -> set[str]:
+    """Codes (stripped) of the codings of ``systems`` (one system or a set of them)."""
+    out: set[str] = set()
     if concept is None:
-        return set()
-    if type(systems) is str:
-        return {
-            str(c["code"]).strip() for c in codings(concept) if c.get("system") == systems and "code" in c
-        }
-    return {str(c["code"]).strip() for c in codings(concept) if c.get("system") in systems and "code" in c}
+        return out
+    one = type(systems) is str
+    for cc in concept if type(concept) is list else (concept,):
+        if type(cc) is dict:
+            coding = cc.get("coding")
+            if type(coding) is list:
+                for c in coding:
+                    if type(c) is dict and "code" in c:
+                        system = c.get("system")
+                        if (system == systems) if one else (system in systems):
+                            out.add(str(c["code"]).strip())
+    return out
 
 
 def texts(concept: Any) -> list[str]:
     """``text`` of the concept(s) and ``display`` of their codings."""
     out: list[str] = []
-    for cc in as_list(concept):
+    if concept is None:
+        return out
+    for cc in concept if type(concept) is list else (concept,):
         if type(cc) is dict:
             text = cc.get("text")
             if type(text) is str:
                 out.append(text)
-            for c in codings(cc):
-                display = c.get("display")
-                if type(display) is str:
-                    out.append(display)
+            coding = cc.get("coding")
+            if type(coding) is list:
+                for c in coding:
+                    if type(c) is dict:
+                        display = c.get("display")
+                        if type(display) is str:
+                            out.append(display)
     return out
 
 
 def procedure_codes(concept: Any) -> list[str]:
     """CPT or HCPCS codes of a CodeableConcept (CONTRACT §4: SNOMED is never mapped)."""
-    out = []
-    for c in codings(concept):
-        system = c.get("system")
-        code = c.get("code")
-        if not isinstance(code, str):
-            continue
-        if system == t.CPT or system in t.HCPCS_SYSTEMS:
-            out.append(code.strip().upper())
+    out: list[str] = []
+    for cc in concept if type(concept) is list else (concept,):
+        if type(cc) is dict:
+            coding = cc.get("coding")
+            if type(coding) is list:
+                for c in coding:
+                    if type(c) is dict:
+                        code = c.get("code")
+                        if isinstance(code, str):
+                            system = c.get("system")
+                            if system == t.CPT or system in t.HCPCS_SYSTEMS:
+                                out.append(code.strip().upper())
     return out
 
 
@@ -92,7 +112,7 @@ def words_in(text: str) -> frozenset[str]:
 
 
 def reference(value: Any) -> str | None:
-    if isinstance(value, Mapping):
+    if type(value) is dict or (value is not None and isinstance(value, Mapping)):
         ref = value.get("reference")
         if isinstance(ref, str):
             return ref
@@ -117,13 +137,48 @@ def parse_instant(value: Any) -> datetime | None:
     return parsed if parsed.tzinfo else None
 
 
+_PARSED: dict[str, datetime | None] = {}
+_PARSED_MAX = 8192  # entries (cleared when full)
+
+
 def parse_datetime(value: Any) -> datetime | None:
     """FHIR dateTime/instant/date → aware datetime; date-only values are midnight UTC of that date.
 
     A partial date (``2019`` or ``2019-05``) is its first day. A time without offset is read as UTC.
-    Unparseable values give ``None``.
+    Unparseable values give ``None``. Each distinct string is parsed once (bounded): a call reads
+    the same dates more than once, and dates recur across patients (datetimes are immutable).
     """
-    if type(value) is not str or not value:
+    if type(value) is not str:
+        return None
+    try:
+        return _PARSED[value]
+    except KeyError:
+        pass
+    if len(_PARSED) >= _PARSED_MAX:
+        _PARSED.clear()
+    found = _parse_datetime(value)
+    if found is not None:
+        zone = found.tzinfo
+        same = _ZONES.get(zone)
+        if same is None:
+            if len(_ZONES) < _ZONES_MAX:  # offsets of hostile input: past the bound, kept as read
+                _ZONES[zone] = zone
+        elif same is not zone:
+            found = found.replace(tzinfo=same)
+    _PARSED[value] = found
+    return found
+
+
+#: One ``timezone`` object per offset: ``fromisoformat`` makes a new one for every string with an
+#: offset, and two aware datetimes compare quickly only when their ``tzinfo`` is the same object
+#: (else each comparison asks both for their offset) — the engine compares times by the thousand.
+#: ``timezone`` objects of one offset are equal and print alike, so nothing read changes.
+_ZONES: dict[Any, Any] = {UTC: UTC}
+_ZONES_MAX = 1024
+
+
+def _parse_datetime(value: str) -> datetime | None:
+    if not value:
         return None
     if len(value) > 10:
         try:
@@ -147,9 +202,22 @@ def parse_datetime(value: Any) -> datetime | None:
     return dt
 
 
+_DATES: dict[str, date | None] = {}
+
+
 def parse_date(value: Any) -> date | None:
+    """The date of :func:`parse_datetime` (each distinct string once, bounded)."""
+    if type(value) is not str:
+        return None
+    try:
+        return _DATES[value]
+    except KeyError:
+        pass
+    if len(_DATES) >= _PARSED_MAX:
+        _DATES.clear()
     dt = parse_datetime(value)
-    return dt.date() if dt else None
+    found = _DATES[value] = dt.date() if dt else None
+    return found
 
 
 def period_start_end(resource: Mapping[str, Any], prefix: str) -> tuple[datetime | None, datetime | None]:
@@ -158,7 +226,7 @@ def period_start_end(resource: Mapping[str, Any], prefix: str) -> tuple[datetime
     if dt:
         return dt, dt
     period = resource.get(prefix + "Period")
-    if isinstance(period, Mapping):
+    if period is not None and isinstance(period, Mapping):
         start = parse_datetime(period.get("start"))
         end = parse_datetime(period.get("end"))
         return start or end, end or start

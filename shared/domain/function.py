@@ -53,6 +53,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 from shared.domain import _json as j
@@ -308,12 +309,22 @@ class Total:
 def instrument_in_text(*texts: str) -> str | None:
     """The instrument a free text names (code text, questionnaire canonical), or None."""
     for text in texts:
-        if not text:
-            continue
-        spaced = re.sub(r"(?<=[a-z])(?=[A-Z])", " ", text)  # "NeckDisabilityIndex" → "Neck Disability Index"
-        for inst, pattern in _TEXT_PATTERNS:
-            if pattern.search(text) or pattern.search(spaced):
-                return inst
+        if text:
+            found = _instrument_in(text)
+            if found is not None:
+                return found
+    return None
+
+
+_CAMEL = re.compile(r"(?<=[a-z])(?=[A-Z])")
+
+
+@lru_cache(maxsize=4096)  # code texts and canonicals repeat across resources and patients
+def _instrument_in(text: str) -> str | None:
+    spaced = _CAMEL.sub(" ", text)  # "NeckDisabilityIndex" → "Neck Disability Index"
+    for inst, pattern in _TEXT_PATTERNS:
+        if pattern.search(text) or pattern.search(spaced):
+            return inst
     return None
 
 

@@ -1,4 +1,4 @@
-"""FHIR R4 raw JSON → clinical facts (CONTRACT §4), pure and stdlib-only.
+"""FHIR R4 raw JSON → clinical facts (CONTRACT §4), pure (the standard library and orjson).
 
 :func:`normalize` takes reference-resolved resources of one or several patients (see
 :mod:`shared.fhir.bundle`) and returns ``{"Patient/<id>": PatientFacts}``. Each fact is read from
@@ -18,6 +18,8 @@ from functools import lru_cache
 from operator import attrgetter
 from typing import Any
 
+import orjson
+
 from shared.domain import _json as j
 from shared.domain import terminology as t
 from shared.domain.facts import (
@@ -31,6 +33,9 @@ from shared.domain.facts import (
     PatientFacts,
     Sedation,
     SteroidExposure,
+    by_end_ref,
+    by_start_ref,
+    by_time_ref,
 )
 from shared.domain.function import SCALES, Total, observation_totals, questionnaire_totals
 from shared.domain.relevance import classify, patient_reference
@@ -139,7 +144,7 @@ def reading_value(obs: Mapping[str, Any], scale: str) -> float | None:
     if "valueInteger" in obs and isinstance(obs["valueInteger"], int | float):
         return float(obs["valueInteger"])
     q = obs.get("valueQuantity")
-    if isinstance(q, Mapping) and isinstance(q.get("value"), int | float):
+    if q is not None and isinstance(q, Mapping) and isinstance(q.get("value"), int | float):
         value = float(q["value"])
         if scale == t.VAS and str(q.get("code") or q.get("unit") or "").lower() == "cm":
             value *= 10
@@ -312,13 +317,12 @@ def _site(
     ``bodySite``, ``code`` and ``note`` read, so it is remembered by their text (bounded)."""
     if "extension" in resource:
         return _site_of(resource, kind, default_region, bs_index)
-    key = (
-        kind,
-        default_region,
-        repr(resource.get("bodySite")),
-        repr(resource.get("code")),
-        repr(resource.get("note")),
-    )
+    read = (resource.get("bodySite"), resource.get("code"), resource.get("note"))
+    try:
+        text = orjson.dumps(read)  # a tenth of repr's cost
+    except TypeError:  # not plain JSON (a key that is not a string, a huge integer): as written
+        text = repr(read).encode()
+    key = (kind, default_region, text)
     site: _Site = _remember(_SITES, key, lambda: _site_of(resource, kind, default_region, bs_index))
     return site
 
@@ -405,9 +409,7 @@ def _medication_concept(resource: Mapping[str, Any], meds: Mapping[str, Mapping[
 
 
 # --- per patient -------------------------------------------------------------------------------------
-_BY_END_REF = attrgetter("end", "ref")
-_BY_TIME_REF = attrgetter("time", "ref")
-_BY_START_REF = attrgetter("start", "ref")
+_BY_DAY_REF = attrgetter("start", "ref")  # conservative care: a date
 _BY_REF = attrgetter("ref")
 
 
@@ -494,7 +496,7 @@ class _Builder:
                 key = (score.instrument, score.time, score.value)
                 if key not in out or (score.code is not None and out[key].code is None):
                     out[key] = score
-        return sorted(out.values(), key=lambda f: (f.time, f.ref))
+        return sorted(out.values(), key=by_time_ref)
 
     def readings(self) -> list[PainReading]:
         replaced: set[str] = set()
@@ -614,13 +616,13 @@ class _Builder:
             patient=self.patient,
             sex=self.sex,
             birth_date=self.birth,
-            interventions=tuple(sorted(interventions, key=_BY_END_REF)),
-            readings=tuple(sorted(self.readings(), key=_BY_TIME_REF)),
+            interventions=tuple(sorted(interventions, key=by_end_ref)),
+            readings=tuple(sorted(self.readings(), key=by_time_ref)),
             function_scores=tuple(self.function_scores()) if self.function_resources else (),
             conditions=tuple(sorted(self.conditions, key=_BY_REF)),
-            conservative_care=tuple(sorted(self.care, key=_BY_START_REF)),
-            steroids=tuple(sorted(steroids, key=_BY_TIME_REF)),
-            sedations=tuple(sorted(sedations, key=_BY_START_REF)),
+            conservative_care=tuple(sorted(self.care, key=_BY_DAY_REF)),
+            steroids=tuple(sorted(steroids, key=by_time_ref)),
+            sedations=tuple(sorted(sedations, key=by_start_ref)),
             orders=tuple(sorted(orders, key=_BY_REF)),
         )
 
@@ -756,44 +758,66 @@ _VERIFICATION = "http://terminology.hl7.org/CodeSystem/condition-ver-status"
 _CLINICAL = "http://terminology.hl7.org/CodeSystem/condition-clinical"
 
 
+@lru_cache(maxsize=4096)  # a chart's codes come from a small vocabulary
+def _condition_code(system: str, code: str) -> str | None:
+    """A Condition coding as a fact code: ICD-10-CM without dots, upper case; SNOMED ``SCT:<code>``."""
+    if system == t.ICD10CM:
+        return _icd(code)
+    if system == t.SNOMED:
+        return f"SCT:{code.strip()}"
+    return None
+
+
 def _condition(cond: Mapping[str, Any]) -> ConditionFact | None:
     verification = cond.get("verificationStatus")
-    if verification is not None and j.code_set(verification, _VERIFICATION) & _VOID_VERIFICATION:
+    if verification is not None and not _VOID_VERIFICATION.isdisjoint(
+        j.code_set(verification, _VERIFICATION)
+    ):
         return None
     clinical = cond.get("clinicalStatus")
-    inactive = clinical is not None and bool(j.code_set(clinical, _CLINICAL) & _INACTIVE_CONDITION)
+    inactive = clinical is not None and not _INACTIVE_CONDITION.isdisjoint(j.code_set(clinical, _CLINICAL))
     icd: set[str] = set()
-    snomed_codes: set[str] = set()
-    for c in j.codings(cond.get("code")):
-        if "code" not in c:
-            continue
-        system = c.get("system")
-        if system == t.ICD10CM:
-            icd.add(_icd(str(c["code"])))
-        elif system == t.SNOMED:
-            snomed_codes.add(f"SCT:{str(c['code']).strip()}")
+    codes: set[str] = set()
+    concept = cond.get("code")
+    for cc in concept if type(concept) is list else (concept,):
+        coding = cc.get("coding") if type(cc) is dict else None
+        if type(coding) is list:
+            for c in coding:
+                system = c.get("system") if type(c) is dict and "code" in c else None
+                if type(system) is str:
+                    found = _condition_code(system, str(c["code"]))
+                    if found is not None:
+                        codes.add(found)
+                        if not found.startswith("SCT:"):
+                            icd.add(found)
     onset = j.parse_date(cond.get("onsetDateTime"))
-    if onset is None and isinstance(cond.get("onsetPeriod"), Mapping):
-        onset = j.parse_date(cond["onsetPeriod"].get("start"))
     if onset is None:
-        onset = j.parse_date(cond.get("recordedDate"))
+        period = cond.get("onsetPeriod")
+        if period is not None and isinstance(period, Mapping):
+            onset = j.parse_date(period.get("start"))
+        if onset is None:
+            onset = j.parse_date(cond.get("recordedDate"))
     body = cond.get("bodySite")
     side = side_from_codings(body) or side_from_text(*j.texts(body)) if body is not None else None
-    icd_sorted = sorted(icd)  # the first ICD-10-CM code (in code order) naming a region decides
-    region = next((r for r in map(condition_region, icd_sorted) if r), None)
+    # the first ICD-10-CM code (in code order) naming a region decides
+    region = None
+    for code in sorted(icd) if len(icd) > 1 else icd:
+        region = condition_region(code)
+        if region:
+            break
     if region is None and body is not None:
         snomed = j.code_set(body, t.SNOMED)
         if t.SACROILIAC_JOINT in snomed:
             region = "sacroiliac"
         elif t.KNEE in snomed:
             region = "knee"
-    return ConditionFact(
-        ref=_ref(cond),
-        codes=tuple(sorted(icd | snomed_codes)),
-        onset=onset,
-        active=not inactive,
-        side=side,
-        region=region,
+    return ConditionFact(  # positional: the fields' order (ref, codes, onset, active, side, region)
+        f"{cond.get('resourceType')}/{cond.get('id')}",
+        tuple(sorted(codes)),
+        onset,
+        not inactive,
+        side,
+        region,
     )
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 from shared.domain import _json as j
@@ -53,8 +54,13 @@ KEPT_TYPES = (
 )
 
 
+@lru_cache(maxsize=256)  # frozen: one instance per answer, not one per resource classified
+def _relevance(kept: bool, category: str, reason: str = "") -> Relevance:
+    return Relevance(kept, category, reason)
+
+
 def _drop(category: str, reason: str) -> Relevance:
-    return Relevance(False, category, reason)
+    return _relevance(False, category, reason)
 
 
 def _medication_names(resource: Mapping[str, Any]) -> set[str] | None:
@@ -76,16 +82,18 @@ def _medication_names(resource: Mapping[str, Any]) -> set[str] | None:
 def _classify_medication(resource: Mapping[str, Any]) -> Relevance:
     names = _medication_names(resource)
     if names is None:
-        return Relevance(True, "medication", "agent in a referenced Medication")
+        return _relevance(True, "medication", "agent in a referenced Medication")
+    if not names:  # most of a chart's medications: no agent the rules know
+        return _drop("medication", "not a medication Pinpoint's rules use")
     steroids = names & t.STEROID_NAMES
     if steroids and not any(j.route_is_oral(r) for r in j.dosage_routes(resource)):
-        return Relevance(True, "steroid-injection")
+        return _relevance(True, "steroid-injection")
     if names & t.ANAESTHETIC_NAMES:
-        return Relevance(True, "anaesthetic")
+        return _relevance(True, "anaesthetic")
     if names & t.SEDATIVE_NAMES:
-        return Relevance(True, "sedation")
+        return _relevance(True, "sedation")
     if names & t.NSAID_WORDS:
-        return Relevance(True, "conservative-care")
+        return _relevance(True, "conservative-care")
     if steroids:
         return _drop("medication", "oral corticosteroid")
     return _drop("medication", "not a medication Pinpoint's rules use")
@@ -95,15 +103,15 @@ def _classify_procedure(resource: Mapping[str, Any]) -> Relevance:
     codes = j.procedure_codes(resource.get("code"))
     for code in codes:
         if code in t.PROCEDURE_KINDS:
-            return Relevance(True, "intervention")
+            return _relevance(True, "intervention")
     for code in codes:
         if code in t.SEDATION_CPT:
-            return Relevance(True, "sedation")
+            return _relevance(True, "sedation")
         if code in t.PHYSICAL_THERAPY_CPT:
-            return Relevance(True, "conservative-care")
+            return _relevance(True, "conservative-care")
     used = resource.get("usedCode")
     if used is not None and j.rxnorm_names(used) & t.STEROID_NAMES:
-        return Relevance(True, "steroid-injection")
+        return _relevance(True, "steroid-injection")
     if j.code_set(resource.get("code"), t.SNOMED) & t.NOT_PAIN_SNOMED:
         return _drop("procedure", "not a pain intervention (SNOMED procedure codes are never mapped)")
     return _drop("procedure", "no code of a pain intervention, sedation or physical therapy")
@@ -127,7 +135,7 @@ def _classify_observation(resource: Mapping[str, Any]) -> Relevance:
     if instrument_in_text(*names) is not None:
         return _FUNCTION_SCORE
     if any(_PROVOCATION.search(x) for x in names):
-        return Relevance(True, "provocation-test")
+        return _relevance(True, "provocation-test")
     return _NOT_USED_OBSERVATION
 
 
@@ -139,28 +147,28 @@ def classify(resource: Mapping[str, Any]) -> Relevance:
     if j.is_own_proposal(resource):
         return _drop("own-proposal", "Pinpoint's own proposal (urn:pinpoint:recommendation)")
     if rtype == "Patient":
-        return Relevance(True, "patient")
+        return _relevance(True, "patient")
     if rtype == "Condition":
-        return Relevance(True, "condition")
+        return _relevance(True, "condition")
     if rtype == "BodyStructure":
-        return Relevance(True, "body-structure")
+        return _relevance(True, "body-structure")
     if rtype == "Procedure":
         return _classify_procedure(resource)
     if rtype == "Observation":
         return _classify_observation(resource)
     if rtype == "QuestionnaireResponse":
         if questionnaire_instrument(resource) is not None:
-            return Relevance(True, "function-score")
+            return _relevance(True, "function-score")
         return _drop("questionnaire-response", "not a functional instrument Pinpoint's rules use")
     if rtype in _MEDICATION_TYPES:
         return _classify_medication(resource)
     if rtype == "Medication":
         if j.rxnorm_names(resource.get("code")):
-            return Relevance(True, "medication")
+            return _relevance(True, "medication")
         return _drop("medication", "not a medication Pinpoint's rules use")
     if rtype == "ServiceRequest":
         if any(c in t.PROCEDURE_KINDS for c in j.procedure_codes(resource.get("code"))):
-            return Relevance(True, "order")
+            return _relevance(True, "order")
         return _drop("order", "code maps to no pathway")
     return _drop(rtype.lower(), f"{rtype} is not used by Pinpoint's rules")
 

@@ -6,12 +6,13 @@ with their pain diaries, radiofrequency ablation, follow-up scores, a draft orde
 inside Synthea-shaped noise (encounters, claims, vital signs, reports, immunizations), only the
 resources ingest keeps, decoded from JSON as the worker reads them; *light* — the pain history
 alone. Prints CPU time per patient of each step and patients/s per core of the worker's path
-(normalise + evaluate + §3 entry; target >= 2,000 on realistic histories), and the load.
+(normalise + evaluate + §3 entry; target >= 2,000 on realistic histories), the worker's whole step
+(normalise, §3 entry and outcome rows, as ``Worker.evaluate``), and the load.
 
 ``--before REF`` (e.g. ``main``): that commit's source too (``git archive``, bytecode compiled, on
-this environment), each side a process of its own running the same patients, alternated
-(before, after, before again, …, ``--rounds`` of each); then the realistic set's figures of every
-run side by side with the load average at each.
+this environment), each side a process of its own running this script's patients and steps over
+its source (``--tree``), alternated (before, after, before again, …, ``--rounds`` of each); then
+the realistic set's figures of every run side by side with the load average at each.
 """
 
 from __future__ import annotations
@@ -31,11 +32,21 @@ from typing import Any
 
 import orjson
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+# --tree DIR: the source to measure (--before runs this script over the older commit's)
+sys.path.insert(
+    0,
+    sys.argv[sys.argv.index("--tree") + 1]
+    if "--tree" in sys.argv
+    else str(Path(__file__).resolve().parents[2]),
+)
 
-from services.cli import GC_THRESHOLDS
 from services.recommender.assessor import Assessor
 from services.recommender.engine import evaluate
+
+try:
+    from services.cli import GC_THRESHOLDS
+except ImportError:  # a tree from before the start-up work moved it (--before, --tree)
+    from services.server import GC_THRESHOLDS  # type: ignore[attr-defined,no-redef]
 from shared.domain.relevance import classify
 from tests.bench._load import loadavg
 
@@ -333,6 +344,19 @@ def realistic(i: int, rng: random.Random) -> list[dict[str, Any]]:
     return [r for r in history + noise(history[0]["id"], rng) if classify(r).kept]
 
 
+def worker_step(assessor: Assessor, resources: list[dict[str, Any]], ref: str, now: datetime) -> None:
+    """What ``Worker.evaluate`` does for a patient whose outcome rows are due: normalise, the §3
+    entry, the outcome rows (``Assessor.outcomes_of``)."""
+    facts = assessor.facts(resources)
+    if hasattr(assessor, "contexts"):  # one context per patient serves both (issue 21)
+        contexts = assessor.contexts(facts)
+        assessor.entry(facts.get(ref), ref, now, contexts.get(ref))
+        assessor.outcomes_of(contexts.values(), now)
+    else:  # an older tree (--before)
+        assessor.entry(facts.get(ref), ref, now)
+        assessor.outcomes_of(facts.values(), now)
+
+
 def _run(label: str, patients: list[list[dict[str, Any]]], blobs: list[bytes], now: datetime) -> float:
     """Decode + normalise + evaluate + §3 entry (the worker's path) on one core; patients/s."""
     assessor = Assessor.load("cms-lcd")
@@ -358,6 +382,11 @@ def _run(label: str, patients: list[list[dict[str, Any]]], blobs: list[bytes], n
         key = next(r for r in resources if r["resourceType"] == "Patient")["id"]
         assessor.patient_entry(resources, f"Patient/{key}", now)
     total = time.process_time() - c0
+    c0 = time.process_time()
+    for resources in patients:
+        key = next(r for r in resources if r["resourceType"] == "Patient")["id"]
+        worker_step(assessor, resources, f"Patient/{key}", now)
+    step = time.process_time() - c0
     n = len(patients)
     sizes = [len(p) for p in patients]
     verdicts = sum(len(r.assessments) + len(r.order_checks) for rs in results for r in rs)
@@ -372,6 +401,7 @@ def _run(label: str, patients: list[list[dict[str, Any]]], blobs: list[bytes], n
     )
     rate = n / total
     print(f"  normalise+evaluate+entry: {rate:,.0f} patients/s per core (target >= 2,000)")
+    print(f"  the worker's step (normalise, entry, outcome rows): {step * us:.0f} µs a patient")
     return rate
 
 
@@ -382,11 +412,11 @@ def side_by_side(n: int, before: str, rounds: int) -> None:
 
     with tempfile.TemporaryDirectory(prefix="pinpoint-evaluate-before-") as tmp:
         sides = [(before, source_of(before, Path(tmp))), ("this branch", ROOT)]
-        rows: list[tuple[str, float, float, str]] = []
+        rows: list[tuple[str, float, float, str, float, float, float]] = []
         for _ in range(rounds):
             for label, src in sides:
                 out = subprocess.run(
-                    [sys.executable, str(src / "tests/bench/evaluate.py"), str(n)],
+                    [sys.executable, str(Path(__file__).resolve()), str(n), "--tree", str(src)],
                     cwd=src,
                     capture_output=True,
                     text=True,
@@ -395,16 +425,24 @@ def side_by_side(n: int, before: str, rounds: int) -> None:
                 realistic_part = out.split("light (")[0]
                 us = float(re.findall(r"normalise\+evaluate\+entry (\d+) µs", realistic_part)[0])
                 rate = float(re.findall(r"([\d,]+) patients/s", realistic_part)[0].replace(",", ""))
-                rows.append((label, us, rate, loadavg()))
+                norm, engine = (
+                    float(x) for x in re.findall(r"normalise (\d+) µs, evaluate (\d+) µs", realistic_part)[0]
+                )
+                step = float(re.findall(r"outcome rows\): (\d+) µs", realistic_part)[0])
+                rows.append((label, us, rate, loadavg(), norm, engine, step))
                 print(
-                    f"{label:>12}: {us:5.0f} µs CPU a patient, {rate:6,.0f} patients/s per core;"
-                    f" load {rows[-1][3]}"
+                    f"{label:>12}: {us:5.0f} µs CPU a patient (normalise {norm:.0f}, evaluate {engine:.0f}),"
+                    f" {rate:6,.0f} patients/s per core; worker's step {step:.0f} µs; load {rows[-1][3]}"
                 )
     for label, _ in sides:
-        mine = sorted(r[1] for r in rows if r[0] == label)
+        mine = [r for r in rows if r[0] == label]
+
+        def median(i: int, mine: list[tuple[Any, ...]] = mine) -> float:
+            return float(sorted(r[i] for r in mine)[len(mine) // 2])
+
         print(
-            f"{label:>12}: median {mine[len(mine) // 2]:.0f} µs CPU a patient"
-            " (normalise+evaluate+entry, realistic)"
+            f"{label:>12}: median {median(1):.0f} µs CPU a patient (normalise+evaluate+entry, realistic:"
+            f" normalise {median(4):.0f}, evaluate {median(5):.0f}); worker's step {median(6):.0f} µs"
         )
 
 
@@ -426,6 +464,7 @@ if __name__ == "__main__":
     parser.add_argument("n", nargs="?", type=int, default=2000)
     parser.add_argument("--before", metavar="REF", help="also run git REF, alternating with this tree")
     parser.add_argument("--rounds", type=int, default=3, help="runs of each side with --before")
+    parser.add_argument("--tree", metavar="DIR", help="measure the source in DIR (what --before uses)")
     args = parser.parse_args()
     if args.before:
         side_by_side(args.n, args.before, args.rounds)

@@ -155,12 +155,12 @@ class _MarkedMidway(Assessor):
     patient_ref = "Patient/P-001-v05"
     fired = False
 
-    def entry(self, facts: Any, patient_ref: str, now: datetime) -> dict[str, Any]:
+    def entry(self, facts: Any, patient_ref: str, now: datetime, ctx: Any = None) -> dict[str, Any]:
         if patient_ref == self.patient_ref and not self.fired:
             self.fired = True
             with session_scope(self.engine) as session:
                 mark_dirty(session, ["default:P-001-v05"])
-        return super().entry(facts, patient_ref, now)
+        return super().entry(facts, patient_ref, now, ctx)
 
 
 def test_a_mark_moving_mid_batch_leaves_that_patient_dirty_and_stores_the_others(

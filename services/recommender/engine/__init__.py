@@ -7,7 +7,6 @@ Public API: :func:`evaluate` (one patient), :func:`assessment_document` (CONTRAC
 
 from __future__ import annotations
 
-from dataclasses import replace
 from datetime import datetime
 
 from services.recommender.engine import alerts as _alerts
@@ -19,6 +18,7 @@ from services.recommender.engine.pathways import dispatch, facet, steroid
 from services.recommender.engine.policy import Policy, PolicyError
 from services.recommender.engine.relief import PatientContext
 from shared.domain import terminology as t
+from shared.domain._frozen import quick_replace
 from shared.domain.facts import PatientFacts
 
 _FACET_KINDS = frozenset({t.FACET_BLOCK, t.FACET_BLOCK_US, t.FACET_RFA})
@@ -56,23 +56,23 @@ def evaluate(
             # never suggest a steroid silently beside the yearly-steroid alert: name it
             caution = (cumulative.detail,)
             assessments = [
-                replace(a, cautions=caution) if a.next_step and a.pathway in STEROID_PATHWAYS else a
+                quick_replace(a, cautions=caution) if a.next_step and a.pathway in STEROID_PATHWAYS else a
                 for a in assessments
             ]
             checks = [
-                replace(c, cautions=caution)
+                quick_replace(c, cautions=caution)
                 if c.pathway in STEROID_PATHWAYS and c.verdict in _GOING_AHEAD
                 else c
                 for c in checks
             ]
     on = now.date()
     assessments = [
-        replace(a, documentation=_documentation.check(ctx, a.pathway, a.evidence, on, a.target.side))
+        quick_replace(a, documentation=_documentation.check(ctx, a.pathway, a.evidence, on, a.target.side))
         for a in assessments
     ]
     orders = {o.ref: o for o in facts.orders}
     checks = [
-        replace(
+        quick_replace(
             c,
             documentation=_documentation.check(
                 ctx,

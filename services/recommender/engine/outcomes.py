@@ -189,10 +189,14 @@ def outcome(ctx: PatientContext, iv: Intervention, pathway: str, now: datetime) 
 
 
 def outcomes(ctx: PatientContext, now: datetime) -> tuple[dict[str, Any], ...]:
-    """One entry per completed definitive or therapeutic procedure up to ``now``, oldest first."""
-    out = []
-    for iv in ctx.completed:
-        pathway = pathway_of(iv)
-        if pathway is not None and iv.end <= now:
-            out.append(outcome(ctx, iv, pathway, now))
-    return tuple(out)
+    """One entry per completed definitive or therapeutic procedure up to ``now``, oldest first
+    (once per context and ``now``: the worker's entry and its outcome rows both ask)."""
+    key = ("outcomes", now)
+    found: tuple[dict[str, Any], ...] | None = ctx.memo.get(key)
+    if found is None:
+        found = ctx.memo[key] = tuple(
+            outcome(ctx, iv, pathway, now)
+            for iv in ctx.completed
+            if (pathway := pathway_of(iv)) is not None and iv.end <= now
+        )
+    return found

@@ -27,7 +27,6 @@ from typing import Any
 from services.recommender.engine import outcomes as _outcomes
 from services.recommender.engine.model import Assessment
 from services.recommender.engine.pathways import dispatch, facet
-from services.recommender.engine.policy import Policy
 from services.recommender.engine.relief import PatientContext
 from shared.domain.facts import PatientFacts
 
@@ -44,12 +43,11 @@ def overlaps(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
     return not ja or not jb or bool(ja & jb)
 
 
-def procedure_outcomes(
-    facts: PatientFacts, policy: Policy, now: datetime
-) -> list[tuple[Mapping[str, Any], bool | None]]:
+def procedure_outcomes(ctx: PatientContext, now: datetime) -> list[tuple[Mapping[str, Any], bool | None]]:
     """``(outcome, criteria met the day before)`` per definitive or therapeutic procedure up to
-    ``now``, oldest first; the flag is None when no assessment of that pathway covered the target."""
-    ctx = PatientContext(facts, policy)
+    ``now``, oldest first; the flag is None when no assessment of that pathway covered the target.
+    ``ctx``: the patient's context (one evaluation of the patient at ``now`` may have used it
+    already: its outcomes are then reused)."""
     judged: dict[tuple[bool, datetime], list[Assessment]] = {}
     out: list[tuple[Mapping[str, Any], bool | None]] = []
     for outcome in _outcomes.outcomes(ctx, now):

@@ -8,6 +8,7 @@ on the reading's side when it states one). Readings on another scale are ignored
 
 from __future__ import annotations
 
+from bisect import bisect_left, bisect_right
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ from services.recommender.engine.policy import Policy
 from shared.domain import terminology as t
 from shared.domain._frozen import quick_init
 from shared.domain._json import add_months
-from shared.domain.facts import Intervention, PainReading, PatientFacts
+from shared.domain.facts import Intervention, PainReading, PatientFacts, by_end_ref, since_epoch
 
 POSITIVE, NEGATIVE, INVALID, UNEVALUABLE = "positive", "negative", "invalid", "unevaluable"
 
@@ -108,6 +109,8 @@ class PatientContext:
         self.facts = facts
         self.policy = policy
         self.completed = tuple(iv for iv in facts.interventions if iv.completed)
+        #: each reading's time since the epoch (:func:`~shared.domain.facts.since_epoch`), in order
+        self.reading_times = [since_epoch(r.time) for r in facts.readings]
         self._post = self._assign_post_readings()
         self._cache: dict[tuple[str, float], BlockResult] = {}
         self.sides_cache: dict[tuple[str | None, str], tuple[str, ...]] = {}
@@ -119,30 +122,31 @@ class PatientContext:
 
     # readings --------------------------------------------------------------------------------
     def _assign_post_readings(self) -> dict[str, list[PainReading]]:
+        """Times are compared as time since the epoch (:func:`~shared.domain.facts.since_epoch`:
+        exact, and cheap when the offsets of a chart's times differ)."""
         window = timedelta(hours=self.policy.g("post_window_hours"))
         by_ref = {iv.ref: iv for iv in self.completed}
-        # each block with the end of its window, computed once (not once per reading)
-        ordered = [(iv, iv.end + window) for iv in sorted(self.completed, key=lambda iv: (iv.end, iv.ref))]
+        ordered = sorted(self.completed, key=by_end_ref)  # by end, then ref
+        ends = [since_epoch(iv.end) for iv in ordered]
         out: dict[str, list[PainReading]] = defaultdict(list)
-        for reading in self.facts.readings:
-            time = reading.time
+        for reading, time in zip(self.facts.readings, self.reading_times, strict=True):
             if reading.part_of:
                 linked = [by_ref[r] for r in reading.part_of if r in by_ref]
                 if linked:
                     for iv in linked:
-                        if iv.end < time <= iv.end + window:
+                        if iv.end < reading.time <= iv.end + window:
                             out[iv.ref].append(reading)
                     continue
                 if any(r.startswith("Procedure/") for r in reading.part_of):
                     continue  # linked to a procedure that is not a kept block
-            best: Intervention | None = None
-            for iv, close in ordered:
-                if iv.end >= time:
+            # the latest block (by end, then ref) ended before the reading, within the window,
+            # on a compatible side: from the last that ended before it, backwards
+            for i in range(bisect_left(ends, time) - 1, -1, -1):
+                if time > ends[i] + window:
+                    break  # and every block before it ended earlier still
+                if sides_compatible(reading.side, ordered[i].side):
+                    out[ordered[i].ref].append(reading)
                     break
-                if time <= close and sides_compatible(reading.side, iv.side):
-                    best = iv
-            if best is not None:
-                out[best.ref].append(reading)
         return out
 
     def post_readings(self, block: Intervention) -> list[PainReading]:
@@ -158,14 +162,17 @@ class PatientContext:
         return best
 
     def _baseline(self, block: Intervention, window: timedelta) -> PainReading | None:
-        best = None
-        lo = block.start - window
-        for reading in self.facts.readings:
-            if reading.time > block.start:
-                break
-            if reading.time >= lo and sides_compatible(reading.side, block.side):
-                best = reading
-        return best
+        """The last reading (in time, then ref order) in ``[start - window, start]`` on a
+        compatible side: found from the window's end backwards (readings are in time order)."""
+        readings = self.facts.readings
+        times = self.reading_times
+        start = since_epoch(block.start)
+        first = bisect_left(times, start - window)
+        for i in range(bisect_right(times, start) - 1, first - 1, -1):
+            reading = readings[i]
+            if sides_compatible(reading.side, block.side):
+                return reading
+        return None
 
     def sedated(self, block: Intervention) -> bool:
         """IV sedation from ``sedation_lookback_minutes`` before the start to the end (CONTRACT §4)."""

@@ -100,15 +100,16 @@ def pain_onset(facts: PatientFacts, region: str) -> date | None:
     return _compute_onset(facts.conditions, regions_of_group(region))
 
 
-@lru_cache(maxsize=4096)
+@lru_cache(maxsize=4096)  # a chart's codes come from a small vocabulary
+def _names_pain(codes: tuple[str, ...]) -> bool:
+    return any(x.startswith(t.PAIN_CONDITIONS) for x in codes)
+
+
 def _compute_onset(conditions: tuple[ConditionFact, ...], group: frozenset[str]) -> date | None:
     """Earliest onset among active pain conditions of the region (CONTRACT §4 "diagnoses");
-    conditions that name no region count only when none names this one."""
-    pain = [
-        c
-        for c in conditions
-        if c.active and c.onset and any(x.startswith(t.PAIN_CONDITIONS) for x in c.codes)
-    ]
+    conditions that name no region count only when none names this one. (Not remembered by its
+    conditions: hashing them costs what computing it does, and another patient's never match.)"""
+    pain = [c for c in conditions if c.active and c.onset and _names_pain(c.codes)]
     regional = [c.onset for c in pain if c.region in group and c.onset]
     if not regional:
         regional = [c.onset for c in pain if c.region is None and c.onset]

@@ -25,7 +25,7 @@ from sqlalchemy.engine import Engine
 from services.recommender.engine import Policy
 from services.recommender.engine.relief import PatientContext
 from shared.db.models import EvidenceSnapshot
-from shared.domain.facts import Injectate, Intervention, PainReading, PatientFacts, Sedation
+from shared.domain.facts import Injectate, Intervention, PainReading, PatientFacts, Sedation, by_time_ref
 from shared.logging import get_logger
 
 log = get_logger("pinpoint.evidence.snapshots")
@@ -130,7 +130,7 @@ def minimal_facts(
             end, last = iv.end, iv.end + _DEFINITIVE_LOOK
             post = [r for r in facts.readings if end < r.time <= last]
         for r in [*([base] if base else []), *post]:
-            readings[r.ref + r.time.isoformat()] = r
+            readings[r.ref] = r  # a reference is one reading of the facts
     lookback = timedelta(minutes=policy.g("sedation_lookback_minutes"))
     sedations = tuple(
         s for s in facts.sedations if any(s.start <= iv.end and s.end >= iv.start - lookback for iv in used)
@@ -140,7 +140,7 @@ def minimal_facts(
         sex=facts.sex,
         birth_date=facts.birth_date,
         interventions=used,
-        readings=tuple(sorted(readings.values(), key=lambda r: (r.time, r.ref))),
+        readings=tuple(sorted(readings.values(), key=by_time_ref)),
         sedations=sedations,
     )
 

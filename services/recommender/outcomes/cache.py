@@ -42,6 +42,7 @@ from sqlmodel import Session
 import services.recommender.engine as _engine_pkg
 import shared.domain as _domain_pkg
 from services.recommender.assessor import Assessor
+from services.recommender.engine import PatientContext
 from services.recommender.patients.repository import Loaded
 from shared.db.models import OutcomeCache
 from shared.domain.facts import PatientFacts
@@ -85,12 +86,13 @@ def evaluate(
     key: str,
     patient: Loaded,
     now: datetime,
-    facts: Mapping[str, PatientFacts] | None = None,
+    facts: Mapping[str, PatientFacts] | Mapping[str, PatientContext] | None = None,
 ) -> tuple[Rows, dict[str, Any]]:
     """A patient's rows at ``now`` (:meth:`Assessor.outcomes_of`) and its cache entry: the
     fingerprint ``patient`` was loaded with (``load_patients(…, fingerprint=True)``), the engine
     ``tag`` (:func:`engine_tag`), valid from ``now`` until the rows could change. ``facts``: the
-    patient's resources already normalised (else normalised here)."""
+    patient's resources already normalised, or their contexts (:meth:`Assessor.contexts`: the
+    worker's, shared with its entry); else normalised here."""
     if patient.fingerprint is None:
         raise ValueError("the patient was loaded without its fingerprint")
     if facts is None:

@@ -378,10 +378,10 @@ async def test_a_failing_patient_backs_off_alone(engine: Engine, settings: Setti
     from services.recommender.worker import Worker
 
     class Flaky(Assessor):
-        def entry(self, facts: Any, patient_ref: str, now: datetime) -> dict[str, Any]:
+        def entry(self, facts: Any, patient_ref: str, now: datetime, ctx: Any = None) -> dict[str, Any]:
             if patient_ref == "Patient/bad":
                 raise ValueError("cannot evaluate")
-            return super().entry(facts, patient_ref, now)
+            return super().entry(facts, patient_ref, now, ctx)
 
     with session_scope(engine) as s:
         mark_dirty(s, ["default:bad", "default:good"])

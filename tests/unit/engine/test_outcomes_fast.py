@@ -113,3 +113,20 @@ def test_rows_stay_the_same_until_the_instant_given() -> None:
         if until is not None:  # and the bound is needed: a little later, something may change
             assert until > now
     assert lasting >= 50
+
+
+@pytest.mark.parametrize("now", NOWS, ids=["2025-02", "2026-12"])
+def test_worker_sharing_one_context_gives_the_same_entry_and_rows(now: datetime) -> None:
+    """The worker builds each patient's context once (:meth:`Assessor.contexts`) for its entry and
+    its outcome rows: both are what separate evaluations give, on every vignette."""
+    assessor = Assessor.load("cms-lcd")
+    with_rows = 0
+    for folder in VIGNETTES:
+        facts = assessor.facts(_resources(folder))
+        contexts = assessor.contexts(facts)
+        for ref, one in facts.items():
+            assert assessor.entry(one, ref, now, contexts[ref]) == assessor.entry(one, ref, now), folder.name
+        shared = assessor.outcomes_of(contexts.values(), now)
+        assert shared == assessor.outcomes_of(facts.values(), now), folder.name
+        with_rows += bool(shared[0])
+    assert with_rows >= 5
