@@ -231,7 +231,7 @@ class Importer:
                 tally.add(item.resource_type, decision.status)
                 decisions.append(decision)
             kept = [d.prepared for d in decisions if d.prepared is not None]
-            results = store_resources(session, self.source.id, kept)
+            results = store_resources(session, self.source.id, kept, expect_new=not self.look_first)
             add_dead_letters(session, dead)
             resolver.session = None
         self.report.resources += len(items)
