@@ -35,17 +35,8 @@ _LOOKUP_CHUNK = 900
 
 def content_hash(resource: dict[str, Any]) -> str:
     """Hash of a resource's content, ignoring ``meta`` (a re-delivery with new meta is the same)."""
-    return _hashed(resource)[0]
-
-
-def _hashed(resource: dict[str, Any]) -> tuple[str, bytes]:
-    """:func:`content_hash` and the resource's JSON text: without ``meta``, the very bytes that
-    were hashed (one serialisation for both)."""
-    if "meta" in resource:
-        body = orjson.dumps({k: v for k, v in resource.items() if k != "meta"}, option=orjson.OPT_SORT_KEYS)
-        return hashlib.sha256(body).hexdigest(), orjson.dumps(resource)
-    text = orjson.dumps(resource, option=orjson.OPT_SORT_KEYS)
-    return hashlib.sha256(text).hexdigest(), text
+    body = {k: v for k, v in resource.items() if k != "meta"} if "meta" in resource else resource
+    return hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
 @dataclass(frozen=True, slots=True)
@@ -424,7 +415,6 @@ def _create_first(session: Session, source: str, items: Sequence[Prepared]) -> l
     rows = []
     for key in sorted(first):
         item = items[first[key]]
-        digest, text = _hashed(item.raw)
         stamp = item.last_updated
         rows.append(
             {
@@ -433,8 +423,8 @@ def _create_first(session: Session, source: str, items: Sequence[Prepared]) -> l
                 "patient_key": item.patient_key,
                 "version_id": item.version_id,
                 "last_updated": stamp.isoformat() if stamp else None,
-                "content_hash": digest,
-                "raw": orjson.Fragment(text),
+                "content_hash": content_hash(item.raw),
+                "raw": item.raw,
             }
         )
     params = {"source": source, "now": utcnow(), "rows": _json_doc(rows)}
