@@ -185,6 +185,23 @@ class Statistics:
             )
 
 
+#: The pooled connection's ``info`` key: it commits without waiting for the WAL flush.
+_ASYNC_COMMIT = "pinpoint.async_commit"
+
+
+def _commit_mode(session: Session, info: dict[Any, Any], durable: bool) -> None:
+    """PostgreSQL: ``synchronous_commit`` of the connection for this batch's transaction, set in
+    the session (one statement a run of batches, not one a batch). Back to on for a durable batch,
+    with a commit record of its own even should the batch write nothing (a transaction id): its
+    commit waits for the WAL up to it, the earlier batches' commits included."""
+    if not durable and not info.get(_ASYNC_COMMIT):
+        driver_rows(session, "SET synchronous_commit = off", None)
+        info[_ASYNC_COMMIT] = True
+    elif durable and info.get(_ASYNC_COMMIT):
+        driver_rows(session, "SELECT set_config('synchronous_commit', 'on', false), txid_current()", None)
+        info.pop(_ASYNC_COMMIT)
+
+
 class Importer:
     """Writes candidates in batches for one source; counts everything in :attr:`report`."""
 
@@ -203,8 +220,6 @@ class Importer:
         self.statistics = statistics or Statistics(engine, 2 * batch_size)
         #: look up the batch's stored identities before validating (see :meth:`_flush`)
         self.look_first = look_first
-        #: a batch committed without waiting for the WAL flush since the last that waited
-        self._undurable = False
 
     def _flush(
         self, items: list[Candidate | _Bad], resolver: ReferenceResolver, durable: bool = True
@@ -216,39 +231,40 @@ class Importer:
         tally = self.report.tally
         postgres = self.engine.dialect.name == "postgresql"
         with session_scope(self.engine) as session:
-            if postgres and not durable:
-                driver_rows(session, "SET LOCAL synchronous_commit = off", None)
-                self._undurable = True
-            elif postgres and self._undurable:
-                # a commit record of its own even should the batch write nothing: its commit
-                # waits for the WAL up to it, the earlier batches' commits included
-                driver_rows(session, "SELECT txid_current()", None)
-                self._undurable = False
-            resolver.session = session
-            decisions: list[Decision] = []
-            dead: list[DeadLetter] = []
-            now = utcnow()
-            unchanged = self._stored_unchanged(session, items, resolver) if self.look_first else set()
-            for item in items:
-                if isinstance(item, _Bad):
-                    tally.add("(none)", "rejected")
-                    dead.append(self._dead(item.payload, item.reason, item.context, now))
-                    continue
-                decision = check(item, validate=id(item) not in unchanged)
-                if decision.status == "rejected":
-                    tally.add(item.resource_type, "rejected")
-                    payload = orjson.dumps(item.resource)
-                    dead.append(
-                        self._dead(payload, decision.reason, item.context or {}, now, decision.issues)
-                    )
-                    continue
-                decision = prepare(decision, resolver)
-                tally.add(item.resource_type, decision.status)
-                decisions.append(decision)
-            kept = [d.prepared for d in decisions if d.prepared is not None]
-            results = store_resources(session, self.source.id, kept, expect_new=not self.look_first)
-            add_dead_letters(session, dead)
-            resolver.session = None
+            info = session.connection().info
+            asynchronous = bool(info.get(_ASYNC_COMMIT))
+            if postgres:
+                _commit_mode(session, info, durable)
+            try:
+                resolver.session = session
+                decisions: list[Decision] = []
+                dead: list[DeadLetter] = []
+                now = utcnow()
+                unchanged = self._stored_unchanged(session, items, resolver) if self.look_first else set()
+                for item in items:
+                    if isinstance(item, _Bad):
+                        tally.add("(none)", "rejected")
+                        dead.append(self._dead(item.payload, item.reason, item.context, now))
+                        continue
+                    decision = check(item, validate=id(item) not in unchanged)
+                    if decision.status == "rejected":
+                        tally.add(item.resource_type, "rejected")
+                        payload = orjson.dumps(item.resource)
+                        dead.append(
+                            self._dead(payload, decision.reason, item.context or {}, now, decision.issues)
+                        )
+                        continue
+                    decision = prepare(decision, resolver)
+                    tally.add(item.resource_type, decision.status)
+                    decisions.append(decision)
+                kept = [d.prepared for d in decisions if d.prepared is not None]
+                results = store_resources(session, self.source.id, kept, expect_new=not self.look_first)
+                add_dead_letters(session, dead)
+                resolver.session = None
+            except BaseException:
+                if asynchronous or info.get(_ASYNC_COMMIT):  # never back to the pool so
+                    session.connection().invalidate()
+                raise
         self.report.resources += len(items)
         self.report.dead_letters += len(dead)
         self.statistics.wrote(len(kept))

@@ -262,3 +262,5 @@ def test_only_a_file_s_last_batch_waits_for_the_disk_and_it_makes_the_earlier_on
     }
     if engine.dialect.name == "postgresql":
         assert commits == [("off", True)] * (-(-lines // 2) - 1) + [("on", True)]
+        with engine.connect() as conn:  # the import's pooled connection, back to waiting
+            assert conn.execute(sa.text("SHOW synchronous_commit")).scalar_one() == "on"
