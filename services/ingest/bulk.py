@@ -41,7 +41,7 @@ from services.ingest.intake.references import ReferenceResolver
 from services.ingest.intake.repository import content_hash, store_resources, stored_digests
 from shared.db.deadletters import add_dead_letters
 from shared.db.models import DeadLetter, utcnow
-from shared.db.session import make_engine, session_scope
+from shared.db.session import driver_rows, make_engine, session_scope
 from shared.domain.relevance import KEPT_TYPES, classify
 from shared.errors import Issue, operation_outcome
 from shared.fhir.resources import compile_validators
@@ -185,6 +185,23 @@ class Statistics:
             )
 
 
+#: The pooled connection's ``info`` key: it commits without waiting for the WAL flush.
+_ASYNC_COMMIT = "pinpoint.async_commit"
+
+
+def _commit_mode(session: Session, info: dict[Any, Any], durable: bool) -> None:
+    """PostgreSQL: ``synchronous_commit`` of the connection for this batch's transaction, set in
+    the session (one statement a run of batches, not one a batch). Back to on for a durable batch,
+    with a commit record of its own even should the batch write nothing (a transaction id): its
+    commit waits for the WAL up to it, the earlier batches' commits included."""
+    if not durable and not info.get(_ASYNC_COMMIT):
+        driver_rows(session, "SET synchronous_commit = off", None)
+        info[_ASYNC_COMMIT] = True
+    elif durable and info.get(_ASYNC_COMMIT):
+        driver_rows(session, "SELECT set_config('synchronous_commit', 'on', false), txid_current()", None)
+        info.pop(_ASYNC_COMMIT)
+
+
 class Importer:
     """Writes candidates in batches for one source; counts everything in :attr:`report`."""
 
@@ -204,36 +221,50 @@ class Importer:
         #: look up the batch's stored identities before validating (see :meth:`_flush`)
         self.look_first = look_first
 
-    def _flush(self, items: list[Candidate | _Bad], resolver: ReferenceResolver) -> None:
+    def _flush(
+        self, items: list[Candidate | _Bad], resolver: ReferenceResolver, durable: bool = True
+    ) -> None:
+        """One batch in one transaction. ``durable=False`` (PostgreSQL): its commit does not wait
+        for the WAL to reach the disk; see :meth:`_batches`."""
         if not items:
             return
         tally = self.report.tally
+        postgres = self.engine.dialect.name == "postgresql"
         with session_scope(self.engine) as session:
-            resolver.session = session
-            decisions: list[Decision] = []
-            dead: list[DeadLetter] = []
-            now = utcnow()
-            unchanged = self._stored_unchanged(session, items, resolver) if self.look_first else set()
-            for item in items:
-                if isinstance(item, _Bad):
-                    tally.add("(none)", "rejected")
-                    dead.append(self._dead(item.payload, item.reason, item.context, now))
-                    continue
-                decision = check(item, validate=id(item) not in unchanged)
-                if decision.status == "rejected":
-                    tally.add(item.resource_type, "rejected")
-                    payload = orjson.dumps(item.resource)
-                    dead.append(
-                        self._dead(payload, decision.reason, item.context or {}, now, decision.issues)
-                    )
-                    continue
-                decision = prepare(decision, resolver)
-                tally.add(item.resource_type, decision.status)
-                decisions.append(decision)
-            kept = [d.prepared for d in decisions if d.prepared is not None]
-            results = store_resources(session, self.source.id, kept)
-            add_dead_letters(session, dead)
-            resolver.session = None
+            info = session.connection().info
+            asynchronous = bool(info.get(_ASYNC_COMMIT))
+            if postgres:
+                _commit_mode(session, info, durable)
+            try:
+                resolver.session = session
+                decisions: list[Decision] = []
+                dead: list[DeadLetter] = []
+                now = utcnow()
+                unchanged = self._stored_unchanged(session, items, resolver) if self.look_first else set()
+                for item in items:
+                    if isinstance(item, _Bad):
+                        tally.add("(none)", "rejected")
+                        dead.append(self._dead(item.payload, item.reason, item.context, now))
+                        continue
+                    decision = check(item, validate=id(item) not in unchanged)
+                    if decision.status == "rejected":
+                        tally.add(item.resource_type, "rejected")
+                        payload = orjson.dumps(item.resource)
+                        dead.append(
+                            self._dead(payload, decision.reason, item.context or {}, now, decision.issues)
+                        )
+                        continue
+                    decision = prepare(decision, resolver)
+                    tally.add(item.resource_type, decision.status)
+                    decisions.append(decision)
+                kept = [d.prepared for d in decisions if d.prepared is not None]
+                results = store_resources(session, self.source.id, kept, expect_new=not self.look_first)
+                add_dead_letters(session, dead)
+                resolver.session = None
+            except BaseException:
+                if asynchronous or info.get(_ASYNC_COMMIT):  # never back to the pool so
+                    session.connection().invalidate()
+                raise
         self.report.resources += len(items)
         self.report.dead_letters += len(dead)
         self.statistics.wrote(len(kept))
@@ -285,12 +316,24 @@ class Importer:
         )
 
     def _batches(self, items: Iterator[Candidate | _Bad], resolver: ReferenceResolver) -> None:
+        """The items in batches. On PostgreSQL every batch but the last of a file (of a unit) commits
+        without waiting for its WAL flush (``synchronous_commit = off``: one disk wait a file, not
+        one a batch); the last one waits, and the WAL being flushed in order, all of them are on
+        disk once it has committed. Nothing is reported imported before that — a unit's counts,
+        a file's log line, the command's summary all come after its last commit — so a crash of
+        the database loses nothing reported: at most batches of a file not finished, which the
+        import, stopped with an error, never counted, and which a re-run writes (harmlessly)."""
+        held: list[Candidate | _Bad] = []
         batch: list[Candidate | _Bad] = []
         for item in items:
             batch.append(item)
             if len(batch) >= self.batch_size:
-                self._flush(batch, resolver)
-                batch = []
+                self._flush(held, resolver, durable=False)
+                held, batch = batch, []
+        if batch:
+            self._flush(held, resolver, durable=False)
+        else:
+            batch = held
         self._flush(batch, resolver)
 
     def ndjson(

@@ -102,13 +102,14 @@ _EXISTING = sa.select(
 )
 
 #: PostgreSQL: every identity of a batch, all types at once, in one round trip and one statement
-#: text. The keys travel as one JSON document (``[{"t": type, "i": id}, …]``): orjson writes it
-#: in C, where psycopg would escape an array's items one by one in Python.
+#: text. The keys travel as one JSON document of ``[type, id]`` pairs: orjson writes the key tuples
+#: as they are, in C, where psycopg would escape an array's items one by one in Python.
 #: Run through the driver (:func:`driver_rows`).
 _EXISTING_PG = (
     "SELECT r.resource_type, r.resource_id, r.content_hash, r.version_id, r.last_updated,"
-    " r.deleted, r.patient_key FROM jsonb_to_recordset(CAST(%(keys)s AS jsonb)) AS k(t text, i text)"
-    " JOIN resource AS r ON r.source = %(source)s AND r.resource_type = k.t AND r.resource_id = k.i"
+    " r.deleted, r.patient_key FROM jsonb_array_elements(CAST(%(keys)s AS jsonb)) AS k(v)"
+    " JOIN resource AS r ON r.source = %(source)s AND r.resource_type = k.v ->> 0"
+    " AND r.resource_id = k.v ->> 1"
 )
 
 
@@ -116,7 +117,7 @@ def _existing(session: Session, source: str, keys: Iterable[Key]) -> dict[Key, _
     unique = set(keys)
     found: dict[Key, _Current] = {}
     if session.get_bind().dialect.name == "postgresql":
-        keys_json = _json_doc([{"t": t, "i": i} for t, i in unique])
+        keys_json = _json_doc(list(unique))
         for row in driver_rows(session, _EXISTING_PG, {"source": source, "keys": keys_json}):
             found[(row[0], row[1])] = _Current(row[2], row[3], row[4], row[5], row[6])
         return found
@@ -206,6 +207,26 @@ _UPSERT_AND_MARK_PG = (
     + " RETURNING 1), "
     + MARK_PG_CTE
     + " SELECT pg_notify('pinpoint_dirty', '') FROM (SELECT count(*) FROM up) AS u"
+)
+#: PostgreSQL, a batch that is probably new (a first import): its rows inserted where their identity
+#: is not stored yet and the patients of those marked, in one statement and one index probe a row
+#: (no look-up first); the identities it returns are ``created``. What it leaves (stored already)
+#: goes through the look-up and the upsert. Run through the driver (:func:`driver_rows`).
+_CREATE_AND_MARK_PG = (
+    "WITH up AS (INSERT INTO resource (source, resource_type, resource_id, patient_key, version_id,"
+    " last_updated, content_hash, deleted, raw, received_at)"
+    " SELECT %(source)s, t.resource_type, t.resource_id, t.patient_key, t.version_id, t.last_updated,"
+    " t.content_hash, false, t.raw, %(now)s FROM jsonb_to_recordset(CAST(%(rows)s AS jsonb)) AS t("
+    "resource_type text, resource_id text, patient_key text, version_id text,"
+    " last_updated timestamptz, content_hash text, raw jsonb)"
+    " ON CONFLICT (source, resource_type, resource_id) DO NOTHING"
+    " RETURNING resource_type, resource_id, patient_key),"
+    " marked AS (INSERT INTO evaluation_queue (patient_key, generation, dirty_since, attempts)"
+    " SELECT DISTINCT patient_key, 1, %(now)s, 0 FROM up WHERE patient_key IS NOT NULL ORDER BY 1"
+    " ON CONFLICT (patient_key) DO UPDATE SET generation = evaluation_queue.generation + 1"
+    " RETURNING 1)"
+    " SELECT u.resource_type, u.resource_id, u.patient_key FROM up AS u,"
+    " (SELECT pg_notify('pinpoint_dirty', '') FROM (SELECT count(*) FROM marked) AS m) AS n"
 )
 _PG_FIELDS = (
     "resource_type",
@@ -302,14 +323,27 @@ def write_deferred(session: Session) -> None:
     mark_dirty(session, deferred.dirty)
 
 
-def store_resources(session: Session, source: str, items: Sequence[Prepared]) -> list[StoreResult]:
+def store_resources(
+    session: Session,
+    source: str,
+    items: Sequence[Prepared],
+    *,
+    expect_new: bool = False,
+    marked: frozenset[str] = frozenset(),
+) -> list[StoreResult]:
     """Upsert kept resources of one source and mark their patients dirty; one result per item.
 
     Items may repeat an identity (a Bundle naming a resource twice): they are applied in order.
+    ``expect_new``: most of them are probably not stored yet (a first import's batch); on
+    PostgreSQL, outside a deferring session, they are inserted first, without a look-up
+    (:func:`_create_first`). The results are the same either way. ``marked``: patients this
+    transaction marked dirty already (not marked twice).
     """
     if not items:
         return []
     deferred: _Deferred | None = session.info.get(_DEFERRED)
+    if expect_new and deferred is None and session.get_bind().dialect.name == "postgresql":
+        return _create_first(session, source, items)
     keys = {(i.resource_type, i.resource_id) for i in items}
     if deferred is None:
         current = _existing(session, source, keys)
@@ -366,8 +400,48 @@ def store_resources(session: Session, source: str, items: Sequence[Prepared]) ->
         # in key order: two writers upserting overlapping batches take their row locks in the
         # same order (no deadlock), as mark_dirty does for the queue
         _write(session, source, [pending[k] for k in sorted(pending)], now)
-    mark_dirty(session, dirty)
+    mark_dirty(session, dirty - marked)
     return results
+
+
+def _create_first(session: Session, source: str, items: Sequence[Prepared]) -> list[StoreResult]:
+    """:func:`store_resources` on PostgreSQL for a batch that is probably new: the first item of
+    each identity inserted where the identity is not stored (:data:`_CREATE_AND_MARK_PG`, in key
+    order: two writers lock in the same order); every other item, in order, through the look-up
+    and the upsert — in this transaction, which sees what the insert stored."""
+    first: dict[Key, int] = {}
+    for n, item in enumerate(items):
+        first.setdefault((item.resource_type, item.resource_id), n)
+    rows = []
+    for key in sorted(first):
+        item = items[first[key]]
+        stamp = item.last_updated
+        rows.append(
+            {
+                "resource_type": item.resource_type,
+                "resource_id": item.resource_id,
+                "patient_key": item.patient_key,
+                "version_id": item.version_id,
+                "last_updated": stamp.isoformat() if stamp else None,
+                "content_hash": content_hash(item.raw),
+                "raw": item.raw,
+            }
+        )
+    params = {"source": source, "now": utcnow(), "rows": _json_doc(rows)}
+    found = driver_rows(session, _CREATE_AND_MARK_PG, params)
+    created = {(row[0], row[1]) for row in found}
+    inserted = [
+        first[(item.resource_type, item.resource_id)] == n
+        and (item.resource_type, item.resource_id) in created
+        for n, item in enumerate(items)
+    ]
+    rest = [item for item, done in zip(items, inserted, strict=True) if not done]
+    marked = frozenset(row[2] for row in found if row[2])
+    later = iter(store_resources(session, source, rest, marked=marked))
+    return [
+        StoreResult("created", item.resource_type, item.resource_id, item.version_id) if done else next(later)
+        for item, done in zip(items, inserted, strict=True)
+    ]
 
 
 def delete_resource(session: Session, source: str, rtype: str, rid: str) -> bool:

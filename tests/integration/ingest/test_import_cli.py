@@ -220,3 +220,47 @@ def test_an_import_of_one_unit_runs_in_the_command_s_own_process(
     path.write_bytes(b"\n".join(orjson.dumps(pain(f"obs-{i}")) for i in range(5)) + b"\n")
     report = bulk.import_paths(engine, Source(id="default"), [path], jobs=4)
     assert report.tally.total("kept") == 5
+
+
+@pytest.mark.parametrize("lines", [4, 5])
+def test_only_a_file_s_last_batch_waits_for_the_disk_and_it_makes_the_earlier_ones_durable(
+    engine: Engine, tmp_path, monkeypatch: pytest.MonkeyPatch, lines: int
+) -> None:  # type: ignore[no-untyped-def]
+    """PostgreSQL: every batch but a file's last commits without waiting for its WAL flush; the
+    last one waits, with a commit record of its own (a transaction id) even when its lines are all
+    refused, so that once the file is reported every batch of it is on disk. Nothing is lost."""
+    from contextlib import contextmanager
+
+    import orjson
+    import sqlalchemy as sa
+
+    import services.ingest.bulk as bulk
+    from shared.settings import Source
+
+    commits: list[tuple[str, bool]] = []
+    scope = bulk.session_scope
+
+    @contextmanager
+    def watched(eng: Engine):  # type: ignore[no-untyped-def]
+        with scope(eng) as session:
+            yield session
+            if eng.dialect.name == "postgresql":
+                setting = session.execute(sa.text("SHOW synchronous_commit")).scalar_one()
+                xid = session.execute(sa.text("SELECT pg_current_xact_id_if_assigned()")).scalar_one()
+                commits.append((setting, xid is not None))
+
+    monkeypatch.setattr(bulk, "session_scope", watched)
+    path = tmp_path / "Observation.ndjson"
+    # the last line's patient cannot be resolved: with 5 lines the last batch writes nothing
+    body_lines = [orjson.dumps(pain(f"obs-{i}")) for i in range(lines - 1)]
+    body_lines.append(orjson.dumps(pain("obs-x", subject="Group/G-1")))
+    path.write_bytes(b"\n".join(body_lines) + b"\n")
+    report = bulk.import_paths(engine, Source(id="default"), [path], batch_size=2)
+    assert report.tally.total("kept") == lines - 1 and report.tally.total("unresolved") == 1
+    assert {rid for rtype, rid in stored(engine) if rtype == "Observation"} == {
+        f"obs-{i}" for i in range(lines - 1)
+    }
+    if engine.dialect.name == "postgresql":
+        assert commits == [("off", True)] * (-(-lines // 2) - 1) + [("on", True)]
+        with engine.connect() as conn:  # the import's pooled connection, back to waiting
+            assert conn.execute(sa.text("SHOW synchronous_commit")).scalar_one() == "on"
