@@ -261,14 +261,26 @@ class GroupCommit:
 
 #: Column types the driver route writes as the JSON text gives them (PostgreSQL casts each field
 #: to the column's type); UTCDateTime's check (aware datetimes) is the route's own.
-_RECORD_TYPES = ("VARCHAR", "TEXT", "INTEGER", "BIGINT", "SMALLINT", "BOOLEAN", "JSONB", "JSON", "TIMESTAMP WITH TIME ZONE")
+_RECORD_TYPES = (
+    "VARCHAR",
+    "TEXT",
+    "INTEGER",
+    "BIGINT",
+    "SMALLINT",
+    "BOOLEAN",
+    "JSONB",
+    "JSON",
+    "TIMESTAMP WITH TIME ZONE",
+)
 
 
-def _recordset_insert(table: sa.Table, columns: tuple[str, ...], tail: str) -> tuple[str, tuple[str, ...]] | None:
+def _recordset_insert(
+    table: sa.Table, columns: tuple[str, ...], tail: str
+) -> tuple[str, tuple[str, ...]] | None:
     """``INSERT INTO table (columns) SELECT columns FROM json_to_recordset(%s::json) AS r(…)``
     plus ``tail``, and the timestamp columns whose values must be aware; None when a column has
     a Python-side default or a type with its own bind processing (SQLAlchemy writes those)."""
-    dialect = postgresql.dialect()
+    dialect = postgresql.dialect()  # type: ignore[no-untyped-call]
     quote = dialect.identifier_preparer.quote
     fields, stamps = [], []
     for name in columns:
@@ -352,7 +364,7 @@ class GroupInsertNew(GroupCommit):
         self._sweep = sweep
         self._sweep_every = sweep_every
         self._swept = float("-inf")
-        quote = postgresql.dialect().identifier_preparer.quote
+        quote = postgresql.dialect().identifier_preparer.quote  # type: ignore[no-untyped-call]
         self._tail = (
             f" ON CONFLICT ({', '.join(quote(k) for k in key)}) DO NOTHING"
             f" RETURNING {', '.join(quote(k) for k in key)}"
@@ -377,7 +389,7 @@ class GroupInsertNew(GroupCommit):
                 self._sweep(conn)
             for start in range(0, len(unique), MAX_ROWS):
                 chunk = unique[start : start + MAX_ROWS]
-                returned = self._driver_insert(conn, chunk)
+                returned: Any = self._driver_insert(conn, chunk)
                 if returned is None:
                     returned = conn.execute(self._statement, chunk)
                 inserted.update(tuple(r) for r in returned)

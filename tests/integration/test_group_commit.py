@@ -262,13 +262,17 @@ def test_rows_read_back_as_written_whichever_route_wrote_them(
     monkeypatch.setattr(group_commit, "driver_rows", lambda *a: by_driver.append(a[1]) or real(*a))
 
     async def main() -> None:
-        await writer.write([{"at": at, "actor": 'o"k\\', "action": "same", "target": None, "detail": detail}] * 3)
+        await writer.write(
+            [{"at": at, "actor": 'o"k\\', "action": "same", "target": None, "detail": detail}] * 3
+        )
         await writer.write([_row("huge", detail={"n": 2**70})])  # beyond orjson's 64-bit integers
 
     asyncio.run(main())
     with engine.connect() as conn:
         got = conn.execute(
-            sa.select(AUDIT.c.at, AUDIT.c.actor, AUDIT.c.target, AUDIT.c.detail).where(AUDIT.c.action == "same")
+            sa.select(AUDIT.c.at, AUDIT.c.actor, AUDIT.c.target, AUDIT.c.detail).where(
+                AUDIT.c.action == "same"
+            )
         ).all()
     assert [tuple(r) for r in got] == [(at.astimezone(UTC), 'o"k\\', None, detail)] * 3
     with engine.connect() as conn:
