@@ -37,12 +37,16 @@ def nesting_depth(value: Any, limit: int = MAX_DEPTH) -> int:
 
 
 def too_deep(value: Any, limit: int = MAX_DEPTH, body: bytes | None = None) -> bool:
-    """Whether parsed JSON nests deeper than ``limit``. With the ``body`` it was parsed from, a
-    body holding at most ``limit`` opening brackets (counted in C, strings included) cannot, and
-    the walk is skipped."""
-    if body is not None and body.count(b"{") + body.count(b"[") <= limit:
+    """Whether parsed JSON nests deeper than ``limit``. With the ``body`` it was parsed from (the
+    exact bytes orjson read), no walk over the value: a body holding at most ``limit`` opening
+    brackets (counted in C, strings included) cannot, and any other is read by
+    :func:`text_too_deep` (a notification of a few hundred bytes: 0.4 µs against 12 µs for the
+    walk)."""
+    if body is None:
+        return nesting_depth(value, limit) > limit
+    if len(body) - len(body.translate(None, b"{[")) <= limit:
         return False
-    return nesting_depth(value, limit) > limit
+    return text_too_deep(body, limit)
 
 
 #: ``text_too_deep``: every byte but quotes and brackets dropped, braces read as brackets.
@@ -62,7 +66,10 @@ def text_too_deep(text: bytes, limit: int = MAX_DEPTH) -> bool:
         if b"\\\\" in text:
             text = text.replace(b"\\\\", b"")
         text = text.replace(b'\\"', b"")
-    skeleton = text.translate(_AS_BRACKETS, _STRUCTURE).replace(b'""', b"")
+    skeleton = text.translate(_AS_BRACKETS, _STRUCTURE)
+    if len(skeleton) <= limit:  # quotes and brackets: at most ``limit`` opening ones
+        return False
+    skeleton = skeleton.replace(b'""', b"")
     if b'"' in skeleton:
         skeleton = _STRING.sub(b"", skeleton)
     for _ in range(limit):

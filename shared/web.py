@@ -144,6 +144,11 @@ def install_error_handlers(app: FastAPI) -> None:
         )
 
 
+#: The request metrics' children per (method, route template, status): a bounded set (routes are
+#: templates, ``<unmatched>`` for the rest).
+_SERIES: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+
+
 class RequestContextMiddleware:
     """Correlation id (``X-Request-ID``, echoed back) and per-route metrics, as pure ASGI."""
 
@@ -154,8 +159,10 @@ class RequestContextMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        headers = dict(scope.get("headers") or [])
-        incoming = headers.get(b"x-request-id", b"").decode("latin-1")
+        incoming = ""
+        for name, value in scope.get("headers") or ():
+            if name == b"x-request-id":  # the last one, as before (a dict of the headers)
+                incoming = value.decode("latin-1")
         rid = incoming if incoming and len(incoming) <= 128 and incoming.isprintable() else new_request_id()
         token = request_id_var.set(rid)
         start = time.perf_counter()
@@ -176,8 +183,14 @@ class RequestContextMiddleware:
             template = getattr(route, "path_format", None) or getattr(route, "path", None) or "<unmatched>"
             method = scope.get("method", "")
             elapsed = time.perf_counter() - start
-            REQUESTS.labels(method, template, str(status)).inc()
-            LATENCY.labels(method, template).observe(elapsed)
+            series = _SERIES.get((method, template, status))
+            if series is None:  # prometheus_client's labels(): validation and a lock, once a series
+                series = _SERIES[(method, template, status)] = (
+                    REQUESTS.labels(method, template, str(status)),
+                    LATENCY.labels(method, template),
+                )
+            series[0].inc()
+            series[1].observe(elapsed)
             if template not in ("/livez", "/readyz", "/metrics"):
                 log.info(
                     "http.request", method=method, route=template, status=status, ms=round(elapsed * 1000, 1)

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 import sqlalchemy as sa
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 from sqlmodel import Session, SQLModel
 
 from shared.errors import ConfigError
@@ -195,12 +195,15 @@ def prepare_database(url: str, *, embedded: bool) -> Engine:
     return engine
 
 
-def driver_rows(session: Session, sql: str, params: Any) -> list[tuple[Any, ...]]:
-    """PostgreSQL: one statement on the session's connection, in its transaction, through the
-    driver's cursor (``sql`` in its parameter style, ``%(name)s`` or ``%s``); its rows. None of
-    SQLAlchemy's per-statement result machinery: measured at 45-60 µs of CPU a statement against
-    110-145 µs through ``session.execute`` (the hot statements of the push writer)."""
-    raw = session.connection().connection.driver_connection
+def driver_rows(db: Session | Connection, sql: str, params: Any) -> list[tuple[Any, ...]]:
+    """PostgreSQL: one statement on the session's (or connection's) connection, in its
+    transaction, through the driver's cursor (``sql`` in its parameter style, ``%(name)s`` or
+    ``%s``); its rows. None of SQLAlchemy's per-statement result machinery: measured at 45-60 µs
+    of CPU a statement against 110-145 µs through ``session.execute`` (the hot statements of the
+    push writer). The group writers' batched inserts use it too
+    (shared/db/group_commit.py)."""
+    connection = db.connection() if isinstance(db, Session) else db
+    raw = connection.connection.driver_connection
     with raw.cursor() as cursor:  # type: ignore[union-attr]
         cursor.execute(sql, params)
         return list(cursor.fetchall()) if cursor.description is not None else []

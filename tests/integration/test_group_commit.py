@@ -243,3 +243,58 @@ def test_units_of_work_share_commits_and_a_failing_one_fails_only_its_caller(eng
             assert answer == f"u-{i}" and _count(engine, f"u-{i}") == 1
     assert len(commits) < 20, "concurrent units were not grouped"
     assert len(hooked) >= len(commits)
+
+
+def test_rows_read_back_as_written_whichever_route_wrote_them(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On PostgreSQL a batch goes to the driver as one JSON text (json_to_recordset); what is read
+    back is what SQLAlchemy's insert writes: nested JSON, strings holding quotes, backslashes and
+    non-ASCII, NULLs, an aware timestamp in another zone (stored as the same instant). A value
+    orjson refuses is written all the same (through SQLAlchemy)."""
+    from datetime import timedelta, timezone
+
+    at = datetime(2026, 3, 1, 12, 30, 15, 123456, tzinfo=timezone(timedelta(hours=-5)))
+    detail = {"quote": 'a "b" \\c', "n": [1, 2.5, None, True], "deep": {"é": "ü\u2028"}, "x": None}
+    writer = GroupCommit(engine, AUDIT)
+    by_driver: list[str] = []
+    real = group_commit.driver_rows
+    monkeypatch.setattr(group_commit, "driver_rows", lambda *a: by_driver.append(a[1]) or real(*a))
+
+    async def main() -> None:
+        await writer.write(
+            [{"at": at, "actor": 'o"k\\', "action": "same", "target": None, "detail": detail}] * 3
+        )
+        await writer.write([_row("huge", detail={"n": 2**70})])  # beyond orjson's 64-bit integers
+
+    asyncio.run(main())
+    with engine.connect() as conn:
+        got = conn.execute(
+            sa.select(AUDIT.c.at, AUDIT.c.actor, AUDIT.c.target, AUDIT.c.detail).where(
+                AUDIT.c.action == "same"
+            )
+        ).all()
+    assert [tuple(r) for r in got] == [(at.astimezone(UTC), 'o"k\\', None, detail)] * 3
+    with engine.connect() as conn:
+        huge = conn.execute(sa.select(AUDIT.c.detail).where(AUDIT.c.actor == "huge")).scalar_one()
+    assert huge == {"n": 2**70}
+    # PostgreSQL: the first batch went through the driver, the 2**70 one could not
+    assert len(by_driver) == (1 if engine.dialect.name == "postgresql" else 0)
+
+
+def test_rows_the_columns_refuse_are_refused_not_cut_short(engine: Engine) -> None:
+    """A string longer than its column, or a naive timestamp, fails its batch on either route:
+    nothing truncated, nothing stored in an unknown zone."""
+    writer = GroupCommit(engine, AUDIT)
+
+    async def main() -> list[Any]:
+        return await asyncio.gather(
+            writer.write([_row("x" * 201)]),  # actor is VARCHAR(200) (SQLite does not enforce it)
+            writer.write([_row("naive", at=datetime(2026, 1, 1))]),
+            return_exceptions=True,
+        )
+
+    long_actor, naive = asyncio.run(main())
+    assert naive is not None and _count(engine, "naive") == 0
+    if engine.dialect.name == "postgresql":
+        assert long_actor is not None and _count(engine, "x" * 201) == 0

@@ -30,7 +30,10 @@ documents = st.recursive(
 @given(documents, st.integers(min_value=0, max_value=8))
 def test_the_text_and_the_value_agree(document: Any, limit: int) -> None:
     text = orjson.dumps(document)
-    assert text_too_deep(text, limit) == (nesting_depth(document, limit) > limit)
+    deep = nesting_depth(document, limit) > limit
+    assert text_too_deep(text, limit) == deep
+    assert too_deep(document, limit, body=text) == deep
+    assert too_deep(document, limit, body=orjson.dumps(document, option=orjson.OPT_INDENT_2)) == deep
 
 
 @pytest.mark.parametrize(
@@ -42,8 +45,16 @@ def test_the_text_and_the_value_agree(document: Any, limit: int) -> None:
         (b'["' + b"[" * 500 + b'"]', False),  # brackets inside a string do not nest
         (b'{"k\\"[[[":"\\\\", "v": "]]]"}', False),
         (b"1", False),
+        (b"[" * MAX_DEPTH + b"]" * MAX_DEPTH, False),  # just under: exactly the limit
+        # just over, with more brackets and escaped quotes inside strings at every level
+        (b'[" \\\\\\"[{ ", ' * (MAX_DEPTH + 1) + b"1" + b"]" * (MAX_DEPTH + 1), True),
+        (b'["\\"", "[[[", ' * MAX_DEPTH + b"1" + b"]" * MAX_DEPTH, False),
+        # fewer opening brackets than the limit outside strings, many more inside them
+        (b'{"a": "' + b"{" * 300 + b'", "b": [[["\\\\"]]]}', False),
+        (b"  [ [ 1 ] ,\n [ ] ]  ", False),
     ],
 )
 def test_the_limit(text: bytes, deep: bool) -> None:
     assert text_too_deep(text) is deep
     assert too_deep(orjson.loads(text)) is deep
+    assert too_deep(orjson.loads(text), body=text) is deep

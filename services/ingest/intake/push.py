@@ -69,7 +69,7 @@ def parse_body(body: bytes) -> dict[str, Any] | None:
         raise PayloadError(f"Body is not valid JSON: {exc.msg} at position {exc.pos}") from None
     if not isinstance(data, dict) or not isinstance(data.get("resourceType"), str):
         raise PayloadError("Body is JSON but not a FHIR resource (no resourceType)")
-    if too_deep(data):
+    if too_deep(data, body=body):
         raise PayloadError(f"Body is not FHIR: {TOO_DEEP}")
     bad = unstorable_in_body(body, data)
     if bad is not None:
