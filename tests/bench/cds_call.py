@@ -4,10 +4,12 @@ Run: ``.venv/bin/python tests/bench/cds_call.py [N] [--before REF] [--rounds R]`
 calls). The calls are ``tests/bench/cds_hooks.py``'s: 80-resource prefetches (v02's pain history,
 a card, plus unrelated conditions, medications and scores that differ per patient). Per call,
 CPU time of one core, the best of five passes over the N calls, with the serving process's
-collector settings: parsing the body (``parse_hook_request``) and flattening the prefetch
-bundles, then what ``handle_call`` does with them — assessing (normalise, engine, §3 document:
-``Assessor.assess``), the cards, and the evidence snapshot built after the answer has left. The
-server's own work (framework, auth, writers) is ``tests/bench/cds_hooks.py``'s to measure.
+collector settings: parsing the body (``parse_hook_request``), gathering the data as ``gather``
+does with nothing stored (the prefetch read key by key, its bundles flattened, merged with the
+draft orders: ``read_prefetch``, ``merge``), then what ``handle_call`` does with them —
+assessing (normalise, engine, §3 document: ``Assessor.assess``), the cards, and the evidence
+snapshot built after the answer has left. The server's own work (framework, auth, writers) is
+``tests/bench/cds_hooks.py``'s to measure.
 
 ``--before REF`` (e.g. the commit a branch started from): this script also runs over that
 commit's source (``git archive``; ``--tree DIR`` runs it over DIR), each side a fresh process,
@@ -39,31 +41,28 @@ sys.path.insert(
 
 from services.recommender.assessor import Assessor
 from services.recommender.cds_hooks.cards import CardContext, cards_for
-from services.recommender.cds_hooks.data import bundle_resources
+from services.recommender.cds_hooks.data import as_draft_orders, merge, read_prefetch
 from services.recommender.cds_hooks.models import parse_hook_request
 from services.recommender.evidence.snapshots import patient_header, snapshot_body, snapshot_rows
 from tests.bench._load import loadavg
 from tests.bench.cds_hooks import request_body
 
 SERVICE = ("pinpoint-patient-view", "patient-view")
-PARTS = ("parse", "assess", "cards", "snapshot")
+PARTS = ("parse", "gather", "assess", "cards", "snapshot")
 
 
-def _prefetched(call: Any) -> list[dict[str, Any]]:
-    out: list[dict[str, Any]] = []
-    for value in call.prefetch.values():
-        if isinstance(value, dict) and value.get("resourceType") == "Bundle":
-            out += bundle_resources(value)
-        elif value:
-            out.append(value)
-    return out
+def _gathered(call: Any) -> list[dict[str, Any]]:
+    """The resources ``gather`` hands the engine when the store holds nothing for the patient."""
+    ehr = [r for s in read_prefetch(call.prefetch).values() for r in s.resources]
+    return merge((), ehr, as_draft_orders(call.draft_orders, call.patient_id))
 
 
 def one_call(assessor: Assessor, body: bytes, now: datetime, clock: dict[str, float]) -> int:
     """One call's work; each part's CPU time added to ``clock``; the number of cards."""
     c0 = time.process_time()
     call = parse_hook_request(body, *SERVICE)
-    resources = _prefetched(call)
+    cp = time.process_time()
+    resources = _gathered(call)
     c1 = time.process_time()
     assessed = assessor.assess(resources, now)
     c2 = time.process_time()
@@ -91,7 +90,7 @@ def one_call(assessor: Assessor, body: bytes, now: datetime, clock: dict[str, fl
         retention=timedelta(days=7),
     )
     c4 = time.process_time()
-    for part, spent in zip(PARTS, (c1 - c0, c2 - c1, c3 - c2, c4 - c3), strict=True):
+    for part, spent in zip(PARTS, (cp - c0, c1 - cp, c2 - c1, c3 - c2, c4 - c3), strict=True):
         clock[part] += spent
     return len(rendered)
 
@@ -116,8 +115,8 @@ def main(n: int) -> None:
     us = {k: v * 1e6 / n for k, v in best.items()}
     print(
         f"per call (CPU, best of 5 passes over {n} calls, {cards / n:.0f} card): {sum(us.values()):.0f} µs —"
-        f" parse {us['parse']:.0f}, assess {us['assess']:.0f}, cards {us['cards']:.0f},"
-        f" snapshot {us['snapshot']:.0f}"
+        f" parse {us['parse']:.0f}, gather {us['gather']:.0f}, assess {us['assess']:.0f},"
+        f" cards {us['cards']:.0f}, snapshot {us['snapshot']:.0f}"
     )
     print(f"/proc/loadavg: {loadavg()}")
 
@@ -138,19 +137,19 @@ def side_by_side(n: int, before: str, rounds: int) -> None:
                     check=True,
                 ).stdout
                 found = re.findall(
-                    r": (\d+) µs — parse (\d+), assess (\d+), cards (\d+), snapshot (\d+)", out
+                    r": (\d+) µs — parse (\d+), gather (\d+), assess (\d+), cards (\d+), snapshot (\d+)", out
                 )[0]
                 rows.append((label, [float(x) for x in found], loadavg()))
                 print(
-                    f"{label:>12}: {found[0]} µs a call (parse {found[1]}, assess {found[2]},"
-                    f" cards {found[3]}, snapshot {found[4]}); load {rows[-1][2]}"
+                    f"{label:>12}: {found[0]} µs a call (parse {found[1]}, gather {found[2]},"
+                    f" assess {found[3]}, cards {found[4]}, snapshot {found[5]}); load {rows[-1][2]}"
                 )
     for label, _ in sides:
         mine = [r[1] for r in rows if r[0] == label]
         med = [sorted(col)[len(col) // 2] for col in zip(*mine, strict=True)]
         print(
-            f"{label:>12}: median {med[0]:.0f} µs CPU a call (parse {med[1]:.0f}, assess {med[2]:.0f},"
-            f" cards {med[3]:.0f}, snapshot {med[4]:.0f})"
+            f"{label:>12}: median {med[0]:.0f} µs CPU a call (parse {med[1]:.0f}, gather {med[2]:.0f},"
+            f" assess {med[3]:.0f}, cards {med[4]:.0f}, snapshot {med[5]:.0f})"
         )
 
 

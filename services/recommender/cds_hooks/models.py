@@ -234,6 +234,12 @@ def parse_hook_request(body: bytes, service_id: str, expected_hook: str) -> Hook
                 issues.append(_issue(f"prefetch.{key}", "a prefetch value must be a FHIR resource or null"))
             elif isinstance(value, dict) and not_r4(value):
                 issues.append(_issue(f"prefetch.{key}", str(not_r4(value)), "not-supported"))
+            elif value is not None and value["resourceType"] == "Bundle":
+                # As draftOrders: an absent, null or empty entry (link) is none; anything else
+                # not an array is refused here, not met as a TypeError while the data is gathered.
+                for part in ("entry", "link"):
+                    if not isinstance(value.get(part) or [], list):
+                        issues.append(_issue(f"prefetch.{key}.{part}", f"Bundle.{part} must be an array"))
     if issues:
         raise InvalidInput(issues[0].diagnostics, issues=issues)
     assert isinstance(patient_id, str) and isinstance(user_id, str)

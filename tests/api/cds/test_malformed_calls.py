@@ -82,3 +82,31 @@ async def test_feedback_holding_a_nul_is_400(cds: CdsApp) -> None:
     r = await cds.client.post(f"{PV}/feedback", json=feedback)
     assert r.status_code == 400, r.text
     assert r.json()["issue"][0]["expression"] == ["$.feedback[0].card"]
+
+
+@pytest.mark.parametrize(
+    ("bundle", "where"),
+    [
+        pytest.param({"resourceType": "Bundle", "entry": 5}, "prefetch.conditions.entry", id="entry-number"),
+        pytest.param({"resourceType": "Bundle", "entry": "x"}, "prefetch.conditions.entry", id="entry-text"),
+        pytest.param({"resourceType": "Bundle", "link": 7}, "prefetch.conditions.link", id="link-number"),
+    ],
+)
+async def test_a_prefetch_bundle_whose_entry_or_link_is_not_an_array_is_400(
+    cds: CdsApp, bundle: dict[str, Any], where: str
+) -> None:
+    r = await cds.client.post(PV, json=call(prefetch={"conditions": bundle}))
+    assert r.status_code == 400, r.text
+    out = r.json()
+    assert out["resourceType"] == "OperationOutcome"
+    assert out["issue"][0]["expression"] == [where]
+    assert out["issue"][0]["code"] == "invalid"
+
+
+async def test_a_prefetch_bundle_with_an_empty_or_null_entry_is_still_accepted(cds: CdsApp) -> None:
+    prefetch = {
+        "conditions": {"resourceType": "Bundle", "entry": []},
+        "procedures": {"resourceType": "Bundle", "entry": None, "link": None},
+    }
+    r = await cds.client.post(PV, json=call(prefetch=prefetch))
+    assert r.status_code == 200, r.text
