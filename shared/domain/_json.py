@@ -137,8 +137,8 @@ def parse_instant(value: Any) -> datetime | None:
     return parsed if parsed.tzinfo else None
 
 
-_PARSED: dict[str, datetime | None] = {}
-_PARSED_MAX = 8192  # entries (cleared when full)
+#: Distinct date strings remembered (:func:`parse_datetime`, :func:`parse_date`).
+_REMEMBERED = 8192
 
 
 def parse_datetime(value: Any) -> datetime | None:
@@ -150,12 +150,11 @@ def parse_datetime(value: Any) -> datetime | None:
     """
     if type(value) is not str:
         return None
-    try:
-        return _PARSED[value]
-    except KeyError:
-        pass
-    if len(_PARSED) >= _PARSED_MAX:
-        _PARSED.clear()
+    return _datetime_of(value)
+
+
+@lru_cache(maxsize=_REMEMBERED)
+def _datetime_of(value: str) -> datetime | None:
     found = _parse_datetime(value)
     if found is not None:
         zone = found.tzinfo
@@ -165,7 +164,6 @@ def parse_datetime(value: Any) -> datetime | None:
                 _ZONES[zone] = zone
         elif same is not zone:
             found = found.replace(tzinfo=same)
-    _PARSED[value] = found
     return found
 
 
@@ -202,22 +200,17 @@ def _parse_datetime(value: str) -> datetime | None:
     return dt
 
 
-_DATES: dict[str, date | None] = {}
-
-
 def parse_date(value: Any) -> date | None:
     """The date of :func:`parse_datetime` (each distinct string once, bounded)."""
     if type(value) is not str:
         return None
-    try:
-        return _DATES[value]
-    except KeyError:
-        pass
-    if len(_DATES) >= _PARSED_MAX:
-        _DATES.clear()
-    dt = parse_datetime(value)
-    found = _DATES[value] = dt.date() if dt else None
-    return found
+    return _date_of(value)
+
+
+@lru_cache(maxsize=_REMEMBERED)
+def _date_of(value: str) -> date | None:
+    dt = _datetime_of(value)
+    return dt.date() if dt else None
 
 
 def period_start_end(resource: Mapping[str, Any], prefix: str) -> tuple[datetime | None, datetime | None]:

@@ -21,9 +21,7 @@ from __future__ import annotations
 import argparse
 import gc
 import re
-import subprocess
 import sys
-import tempfile
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -122,29 +120,19 @@ def main(n: int) -> None:
 
 
 def side_by_side(n: int, before: str, rounds: int) -> None:
-    from tests.bench.startup import ROOT, source_of
+    from tests.bench.startup import alternate
 
-    with tempfile.TemporaryDirectory(prefix="pinpoint-cds-call-before-") as tmp:
-        sides = [(before, source_of(before, Path(tmp))), ("this tree", ROOT)]
-        rows: list[tuple[str, list[float], str]] = []
-        for _ in range(rounds):
-            for label, src in sides:
-                out = subprocess.run(
-                    [sys.executable, str(Path(__file__).resolve()), str(n), "--tree", str(src)],
-                    cwd=src,
-                    capture_output=True,
-                    text=True,
-                    check=True,
-                ).stdout
-                found = re.findall(
-                    r": (\d+) µs — parse (\d+), gather (\d+), assess (\d+), cards (\d+), snapshot (\d+)", out
-                )[0]
-                rows.append((label, [float(x) for x in found], loadavg()))
-                print(
-                    f"{label:>12}: {found[0]} µs a call (parse {found[1]}, gather {found[2]},"
-                    f" assess {found[3]}, cards {found[4]}, snapshot {found[5]}); load {rows[-1][2]}"
-                )
-    for label, _ in sides:
+    rows: list[tuple[str, list[float], str]] = []
+    for label, out in alternate(str(Path(__file__).resolve()), n, before, rounds):
+        found = re.findall(
+            r": (\d+) µs — parse (\d+), gather (\d+), assess (\d+), cards (\d+), snapshot (\d+)", out
+        )[0]
+        rows.append((label, [float(x) for x in found], loadavg()))
+        print(
+            f"{label:>12}: {found[0]} µs a call (parse {found[1]}, gather {found[2]},"
+            f" assess {found[3]}, cards {found[4]}, snapshot {found[5]}); load {rows[-1][2]}"
+        )
+    for label in (before, "this tree"):
         mine = [r[1] for r in rows if r[0] == label]
         med = [sorted(col)[len(col) // 2] for col in zip(*mine, strict=True)]
         print(

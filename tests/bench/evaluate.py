@@ -22,9 +22,7 @@ import gc
 import os
 import random
 import re
-import subprocess
 import sys
-import tempfile
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -408,33 +406,23 @@ def _run(label: str, patients: list[list[dict[str, Any]]], blobs: list[bytes], n
 def side_by_side(n: int, before: str, rounds: int) -> None:
     """This tree and ``before`` alternately, each run a fresh process; the realistic set's CPU per
     patient and rate of each run."""
-    from tests.bench.startup import ROOT, source_of
+    from tests.bench.startup import alternate
 
-    with tempfile.TemporaryDirectory(prefix="pinpoint-evaluate-before-") as tmp:
-        sides = [(before, source_of(before, Path(tmp))), ("this branch", ROOT)]
-        rows: list[tuple[str, float, float, str, float, float, float]] = []
-        for _ in range(rounds):
-            for label, src in sides:
-                out = subprocess.run(
-                    [sys.executable, str(Path(__file__).resolve()), str(n), "--tree", str(src)],
-                    cwd=src,
-                    capture_output=True,
-                    text=True,
-                    check=True,
-                ).stdout
-                realistic_part = out.split("light (")[0]
-                us = float(re.findall(r"normalise\+evaluate\+entry (\d+) µs", realistic_part)[0])
-                rate = float(re.findall(r"([\d,]+) patients/s", realistic_part)[0].replace(",", ""))
-                norm, engine = (
-                    float(x) for x in re.findall(r"normalise (\d+) µs, evaluate (\d+) µs", realistic_part)[0]
-                )
-                step = float(re.findall(r"outcome rows\): (\d+) µs", realistic_part)[0])
-                rows.append((label, us, rate, loadavg(), norm, engine, step))
-                print(
-                    f"{label:>12}: {us:5.0f} µs CPU a patient (normalise {norm:.0f}, evaluate {engine:.0f}),"
-                    f" {rate:6,.0f} patients/s per core; worker's step {step:.0f} µs; load {rows[-1][3]}"
-                )
-    for label, _ in sides:
+    rows: list[tuple[str, float, float, str, float, float, float]] = []
+    for label, out in alternate(str(Path(__file__).resolve()), n, before, rounds, "this branch"):
+        realistic_part = out.split("light (")[0]
+        us = float(re.findall(r"normalise\+evaluate\+entry (\d+) µs", realistic_part)[0])
+        rate = float(re.findall(r"([\d,]+) patients/s", realistic_part)[0].replace(",", ""))
+        norm, engine = (
+            float(x) for x in re.findall(r"normalise (\d+) µs, evaluate (\d+) µs", realistic_part)[0]
+        )
+        step = float(re.findall(r"outcome rows\): (\d+) µs", realistic_part)[0])
+        rows.append((label, us, rate, loadavg(), norm, engine, step))
+        print(
+            f"{label:>12}: {us:5.0f} µs CPU a patient (normalise {norm:.0f}, evaluate {engine:.0f}),"
+            f" {rate:6,.0f} patients/s per core; worker's step {step:.0f} µs; load {rows[-1][3]}"
+        )
+    for label in (before, "this branch"):
         mine = [r for r in rows if r[0] == label]
 
         def median(i: int, mine: list[tuple[Any, ...]] = mine) -> float:

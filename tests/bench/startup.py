@@ -30,7 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -122,6 +122,21 @@ def source_of(ref: str, into: Path) -> Path:
         [sys.executable, "-m", "compileall", "-q", str(into / "services"), str(into / "shared")], check=True
     )
     return into
+
+
+def alternate(
+    script: str, n: int, before: str, rounds: int, this: str = "this tree"
+) -> Iterator[tuple[str, str]]:
+    """``script N --tree SRC`` over git ``before``'s source and this tree's, alternately,
+    ``rounds`` times each, every run a fresh process: each run's (label, output) as it ends (the
+    in-process benchmarks' ``--before``; the script itself runs from this tree, over the older
+    source, so it may import only what that source has once ``--tree`` is on its path)."""
+    with tempfile.TemporaryDirectory(prefix="pinpoint-before-") as tmp:
+        sides = [(before, source_of(before, Path(tmp))), (this, ROOT)]
+        for _ in range(rounds):
+            for label, src in sides:
+                run = [sys.executable, script, str(n), "--tree", str(src)]
+                yield label, subprocess.run(run, cwd=src, capture_output=True, text=True, check=True).stdout
 
 
 def main() -> None:
