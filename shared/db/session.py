@@ -152,16 +152,18 @@ def _insert_as_json(session: Session, table: sa.Table, rows: list[dict[str, Any]
         if column.name in rows[0] or (column.primary_key and column.autoincrement in (True, "auto")):
             continue
         if column.default is not None:
-            if not column.default.is_scalar:
+            if not (isinstance(column.default, sa.ColumnDefault) and column.default.is_scalar):
                 return False
             defaults[column.name] = column.default.arg
-    json_columns = {c.name for c in table.columns if isinstance(c.type, sa.JSON)}
-    for row in rows:
-        for name, value in row.items():
-            if (value is None and name in json_columns) or (isinstance(value, datetime) and value.tzinfo is None):
-                return False
+    json_columns = [c.name for c in table.columns if isinstance(c.type, sa.JSON) and c.name in rows[0]]
+    if any(row[name] is None for row in rows for name in json_columns):
+        return False  # JSON null here, SQL NULL there
     try:
-        payload = orjson.dumps([{**defaults, **row} for row in rows] if defaults else rows).decode()
+        payload = orjson.dumps(
+            [{**defaults, **row} for row in rows] if defaults else rows,
+            default=_aware_time,
+            option=orjson.OPT_PASSTHROUGH_DATETIME,
+        ).decode()
     except TypeError:
         return False
     columns = ", ".join(f'"{name}"' for name in [*named, *defaults])
@@ -172,6 +174,14 @@ def _insert_as_json(session: Session, table: sa.Table, rows: list[dict[str, Any]
         (payload,),
     )
     return True
+
+
+def _aware_time(value: Any) -> str:
+    """A datetime in :func:`_insert_as_json`'s rows as orjson writes it; a naive one refused, as
+    the models refuse it (``UTCDateTime``)."""
+    if isinstance(value, datetime) and value.tzinfo is not None:
+        return value.isoformat()
+    raise TypeError
 
 
 @contextmanager
