@@ -11,7 +11,7 @@ import time
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import date, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -177,9 +177,13 @@ def _insert_as_json(session: Session, table: sa.Table, rows: list[dict[str, Any]
 
 
 def _aware_time(value: Any) -> str:
-    """A datetime in :func:`_insert_as_json`'s rows as orjson writes it; a naive one refused, as
-    the models refuse it (``UTCDateTime``)."""
-    if isinstance(value, datetime) and value.tzinfo is not None:
+    """A date or datetime in :func:`_insert_as_json`'s rows as orjson writes it; a naive datetime
+    refused, as the models refuse it (``UTCDateTime``)."""
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            raise TypeError
+        return value.isoformat()
+    if isinstance(value, date):
         return value.isoformat()
     raise TypeError
 

@@ -3,12 +3,12 @@ PostgreSQL (where they travel as one JSON array) as the models would store them 
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta, timezone
 
 import pytest
-from sqlmodel import select
+from sqlmodel import col, select
 
-from shared.db.models import AuditLog, Outbox, Suggestion
+from shared.db.models import AuditLog, Outbox, Suggestion, WorklistEntry
 from shared.db.session import NewRows, make_engine, session_scope
 
 
@@ -38,11 +38,28 @@ def test_rows_are_stored_with_their_values_and_the_column_defaults(db_url: str) 
         content_hash="h" * 64,
         updated_at=at,
     )
+    rows.add(
+        WorklistEntry,
+        key="default:P-0:facet-rfa",
+        patient_key="default:P-0",
+        source="default",
+        patient_id="P-0",
+        name=None,
+        search="p-0",
+        pathway="facet",
+        target="lumbar",
+        verdict="eligible",
+        reason="ready",
+        attention=1,
+        due=date(2026, 4, 1),
+        evaluated_at=at,
+    )
     with session_scope(engine) as session:
         rows.insert(session)
     with session_scope(engine) as session:
-        outbox = session.exec(select(Outbox).order_by(Outbox.id)).all()
-        audit = session.exec(select(AuditLog).order_by(AuditLog.id)).all()
+        listed = session.exec(select(WorklistEntry)).one()
+        outbox = session.exec(select(Outbox).order_by(col(Outbox.id))).all()
+        audit = session.exec(select(AuditLog).order_by(col(AuditLog.id))).all()
         plan = session.exec(select(Suggestion)).one()
     assert [o.payload["n"] for o in outbox] == [0, 1, 2]  # type: ignore[index]
     assert outbox[0].payload == {
@@ -62,6 +79,7 @@ def test_rows_are_stored_with_their_values_and_the_column_defaults(db_url: str) 
         None,
         {"resourceType": "CarePlan", "id": "c-1"},
     )
+    assert (listed.due, listed.name, listed.alerts, listed.evaluated_at) == (date(2026, 4, 1), None, "", at)
     engine.dispose()
 
 
