@@ -11,6 +11,7 @@ import time
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import date, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -126,10 +127,65 @@ class NewRows:
         self._rows.setdefault(model, []).append(values)
 
     def insert(self, session: Session) -> None:
-        """INSERT everything added so far (in the session's transaction), then forget it."""
+        """INSERT everything added so far (in the session's transaction), then forget it.
+
+        PostgreSQL: one statement a table, its rows as one JSON array (orjson, in C) expanded by
+        the server (``jsonb_populate_recordset`` over the table's own row type), where an
+        ``executemany`` through SQLAlchemy and psycopg binds every value of every row in Python
+        (measured: 18 % of a worker's drain); rows it cannot take that way (a naive datetime, a
+        JSON column's None, what orjson refuses) go the ``executemany`` way."""
+        postgres = session.get_bind().dialect.name == "postgresql"
         for model, rows in self._rows.items():
-            session.execute(sa.insert(model.__table__), rows)  # type: ignore[attr-defined]
+            table = model.__table__  # type: ignore[attr-defined]
+            if not (postgres and _insert_as_json(session, table, rows)):
+                session.execute(sa.insert(table), rows)
         self._rows.clear()
+
+
+def _insert_as_json(session: Session, table: sa.Table, rows: list[dict[str, Any]]) -> bool:
+    """:meth:`NewRows.insert` of one table on PostgreSQL; False (nothing done) if the rows cannot
+    be sent as JSON unchanged. Columns left out take their scalar defaults as ``sa.insert`` would
+    give them (a column with a computed default: False), the autoincrement key its sequence."""
+    named = list(rows[0])
+    defaults: dict[str, Any] = {}
+    for column in table.columns:
+        if column.name in rows[0] or (column.primary_key and column.autoincrement in (True, "auto")):
+            continue
+        if column.default is not None:
+            if not (isinstance(column.default, sa.ColumnDefault) and column.default.is_scalar):
+                return False
+            defaults[column.name] = column.default.arg
+    json_columns = [c.name for c in table.columns if isinstance(c.type, sa.JSON) and c.name in rows[0]]
+    if any(row[name] is None for row in rows for name in json_columns):
+        return False  # JSON null here, SQL NULL there
+    try:
+        payload = orjson.dumps(
+            [{**defaults, **row} for row in rows] if defaults else rows,
+            default=_aware_time,
+            option=orjson.OPT_PASSTHROUGH_DATETIME,
+        ).decode()
+    except TypeError:
+        return False
+    columns = ", ".join(f'"{name}"' for name in [*named, *defaults])
+    driver_rows(
+        session,
+        f'INSERT INTO "{table.name}" ({columns}) SELECT {columns}'
+        f' FROM jsonb_populate_recordset(NULL::"{table.name}", CAST(%s AS jsonb))',
+        (payload,),
+    )
+    return True
+
+
+def _aware_time(value: Any) -> str:
+    """A date or datetime in :func:`_insert_as_json`'s rows as orjson writes it; a naive datetime
+    refused, as the models refuse it (``UTCDateTime``)."""
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            raise TypeError
+        return value.isoformat()
+    if isinstance(value, date):
+        return value.isoformat()
+    raise TypeError
 
 
 @contextmanager
