@@ -23,7 +23,7 @@ A failed transaction is retried (``RETRY_DELAYS``); rows still failing are count
 
 On PostgreSQL a batch's rows go to the driver as ONE JSON text (orjson, in C) read back by
 ``INSERT … SELECT … FROM json_to_recordset(%s::json)`` on psycopg's cursor
-(:func:`shared.db.session.driver_rows`), not through SQLAlchemy's executemany (its per-row,
+(:func:`shared.db.session.insert_json_rows`), not through SQLAlchemy's executemany (its per-row,
 per-column bind processing and statement rendering): the writer threads' CPU a CDS call fell from
 0.36-0.42 ms (docs/cds-hooks.md). What that route cannot write as it is (a row whose keys differ
 from the batch's first, a value orjson refuses, a column type with its own bind processing) goes
@@ -51,15 +51,13 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
-import orjson
 import sqlalchemy as sa
 from prometheus_client import Counter
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 from sqlmodel import Session
 
-from shared.db.models import UTCDateTime
-from shared.db.session import driver_rows
+from shared.db.session import insert_json_rows
 from shared.humanize import plural
 from shared.logging import get_logger
 
@@ -115,7 +113,6 @@ class GroupCommit:
         #: PostgreSQL: the driver route's statement per batch shape (its rows' keys), None where
         #: SQLAlchemy must write (see the module docstring); ``_tail`` ends each statement.
         self._recordset = table is not None and engine.dialect.name == "postgresql"
-        self._statements: dict[tuple[str, ...], tuple[str, tuple[str, ...]] | None] = {}
         self._tail = ""
 
     async def write(self, rows: list[dict[str, Any]], *, wait: bool = True) -> None:
@@ -208,33 +205,20 @@ class GroupCommit:
         return None
 
     def _driver_insert(self, conn: Connection, rows: list[dict[str, Any]]) -> list[tuple[Any, ...]] | None:
-        """PostgreSQL: ``rows`` inserted in ``conn``'s transaction through the driver as one JSON
-        text; the statement's rows (``RETURNING``). None, having written nothing, where
-        SQLAlchemy must write them (SQLite, an odd batch: see the module docstring)."""
+        """PostgreSQL: ``rows`` through :func:`~shared.db.session.insert_json_rows`, its errors
+        as SQLAlchemy raises them (callers, retries); None, having written nothing, where
+        SQLAlchemy must write them (SQLite, an odd batch)."""
         if not self._recordset:
             return None
-        keys = rows[0].keys()
-        shape = tuple(keys)
-        if shape not in self._statements:
-            self._statements[shape] = _recordset_insert(self._table, shape, self._tail)  # type: ignore[arg-type]
-        plan = self._statements[shape]
-        if plan is None or any(row.keys() != keys for row in rows):
-            return None
-        sql, stamps = plan
-        for row in rows:  # UTCDateTime's own check, which this route does not run
-            for name in stamps:
-                value = row[name]
-                if value is not None and value.tzinfo is None:
-                    raise ValueError("naive datetime stored; use timezone-aware values")
         try:
-            text = orjson.dumps(rows).decode()
-        except TypeError:  # a value orjson does not write (an integer beyond 64 bits…)
-            return None
-        try:
-            return driver_rows(conn, sql, (text,))
-        except self._engine.dialect.loaded_dbapi.Error as exc:  # as SQLAlchemy raises it (callers, retries)
+            return insert_json_rows(conn, self._table, rows, self._tail)  # type: ignore[arg-type]
+        except self._engine.dialect.loaded_dbapi.Error as exc:
             raise sa.exc.DBAPIError.instance(
-                sql, None, exc, self._engine.dialect.loaded_dbapi.Error, hide_parameters=True
+                "INSERT (json_to_recordset)",
+                None,
+                exc,
+                self._engine.dialect.loaded_dbapi.Error,
+                hide_parameters=True,
             ) from exc
 
     def _write(self, batch: list[_Item], results: list[Any]) -> Exception | None:
@@ -257,55 +241,6 @@ class GroupCommit:
         FAILED_ROWS.labels(self._name).inc(len(rows))
         log.error("group_commit.failed", table=self._name, rows=len(rows), error=type(error).__name__)
         return error
-
-
-#: Column types the driver route writes as the JSON text gives them (PostgreSQL casts each field
-#: to the column's type); UTCDateTime's check (aware datetimes) is the route's own.
-_RECORD_TYPES = (
-    "VARCHAR",
-    "TEXT",
-    "INTEGER",
-    "BIGINT",
-    "SMALLINT",
-    "BOOLEAN",
-    "JSONB",
-    "JSON",
-    "TIMESTAMP WITH TIME ZONE",
-)
-
-
-def _recordset_insert(
-    table: sa.Table, columns: tuple[str, ...], tail: str
-) -> tuple[str, tuple[str, ...]] | None:
-    """``INSERT INTO table (columns) SELECT columns FROM json_to_recordset(%s::json) AS r(…)``
-    plus ``tail``, and the timestamp columns whose values must be aware; None when a column has
-    a Python-side default or a type with its own bind processing (SQLAlchemy writes those)."""
-    dialect = postgresql.dialect()  # type: ignore[no-untyped-call]
-    quote = dialect.identifier_preparer.quote
-    fields, stamps = [], []
-    for name in columns:
-        column = table.c.get(name)
-        if column is None or column.default is not None or column.onupdate is not None:
-            return None
-        kind = column.type
-        ddl = kind.compile(dialect=dialect)
-        if not ddl.startswith(_RECORD_TYPES) or "[]" in ddl:
-            return None
-        if isinstance(kind, UTCDateTime):
-            stamps.append(name)
-        elif isinstance(kind, sa.types.TypeDecorator) and type(kind).process_bind_param is not (
-            sa.types.TypeDecorator.process_bind_param
-        ):
-            return None
-        # strings read as text: the INSERT's own assignment then refuses one too long (a cast
-        # to VARCHAR(n) in the record would cut it short silently)
-        fields.append(f"{quote(name)} {'TEXT' if ddl.startswith('VARCHAR') else ddl}")
-    names = ", ".join(quote(name) for name in columns)
-    sql = (
-        f"INSERT INTO {dialect.identifier_preparer.format_table(table)} ({names}) SELECT {names}"
-        f" FROM json_to_recordset(%s::json) AS r({', '.join(fields)}){tail}"
-    )
-    return sql, tuple(stamps)
 
 
 def _wake(batch: list[_Item], error: Exception | None, results: Sequence[Any] = ()) -> None:

@@ -11,9 +11,8 @@ import time
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import date, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import orjson
 import sqlalchemy as sa
@@ -137,55 +136,117 @@ class NewRows:
         postgres = session.get_bind().dialect.name == "postgresql"
         for model, rows in self._rows.items():
             table = model.__table__  # type: ignore[attr-defined]
-            if not (postgres and _insert_as_json(session, table, rows)):
+            if not postgres or insert_json_rows(session, table, rows) is None:
                 session.execute(sa.insert(table), rows)
         self._rows.clear()
 
 
-def _insert_as_json(session: Session, table: sa.Table, rows: list[dict[str, Any]]) -> bool:
-    """:meth:`NewRows.insert` of one table on PostgreSQL; False (nothing done) if the rows cannot
-    be sent as JSON unchanged. Columns left out take their scalar defaults as ``sa.insert`` would
-    give them (a column with a computed default: False), the autoincrement key its sequence."""
-    named = list(rows[0])
-    defaults: dict[str, Any] = {}
-    for column in table.columns:
-        if column.name in rows[0] or (column.primary_key and column.autoincrement in (True, "auto")):
-            continue
-        if column.default is not None:
-            if not (isinstance(column.default, sa.ColumnDefault) and column.default.is_scalar):
-                return False
-            defaults[column.name] = column.default.arg
-    json_columns = [c.name for c in table.columns if isinstance(c.type, sa.JSON) and c.name in rows[0]]
-    if any(row[name] is None for row in rows for name in json_columns):
-        return False  # JSON null here, SQL NULL there
+#: Column types :func:`insert_json_rows` writes as the JSON text gives them (PostgreSQL casts each
+#: field to the column's type); UTCDateTime's check (aware datetimes) is the route's own.
+_RECORD_TYPES = (
+    "VARCHAR",
+    "TEXT",
+    "INTEGER",
+    "BIGINT",
+    "SMALLINT",
+    "BOOLEAN",
+    "FLOAT",
+    "DOUBLE PRECISION",
+    "JSONB",
+    "JSON",
+    "DATE",
+    "TIMESTAMP WITH TIME ZONE",
+)
+
+
+class _JsonInsert(NamedTuple):
+    sql: str
+    stamps: tuple[str, ...]  # aware timestamp columns
+    json_columns: tuple[str, ...]
+    defaults: dict[str, Any]  # the scalar defaults of the columns left out
+
+
+#: :func:`insert_json_rows`' statements by (table, the rows' columns, tail); None: not that way.
+_JSON_INSERTS: dict[tuple[sa.Table, tuple[str, ...], str], _JsonInsert | None] = {}
+
+
+def insert_json_rows(
+    db: Session | Connection, table: sa.Table, rows: list[dict[str, Any]], tail: str = ""
+) -> list[tuple[Any, ...]] | None:
+    """PostgreSQL: ``rows`` (dicts naming the same columns) inserted in ``db``'s transaction as
+    ONE JSON text (orjson, in C) read back by ``INSERT … SELECT … FROM json_to_recordset(%s::json)``
+    on the driver's cursor (:func:`driver_rows`), plus ``tail`` (``ON CONFLICT … RETURNING …``);
+    the statement's rows. An ``executemany`` through SQLAlchemy and psycopg binds every value of
+    every row in Python: measured at 18 % of a worker's drain, and most of the writer threads' CPU
+    a CDS call. None, having written nothing, where SQLAlchemy must write them as before: rows
+    naming different columns, a column of another type or with its own bind processing, a column
+    left out whose default is computed, a JSON column's None (JSON null there, SQL NULL here), a
+    value orjson refuses (an integer beyond 64 bits…). Columns left out take their scalar
+    defaults, as ``sa.insert`` gives them; the autoincrement key its sequence. A naive datetime
+    for an aware column is refused, as :class:`~shared.db.models.UTCDateTime` refuses it."""
+    first = rows[0].keys()
+    shape = (table, tuple(first), tail)
+    if shape not in _JSON_INSERTS:
+        _JSON_INSERTS[shape] = _json_insert(table, tuple(first), tail)
+    plan = _JSON_INSERTS[shape]
+    if plan is None or any(row.keys() != first for row in rows):
+        return None
+    sql, stamps, json_columns, defaults = plan
+    for row in rows:
+        for name in stamps:
+            value = row[name]
+            if value is not None and value.tzinfo is None:
+                raise ValueError("naive datetime stored; use timezone-aware values")
+        for name in json_columns:
+            if row[name] is None:
+                return None
     try:
-        payload = orjson.dumps(
-            [{**defaults, **row} for row in rows] if defaults else rows,
-            default=_aware_time,
-            option=orjson.OPT_PASSTHROUGH_DATETIME,
-        ).decode()
+        text = orjson.dumps([{**row, **defaults} for row in rows] if defaults else rows).decode()
     except TypeError:
-        return False
-    columns = ", ".join(f'"{name}"' for name in [*named, *defaults])
-    driver_rows(
-        session,
-        f'INSERT INTO "{table.name}" ({columns}) SELECT {columns}'
-        f' FROM jsonb_populate_recordset(NULL::"{table.name}", CAST(%s AS jsonb))',
-        (payload,),
+        return None
+    return driver_rows(db, sql, (text,))
+
+
+def _json_insert(table: sa.Table, named: tuple[str, ...], tail: str) -> _JsonInsert | None:
+    from sqlalchemy.dialects import postgresql
+
+    from shared.db.models import UTCDateTime
+
+    dialect = postgresql.dialect()  # type: ignore[no-untyped-call]
+    quote = dialect.identifier_preparer.quote
+    defaults: dict[str, Any] = {}
+    for column in table.columns:  # left out: a scalar default is written, a computed one cannot be
+        if column.name not in named and column.default is not None:
+            if not (isinstance(column.default, sa.ColumnDefault) and column.default.is_scalar):
+                return None
+            defaults[column.name] = column.default.arg
+    columns = [*named, *defaults]
+    fields, stamps, json_columns = [], [], []
+    for name in columns:
+        found = table.c.get(name)
+        if found is None:
+            return None
+        kind = found.type
+        ddl = kind.compile(dialect=dialect)
+        if not ddl.startswith(_RECORD_TYPES) or "[]" in ddl:
+            return None
+        if isinstance(kind, UTCDateTime):
+            stamps.append(name)
+        elif isinstance(kind, sa.types.TypeDecorator) and type(kind).process_bind_param is not (
+            sa.types.TypeDecorator.process_bind_param
+        ):
+            return None
+        if isinstance(kind, sa.JSON):
+            json_columns.append(name)
+        # strings read as text: the INSERT's own assignment then refuses one too long (a cast
+        # to VARCHAR(n) in the record would cut it short silently)
+        fields.append(f"{quote(name)} {'TEXT' if ddl.startswith('VARCHAR') else ddl}")
+    names = ", ".join(quote(name) for name in columns)
+    sql = (
+        f"INSERT INTO {dialect.identifier_preparer.format_table(table)} ({names}) SELECT {names}"
+        f" FROM json_to_recordset(%s::json) AS r({', '.join(fields)}){tail}"
     )
-    return True
-
-
-def _aware_time(value: Any) -> str:
-    """A date or datetime in :func:`_insert_as_json`'s rows as orjson writes it; a naive datetime
-    refused, as the models refuse it (``UTCDateTime``)."""
-    if isinstance(value, datetime):
-        if value.tzinfo is None:
-            raise TypeError
-        return value.isoformat()
-    if isinstance(value, date):
-        return value.isoformat()
-    raise TypeError
+    return _JsonInsert(sql, tuple(stamps), tuple(json_columns), defaults)
 
 
 @contextmanager

@@ -15,6 +15,7 @@ from prometheus_client import REGISTRY
 from sqlalchemy.engine import Engine
 
 from shared.db import group_commit
+from shared.db import session as session_module
 from shared.db.group_commit import GroupCommit
 from shared.db.models import AuditLog
 
@@ -258,8 +259,8 @@ def test_rows_read_back_as_written_whichever_route_wrote_them(
     detail = {"quote": 'a "b" \\c', "n": [1, 2.5, None, True], "deep": {"é": "ü\u2028"}, "x": None}
     writer = GroupCommit(engine, AUDIT)
     by_driver: list[str] = []
-    real = group_commit.driver_rows
-    monkeypatch.setattr(group_commit, "driver_rows", lambda *a: by_driver.append(a[1]) or real(*a))
+    real = session_module.driver_rows
+    monkeypatch.setattr(session_module, "driver_rows", lambda *a: by_driver.append(a[1]) or real(*a))
 
     async def main() -> None:
         await writer.write(
