@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import orjson
 import sqlalchemy as sa
+from psycopg import pq
 from sqlalchemy.engine import Connection, Engine
 from sqlmodel import Session, SQLModel
 
@@ -30,6 +31,8 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 #: every script to learn it; a new migration changes it too (a test compares it with alembic's
 #: own head).
 HEAD_REVISION = "wk09"
+
+_TUPLES_OK = pq.ExecStatus.TUPLES_OK  # a statement that returned rows (driver_rows)
 
 
 def make_engine(url: str, **kwargs: Any) -> Engine:
@@ -323,4 +326,7 @@ def driver_rows(db: Session | Connection, sql: str, params: Any) -> list[tuple[A
     raw = connection.connection.driver_connection
     with raw.cursor() as cursor:  # type: ignore[union-attr]
         cursor.execute(sql, params)
-        return list(cursor.fetchall()) if cursor.description is not None else []
+        # Whether rows came back, read from the result's status: ``cursor.description`` builds
+        # a Column object per column on every call (~5 % of the writer's CPU at 200/s).
+        result = cursor.pgresult
+        return list(cursor.fetchall()) if result is not None and result.status == _TUPLES_OK else []

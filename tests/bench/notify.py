@@ -21,6 +21,10 @@ the answer); ``medplum`` = ``POST /sources/medplum/fhir`` with ``X-Medplum-*`` h
 ``--before REV`` (e.g. ``main``): the server of that commit too (its source from ``git archive``,
 run with this environment's packages, its own database), measured alternately with this one
 shape by shape (before, then this branch): CPU per notification comparable under the same load.
+``--warm SECONDS`` (default 6): before any server of a shape is measured, every server gets that
+long of the same paced load (its first requests pay one-off costs: first-use validators, the
+pool's connections, psycopg's prepared statements; measured first, the before server paid them
+in its window, the other did not).
 Not collected by pytest.
 """
 
@@ -170,6 +174,13 @@ def main() -> None:
     parser.add_argument("--before", metavar="REV", help="also the server of git REV, measured alternately")
     parser.add_argument("--saturation-connections", type=int, default=8)
     parser.add_argument(
+        "--warm",
+        type=float,
+        default=6.0,
+        metavar="SECONDS",
+        help="paced load on every server before any is measured (0: none)",
+    )
+    parser.add_argument(
         "--paths",
         action="store_true",
         help="instead: server CPU per request of cheaper paths (wrk), to split framework from database work",
@@ -222,6 +233,18 @@ def main() -> None:
             sat, half = args.saturation_connections, args.seconds / 2
             noop = measure(n_pid, lambda: wrk(n_base, nt, half, connections=sat, label="no-op FastAPI"))  # noqa: B023
             start = first
+            if args.warm > 0:  # every server warmed the same way before any of them is measured
+                for name, s_port, s_pid in servers:
+                    paced(
+                        s_port,
+                        Template(t.method, t.path, t.body, t.headers, start),
+                        args.rate,
+                        args.warm,
+                        connections=args.connections,
+                        server_pid=s_pid,
+                        label=f"{name} {shape} warm-up"[:24],
+                    )
+                start += int(args.rate * (args.warm + 2) * 1.1) + 1000  # paced's own 2 s lead too
             for name, s_port, s_pid in servers:  # the same numbers on each server: its own database
                 first = start
                 done = int(args.rate * (args.seconds + 2) * 1.1) + 1000

@@ -23,6 +23,7 @@ from services.ingest.subscriptions.intake import (
     book_ping,
     classic_ahead,
     note_classic,
+    status_read_ahead,
     topic_ahead,
 )
 from services.ingest.subscriptions.state import unclaimed_events
@@ -183,6 +184,7 @@ class PushWork:
             when_settled(session, partial(log.info, "ingest.ping", source=source.id, catch_up=queued))
             return Result(200, informational("ping received"), Tally())
         if self.handler is None:
+            status_read_ahead(session, data, session.info.get(_NOTES, {}).pop(id(self), None))
             result = process_payload(session, source, data, body)
         else:
             result = self.handler(session, data, body)
@@ -242,6 +244,10 @@ class PushWork:
         return found
 
 
+#: The status of each notification of the batch, read ahead (by the work's id): read once.
+_NOTES = "pinpoint.notes_ahead"
+
+
 def begin_batch(session: Session, works: Sequence[Callable[[Session], Any]]) -> None:
     """The group writer's transaction begins: writes deferred to its end; the subscription rows
     and event numbers its deliveries book, booked in key order (:func:`book_ahead`: no deadlock
@@ -250,10 +256,13 @@ def begin_batch(session: Session, works: Sequence[Callable[[Session], Any]]) -> 
     defer_writes(session)
     by_source: dict[str, list[tuple[str, str]]] = {}
     aheads: list[Ahead] = []
+    notes = session.info[_NOTES] = {}
     for work in works:
         if isinstance(work, PushWork):
             data = work.peek()
-            aheads.extend(work.ahead(data))
+            found = work.ahead(data)
+            notes.update((id(work), a.note) for a in found if a.note is not None)
+            aheads.extend(found)
             by_source.setdefault(work.source.id, []).extend(work.identities(data))
     if aheads:
         book_ahead(session, aheads)

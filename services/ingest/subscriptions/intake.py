@@ -97,6 +97,27 @@ def record_gaps(
     return queued
 
 
+_STATUS_READ = "pinpoint.status_read"
+
+
+def status_read_ahead(session: Session, bundle: Mapping[str, Any], note: Notification | None) -> None:
+    """``note``, the status of ``bundle`` read ahead from the same body (:func:`topic_ahead`), is
+    what :func:`book_topic_notification` uses for this bundle instead of reading it again."""
+    first = first_resource(bundle)
+    if note is None or first is None:
+        session.info.pop(_STATUS_READ, None)
+    else:
+        session.info[_STATUS_READ] = (id(first), note)
+
+
+def _status_of(session: Session, bundle: Mapping[str, Any]) -> Notification:
+    first = first_resource(bundle) or {}
+    ahead: tuple[int, Notification] | None = session.info.pop(_STATUS_READ, None)
+    if ahead is not None and ahead[0] == id(first):  # the very status object, still alive
+        return ahead[1]
+    return read_status(first)
+
+
 def book_topic_notification(
     session: Session, source: Source, bundle: Mapping[str, Any], *, now: datetime | None = None
 ) -> Booking:
@@ -107,7 +128,7 @@ def book_topic_notification(
     (:func:`state.sweep`). A handshake or heartbeat, rare, locks the subscription's row to
     compare its counter with what was received (:func:`state.announce`)."""
     now = now or utcnow()
-    note = read_status(first_resource(bundle) or {})
+    note = _status_of(session, bundle)
     when_settled(session, NOTIFICATIONS.labels(source.id, note.type).inc)
     # Without a subscription reference, numbers of different subscriptions could mix: no gaps.
     numbered = note.subscription is not None
@@ -234,6 +255,7 @@ class Ahead:
     lock: bool = False  # a handshake or heartbeat: the row locked
     topic_note: tuple[str | None, str | None] | None = None  # a topic notification: (status, topic)
     classic: bool = False  # a classic delivery: the row touched
+    note: Notification | None = None  # a topic notification: its status, read once
 
 
 def topic_ahead(source: Source, bundle: Mapping[str, Any]) -> Ahead:
@@ -241,8 +263,8 @@ def topic_ahead(source: Source, bundle: Mapping[str, Any]) -> Ahead:
     note = read_status(first_resource(bundle) or {})
     sub = note.subscription or state.UNKNOWN_ROW
     if note.type in ("handshake", "heartbeat"):
-        return Ahead(source.id, sub, lock=True)
-    ahead = Ahead(source.id, sub, topic_note=(note.status, note.topic))
+        return Ahead(source.id, sub, lock=True, note=note)
+    ahead = Ahead(source.id, sub, topic_note=(note.status, note.topic), note=note)
     if note.type in ("event-notification", "query-event"):
         ahead.numbers = {e.number for e in note.events if e.number is not None}
     return ahead
