@@ -20,6 +20,7 @@ from psycopg import pq
 from sqlalchemy.engine import Connection, Engine
 from sqlmodel import Session, SQLModel
 
+from shared.db.models import UTCDateTime
 from shared.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -211,9 +212,7 @@ def insert_json_rows(
 
 
 def _json_insert(table: sa.Table, named: tuple[str, ...], tail: str) -> _JsonInsert | None:
-    from sqlalchemy.dialects import postgresql
-
-    from shared.db.models import UTCDateTime
+    from sqlalchemy.dialects import postgresql  # lazy: PostgreSQL's dialect only where it writes
 
     dialect = postgresql.dialect()  # type: ignore[no-untyped-call]
     quote = dialect.identifier_preparer.quote
