@@ -132,11 +132,10 @@ class NewRows:
     def insert(self, session: Session) -> None:
         """INSERT everything added so far (in the session's transaction), then forget it.
 
-        PostgreSQL: one statement a table, its rows as one JSON array (orjson, in C) expanded by
-        the server (``jsonb_populate_recordset`` over the table's own row type), where an
-        ``executemany`` through SQLAlchemy and psycopg binds every value of every row in Python
-        (measured: 18 % of a worker's drain); rows it cannot take that way (a naive datetime, a
-        JSON column's None, what orjson refuses) go the ``executemany`` way."""
+        PostgreSQL: one statement a table, its rows as one JSON text (:func:`insert_json_rows`),
+        where an ``executemany`` through SQLAlchemy and psycopg binds every value of every row in
+        Python (measured: 18 % of a worker's drain); rows it cannot take that way go the
+        ``executemany`` way."""
         postgres = session.get_bind().dialect.name == "postgresql"
         for model, rows in self._rows.items():
             table = model.__table__  # type: ignore[attr-defined]
