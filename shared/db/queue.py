@@ -43,13 +43,19 @@ def mark_dirty(session: Session, patient_keys: Iterable[str]) -> int:
 #: dumps an array item by item in Python; the wake-up of LISTENing workers, delivered at commit, as
 #: its SELECT). In the driver's parameter style (:func:`shared.db.session.driver_rows`);
 #: ``MARK_PG_CTE`` is the marking alone, for statements that do more.
-MARK_PG_CTE = (
-    "marked AS ("
-    " INSERT INTO evaluation_queue (patient_key, generation, dirty_since, attempts)"
-    " SELECT k, 1, %(now)s, 0 FROM jsonb_array_elements_text(CAST(%(keys)s AS jsonb)) AS k"
-    " ON CONFLICT (patient_key) DO UPDATE SET generation = evaluation_queue.generation + 1"
-    " RETURNING 1)"
-)
+def mark_pg_cte(keys: str) -> str:
+    """The ``marked`` CTE: the patients ``keys`` (a query of one text column, in key order)
+    marked dirty; in the driver's parameter style, ``%(now)s`` the marking time."""
+    return (
+        "marked AS ("
+        " INSERT INTO evaluation_queue (patient_key, generation, dirty_since, attempts)"
+        f" SELECT k, 1, %(now)s, 0 FROM ({keys}) AS m(k)"
+        " ON CONFLICT (patient_key) DO UPDATE SET generation = evaluation_queue.generation + 1"
+        " RETURNING 1)"
+    )
+
+
+MARK_PG_CTE = mark_pg_cte("SELECT jsonb_array_elements_text(CAST(%(keys)s AS jsonb))")
 _MARK_PG = "WITH " + MARK_PG_CTE + " SELECT pg_notify('pinpoint_dirty', '')"
 
 

@@ -24,7 +24,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlmodel import Session, col, select
 
 from shared.db.models import Resource, utcnow
-from shared.db.queue import MARK_PG_CTE, mark_dirty, mark_params
+from shared.db.queue import MARK_PG_CTE, mark_dirty, mark_params, mark_pg_cte
 from shared.db.session import driver_rows
 from shared.domain._json import parse_instant
 
@@ -186,14 +186,19 @@ def _build_upsert(dialect: str) -> Any:
 #: PostgreSQL: a whole batch in one statement, one round trip — the rows as one JSON document
 #: (written by orjson in C; the server reads each ``raw`` straight into jsonb), the same conflict
 #: rule as :func:`_build_upsert`. Run through the driver (:func:`driver_rows`).
-_UPSERT_PG = (
+#: The rows of ``%(rows)s`` (one JSON document) inserted into ``resource``: the upsert's and the
+#: first import's insert alike.
+_INSERT_ROWS_PG = (
     "INSERT INTO resource (source, resource_type, resource_id, patient_key, version_id,"
     " last_updated, content_hash, deleted, raw, received_at)"
     " SELECT %(source)s, t.resource_type, t.resource_id, t.patient_key, t.version_id, t.last_updated,"
     " t.content_hash, false, t.raw, %(now)s FROM jsonb_to_recordset(CAST(%(rows)s AS jsonb)) AS t("
     "resource_type text, resource_id text, patient_key text, version_id text,"
     " last_updated timestamptz, content_hash text, raw jsonb)"
-    " ON CONFLICT (source, resource_type, resource_id) DO UPDATE SET "
+)
+_UPSERT_PG = (
+    _INSERT_ROWS_PG
+    + " ON CONFLICT (source, resource_type, resource_id) DO UPDATE SET "
     + ", ".join(f"{name} = excluded.{name}" for name in _UPDATED)
     + " WHERE resource.last_updated IS NULL OR excluded.last_updated IS NULL"
     " OR excluded.last_updated >= resource.last_updated"
@@ -213,19 +218,10 @@ _UPSERT_AND_MARK_PG = (
 #: (no look-up first); the identities it returns are ``created``. What it leaves (stored already)
 #: goes through the look-up and the upsert. Run through the driver (:func:`driver_rows`).
 _CREATE_AND_MARK_PG = (
-    "WITH up AS (INSERT INTO resource (source, resource_type, resource_id, patient_key, version_id,"
-    " last_updated, content_hash, deleted, raw, received_at)"
-    " SELECT %(source)s, t.resource_type, t.resource_id, t.patient_key, t.version_id, t.last_updated,"
-    " t.content_hash, false, t.raw, %(now)s FROM jsonb_to_recordset(CAST(%(rows)s AS jsonb)) AS t("
-    "resource_type text, resource_id text, patient_key text, version_id text,"
-    " last_updated timestamptz, content_hash text, raw jsonb)"
-    " ON CONFLICT (source, resource_type, resource_id) DO NOTHING"
-    " RETURNING resource_type, resource_id, patient_key),"
-    " marked AS (INSERT INTO evaluation_queue (patient_key, generation, dirty_since, attempts)"
-    " SELECT DISTINCT patient_key, 1, %(now)s, 0 FROM up WHERE patient_key IS NOT NULL ORDER BY 1"
-    " ON CONFLICT (patient_key) DO UPDATE SET generation = evaluation_queue.generation + 1"
-    " RETURNING 1)"
-    " SELECT u.resource_type, u.resource_id, u.patient_key FROM up AS u,"
+    "WITH up AS (" + _INSERT_ROWS_PG + " ON CONFLICT (source, resource_type, resource_id) DO NOTHING"
+    " RETURNING resource_type, resource_id, patient_key), "
+    + mark_pg_cte("SELECT DISTINCT patient_key FROM up WHERE patient_key IS NOT NULL ORDER BY 1")
+    + " SELECT u.resource_type, u.resource_id, u.patient_key FROM up AS u,"
     " (SELECT pg_notify('pinpoint_dirty', '') FROM (SELECT count(*) FROM marked) AS m) AS n"
 )
 _PG_FIELDS = (
